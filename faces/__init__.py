@@ -1,0 +1,1 @@
+"""Face detection, alignment, quality filtering, preprocessing and dataset building."""

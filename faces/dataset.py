@@ -1,0 +1,259 @@
+"""Building a training dataset directory from a folder of photos, idempotently.
+
+Layout (kohya convention plus a manifest)::
+
+    DATASET/<stem>.png        aligned, preprocessed image
+    DATASET/<stem>.txt        its caption
+    DATASET/masks/<stem>.png  its feathered face mask (8-bit)
+    DATASET/manifest.json     every input photo once: source path and hash, box,
+                              landmarks, scores, accepted/rejected and why
+
+Source photos are only ever read. A second run with the same photos and config rewrites
+nothing; a new or changed photo is the only one processed; a removed photo's outputs go.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .captions import Captioner
+from .config import PrepareConfig
+from .detect import FaceDetector
+from .photos import PhotoError, file_sha256, list_photos, load_photo
+from .pipeline import AlignedPhoto, align_photo
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class PrepareResult:
+    dataset_dir: Path
+    entries: list[dict]
+    processed: int = 0
+    reused: int = 0
+    removed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accepted(self) -> list[dict]:
+        return [e for e in self.entries if e["status"] == "accepted"]
+
+    @property
+    def rejected(self) -> list[dict]:
+        return [e for e in self.entries if e["status"] == "rejected"]
+
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        return [(Path(e["source"]).name, e["status"], e.get("reason") or e.get("caption", ""))
+                for e in self.entries]
+
+
+def _stems(photos: list[Path]) -> dict[Path, str]:
+    counts: dict[str, int] = {}
+    for p in photos:
+        counts[p.stem] = counts.get(p.stem, 0) + 1
+    return {p: (p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}")
+            for p in photos}
+
+
+def read_manifest(dataset_dir: str | Path) -> dict | None:
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"dataset manifest '{path}' is not valid JSON ({exc}); "
+                         f"delete it to rebuild the dataset") from None
+    if data.get("version") != MANIFEST_VERSION:
+        return None
+    return data
+
+
+def _outputs_exist(dataset_dir: Path, entry: dict) -> bool:
+    if entry["status"] != "accepted":
+        return True
+    return all((dataset_dir / entry[k]).is_file() for k in ("image", "caption_file", "mask"))
+
+
+def _write_accepted(dataset_dir: Path, stem: str, result: AlignedPhoto, caption: str,
+                    image_format: str) -> dict:
+    image_name = f"{stem}.{image_format}"
+    pil = Image.fromarray(result.image)
+    if image_format == "png":
+        pil.save(dataset_dir / image_name, compress_level=1)
+    else:
+        pil.save(dataset_dir / image_name, quality=95)
+    (dataset_dir / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
+    (dataset_dir / "masks").mkdir(exist_ok=True)
+    mask_u8 = np.clip(result.mask * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    Image.fromarray(mask_u8, mode="L").save(dataset_dir / "masks" / f"{stem}.png", compress_level=1)
+    return {"image": image_name, "caption_file": f"{stem}.txt", "mask": f"masks/{stem}.png"}
+
+
+def _remove_outputs(dataset_dir: Path, entry: dict) -> None:
+    for key in ("image", "caption_file", "mask"):
+        if entry.get(key):
+            target = dataset_dir / entry[key]
+            if target.is_file():
+                target.unlink()
+
+
+def process_file(path: Path, stem: str, cfg: PrepareConfig, detector: FaceDetector | None,
+                 captioner: Captioner, dataset_dir: Path, sha: str) -> dict:
+    """Process one photo and write its outputs; returns its manifest entry."""
+    entry: dict = {"source": str(path), "sha256": sha, "stem": stem}
+    try:
+        photo = load_photo(path, max_side=cfg.detect_max_side, max_pixels=cfg.max_pixels)
+    except PhotoError as exc:
+        entry.update(status="rejected", reason=exc.reason, detail=exc.detail)
+        return entry
+    entry.update(source_size=list(photo.full_size), source_mode=photo.mode,
+                 exif_rotated=photo.exif_rotated)
+
+    def load(max_side):
+        again = load_photo(path, max_side=max_side, max_pixels=cfg.max_pixels)
+        return again.pixels, again.scale
+
+    result = align_photo(photo.pixels, photo.scale, photo.full_size, cfg, detector=detector,
+                         load=load, box=cfg.subject_boxes.get(stem))
+    entry["faces_found"] = result.faces_found
+    if result.face is not None:
+        entry.update(result.face.to_json())
+    if result.matrix is not None:
+        entry["matrix"] = [[round(float(v), 6) for v in row] for row in result.matrix]
+    if result.aligned_landmarks is not None:
+        entry["aligned_landmarks"] = [[round(float(x), 2), round(float(y), 2)]
+                                      for x, y in result.aligned_landmarks]
+    if result.scores:
+        entry["scores"] = result.scores
+    if not result.accepted:
+        entry.update(status="rejected", reason=result.reason)
+        return entry
+    caption, source = captioner.caption(path, stem, result.image)
+    entry.update(status="accepted", caption=caption, caption_source=source,
+                 preprocess=result.preprocess)
+    entry.update(_write_accepted(dataset_dir, stem, result, caption, cfg.image_format))
+    return entry
+
+
+def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
+                    cfg: PrepareConfig | None = None, progress: Progress | None = None,
+                    ) -> PrepareResult:
+    """Build or update ``dataset_dir`` from the photos in ``photos_dir``."""
+    start = time.perf_counter()
+    cfg = cfg or PrepareConfig()
+    photos_dir, dataset_dir = Path(photos_dir).resolve(), Path(dataset_dir).resolve()
+    photos = list_photos(photos_dir)
+    if dataset_dir == photos_dir:
+        raise ValueError("dataset_dir: must not be the photos folder itself (sources are never overwritten)")
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(dataset_dir) or {}
+    digest = cfg.processing_digest()
+    same_config = previous.get("config_digest") == digest
+    old_entries = {e["source"]: e for e in previous.get("photos", [])} if same_config else {}
+    if previous and not same_config:
+        for entry in previous.get("photos", []):
+            _remove_outputs(dataset_dir, entry)
+
+    detector = None
+    captioner = None
+    entries, processed, reused = [], 0, 0
+    stems = _stems(photos)
+    for i, path in enumerate(photos):
+        if progress:
+            progress(i, len(photos), path.name)
+        sha = file_sha256(path)
+        old = old_entries.get(str(path))
+        if old and old.get("sha256") == sha and old.get("stem") == stems[path] \
+                and _outputs_exist(dataset_dir, old):
+            entries.append(old)
+            reused += 1
+            continue
+        if old:
+            _remove_outputs(dataset_dir, old)
+        if detector is None and cfg.subject == "face":
+            detector = FaceDetector(min_face_size=20)
+        if captioner is None:
+            captioner = Captioner(cfg)
+        entries.append(process_file(path, stems[path], cfg, detector, captioner, dataset_dir, sha))
+        processed += 1
+    if progress:
+        progress(len(photos), len(photos), "")
+
+    current = {str(p) for p in photos}
+    removed = [src for src in old_entries if src not in current]
+    for src in removed:
+        _remove_outputs(dataset_dir, old_entries[src])
+
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "photos_dir": str(photos_dir),
+        "config_digest": digest,
+        "config": cfg.to_json(),
+        "summary": {"photos": len(entries),
+                    "accepted": sum(e["status"] == "accepted" for e in entries),
+                    "rejected": sum(e["status"] == "rejected" for e in entries)},
+        "photos": entries,
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    target = dataset_dir / MANIFEST
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    result = PrepareResult(dataset_dir, entries, processed, reused, removed,
+                           time.perf_counter() - start)
+    log.info("dataset %s: %d accepted, %d rejected (%d processed, %d unchanged)", dataset_dir,
+             len(result.accepted), len(result.rejected), processed, reused)
+    return result
+
+
+@dataclass
+class DatasetItem:
+    image: Path
+    caption: str
+    mask: Path | None
+    landmarks: list | None
+
+
+def read_dataset(dataset_dir: str | Path) -> list[DatasetItem]:
+    """The accepted items of a dataset directory (manifest order), for the trainer.
+
+    A folder without a manifest is read in the plain kohya way: every image with its
+    same-stem .txt caption (missing caption: empty string).
+    """
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset '{dataset_dir}' does not exist or is not a folder")
+    manifest = read_manifest(dataset_dir)
+    items = []
+    if manifest is not None:
+        for e in manifest["photos"]:
+            if e["status"] != "accepted":
+                continue
+            caption = (dataset_dir / e["caption_file"]).read_text(encoding="utf-8").strip()
+            items.append(DatasetItem(dataset_dir / e["image"], caption, dataset_dir / e["mask"],
+                                     e.get("aligned_landmarks")))
+    else:
+        from .photos import PHOTO_EXTENSIONS
+
+        for p in sorted(dataset_dir.iterdir()):
+            if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file():
+                txt = p.with_suffix(".txt")
+                caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
+                mask = dataset_dir / "masks" / f"{p.stem}.png"
+                items.append(DatasetItem(p, caption, mask if mask.is_file() else None, None))
+    return items

@@ -1,0 +1,155 @@
+"""One photo through the face stage: detect -> choose -> align -> score -> preprocess -> mask.
+
+Works on in-memory pixels (nodes) and on files (dataset building) alike. Detection runs on
+a reduced copy; the warp reads the smallest decode that still has the resolution the
+aligned output needs, so a 12-megapixel JPEG is never fully decoded for a 512 px crop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .align import alignment_matrix, apply_transform, crop_subject, face_template, transform_scale
+from .config import PrepareConfig
+from .detect import Face, FaceDetector
+from .mask import box_mask, face_mask
+from .preprocess import preprocess
+from .quality import measure, rejection_reason
+
+# (max_side or None for full resolution) -> (pixels, scale from those pixels to full resolution)
+Loader = Callable[[int | None], tuple[np.ndarray, float]]
+
+
+@dataclass
+class AlignedPhoto:
+    accepted: bool
+    reason: str | None = None
+    image: np.ndarray | None = None  # uint8 [S, S, 3], preprocessed
+    mask: np.ndarray | None = None  # float32 [S, S]
+    face: Face | None = None  # in full-resolution source pixels
+    matrix: np.ndarray | None = None  # 2x3, full-resolution source -> output pixels
+    aligned_landmarks: np.ndarray | None = None
+    scores: dict = field(default_factory=dict)
+    faces_found: int = 0
+    preprocess: list[str] = field(default_factory=list)
+
+
+def choose_face(faces: list[Face], cfg: PrepareConfig) -> tuple[Face | None, str | None]:
+    if not faces:
+        return None, "no face"
+    confident = [f for f in faces if f.probability >= cfg.min_confidence]
+    if cfg.multiple_faces == "reject" and len(confident) > 1:
+        return None, f"several faces ({len(confident)})"
+    pool = confident or faces
+    return max(pool, key=lambda f: f.area), None
+
+
+def _working_image(detect_pixels: np.ndarray, detect_scale: float, needed: float,
+                   full_long_side: int, load: Loader | None) -> tuple[np.ndarray, float]:
+    """The cheapest decode whose resolution is at least ``needed`` of full resolution."""
+    if load is None or 1.0 / detect_scale >= needed * 0.999:
+        return detect_pixels, detect_scale
+    if needed >= 1.0:
+        return load(None)
+    return load(int(math.ceil(full_long_side * needed * 1.05)))
+
+
+def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple[int, int],
+                cfg: PrepareConfig, faces: list[Face] | None = None,
+                detector: FaceDetector | None = None, load: Loader | None = None,
+                box: list[float] | None = None) -> AlignedPhoto:
+    """Align one photo. ``detect_pixels`` times ``detect_scale`` = full-resolution pixels.
+
+    ``faces`` may be given (already detected on ``detect_pixels``, e.g. in a batch);
+    ``load(max_side)`` decodes the photo again at a higher resolution when needed.
+    """
+    size = cfg.resolution
+    full_long = max(full_size)
+    if cfg.subject == "object":
+        return _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box)
+
+    if faces is None:
+        faces = (detector or FaceDetector()).detect([detect_pixels])[0]
+    face, reason = choose_face(faces, cfg)
+    if face is None:
+        return AlignedPhoto(False, reason, faces_found=len(faces))
+    face_full = face.scaled(detect_scale)
+    matrix_full = alignment_matrix(face_full.landmarks, size, cfg.face_margin, cfg.align_mode)
+    pixels, scale = _working_image(detect_pixels, detect_scale, transform_scale(matrix_full),
+                                   full_long, load)
+    matrix_work = matrix_full.copy()
+    matrix_work[:, :2] *= scale
+
+    import cv2
+
+    from .align import BORDER_MODES
+
+    interp = cv2.INTER_AREA if transform_scale(matrix_work) < 1.0 else cv2.INTER_CUBIC
+    aligned = cv2.warpAffine(pixels, matrix_work, (size, size), flags=interp,
+                             borderMode=BORDER_MODES[cfg.border], borderValue=(0, 0, 0))
+    aligned_landmarks = apply_transform(matrix_full, face_full.landmarks)
+    tpl = face_template(size, cfg.face_margin)
+    # the face region for scoring: the template's tight crop (same place in every photo)
+    span = size / (1.0 + 2.0 * cfg.face_margin)
+    centre = tpl.mean(0)
+    aligned_box = np.array([centre[0] - span / 2, centre[1] - span / 2,
+                            centre[0] + span / 2, centre[1] + span / 2])
+    scores = measure(aligned, aligned_box, face_full.landmarks, face.probability,
+                     min(face_full.width, face_full.height), len(faces))
+    reason = rejection_reason(scores, cfg)
+    result = AlignedPhoto(reason is None, reason, face=face_full, matrix=matrix_full,
+                          aligned_landmarks=aligned_landmarks, scores=scores.to_json(),
+                          faces_found=len(faces))
+    if reason is None:
+        result.image, result.preprocess = preprocess(aligned, cfg)
+        result.mask = face_mask(aligned_landmarks, (size, size), cfg.mask_feather)
+    return result
+
+
+def _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box) -> AlignedPhoto:
+    size = cfg.resolution
+    side_full = min(full_size)
+    if box is not None:
+        side_full = min(side_full, max(box[2] - box[0], box[3] - box[1]))
+    pixels, scale = _working_image(detect_pixels, detect_scale, size / side_full,
+                                   max(full_size), load)
+    work_box = None if box is None else np.asarray(box, np.float64) / scale
+    crop, matrix_work = crop_subject(pixels, size, work_box)
+    matrix_full = matrix_work.copy()
+    matrix_full[:, :2] /= scale
+    margin = size * 0.1
+    mask = box_mask(np.array([margin, margin, size - margin, size - margin]), (size, size),
+                    cfg.mask_feather)
+    image, stages = preprocess(crop, cfg)
+    return AlignedPhoto(True, None, image=image, mask=mask, matrix=matrix_full,
+                        preprocess=stages)
+
+
+def align_images(images: list[np.ndarray], cfg: PrepareConfig,
+                 detector: FaceDetector | None = None) -> list[AlignedPhoto]:
+    """Align in-memory photos; same-size photos are detected in one batched call."""
+    if cfg.subject == "object":
+        return [align_photo(im, 1.0, (im.shape[1], im.shape[0]), cfg) for im in images]
+    detector = detector or FaceDetector()
+    reduced, scales = [], []
+    for im in images:
+        long_side = max(im.shape[:2])
+        if long_side > cfg.detect_max_side:
+            import cv2
+
+            f = cfg.detect_max_side / long_side
+            reduced.append(cv2.resize(im, (round(im.shape[1] * f), round(im.shape[0] * f)),
+                                      interpolation=cv2.INTER_AREA))
+            scales.append(1.0 / f)
+        else:
+            reduced.append(im)
+            scales.append(1.0)
+    all_faces = detector.detect(reduced)
+    results = []
+    for im, small, scale, faces in zip(images, reduced, scales, all_faces):
+        results.append(align_photo(small, scale, (im.shape[1], im.shape[0]), cfg, faces=faces,
+                                   load=lambda _side, im=im: (im, 1.0)))
+    return results

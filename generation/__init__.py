@@ -1,0 +1,1 @@
+"""Identity-gated generation and identity-safe enhancement."""

@@ -1,0 +1,18 @@
+"""Run by ComfyUI-Manager after cloning: install the pack's requirements into ComfyUI's
+Python without touching torch, then facenet-pytorch with --no-deps (its metadata pins
+torch<2.3, which would downgrade a working ComfyUI install; its code runs on current torch).
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def pip(*args: str) -> None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+
+
+if __name__ == "__main__":
+    pip("-r", str(HERE / "requirements.txt"))
+    pip("--no-deps", "facenet-pytorch==2.6.0")

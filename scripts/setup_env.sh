@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv.
+# Idempotent: a stamp of the files that define the environment skips work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${PERSONA_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+stamp_src=$(cat pyproject.toml constraints-dev.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.persona-stamp" 2>/dev/null)" = "$stamp_src" ]; then
+  exit 0
+fi
+echo "[persona] setting up the virtual environment in $VENV (first run: a few minutes)" >&2
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+# The dev/CI torch pair first, pinned by the constraints file only.
+"$VENV/bin/python" -m pip install --quiet -c constraints-dev.txt torch torchvision
+"$VENV/bin/python" -m pip install --quiet -c constraints-dev.txt -e ".[all,test]"
+# facenet-pytorch pins torch<2.3 in its metadata: installed without its dependencies.
+"$VENV/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+echo "$stamp_src" > "$VENV/.persona-stamp"

@@ -1,0 +1,1 @@
+"""Headless training: config, dataset, memory techniques, loop, export."""
