@@ -71,10 +71,19 @@ class FaceDetector:
         self.min_face_size = int(min_face_size)
         self._model = _mtcnn(self.device, self.min_face_size)
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces found in each image, sorted by probability (highest first)."""
+    def detect(self, images: Sequence[np.ndarray], min_face_size: float | None = None,
+               ) -> list[list[Face]]:
+        """Faces found in each image, sorted by probability (highest first).
+
+        ``min_face_size`` (pixels of these images) stops MTCNN's image pyramid early:
+        faces smaller than that are not searched for, which is most of the cost.
+        """
         import torch
 
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        minsize = max(float(min_face_size or self.min_face_size), 12.0)
+        model = self._model
         results: list[list[Face] | None] = [None] * len(images)
         by_shape: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
@@ -85,13 +94,12 @@ class FaceDetector:
         for indices in by_shape.values():
             batch = np.stack([images[i] for i in indices])
             with torch.inference_mode():
-                boxes, probs, points = self._model.detect(batch, landmarks=True)
+                boxes, points = detect_face(batch, minsize, model.pnet, model.rnet, model.onet,
+                                            model.thresholds, model.factor, model.device)
             for j, i in enumerate(indices):
-                faces = []
-                if boxes[j] is not None:
-                    for b, p, l in zip(boxes[j], probs[j], points[j]):
-                        faces.append(Face(np.asarray(b, np.float64), float(p),
-                                          _ordered(np.asarray(l, np.float64))))
+                faces = [Face(np.asarray(b[:4], np.float64), float(b[4]),
+                              _ordered(np.asarray(l, np.float64)))
+                         for b, l in zip(np.asarray(boxes[j]), np.asarray(points[j]))]
                 faces.sort(key=lambda f: -f.probability)
                 results[i] = faces
         return [r or [] for r in results]

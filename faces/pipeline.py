@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 
-from .align import alignment_matrix, apply_transform, crop_subject, face_template, transform_scale
+from .align import BORDER_MODES, alignment_matrix, apply_transform, crop_subject, face_template, transform_scale
 from .config import PrepareConfig
 from .detect import Face, FaceDetector
 from .mask import box_mask, face_mask
@@ -35,6 +36,12 @@ class AlignedPhoto:
     scores: dict = field(default_factory=dict)
     faces_found: int = 0
     preprocess: list[str] = field(default_factory=list)
+
+
+def detection_min_size(cfg: PrepareConfig, detect_scale: float) -> float:
+    """Smallest face worth searching for, in pixels of the detection copy: faces under
+    ``min_face_px`` are rejected anyway (with a 20% allowance for box differences)."""
+    return max(12.0, min(cfg.min_face_px * 0.8 / detect_scale, 80.0))
 
 
 def choose_face(faces: list[Face], cfg: PrepareConfig) -> tuple[Face | None, str | None]:
@@ -72,7 +79,8 @@ def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple
         return _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box)
 
     if faces is None:
-        faces = (detector or FaceDetector()).detect([detect_pixels])[0]
+        faces = (detector or FaceDetector()).detect(
+            [detect_pixels], min_face_size=detection_min_size(cfg, detect_scale))[0]
     face, reason = choose_face(faces, cfg)
     if face is None:
         return AlignedPhoto(False, reason, faces_found=len(faces))
@@ -82,10 +90,6 @@ def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple
                                    full_long, load)
     matrix_work = matrix_full.copy()
     matrix_work[:, :2] *= scale
-
-    import cv2
-
-    from .align import BORDER_MODES
 
     interp = cv2.INTER_AREA if transform_scale(matrix_work) < 1.0 else cv2.INTER_CUBIC
     aligned = cv2.warpAffine(pixels, matrix_work, (size, size), flags=interp,
@@ -138,8 +142,6 @@ def align_images(images: list[np.ndarray], cfg: PrepareConfig,
     for im in images:
         long_side = max(im.shape[:2])
         if long_side > cfg.detect_max_side:
-            import cv2
-
             f = cfg.detect_max_side / long_side
             reduced.append(cv2.resize(im, (round(im.shape[1] * f), round(im.shape[0] * f)),
                                       interpolation=cv2.INTER_AREA))
@@ -147,7 +149,8 @@ def align_images(images: list[np.ndarray], cfg: PrepareConfig,
         else:
             reduced.append(im)
             scales.append(1.0)
-    all_faces = detector.detect(reduced)
+    all_faces = detector.detect(reduced, min_face_size=min(
+        detection_min_size(cfg, s) for s in scales))
     results = []
     for im, small, scale, faces in zip(images, reduced, scales, all_faces):
         results.append(align_photo(small, scale, (im.shape[1], im.shape[0]), cfg, faces=faces,

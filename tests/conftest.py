@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from .comfy_server import ComfyServer
+from comfy_server import ComfyServer
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from comfyui_persona.faces.config import PrepareConfig
 from comfyui_persona.faces.dataset import prepare_dataset
 from comfyui_persona.faces.detect import FaceDetector
 
-from .photo_variants import variants
+from photo_variants import variants
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import comfyui_persona
-from .comfy_server import PACK_FOLDER, ComfyServer
+from comfy_server import PACK_FOLDER, ComfyServer
 
 pytestmark = pytest.mark.server
 
