@@ -40,8 +40,8 @@ class AlignedPhoto:
 
 def detection_min_size(cfg: PrepareConfig, detect_scale: float) -> float:
     """Smallest face worth searching for, in pixels of the detection copy: faces under
-    ``min_face_px`` are rejected anyway (with a 20% allowance for box differences)."""
-    return max(12.0, min(cfg.min_face_px * 0.8 / detect_scale, 80.0))
+    ``min_face_px`` are rejected anyway (with a 2x allowance for box and pyramid differences)."""
+    return max(12.0, min(cfg.min_face_px * 0.5 / detect_scale, 80.0))
 
 
 def choose_face(faces: list[Face], cfg: PrepareConfig) -> tuple[Face | None, str | None]:
