@@ -54,6 +54,85 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def _train_config(args: argparse.Namespace):
+    import json
+
+    from .trainers.config import PRESETS, TrainConfig
+
+    if args.resume:
+        path = Path(args.resume) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: '{args.resume}' has no config.json (not a run directory)")
+        return TrainConfig.from_file(path)
+    if not args.config:
+        raise ValueError("give a CONFIG file, or --resume RUN_DIR")
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected KEY=VALUE, got '{item}'")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown '{args.preset}', one of {', '.join(sorted(PRESETS))}")
+        overrides = {**PRESETS[args.preset], **overrides}
+    return TrainConfig.from_file(args.config, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .config_base import ConfigError
+    from .trainers.checkpoint import CheckpointError
+    from .trainers.loop import Callbacks, train
+
+    try:
+        cfg = _train_config(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json_events:
+        def on_log(record: dict) -> None:
+            print(json.dumps({"event": "log", **record}), flush=True)
+
+        callbacks = Callbacks(on_log=on_log)
+        bar = None
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="train", unit="step", file=sys.stderr)
+
+        def on_log(record: dict) -> None:
+            bar.n = record["step"]
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            bar.refresh()
+
+        callbacks = Callbacks(on_log=on_log)
+    try:
+        result = train(cfg, callbacks, resume=bool(args.resume))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {"event": "done", "run_dir": str(result.run_dir),
+               "lora": str(result.lora_path) if result.lora_path else None,
+               "steps": result.steps_done, "first_loss": result.first_loss,
+               "final_loss": result.final_loss, "peak_memory_mb": round(result.peak_memory_mb, 1),
+               "resumed_from": result.resumed_from, "stopped": result.stopped}
+    if args.json_events:
+        print(json.dumps(summary), flush=True)
+    else:
+        for key, value in summary.items():
+            if key != "event":
+                print(f"{key:>15}: {value}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -73,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset_dir", help="dataset folder to create or update")
     p.add_argument("--config", help="PrepareConfig as JSON or YAML")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a LoRA from a dataset (TrainConfig as JSON/YAML)")
+    p.add_argument("config", nargs="?", help="TrainConfig file (JSON or YAML)")
+    p.add_argument("--preset", help="start from a preset (balanced, identity-strong, prompt-strong, ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--json-events", action="store_true", help="one JSON line per step on stdout")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -13,12 +13,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .align import BORDER_MODES, alignment_matrix, apply_transform, crop_subject, face_template, transform_scale
+from .align import BORDER_MODES, alignment_matrix, apply_transform, crop_subject, transform_scale
 from .config import PrepareConfig
 from .detect import Face, FaceDetector
 from .mask import box_mask, face_mask
 from .preprocess import preprocess
-from .quality import measure, rejection_reason
+from .quality import MEASURE_SIZE, measure, rejection_reason
 
 # (max_side or None for full resolution) -> (pixels, scale from those pixels to full resolution)
 Loader = Callable[[int | None], tuple[np.ndarray, float]]
@@ -95,13 +95,14 @@ def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple
     aligned = cv2.warpAffine(pixels, matrix_work, (size, size), flags=interp,
                              borderMode=BORDER_MODES[cfg.border], borderValue=(0, 0, 0))
     aligned_landmarks = apply_transform(matrix_full, face_full.landmarks)
-    tpl = face_template(size, cfg.face_margin)
-    # the face region for scoring: the template's tight crop (same place in every photo)
-    span = size / (1.0 + 2.0 * cfg.face_margin)
-    centre = tpl.mean(0)
-    aligned_box = np.array([centre[0] - span / 2, centre[1] - span / 2,
-                            centre[0] + span / 2, centre[1] + span / 2])
-    scores = measure(aligned, aligned_box, face_full.landmarks, face.probability,
+    # Quality is a property of the photo, not of the output size: score a tight face crop
+    # warped from the same pixels at a fixed size.
+    measure_matrix = alignment_matrix(face_full.landmarks, MEASURE_SIZE, 0.0, cfg.align_mode)
+    measure_matrix[:, :2] *= scale
+    region = cv2.warpAffine(pixels, measure_matrix, (MEASURE_SIZE, MEASURE_SIZE),
+                            flags=cv2.INTER_AREA if transform_scale(measure_matrix) < 1 else cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_REPLICATE)
+    scores = measure(region, face_full.landmarks, face.probability,
                      min(face_full.width, face_full.height), len(faces))
     reason = rejection_reason(scores, cfg)
     result = AlignedPhoto(reason is None, reason, face=face_full, matrix=matrix_full,

@@ -1,7 +1,8 @@
-"""Quality measurements of one aligned photo, and the filter that turns them into reasons.
+"""Quality measurements of one photo's face, and the filter that turns them into reasons.
 
-Scores are measured on the face region of the *aligned* image, resampled to a fixed size,
-so thresholds mean the same thing at 512, 768 and 1024 px.
+Scores are measured on a tight face crop warped from the photo at a fixed size
+(``MEASURE_SIZE``), so thresholds judge the photo and mean the same thing whatever the
+dataset resolution.
 """
 from __future__ import annotations
 
@@ -13,19 +14,6 @@ import numpy as np
 from .align import estimate_roll, estimate_yaw
 
 MEASURE_SIZE = 256
-
-
-def face_region(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The ``box`` (x1, y1, x2, y2) of ``image`` clamped inside it, resampled to a square."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = box
-    x1, y1 = int(max(0, np.floor(x1))), int(max(0, np.floor(y1)))
-    x2, y2 = int(min(w, np.ceil(x2))), int(min(h, np.ceil(y2)))
-    if x2 - x1 < 2 or y2 - y1 < 2:
-        raise ValueError(f"box: region {box} is empty inside a {w}x{h} image")
-    crop = image[y1:y2, x1:x2]
-    interp = cv2.INTER_AREA if crop.shape[0] > MEASURE_SIZE else cv2.INTER_CUBIC
-    return cv2.resize(crop, (MEASURE_SIZE, MEASURE_SIZE), interpolation=interp)
 
 
 def sharpness(region: np.ndarray) -> float:
@@ -56,9 +44,9 @@ class QualityScores:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def measure(aligned: np.ndarray, aligned_box: np.ndarray, source_landmarks: np.ndarray,
-            confidence: float, face_px: float, faces_found: int) -> QualityScores:
-    region = face_region(aligned, aligned_box)
+def measure(region: np.ndarray, source_landmarks: np.ndarray, confidence: float,
+            face_px: float, faces_found: int) -> QualityScores:
+    """Scores of ``region``: the tight face crop at ``MEASURE_SIZE`` px."""
     brightness, dark, bright = exposure(region)
     return QualityScores(
         confidence=float(confidence), face_px=float(face_px), sharpness=sharpness(region),

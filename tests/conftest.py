@@ -37,3 +37,26 @@ def comfy(tmp_path_factory) -> ComfyServer:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny SD1.x-shaped diffusers model (random weights, real CLIP tokenizer)."""
+    from comfy_server import CACHE
+    from comfyui_persona.trainers.tiny_model import build_model
+
+    return build_model(CACHE / "models" / "tiny-sd-v1", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def face_dataset(tmp_path_factory):
+    """4 photos of the astronaut through the real face pipeline, at 64 px."""
+    from comfyui_persona.faces.config import PrepareConfig
+    from comfyui_persona.faces.dataset import prepare_dataset
+    from comfyui_persona.samples import write_subject_photos
+
+    root = tmp_path_factory.mktemp("face_dataset")
+    write_subject_photos(root / "photos", count=4)
+    result = prepare_dataset(root / "photos", root / "dataset", PrepareConfig(resolution=64))
+    assert len(result.accepted) == 4
+    return root / "dataset"

@@ -1,0 +1,102 @@
+"""The headless trainer on a tiny SD1.x-shaped model (random weights) and a real face dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyui_persona.trainers.export import read_lora_metadata
+from comfyui_persona.trainers.loop import Callbacks, train
+from comfyui_persona.trainers.run_dir import read_log
+
+from trainer_helpers import tiny_config
+
+
+def test_loss_falls_and_only_the_lora_weights_change(tiny_model, face_dataset, tmp_path):
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=100, batch_size=2, rank=8, alpha=8)
+    snapshot = {}
+
+    def on_start(info):
+        unet = info["unet"]
+        snapshot["frozen"] = {n: p.detach().clone() for n, p in unet.named_parameters()
+                              if not p.requires_grad and "attn1.to_q" in n}
+        snapshot["lora"] = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+        snapshot["unet"] = unet
+
+    result = train(cfg, Callbacks(on_start=on_start))
+    losses = np.array([r["loss"] for r in result.records])
+    assert len(losses) == 100
+    assert losses[-20:].mean() < 0.75 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+    params = dict(snapshot["unet"].named_parameters())
+    assert snapshot["frozen"] and all(torch.equal(params[n], v) for n, v in snapshot["frozen"].items())
+    changed = [n for n, v in snapshot["lora"].items() if not torch.equal(params[n], v)]
+    assert len(changed) == len(snapshot["lora"]) > 0
+    # run directory
+    run = tmp_path / "run"
+    for name in ("config.json", "log.jsonl", "loss.png", "lora.safetensors",
+                 "diffusers_lora/pytorch_lora_weights.safetensors"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["steps"] == 100
+    logged = read_log(run)
+    assert [r["step"] for r in logged] == list(range(1, 101))
+    for key in ("loss", "lr", "peak_memory_mb", "step_seconds", "samples_per_s"):
+        assert key in logged[0], key
+    assert logged[0]["peak_memory_mb"] > 0
+
+
+def test_kohya_export_keys_and_metadata(tiny_model, face_dataset, tmp_path):
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", train_text_encoder=True, token="ohwx")
+    result = train(cfg)
+    tensors = load_file(str(result.lora_path))
+    unet_keys = [k for k in tensors if k.startswith("lora_unet_")]
+    te_keys = [k for k in tensors if k.startswith("lora_te_")]
+    assert unet_keys and te_keys
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in tensors
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in tensors
+    for key in tensors:
+        assert key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")), key
+    down = tensors["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"]
+    assert down.shape[0] == 4 and float(tensors[
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]) == 4.0
+    meta = read_lora_metadata(result.lora_path)
+    assert meta["persona.token"] == "ohwx" and meta["persona.rank"] == "4"
+    assert meta["persona.steps"] == "3" and meta["persona.resolution"] == "64"
+    assert meta["persona.base_model_hash"] and json.loads(meta["persona.config"])["token"] == "ohwx"
+    assert meta["ss_network_dim"] == "4"
+
+
+def test_prior_preservation_generates_class_images_once(tiny_model, face_dataset, tmp_path):
+    common = dict(prior_preservation=True, num_class_images=3, class_images_steps=2,
+                  cache_dir=str(tmp_path / "class_cache"), steps=2)
+    first = train(tiny_config(tiny_model, face_dataset, tmp_path / "a", **common))
+    assert first.class_images_generated == 3
+    images = sorted((tmp_path / "class_cache").rglob("*.png"))
+    assert len(images) == 3
+    mtimes = [p.stat().st_mtime_ns for p in images]
+    second = train(tiny_config(tiny_model, face_dataset, tmp_path / "b", **common))
+    assert second.class_images_generated == 0
+    assert [p.stat().st_mtime_ns for p in images] == mtimes
+    for record in read_log(tmp_path / "b"):
+        assert record["batch"] == {"instance": 1, "class": 1}
+        assert "loss_prior" in record and "loss_instance" in record
+        assert record["loss"] == pytest.approx(record["loss_instance"] + record["loss_prior"], abs=1e-5)
+    # more class images asked for: only the missing ones are generated
+    third = train(tiny_config(tiny_model, face_dataset, tmp_path / "c", **{**common, "num_class_images": 4}))
+    assert third.class_images_generated == 1
+
+
+def test_schedules_and_seeded_reproducibility(tiny_model, face_dataset, tmp_path):
+    a = train(tiny_config(tiny_model, face_dataset, tmp_path / "a", steps=6, lr_scheduler="cosine",
+                          warmup_steps=2, snr_gamma=5.0, noise_offset=0.05))
+    b = train(tiny_config(tiny_model, face_dataset, tmp_path / "b", steps=6, lr_scheduler="cosine",
+                          warmup_steps=2, snr_gamma=5.0, noise_offset=0.05))
+    assert [r["loss"] for r in a.records] == [r["loss"] for r in b.records]
+    lrs = [r["lr"] for r in a.records]
+    # linear warm-up over 2 steps to the peak, then a cosine decay toward 0
+    assert lrs[:3] == pytest.approx([0.0, 2.5e-3, 5e-3])
+    assert lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
+    c = train(tiny_config(tiny_model, face_dataset, tmp_path / "c", steps=6, seed=1))
+    assert [r["loss"] for r in c.records] != [r["loss"] for r in a.records]

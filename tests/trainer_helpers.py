@@ -1,0 +1,11 @@
+"""Small helpers shared by the trainer tests."""
+from __future__ import annotations
+
+from comfyui_persona.trainers.config import TrainConfig
+
+
+def tiny_config(model, dataset, out, **fields) -> TrainConfig:
+    base = dict(base_model=str(model), dataset=str(dataset), output_dir=str(out), resolution=64,
+                steps=3, rank=4, alpha=4, learning_rate=5e-3, checkpoint_every=0, seed=0)
+    base.update(fields)
+    return TrainConfig(**base)

@@ -1,0 +1,133 @@
+"""TrainConfig: the one config of a training run, shared by the node, the CLI and tests.
+
+Every check that does not need a model runs here, before any model loads, and names the
+field. Presets hold the regimes of the DreamBooth reproduction study (reference 002) and
+the LoRA settings of the FLUX/LoRA study (reference 001).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config_base import ConfigError, JobConfig
+
+
+class TrainConfig(JobConfig):
+    version: Literal[1] = Field(1, description="Config format version.")
+    # what
+    base_model: str = Field(..., min_length=1, description="Diffusers model folder of the base model.")
+    family: Literal["sd15"] = Field("sd15", description="Model family (Stable Diffusion 1.x).")
+    dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
+    output_dir: str = Field("runs/train", min_length=1, description="Run directory: config, log, checkpoints, samples, final LoRA.")
+    method: Literal["lora"] = Field("lora", description="Training method: LoRA adapters on the UNet (optionally the text encoder).")
+    token: str = Field("sks", min_length=1, description="Rare identifier token of the subject.")
+    class_noun: str = Field("person", min_length=1, description="Class noun of the subject.")
+    caption_source: Literal["dataset", "instance_prompt"] = Field(
+        "dataset", description="Train on each image's caption, or on instance_prompt for every image.")
+    instance_prompt: str = Field("a photo of {token} {class}", description="Prompt for every image when caption_source is instance_prompt.")
+    resolution: int = Field(512, ge=64, le=2048, description="Training resolution in px (divisible by 8).")
+    # LoRA
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        min_length=1, description="UNet module names that get LoRA adapters.")
+    train_text_encoder: bool = Field(False, description="Also train LoRA adapters on the text encoder.")
+    # optimisation
+    steps: int = Field(800, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(1, ge=1, le=256, description="Images per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Learning rate of the UNet adapters.")
+    text_encoder_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the text-encoder adapters.")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field("constant", description="Learning-rate schedule after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    seed: int = Field(0, ge=0, description="Seed of everything random (reproducible runs).")
+    snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (0: off; 5 is usual).")
+    noise_offset: float = Field(0.0, ge=0, le=1.0, description="Noise offset (better very dark/bright images).")
+    # DreamBooth prior preservation
+    prior_preservation: bool = Field(False, description="Prior-preservation loss with class images from the frozen base model.")
+    class_prompt: str = Field("a photo of {class}", description="Prompt of the class images.")
+    num_class_images: int = Field(100, ge=1, le=10000, description="Class images to generate (cached, reused across runs).")
+    prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the prior-preservation term.")
+    class_images_steps: int = Field(30, ge=1, le=1000, description="Sampling steps of the class images.")
+    cache_dir: str = Field("", description="Cache of class images (empty: <output_dir>/../.class_cache).")
+    # memory techniques
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Frozen weights and compute in fp16/bf16; trainable weights stay fp32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (less memory, ~20% slower).")
+    attention: Literal["sdpa", "sliced"] = Field("sdpa", description="Attention kernel: PyTorch SDPA, or sliced attention as fallback.")
+    vae_slicing: bool = Field(True, description="Encode/decode one image at a time through the VAE.")
+    vae_tiling: bool = Field(False, description="Encode/decode the VAE in tiles (large resolutions).")
+    cache_latents: Literal["off", "memory", "disk"] = Field("memory", description="Encode the dataset once; the VAE leaves the device.")
+    cache_text_embeddings: bool = Field(True, description="Encode captions once; the text encoder leaves the device (when not trained).")
+    grad_set_to_none: bool = Field(True, description="Free gradients between steps instead of zeroing them.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
+    # run directory
+    checkpoint_every: int = Field(200, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted).")
+    validate_every: int = Field(0, ge=0, description="Sample validation images every N steps (0: off).")
+    validation_prompts: list[str] = Field(default_factory=lambda: ["a photo of {token} {class}"],
+                                          description="Fixed validation prompts.")
+    validation_seeds: list[int] = Field(default_factory=lambda: [0], description="Fixed validation seeds.")
+    validation_steps: int = Field(20, ge=1, le=500, description="Sampling steps of validation images.")
+    log_every: int = Field(1, ge=1, description="Write a log.jsonl line every N steps.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _divisible_by_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be divisible by 8 (the VAE downsamples by 8), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if "{token}" not in self.instance_prompt:
+            raise ValueError("instance_prompt: must contain {token}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} is more than steps ({self.steps})")
+        return self
+
+    def fill(self, text: str) -> str:
+        return text.replace("{token}", self.token).replace("{class}", self.class_noun)
+
+    def check_paths(self) -> None:
+        """Checks that need the file system, still before any model loads."""
+        from ..faces.dataset import read_dataset
+
+        model = Path(self.base_model)
+        if not model.exists():
+            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' does not exist")
+        if model.is_dir() and not (model / "model_index.json").is_file() and not (model / "unet").is_dir():
+            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a diffusers model folder "
+                              f"(no model_index.json)")
+        try:
+            items = read_dataset(self.dataset)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"invalid TrainConfig:\n  dataset: {exc}") from None
+        if not items:
+            raise ConfigError(f"invalid TrainConfig:\n  dataset: '{self.dataset}' holds no accepted image")
+
+
+# Regimes of reference 002 (DreamBooth reproduction) and the LoRA settings of reference 001.
+PRESETS: dict[str, dict] = {
+    "balanced": dict(learning_rate=1e-4, steps=800, rank=16, alpha=16, prior_preservation=True,
+                     prior_loss_weight=1.0, lr_scheduler="constant"),
+    "identity-strong": dict(learning_rate=2e-4, steps=1200, rank=32, alpha=32, prior_preservation=True,
+                            prior_loss_weight=0.5, lr_scheduler="constant"),
+    "prompt-strong": dict(learning_rate=5e-5, steps=400, rank=8, alpha=8, prior_preservation=True,
+                          prior_loss_weight=1.0, lr_scheduler="cosine", warmup_steps=40),
+    "underfit": dict(learning_rate=1e-5, steps=200, rank=8, alpha=8),
+    "overfit": dict(learning_rate=5e-4, steps=2000, rank=32, alpha=32, prior_preservation=False),
+    "lora-paper-default": dict(learning_rate=1e-4, rank=16, alpha=16, steps=1000, lr_scheduler="cosine"),
+}
+
+
+def from_preset(name: str, **fields) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"invalid TrainConfig:\n  preset: unknown '{name}', one of {sorted(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], **fields}, source=f"TrainConfig (preset {name})")

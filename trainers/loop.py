@@ -1,0 +1,423 @@
+"""The training loop: ``train(cfg, callbacks) -> TrainResult``.
+
+Reference 000 Algorithm 1 (memory-optimised DreamBooth) and reference 002's prior
+preservation, on diffusers + peft + accelerate. The UI stays out: progress, log records,
+validation results and cancellation go through :class:`Callbacks`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config_base import ConfigError
+from ..deps import require
+from . import memory
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .run_dir import append_log, plot_loss, prepare_run_dir, truncate_log
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop when ``Callbacks.should_stop`` says so (after a checkpoint)."""
+
+
+@dataclass
+class Callbacks:
+    on_start: Callable[[dict], None] | None = None
+    on_log: Callable[[dict], None] | None = None
+    on_progress: Callable[[int, int], None] | None = None
+    on_validation: Callable[[int, Path, dict], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    lora_path: Path | None
+    diffusers_lora_dir: Path | None
+    steps_done: int
+    first_loss: float | None
+    final_loss: float | None
+    peak_memory_mb: float
+    stopped: bool = False
+    resumed_from: int = 0
+    class_images_generated: int = 0
+    records: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Data:
+    """Everything a step samples from: latents (or pixels) and prompt embeddings (or ids)."""
+
+    count: int
+    latent_mean: torch.Tensor | None = None
+    latent_std: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    prompts: list[str] = field(default_factory=list)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step * 1009 + micro * 31 + rank) % (2 ** 63))
+
+
+def _encode_latent_dist(vae, pixels: torch.Tensor, device, dtype, slicing: bool):
+    means, stds = [], []
+    chunk = 1 if slicing else len(pixels)
+    with torch.no_grad():
+        for i in range(0, len(pixels), chunk):
+            dist = vae.encode(pixels[i:i + chunk].to(device, dtype)).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _prepare_data(comps, cfg, pixels, prompts, device, dtype, cache_dir: Path | None) -> _Data:
+    data = _Data(count=len(pixels), prompts=prompts)
+    if cfg.cache_latents != "off":
+        cache_file = cache_dir / "latents.safetensors" if cache_dir else None
+        if cache_file is not None and cache_file.is_file():
+            from safetensors.torch import load_file
+
+            cached = load_file(str(cache_file))
+            if cached["mean"].shape[0] == len(pixels):
+                data.latent_mean, data.latent_std = cached["mean"], cached["std"]
+        if data.latent_mean is None:
+            data.latent_mean, data.latent_std = _encode_latent_dist(
+                comps.vae, pixels, device, dtype, cfg.vae_slicing)
+            if cache_file is not None:
+                from safetensors.torch import save_file
+
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"mean": data.latent_mean, "std": data.latent_std}, str(cache_file))
+    else:
+        data.pixels = pixels
+    if cfg.cache_text_embeddings and not cfg.train_text_encoder:
+        from .models import encode_prompts
+
+        with torch.no_grad():
+            for p in sorted(set(prompts)):
+                data.embeddings[p] = encode_prompts(comps, [p], device)[0].float().cpu()
+    return data
+
+
+def _batch(comps, cfg, data: _Data, idx: torch.Tensor, gen: torch.Generator, device, dtype):
+    """(latents, prompt embeddings) of the items ``idx``; noise for latent sampling from ``gen``."""
+    if data.latent_mean is not None:
+        mean, std = data.latent_mean[idx], data.latent_std[idx]
+    else:
+        with torch.no_grad():
+            dist = comps.vae.encode(data.pixels[idx].to(device, dtype)).latent_dist
+        mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+    latents = (mean + std * torch.randn(mean.shape, generator=gen)) * comps.vae_scale
+    prompts = [data.prompts[i] for i in idx.tolist()]
+    if data.embeddings:
+        enc = torch.stack([data.embeddings[p] for p in prompts])
+    else:
+        from .models import encode_prompts
+
+        ctx = torch.enable_grad() if cfg.train_text_encoder else torch.no_grad()
+        with ctx:
+            enc = encode_prompts(comps, prompts, device)
+    return latents.to(device), enc.to(device)
+
+
+def _add_lora(model, cfg: TrainConfig, targets: list[str]) -> None:
+    peft = require("peft", "LoRA training")
+    config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=targets, init_lora_weights="gaussian")
+    model.add_adapter(config)
+
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def _make_accelerator(cfg: TrainConfig, device: torch.device):
+    accelerate = require("accelerate", "Training")
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError("invalid TrainConfig:\n  mixed_precision: fp16 needs a CUDA device; "
+                          "use 'bf16' or 'no' on the CPU")
+    return accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
+
+
+def _loss(comps, cfg, model_pred, noise, latents, timesteps, n_instance: int):
+    scheduler = comps.scheduler
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if cfg.snr_gamma > 0:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(scheduler, timesteps)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
+        if scheduler.config.prediction_type == "v_prediction":
+            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
+        per_sample = per_sample * weight
+    instance = per_sample[:n_instance].mean()
+    parts = {"loss_instance": instance}
+    loss = instance
+    if len(per_sample) > n_instance:
+        prior = per_sample[n_instance:].mean()
+        parts["loss_prior"] = prior
+        loss = instance + cfg.prior_loss_weight * prior
+    return loss, parts
+
+
+def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``cfg.output_dir``; with ``resume``, continue from its last checkpoint."""
+    cb = callbacks or Callbacks()
+    cfg.check_paths()  # every config error surfaces before any model loads
+    from diffusers.optimization import get_scheduler
+
+    from ..faces.dataset import read_dataset
+    from .models import load_components
+    from .prior import class_images, load_images
+
+    run_dir = Path(cfg.output_dir)
+    prepare_run_dir(run_dir, cfg, resume)
+    device = memory.resolve_device(cfg.device)
+    accelerator = _make_accelerator(cfg, device)
+    device = accelerator.device
+    rank = accelerator.process_index
+    dtype = memory.weight_dtype(cfg.mixed_precision, device)
+    digest = cfg.digest()
+    torch.manual_seed(cfg.seed)
+
+    comps = load_components(cfg.family, cfg.base_model)
+    for module in (comps.unet, comps.vae, comps.text_encoder):
+        memory.freeze(module)
+        module.to(device)
+    memory.set_attention(comps.unet, cfg.attention)
+    memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
+
+    # --- data ------------------------------------------------------------------------------
+    items = read_dataset(cfg.dataset)
+    pixels = load_images([it.image for it in items], cfg.resolution)
+    if cfg.caption_source == "dataset":
+        prompts = [it.caption or cfg.fill(cfg.instance_prompt) for it in items]
+    else:
+        prompts = [cfg.fill(cfg.instance_prompt)] * len(items)
+    generated = 0
+    class_data = None
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".class_cache"
+    if cfg.prior_preservation:
+        class_prompt = cfg.fill(cfg.class_prompt)
+        paths, generated = class_images(comps, class_prompt, cfg.num_class_images, cfg.resolution,
+                                        cfg.seed, cfg.class_images_steps, cache_root, device,
+                                        torch.float32)
+        class_pixels = load_images(paths, cfg.resolution)
+    for module in (comps.unet, comps.vae, comps.text_encoder):
+        memory.cast_frozen(module, dtype)
+    latent_cache = run_dir / "cache" if cfg.cache_latents == "disk" else None
+    data = _prepare_data(comps, cfg, pixels, prompts, device, dtype, latent_cache)
+    if cfg.prior_preservation:
+        class_cache = (cache_root / "latents" / digest) if cfg.cache_latents == "disk" else None
+        class_data = _prepare_data(comps, cfg, class_pixels, [cfg.fill(cfg.class_prompt)] * len(class_pixels),
+                                   device, dtype, class_cache)
+    if cfg.cache_latents != "off":
+        memory.offload(comps.vae)
+    if data.embeddings:
+        memory.offload(comps.text_encoder)
+
+    # --- trainable adapters -----------------------------------------------------------------
+    _add_lora(comps.unet, cfg, cfg.target_modules)
+    groups = [{"params": memory.trainable_parameters(comps.unet), "lr": cfg.learning_rate}]
+    if cfg.train_text_encoder:
+        _add_lora(comps.text_encoder, cfg, TEXT_ENCODER_TARGETS)
+        groups.append({"params": memory.trainable_parameters(comps.text_encoder), "lr": cfg.text_encoder_lr})
+    memory.trainable_to_fp32(comps.unet)
+    memory.trainable_to_fp32(comps.text_encoder)
+    memory.set_gradient_checkpointing(comps.unet, cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing and cfg.train_text_encoder:
+        comps.text_encoder.gradient_checkpointing_enable()
+    comps.unet.train()
+    if cfg.train_text_encoder:
+        comps.text_encoder.train()
+    optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.steps)
+    trained = [comps.unet] + ([comps.text_encoder] if cfg.train_text_encoder else [])
+    prepared = accelerator.prepare(*trained, optimizer)
+    unet_ddp, optimizer = prepared[0], prepared[-1]
+    te_ddp = prepared[1] if cfg.train_text_encoder else comps.text_encoder
+
+    start_step = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise ConfigError(f"cannot resume: '{run_dir}' has no checkpoint yet (checkpoint_every="
+                              f"{cfg.checkpoint_every}); start the run again instead")
+        state = load_checkpoint(ckpt, digest)
+        _load_trainable(comps, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        truncate_log(run_dir, start_step)
+        log.info("resumed %s at step %d", run_dir, start_step)
+
+    if cb.on_start:
+        cb.on_start({"unet": comps.unet, "text_encoder": comps.text_encoder, "vae": comps.vae,
+                     "optimizer": optimizer, "start_step": start_step, "device": device,
+                     "trainable_parameters": sum(p.numel() for g in groups for p in g["params"])})
+
+    # --- loop -------------------------------------------------------------------------------
+    result = TrainResult(run_dir, None, None, start_step, None, None, 0.0, resumed_from=start_step,
+                         class_images_generated=generated)
+    memory.reset_peak_memory(device)
+    params = [p for g in groups for p in g["params"]]
+    T = comps.scheduler.config.num_train_timesteps
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            parts_sum: dict[str, float] = {}
+            for micro in range(cfg.gradient_accumulation):
+                gen = _step_generator(cfg.seed, step, micro, rank)
+                torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
+                idx = torch.randint(0, data.count, (cfg.batch_size,), generator=gen)
+                latents, enc = _batch(comps, cfg, data, idx, gen, device, dtype)
+                if class_data is not None:
+                    cidx = torch.randint(0, class_data.count, (cfg.batch_size,), generator=gen)
+                    c_lat, c_enc = _batch(comps, cfg, class_data, cidx, gen, device, dtype)
+                    latents, enc = torch.cat([latents, c_lat]), torch.cat([enc, c_enc])
+                noise = torch.randn(latents.shape, generator=gen)
+                if cfg.noise_offset:
+                    noise = noise + cfg.noise_offset * torch.randn(
+                        (latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+                noise = noise.to(device)
+                timesteps = torch.randint(0, T, (latents.shape[0],), generator=gen).to(device)
+                noisy = comps.scheduler.add_noise(latents, noise, timesteps)
+                sync = micro == cfg.gradient_accumulation - 1
+                ctx = accelerator.no_sync(unet_ddp) if not sync and accelerator.num_processes > 1 \
+                    else _null()
+                with ctx, accelerator.autocast():
+                    pred = unet_ddp(noisy.to(dtype), timesteps, enc.to(dtype)).sample
+                    loss, parts = _loss(comps, cfg, pred, noise, latents, timesteps, cfg.batch_size)
+                accelerator.backward(loss / cfg.gradient_accumulation)
+                parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr_used = lr_scheduler.get_last_lr()[0]
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+            if not math.isfinite(parts_sum["loss"]):
+                raise FloatingPointError(f"loss became {parts_sum['loss']} at step {step}; "
+                                         f"lower learning_rate or use bf16 instead of fp16")
+            seconds = time.perf_counter() - t0
+            record = {"step": step, **{k: round(v, 6) for k, v in parts_sum.items()},
+                      "batch": {"instance": cfg.batch_size,
+                                "class": cfg.batch_size if class_data is not None else 0},
+                      "lr": lr_used,
+                      "peak_memory_mb": round(memory.peak_memory_mb(device), 1),
+                      "step_seconds": round(seconds, 4),
+                      "samples_per_s": round(cfg.batch_size * cfg.gradient_accumulation
+                                             * accelerator.num_processes / seconds, 3)}
+            result.records.append(record)
+            result.first_loss = result.first_loss if result.first_loss is not None else record["loss"]
+            result.final_loss = record["loss"]
+            result.steps_done = step
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+                append_log(run_dir, record)
+            if cb.on_log:
+                cb.on_log(record)
+            if cb.on_progress:
+                cb.on_progress(step, cfg.steps)
+            last = step == cfg.steps
+            stopping = bool(cb.should_stop and cb.should_stop())
+            if accelerator.is_main_process and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                                                or last or stopping):
+                save_checkpoint(run_dir, step, _trainable_state(comps, cfg), optimizer, lr_scheduler,
+                                digest, cfg.keep_checkpoints)
+            if cfg.validate_every and (step % cfg.validate_every == 0 or last) and accelerator.is_main_process:
+                from .validation import validate
+
+                info = validate(comps, cfg, run_dir, step, device, dtype)
+                append_log(run_dir, {"step": step, "validation": info})
+                if cb.on_validation:
+                    cb.on_validation(step, Path(info["grid"]), info)
+            if stopping and not last:
+                raise TrainingStopped(f"stopped at step {step}")
+    except TrainingStopped:
+        result.stopped = True
+    accelerator.wait_for_everyone()
+    result.peak_memory_mb = memory.peak_memory_mb(device)
+    if accelerator.is_main_process:
+        plot_loss(run_dir)
+        if not result.stopped:
+            from .export import save_peft_lora, save_kohya_lora
+
+            unet = accelerator.unwrap_model(unet_ddp)
+            te = accelerator.unwrap_model(te_ddp) if cfg.train_text_encoder else None
+            result.lora_path = save_kohya_lora(run_dir / "lora.safetensors", _lora_of(unet),
+                                               _lora_of(te) if te is not None else None, cfg.alpha,
+                                               lora_metadata(cfg, comps, result))
+            result.diffusers_lora_dir = save_peft_lora(run_dir / "diffusers_lora", unet, te)
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _lora_of(model) -> dict[str, torch.Tensor]:
+    from .export import lora_state
+
+    return lora_state(model)
+
+
+def _trainable_state(comps, cfg) -> dict[str, torch.Tensor]:
+    state = {f"unet.{k}": v for k, v in _lora_of(comps.unet).items()}
+    if cfg.train_text_encoder:
+        state.update({f"text_encoder.{k}": v for k, v in _lora_of(comps.text_encoder).items()})
+    return state
+
+
+def _load_trainable(comps, tensors: dict[str, torch.Tensor]) -> None:
+    for prefix, model in (("unet.", comps.unet), ("text_encoder.", comps.text_encoder)):
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not part:
+            continue
+        own = model.state_dict()
+        unknown = [k for k in part if k not in own]
+        if unknown:
+            raise RuntimeError(f"checkpoint tensors do not fit the model: {unknown[:3]}")
+        with torch.no_grad():
+            for k, v in part.items():
+                own[k].copy_(v)
+
+
+def lora_metadata(cfg: TrainConfig, comps, result: TrainResult) -> dict:
+    import json
+
+    return {
+        "persona.base_model": comps.source, "persona.base_model_hash": comps.model_hash,
+        "persona.base_model_random_weights": str(comps.random_weights).lower(),
+        "persona.token": cfg.token, "persona.class": cfg.class_noun,
+        "persona.rank": str(cfg.rank), "persona.alpha": str(cfg.alpha),
+        "persona.steps": str(result.steps_done), "persona.resolution": str(cfg.resolution),
+        "persona.config": json.dumps(cfg.to_json()),
+        # the names kohya / A1111 read
+        "ss_network_module": "networks.lora", "ss_network_dim": str(cfg.rank),
+        "ss_network_alpha": str(cfg.alpha), "ss_base_model_version": "sd_v1",
+        "ss_resolution": f"({cfg.resolution}, {cfg.resolution})", "ss_steps": str(result.steps_done),
+        "ss_sd_model_hash": comps.model_hash,
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.title": f"{cfg.token} {cfg.class_noun}",
+    }
