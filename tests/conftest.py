@@ -60,3 +60,26 @@ def face_dataset(tmp_path_factory):
     result = prepare_dataset(root / "photos", root / "dataset", PrepareConfig(resolution=64))
     assert len(result.accepted) == 4
     return root / "dataset"
+
+
+@pytest.fixture(scope="session")
+def sd15_model():
+    """The full SD1.5 architecture with random weights (ComfyUI detects it as SD1.5).
+    Built once into the test cache (about 35 s and 4 GB)."""
+    from comfy_server import CACHE
+    from comfyui_persona.trainers.tiny_model import build_model
+
+    return build_model(CACHE / "models" / "sd15-random", "sd15", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sd15_lora(sd15_model, face_dataset, tmp_path_factory):
+    """A LoRA (UNet + text encoder) trained for 2 steps on the SD1.5-shaped model."""
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.loop import train
+
+    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset),
+                      output_dir=str(tmp_path_factory.mktemp("sd15_lora") / "run"), resolution=64,
+                      steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
+                      text_encoder_lr=5e-2, checkpoint_every=0)
+    return train(cfg).lora_path
