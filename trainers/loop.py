@@ -146,6 +146,14 @@ def _make_accelerator(cfg: TrainConfig, device: torch.device):
     if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("invalid TrainConfig:\n  mixed_precision: fp16 needs a CUDA device; "
                           "use 'bf16' or 'no' on the CPU")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one state per process; several runs in one process (the library
+        # API, tests) may differ in precision. A distributed launch keeps the launcher's state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     return accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
 
 

@@ -1,0 +1,173 @@
+"""Each memory technique does what it claims, and none changes the loss beyond tolerance."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_persona.deps import MissingDependencyError
+from comfyui_persona.trainers import memory
+from comfyui_persona.trainers.loop import Callbacks, train
+from comfyui_persona.trainers.models import load_sd15
+
+from trainer_helpers import tiny_config
+
+
+def _losses(result):
+    return [r["loss"] for r in result.records]
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model, face_dataset, tmp_path_factory):
+    return _losses(train(tiny_config(tiny_model, face_dataset, tmp_path_factory.mktemp("base") / "run")))
+
+
+def _saved_activation_bytes(unet, checkpointing: bool) -> int:
+    memory.set_gradient_checkpointing(unet, checkpointing)
+    unet.train()
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    x = torch.randn(1, 4, 8, 8)
+    enc = torch.randn(1, 77, 32)
+    lora_like = [p for p in unet.parameters()][:1]
+    for p in lora_like:
+        p.requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        unet(x, torch.tensor([10]), enc).sample.sum().backward()
+    return sum(saved)
+
+
+def test_gradient_checkpointing_saves_fewer_activations(tiny_model):
+    unet = load_sd15(tiny_model).unet
+    memory.freeze(unet)
+    full = _saved_activation_bytes(unet, False)
+    checkpointed = _saved_activation_bytes(unet, True)
+    assert checkpointed < 0.7 * full, (checkpointed, full)
+
+
+@pytest.mark.parametrize("fields", [
+    {"gradient_checkpointing": True},
+    {"attention": "sliced"},
+    {"cache_latents": "off"},
+    {"cache_latents": "disk"},
+    {"cache_text_embeddings": False},
+    {"vae_slicing": False, "vae_tiling": True},
+    {"grad_set_to_none": False},
+], ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_switch_keeps_the_loss(tiny_model, face_dataset, tmp_path, baseline, fields):
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", **fields))
+    assert _losses(result) == pytest.approx(baseline, rel=2e-3, abs=1e-4)
+    if fields.get("cache_latents") == "disk":
+        assert (tmp_path / "run" / "cache" / "latents.safetensors").is_file()
+
+
+def _count_calls(module_name: str, **fields):
+    """Forward calls of the text encoder / VAE encoder during the training steps."""
+    calls = {"n": 0}
+
+    def on_start(info):
+        target = info["text_encoder"] if module_name == "text_encoder" else info["vae"].encoder
+        target.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+
+    return calls, Callbacks(on_start=on_start)
+
+
+def test_caches_keep_the_encoders_out_of_the_loop(tiny_model, face_dataset, tmp_path):
+    for module, switch in (("text_encoder", "cache_text_embeddings"), ("vae", "cache_latents")):
+        on = {switch: True if switch == "cache_text_embeddings" else "memory"}
+        off = {switch: False if switch == "cache_text_embeddings" else "off"}
+        calls, cb = _count_calls(module)
+        train(tiny_config(tiny_model, face_dataset, tmp_path / f"{module}-on", **on), cb)
+        assert calls["n"] == 0, module
+        calls, cb = _count_calls(module)
+        train(tiny_config(tiny_model, face_dataset, tmp_path / f"{module}-off", **off), cb)
+        assert calls["n"] == 3, module  # once per step
+
+
+def test_set_to_none_frees_gradients(tiny_model, face_dataset, tmp_path):
+    seen = {}
+
+    def on_start(info):
+        seen["params"] = [p for p in info["unet"].parameters() if p.requires_grad]
+
+    def on_log(_record):
+        seen.setdefault("grads", []).append([p.grad for p in seen["params"]])
+
+    for flag in (True, False):
+        seen.clear()
+        train(tiny_config(tiny_model, face_dataset, tmp_path / f"run{flag}", grad_set_to_none=flag),
+              Callbacks(on_start=on_start, on_log=on_log))
+        grads = seen["grads"][-1]
+        if flag:
+            assert all(g is None for g in grads)
+        else:
+            assert all(g is not None and not g.any() for g in grads)
+
+
+def test_gradient_accumulation_makes_one_step_of_several_micro_batches(tiny_model, face_dataset, tmp_path):
+    steps = {}
+
+    def on_start(info):
+        opt = info["optimizer"]
+        original = opt.step
+        steps["n"] = 0
+
+        def counted(*a, **k):
+            steps["n"] += 1
+            return original(*a, **k)
+
+        opt.step = counted
+
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", gradient_accumulation=3),
+                   Callbacks(on_start=on_start))
+    assert steps["n"] == 3 and len(result.records) == 3
+    assert all(r["samples_per_s"] > 0 for r in result.records)
+
+
+def test_bf16_keeps_trainable_weights_in_fp32(tiny_model, face_dataset, tmp_path, baseline):
+    dtypes = {}
+
+    def on_start(info):
+        unet = info["unet"]
+        dtypes["trainable"] = {p.dtype for p in unet.parameters() if p.requires_grad}
+        dtypes["frozen"] = {p.dtype for p in unet.parameters() if not p.requires_grad}
+
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", mixed_precision="bf16"),
+                   Callbacks(on_start=on_start))
+    assert dtypes == {"trainable": {torch.float32}, "frozen": {torch.bfloat16}}
+    assert _losses(result) == pytest.approx(baseline, rel=0.05)
+
+
+def test_fp16_on_cpu_is_refused_with_the_field_named(tiny_model, face_dataset, tmp_path):
+    from comfyui_persona.config_base import ConfigError
+
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        train(tiny_config(tiny_model, face_dataset, tmp_path / "run", mixed_precision="fp16", device="cpu"))
+
+
+def test_optimizers(tiny_model, face_dataset, tmp_path):
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "ada", optimizer="adafactor", steps=2))
+    assert len(result.records) == 2 and result.lora_path.is_file()
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match="bitsandbytes"):
+            train(tiny_config(tiny_model, face_dataset, tmp_path / "bnb", optimizer="adamw8bit", steps=2))
+
+
+def test_vae_slicing_and_tiling_switches(tiny_model):
+    vae = load_sd15(tiny_model).vae
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    memory.configure_vae(vae, slicing=False, tiling=False)
+    with torch.no_grad():
+        whole = vae.encode(x).latent_dist.mean
+    memory.configure_vae(vae, slicing=True, tiling=False)
+    assert vae.use_slicing and not vae.use_tiling
+    with torch.no_grad():
+        sliced = vae.encode(x).latent_dist.mean
+    assert torch.allclose(whole, sliced, atol=1e-5)
+    memory.configure_vae(vae, slicing=False, tiling=True)
+    assert vae.use_tiling and not vae.use_slicing
