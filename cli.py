@@ -111,6 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.refresh()
 
         callbacks = Callbacks(on_log=on_log)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # data-parallel: only the first process reports
+        callbacks, bar = Callbacks(), (bar.close() if bar is not None else None)
     try:
         result = train(cfg, callbacks, resume=bool(args.resume))
     except (ConfigError, CheckpointError) as exc:
@@ -124,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                "steps": result.steps_done, "first_loss": result.first_loss,
                "final_loss": result.final_loss, "peak_memory_mb": round(result.peak_memory_mb, 1),
                "resumed_from": result.resumed_from, "stopped": result.stopped}
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if args.json_events:
         print(json.dumps(summary), flush=True)
     else:

@@ -221,9 +221,10 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".class_cache"
     if cfg.prior_preservation:
         class_prompt = cfg.fill(cfg.class_prompt)
-        paths, generated = class_images(comps, class_prompt, cfg.num_class_images, cfg.resolution,
-                                        cfg.seed, cfg.class_images_steps, cache_root, device,
-                                        torch.float32)
+        with accelerator.main_process_first():  # one process fills the shared cache
+            paths, generated = class_images(comps, class_prompt, cfg.num_class_images, cfg.resolution,
+                                            cfg.seed, cfg.class_images_steps, cache_root, device,
+                                            torch.float32)
         class_pixels = load_images(paths, cfg.resolution)
     for module in (comps.unet, comps.vae, comps.text_encoder):
         memory.cast_frozen(module, dtype)
@@ -324,13 +325,17 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
             if not math.isfinite(parts_sum["loss"]):
                 raise FloatingPointError(f"loss became {parts_sum['loss']} at step {step}; "
                                          f"lower learning_rate or use bf16 instead of fp16")
+            if accelerator.num_processes > 1:  # the log shows the mean over all processes
+                keys = sorted(parts_sum)
+                mean = accelerator.reduce(torch.tensor([parts_sum[k] for k in keys], device=device), "mean")
+                parts_sum = dict(zip(keys, mean.tolist()))
             seconds = time.perf_counter() - t0
             record = {"step": step, **{k: round(v, 6) for k, v in parts_sum.items()},
                       "batch": {"instance": cfg.batch_size,
                                 "class": cfg.batch_size if class_data is not None else 0},
                       "lr": lr_used,
                       "peak_memory_mb": round(memory.peak_memory_mb(device), 1),
-                      "step_seconds": round(seconds, 4),
+                      "step_seconds": round(seconds, 4), "processes": accelerator.num_processes,
                       "samples_per_s": round(cfg.batch_size * cfg.gradient_accumulation
                                              * accelerator.num_processes / seconds, 3)}
             result.records.append(record)
@@ -339,9 +344,9 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
             result.steps_done = step
             if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
                 append_log(run_dir, record)
-            if cb.on_log:
+            if cb.on_log and accelerator.is_main_process:
                 cb.on_log(record)
-            if cb.on_progress:
+            if cb.on_progress and accelerator.is_main_process:
                 cb.on_progress(step, cfg.steps)
             last = step == cfg.steps
             stopping = bool(cb.should_stop and cb.should_stop())
