@@ -112,9 +112,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         callbacks = Callbacks(on_log=on_log)
     import os
+    import signal
 
+    stop = {"requested": False}
+
+    def request_stop(_signum, _frame):  # SIGTERM: checkpoint at the end of this step, then stop
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    callbacks.should_stop = lambda: stop["requested"]
     if os.environ.get("RANK", "0") != "0":  # data-parallel: only the first process reports
-        callbacks, bar = Callbacks(), (bar.close() if bar is not None else None)
+        callbacks, bar = Callbacks(should_stop=callbacks.should_stop), (bar.close() if bar else None)
     try:
         result = train(cfg, callbacks, resume=bool(args.resume))
     except (ConfigError, CheckpointError) as exc:

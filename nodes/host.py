@@ -55,3 +55,12 @@ def check_interrupt() -> None:
     except ImportError:
         return
     mm.throw_exception_if_processing_interrupted()
+
+
+def interrupt_requested() -> bool:
+    """True when the user pressed cancel (without clearing the request)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return False
+    return bool(mm.processing_interrupted())

@@ -1,0 +1,132 @@
+"""Training in a child process (what the ComfyUI node uses): an out-of-memory error or a
+crash ends the child, never the server; progress streams back as JSON lines; a cancel
+request ends the child; a finished run with the same dataset and config is reused."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHILD = Path(__file__).with_name("child.py")
+DONE = "persona_run.json"
+
+
+class TrainingCancelled(RuntimeError):
+    pass
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    lora_path: Path
+    summary: dict
+    cached: bool
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """Same dataset content + same config (output_dir aside) = same key."""
+    manifest = Path(cfg.dataset) / "manifest.json"
+    dataset_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else cfg.dataset
+    fields = set(cfg.model_fields) - {"output_dir"}
+    return hashlib.sha256(f"{dataset_id}:{cfg.digest(fields)}".encode()).hexdigest()[:16]
+
+
+def cached_run(run_dir: Path, key: str) -> RunOutcome | None:
+    marker = run_dir / DONE
+    if not marker.is_file():
+        return None
+    data = json.loads(marker.read_text())
+    lora = run_dir / "lora.safetensors"
+    if data.get("key") == key and lora.is_file():
+        return RunOutcome(run_dir, lora, data.get("summary", {}), True)
+    return None
+
+
+def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None,
+                        should_cancel: Callable[[], bool] | None = None,
+                        poll_seconds: float = 0.5) -> RunOutcome:
+    cfg.check_paths()
+    key = run_key(cfg)
+    run_dir = Path(cfg.output_dir)
+    found = cached_run(run_dir, key)
+    if found:
+        log.info("reusing finished run %s (same dataset and config)", run_dir)
+        return found
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = (run_dir / "config.json").is_file() and (run_dir / "checkpoints").is_dir() \
+        and any((run_dir / "checkpoints").iterdir())
+    if resume and json.loads((run_dir / "config.json").read_text()) != cfg.to_json():
+        raise TrainingFailed(f"output_dir '{run_dir}' holds a different run; choose another name")
+    config_file = run_dir / "requested_config.json"
+    config_file.write_text(json.dumps(cfg.to_json(), indent=2))
+    args = ["--resume", str(run_dir)] if resume else [str(config_file)]
+    proc = subprocess.Popen([sys.executable, str(CHILD), *args, "--json-events"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    stderr_tail: list[str] = []
+
+    def drain_stderr():
+        for line in proc.stderr:
+            stderr_tail.append(line)
+            del stderr_tail[:-200]
+
+    threading.Thread(target=drain_stderr, daemon=True).start()
+    events: list[dict] = []
+    reader = threading.Thread(target=lambda: [events.append(json.loads(l)) for l in proc.stdout
+                                              if l.startswith("{")], daemon=True)
+    reader.start()
+    seen = 0
+    cancelled = False
+    try:
+        while True:
+            finished = proc.poll() is not None
+            while seen < len(events):
+                if on_event:
+                    on_event(events[seen])  # may raise (e.g. the host's interrupt): see finally
+                seen += 1
+            if finished and not reader.is_alive():
+                break
+            if not cancelled and should_cancel and should_cancel():
+                cancelled = True
+                _stop(proc)
+            reader.join(timeout=poll_seconds)
+    finally:
+        if proc.poll() is None:  # any way out of here ends the child (it checkpoints first)
+            _stop(proc)
+    proc.wait()
+    if cancelled:
+        raise TrainingCancelled("training was cancelled; run it again to resume from its last checkpoint")
+    if proc.returncode != 0:
+        tail = "".join(stderr_tail[-40:])
+        raise TrainingFailed(f"training failed (exit code {proc.returncode}); its last output:\n{tail}")
+    done = [e for e in events if e.get("event") == "done"]
+    summary = done[-1] if done else {}
+    lora = run_dir / "lora.safetensors"
+    (run_dir / DONE).write_text(json.dumps({"key": key, "summary": summary}, indent=2))
+    return RunOutcome(run_dir, lora, summary, False)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM (the child saves a checkpoint at the end of its step), then SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
