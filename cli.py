@@ -150,7 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    _summary, text = run_demo(Path(args.out), quick=args.quick)
+    import os
+
+    base = args.base_model or os.environ.get("PERSONA_BASE_MODEL") or None
+    _summary, text = run_demo(Path(args.out), quick=args.quick, base_model=base)
     print(text)
     return 0
 
@@ -178,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="shortest settings (used by the tests)")
+    p.add_argument("--base-model", help="a real SD1.x diffusers model folder instead of the tiny "
+                                        "random-weight model (or set PERSONA_BASE_MODEL)")
     p.set_defaults(func=cmd_demo)
     return parser
 

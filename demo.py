@@ -18,29 +18,56 @@ log = logging.getLogger(__name__)
 STAGES = ["prepare", "train", "generate", "enhance", "metrics"]
 
 
-def _stage_prepare(out: Path, quick: bool) -> dict:
+def _stage_prepare(out: Path, quick: bool, state: dict) -> dict:
     from .faces.config import PrepareConfig
     from .faces.dataset import prepare_dataset
     from .samples import write_subject_photos
 
     photos = out / "photos"
     write_subject_photos(photos, count=4 if quick else 6)
-    cfg = PrepareConfig(resolution=256 if quick else 512, white_balance=True)
+    cfg = PrepareConfig(resolution=512 if state.get("base_model") else 128, white_balance=True)
     result = prepare_dataset(photos, out / "dataset", cfg)
     if not result.accepted:
         raise RuntimeError("prepare: no sample photo passed the face filter")
+    state["dataset"] = result.dataset_dir
     return {"dataset": str(result.dataset_dir), "accepted": len(result.accepted),
             "rejected": len(result.rejected),
             "weights": "MTCNN face detector: real pretrained weights (facenet-pytorch)"}
 
 
-RUNNERS = {"prepare": _stage_prepare}
+def _stage_train(out: Path, quick: bool, state: dict) -> dict:
+    from .trainers.config import TrainConfig
+    from .trainers.loop import train
+    from .trainers.tiny_model import build_model
+
+    real = state.get("base_model")
+    model = Path(real) if real else build_model(out / "models" / "tiny-sd", "tiny")
+    run = out / "train"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cfg = TrainConfig(base_model=str(model), dataset=str(state["dataset"]), output_dir=str(run),
+                      resolution=512 if real else 64, steps=(800 if real else (40 if quick else 150)),
+                      rank=16 if real else 8, alpha=16 if real else 8,
+                      learning_rate=1e-4 if real else 5e-3, batch_size=1 if real else 2,
+                      checkpoint_every=0, mixed_precision="no")
+    result = train(cfg)
+    state["lora"] = result.lora_path
+    weights = ("base model: the given checkpoint" if real else
+               "base model: tiny SD1.x-shaped model with RANDOM weights (shows the mechanics, not quality)")
+    return {"run_dir": str(run), "lora": str(result.lora_path), "steps": result.steps_done,
+            "first_loss": result.first_loss, "final_loss": result.final_loss, "weights": weights}
 
 
-def run_demo(out: Path, quick: bool = False) -> tuple[dict, str]:
+RUNNERS = {"prepare": _stage_prepare, "train": _stage_train}
+
+
+def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> tuple[dict, str]:
     """Run the pipeline into ``out``; returns (summary, a text report for the terminal)."""
     out.mkdir(parents=True, exist_ok=True)
     rows, summary = [], {}
+    state: dict = {"base_model": base_model}
     for stage in STAGES:
         runner = RUNNERS.get(stage)
         if runner is None:
@@ -48,7 +75,7 @@ def run_demo(out: Path, quick: bool = False) -> tuple[dict, str]:
             summary[stage] = {"status": "missing"}
             continue
         start = time.perf_counter()
-        info = runner(out, quick)
+        info = runner(out, quick, state)
         seconds = time.perf_counter() - start
         summary[stage] = {"status": "ok", "seconds": round(seconds, 2), **info}
         rows.append((stage, f"ok ({seconds:.1f} s)", info.get("weights", "")))

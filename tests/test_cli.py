@@ -48,6 +48,8 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["prepare"]["status"] == "ok" and summary["prepare"]["accepted"] >= 3
+    assert summary["train"]["status"] == "ok" and (tmp_path / "demo" / "train" / "lora.safetensors").is_file()
+    assert "RANDOM weights" in out
     assert (tmp_path / "demo" / "report.md").is_file()
     for stage, info in summary.items():
         if info["status"] == "missing":
