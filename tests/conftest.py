@@ -83,3 +83,13 @@ def sd15_lora(sd15_model, face_dataset, tmp_path_factory):
                       steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
                       text_encoder_lr=5e-2, checkpoint_every=0)
     return train(cfg).lora_path
+
+
+@pytest.fixture(scope="session")
+def sd15_single_file(sd15_model, tmp_path_factory):
+    """The SD1.5-shaped model as one original-layout .safetensors (as in models/checkpoints)."""
+    from comfyui_persona.trainers.models import load_sd15, save_single_file
+
+    comps = load_sd15(sd15_model)
+    return save_single_file(tmp_path_factory.mktemp("ckpt") / "persona-sd15.safetensors",
+                            comps.unet, comps.vae, comps.text_encoder)

@@ -51,3 +51,30 @@ def test_kohya_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_mo
     assert without["status"]["status_str"] == "success", without["status"]
     difference = np.abs(_image(comfy, with_lora) - _image(comfy, without)).mean()
     assert difference > 0.5, difference
+
+
+def test_single_file_base_trains_and_comfyui_checkpoint_loader_applies_the_lora(
+        comfy, sd15_single_file, face_dataset, tmp_path):
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.loop import train
+
+    cfg = TrainConfig(base_model=str(sd15_single_file), dataset=str(face_dataset),
+                      output_dir=str(tmp_path / "run"), resolution=64, steps=2, rank=4, alpha=4,
+                      learning_rate=5e-2, checkpoint_every=0)
+    lora = train(cfg).lora_path
+    (comfy.models / "checkpoints" / "persona-sd15.safetensors").symlink_to(sd15_single_file)
+    shutil.copy(lora, comfy.models / "loras" / "persona_from_single_file.safetensors")
+    graph = _graph("unused", "persona_from_single_file.safetensors", 1.0, "single_file")
+    graph["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "persona-sd15.safetensors"}}
+    log_before = len(comfy.log())
+    entry = comfy.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    new_log = comfy.log()[log_before:]
+    assert "lora key not loaded" not in new_log
+    # ComfyUI prints this one line for every original SD1.5 checkpoint (the format has
+    # neither tensor); any other missing or unexpected key is a conversion error
+    known = "clip missing: ['clip_l.logit_scale', 'clip_l.transformer.text_projection.weight']"
+    problems = [line for line in new_log.splitlines()
+                if ("missing" in line.lower() or "unexpected" in line.lower()) and line.strip() != known]
+    assert not problems, problems
+    assert _image(comfy, entry).shape == (64, 64, 3)

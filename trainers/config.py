@@ -17,11 +17,13 @@ from ..config_base import ConfigError, JobConfig
 class TrainConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
     # what
-    base_model: str = Field(..., min_length=1, description="Diffusers model folder of the base model.")
+    base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint.")
     family: Literal["sd15"] = Field("sd15", description="Model family (Stable Diffusion 1.x).")
     dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
     output_dir: str = Field("runs/train", min_length=1, description="Run directory: config, log, checkpoints, samples, final LoRA.")
-    method: Literal["lora"] = Field("lora", description="Training method: LoRA adapters on the UNet (optionally the text encoder).")
+    method: Literal["lora", "dreambooth"] = Field(
+        "lora", description="'lora': LoRA adapters on the UNet (optionally the text encoder); "
+                            "'dreambooth': full fine-tune of the UNet (optionally the text encoder).")
     token: str = Field("sks", min_length=1, description="Rare identifier token of the subject.")
     class_noun: str = Field("person", min_length=1, description="Class noun of the subject.")
     caption_source: Literal["dataset", "instance_prompt"] = Field(
@@ -102,6 +104,9 @@ class TrainConfig(JobConfig):
         model = Path(self.base_model)
         if not model.exists():
             raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' does not exist")
+        if model.is_file() and model.suffix.lower() != ".safetensors":
+            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a .safetensors "
+                              f"checkpoint or a diffusers folder")
         if model.is_dir() and not (model / "model_index.json").is_file() and not (model / "unet").is_dir():
             raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a diffusers model folder "
                               f"(no model_index.json)")

@@ -94,3 +94,33 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
 
     with safe_open(str(path), "pt") as f:
         return dict(f.metadata() or {})
+
+
+def export_dreambooth(run_dir: Path, comps, unet, text_encoder, metadata: dict[str, str]
+                      ) -> tuple[Path, Path]:
+    """A fine-tuned model as a diffusers folder (``model/``) and a single-file checkpoint
+    (``model.safetensors``, the layout ComfyUI's CheckpointLoader reads)."""
+    import json as _json
+
+    from .models import save_single_file
+    from .tiny_model import _classic_clip_keys
+
+    folder = Path(run_dir) / "model"
+    for module in (unet, text_encoder, comps.vae):  # frozen parts may be in half precision
+        if any(p.dtype != torch.float32 for p in module.parameters()):
+            module.to(torch.float32)
+    unet.save_pretrained(folder / "unet")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    _classic_clip_keys(folder / "text_encoder" / "model.safetensors")
+    comps.vae.save_pretrained(folder / "vae")
+    comps.tokenizer.save_pretrained(folder / "tokenizer")
+    comps.scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(_json.dumps({
+        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None],
+        "safety_checker": [None, None], "requires_safety_checker": False,
+        "scheduler": ["diffusers", type(comps.scheduler).__name__],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+    meta = {k: v for k, v in metadata.items() if not k.startswith("ss_network")}
+    checkpoint = save_single_file(Path(run_dir) / "model.safetensors", unet, comps.vae, text_encoder, meta)
+    return folder, checkpoint

@@ -51,6 +51,8 @@ class TrainResult:
     stopped: bool = False
     resumed_from: int = 0
     class_images_generated: int = 0
+    model_dir: Path | None = None  # DreamBooth: diffusers folder
+    checkpoint_path: Path | None = None  # DreamBooth: single-file checkpoint
     records: list[dict] = field(default_factory=list)
 
 
@@ -239,11 +241,17 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
     if data.embeddings:
         memory.offload(comps.text_encoder)
 
-    # --- trainable adapters -----------------------------------------------------------------
-    _add_lora(comps.unet, cfg, cfg.target_modules)
+    # --- what trains: LoRA adapters, or (DreamBooth) the whole UNet ---------------------------
+    if cfg.method == "lora":
+        _add_lora(comps.unet, cfg, cfg.target_modules)
+    else:
+        comps.unet.requires_grad_(True)
     groups = [{"params": memory.trainable_parameters(comps.unet), "lr": cfg.learning_rate}]
     if cfg.train_text_encoder:
-        _add_lora(comps.text_encoder, cfg, TEXT_ENCODER_TARGETS)
+        if cfg.method == "lora":
+            _add_lora(comps.text_encoder, cfg, TEXT_ENCODER_TARGETS)
+        else:
+            comps.text_encoder.requires_grad_(True)
         groups.append({"params": memory.trainable_parameters(comps.text_encoder), "lr": cfg.text_encoder_lr})
     memory.trainable_to_fp32(comps.unet)
     memory.trainable_to_fp32(comps.text_encoder)
@@ -370,14 +378,19 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
     if accelerator.is_main_process:
         plot_loss(run_dir)
         if not result.stopped:
-            from .export import save_peft_lora, save_kohya_lora
+            from .export import export_dreambooth, save_kohya_lora, save_peft_lora
 
             unet = accelerator.unwrap_model(unet_ddp)
             te = accelerator.unwrap_model(te_ddp) if cfg.train_text_encoder else None
-            result.lora_path = save_kohya_lora(run_dir / "lora.safetensors", _lora_of(unet),
-                                               _lora_of(te) if te is not None else None, cfg.alpha,
-                                               lora_metadata(cfg, comps, result))
-            result.diffusers_lora_dir = save_peft_lora(run_dir / "diffusers_lora", unet, te)
+            meta = lora_metadata(cfg, comps, result)
+            if cfg.method == "lora":
+                result.lora_path = save_kohya_lora(run_dir / "lora.safetensors", _lora_of(unet),
+                                                   _lora_of(te) if te is not None else None,
+                                                   cfg.alpha, meta)
+                result.diffusers_lora_dir = save_peft_lora(run_dir / "diffusers_lora", unet, te)
+            else:
+                result.model_dir, result.checkpoint_path = export_dreambooth(
+                    run_dir, comps, unet, comps.text_encoder, meta)
     return result
 
 
@@ -396,9 +409,11 @@ def _lora_of(model) -> dict[str, torch.Tensor]:
 
 
 def _trainable_state(comps, cfg) -> dict[str, torch.Tensor]:
-    state = {f"unet.{k}": v for k, v in _lora_of(comps.unet).items()}
+    """Every trained tensor (LoRA adapters, or the whole UNet for DreamBooth), by name."""
+    state = {f"unet.{n}": p for n, p in comps.unet.named_parameters() if p.requires_grad}
     if cfg.train_text_encoder:
-        state.update({f"text_encoder.{k}": v for k, v in _lora_of(comps.text_encoder).items()})
+        state.update({f"text_encoder.{n}": p for n, p in comps.text_encoder.named_parameters()
+                      if p.requires_grad})
     return state
 
 
@@ -431,6 +446,6 @@ def lora_metadata(cfg: TrainConfig, comps, result: TrainResult) -> dict:
         "ss_network_alpha": str(cfg.alpha), "ss_base_model_version": "sd_v1",
         "ss_resolution": f"({cfg.resolution}, {cfg.resolution})", "ss_steps": str(result.steps_done),
         "ss_sd_model_hash": comps.model_hash,
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": "stable-diffusion-v1" + ("/lora" if cfg.method == "lora" else ""),
         "modelspec.title": f"{cfg.token} {cfg.class_noun}",
     }

@@ -66,10 +66,78 @@ def load_sd15(base_model: str | Path) -> Components:
                       model_hash(folder), bool(random_weights))
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def family_config_dir(family: str) -> Path:
+    """A complete diffusers config folder for ``family`` (the JSONs shipped in configs/ plus
+    the CLIP tokenizer files rebuilt offline), made once in the user cache."""
+    import os
+    import shutil
+
+    from .tokenizer_files import write_clip_tokenizer
+
+    source = CONFIGS / family
+    if not source.is_dir():
+        raise ValueError(f"family: no shipped configs for '{family}'")
+    cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "comfyui-persona"))
+    target = cache / "configs" / family
+    if not (target / "tokenizer" / "vocab.json").is_file():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        write_clip_tokenizer(target / "tokenizer")
+    return target
+
+
+def load_single_file(path: str | Path, family: str = "sd15", config_dir: str | Path | None = None) -> Components:
+    """A single-file checkpoint (what ComfyUI users keep in models/checkpoints), read with
+    the config JSONs shipped in the repository: no model hub is contacted."""
+    diffusers = require("diffusers", "Loading a single-file checkpoint")
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"base_model: '{path}' is not a .safetensors file; convert pickled "
+                         f"checkpoints (.ckpt/.pt) to safetensors first (they can run code when loaded)")
+    config = Path(config_dir) if config_dir else family_config_dir(family)
+    pipe = diffusers.StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config), local_files_only=True, safety_checker=None,
+        requires_safety_checker=False)
+    scheduler = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        digest.update(f"{path.name}:{size}".encode())
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        random_weights = (f.metadata() or {}).get("persona.random_weights") == "true"
+    return Components(family, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler,
+                      str(path), digest.hexdigest()[:16], random_weights)
+
+
 def load_components(family: str, base_model: str | Path) -> Components:
+    path = Path(base_model)
     if family == "sd15":
-        return load_sd15(base_model)
+        return load_single_file(path, family) if path.is_file() else load_sd15(path)
     raise ValueError(f"family: '{family}' is not supported")
+
+
+def save_single_file(path: str | Path, unet, vae, text_encoder, metadata: dict[str, str] | None = None,
+                     dtype=None) -> Path:
+    """Write the original (LDM) single-file layout that ComfyUI's CheckpointLoader reads."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .ldm_keys import components_to_ldm
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = components_to_ldm(unet, vae, text_encoder, dtype or torch.float16)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    tmp.replace(path)
+    return path
 
 
 def encode_prompts(components: Components, prompts: list[str], device) -> "torch.Tensor":
