@@ -59,6 +59,14 @@ class TrainConfig(JobConfig):
     prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the prior-preservation term.")
     class_images_steps: int = Field(30, ge=1, le=1000, description="Sampling steps of the class images.")
     cache_dir: str = Field("", description="Cache of class images (empty: <output_dir>/../.class_cache).")
+    # identity loss (reference 000, Eq. 1-2)
+    identity_loss_weight: float = Field(0.0, ge=0, description="Weight of the identity loss 1 - cos(f(x0_face), f(reference)) (0: off).")
+    identity_every: int = Field(1, ge=1, description="Apply the identity loss every k steps.")
+    identity_max_timestep: int = Field(400, ge=1, le=1000, description="Identity loss only at timesteps below this (low noise: x0 is a face).")
+    identity_weights: Literal["vggface2", "random"] = Field(
+        "vggface2", description="FaceNet weights of the identity loss; 'random' only exercises the code path (tests).")
+    validation_identity: Literal["off", "dlib", "facenet"] = Field(
+        "dlib", description="Embedder of the validation identity score against the dataset photos.")
     # memory techniques
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Frozen weights and compute in fp16/bf16; trainable weights stay fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (less memory, ~20% slower).")

@@ -236,7 +236,12 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
         class_cache = (cache_root / "latents" / digest) if cfg.cache_latents == "disk" else None
         class_data = _prepare_data(comps, cfg, class_pixels, [cfg.fill(cfg.class_prompt)] * len(class_pixels),
                                    device, dtype, class_cache)
-    if cfg.cache_latents != "off":
+    identity = None
+    if cfg.identity_loss_weight > 0:
+        from .identity_loss import build_identity_loss
+
+        identity = build_identity_loss(cfg, items, pixels, device)
+    if cfg.cache_latents != "off" and identity is None:  # the identity loss decodes with the VAE
         memory.offload(comps.vae)
     if data.embeddings:
         memory.offload(comps.text_encoder)
@@ -320,6 +325,13 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
                 with ctx, accelerator.autocast():
                     pred = unet_ddp(noisy.to(dtype), timesteps, enc.to(dtype)).sample
                     loss, parts = _loss(comps, cfg, pred, noise, latents, timesteps, cfg.batch_size)
+                    if identity is not None and step % cfg.identity_every == 0:
+                        n = cfg.batch_size  # instance samples only
+                        id_loss, used = identity(comps, noisy[:n], pred[:n], timesteps[:n])
+                        if id_loss is not None:
+                            loss = loss + cfg.identity_loss_weight * id_loss
+                            parts["loss_identity"] = id_loss
+                            parts["identity_samples"] = torch.tensor(float(used))
                 accelerator.backward(loss / cfg.gradient_accumulation)
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
                 for k, v in parts.items():

@@ -52,4 +52,22 @@ def validate(comps, cfg, run_dir: Path, step: int, device, dtype) -> dict:
     Image.fromarray(grid(images, columns=len(cfg.validation_seeds), cell=max(cfg.resolution, 64))).save(path)
     for i, im in enumerate(images):
         Image.fromarray(im).save(run_dir / "samples" / f"step-{step:06d}-{i:02d}.png")
-    return {"grid": str(path), "images": len(images)}
+    info = {"grid": str(path), "images": len(images)}
+    if cfg.validation_identity != "off":
+        info.update(identity_of(images, cfg))
+    return info
+
+
+def identity_of(images: list[np.ndarray], cfg) -> dict:
+    """Identity score of each validation image against the dataset photos (NaN: no face)."""
+    from ..faces.dataset import read_dataset
+    from ..faces.identity import get_embedder, identity_scores
+
+    embedder = get_embedder(cfg.validation_identity)
+    refs = [np.asarray(Image.open(it.image).convert("RGB")) for it in read_dataset(cfg.dataset)]
+    scores, found = identity_scores(embedder, images, refs)
+    valid = scores[~np.isnan(scores)]
+    return {"identity": [None if np.isnan(v) else round(float(v), 4) for v in scores],
+            "identity_mean": round(float(valid.mean()), 4) if len(valid) else None,
+            "faceless": int(sum(not f for f in found)), "identity_embedder": embedder.name,
+            "identity_threshold": embedder.threshold}

@@ -1,0 +1,216 @@
+"""Identity embedders behind one interface: ``embed(images) -> unit vectors``.
+
+Each backend has a calibrated threshold on the cosine similarity of its unit vectors
+("same person" at or above it):
+
+- ``dlib``: dlib's ResNet (128-d) from face-recognition-models, offline. dlib's own rule is
+  a Euclidean distance of 0.6 between raw descriptors (norm ~1.43), which is a cosine of
+  about 0.91 between the unit vectors.
+- ``facenet``: facenet-pytorch's InceptionResnetV1 (512-d, VGGFace2 weights looked up on
+  disk); its usual rule, distance 1.1 between unit vectors, is a cosine of 0.4. It is
+  differentiable, so the trainer's identity loss uses it.
+
+The reference of a subject is the mean of its photos' unit embeddings, renormalised
+(reference 001's Face Distance Score), or each photo separately (reference 002's max/mean).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ..deps import require
+from .detect import Face, FaceDetector
+
+log = logging.getLogger(__name__)
+
+
+class NoFaceError(ValueError):
+    pass
+
+
+@dataclass
+class Embeddings:
+    vectors: np.ndarray  # [N, D] unit vectors (rows of zeros where no face was found)
+    found: list[bool]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.vectors[np.array(self.found, bool)]
+
+
+class IdentityEmbedder:
+    name: str = ""
+    threshold: float = 0.5
+    dim: int = 0
+
+    def __init__(self, detector: FaceDetector | None = None):
+        self.detector = detector or FaceDetector()
+
+    def _faces(self, images: Sequence[np.ndarray]) -> list[Face | None]:
+        found = self.detector.detect(list(images), min_face_size=20)
+        return [max(f, key=lambda x: x.area) if f else None for f in found]
+
+    def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
+        raise NotImplementedError
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a @ b.T
+
+
+class DlibEmbedder(IdentityEmbedder):
+    name = "dlib"
+    threshold = 0.91
+    dim = 128
+
+    def __init__(self, detector: FaceDetector | None = None):
+        super().__init__(detector)
+        self._dlib = require("dlib", "The dlib identity embedder")
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None:
+            require("face_recognition_models", "The dlib identity embedder")
+        models = Path(spec.submodule_search_locations[0]) / "models"
+        self._shape, self._rec = _dlib_models(str(models))
+
+    def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
+        vectors = np.zeros((len(images), self.dim), np.float32)
+        found = []
+        for i, (image, face) in enumerate(zip(images, self._faces(images))):
+            if face is None:
+                found.append(False)
+                continue
+            x1, y1, x2, y2 = [int(round(v)) for v in face.box]
+            shape = self._shape(image, self._dlib.rectangle(x1, y1, x2, y2))
+            chip = self._dlib.get_face_chip(image, shape, size=150, padding=0.25)
+            v = np.asarray(self._rec.compute_face_descriptor(chip), np.float32)
+            vectors[i] = v / np.linalg.norm(v)
+            found.append(True)
+        return Embeddings(vectors, found)
+
+
+@functools.lru_cache(maxsize=1)
+def _dlib_models(folder: str):
+    import dlib
+
+    return (dlib.shape_predictor(f"{folder}/shape_predictor_5_face_landmarks.dat"),
+            dlib.face_recognition_model_v1(f"{folder}/dlib_face_recognition_resnet_model_v1.dat"))
+
+
+class FacenetEmbedder(IdentityEmbedder):
+    """InceptionResnetV1. ``weights='random'`` builds it untrained: only for exercising the
+    code paths (tests, benchmarks); its scores mean nothing and a warning says so."""
+
+    name = "facenet"
+    threshold = 0.4
+    dim = 512
+
+    def __init__(self, detector: FaceDetector | None = None, weights: str = "vggface2", device: str = "cpu"):
+        super().__init__(detector)
+        self.model = facenet_model(weights, device)
+        self.device = device
+
+    def embed_tensor(self, images):
+        """Differentiable: ``images`` [B, 3, H, W] in -1..1 (face crops) -> unit vectors [B, 512]."""
+        import torch.nn.functional as F
+
+        x = F.interpolate(images, size=(160, 160), mode="bilinear", align_corners=False)
+        # facenet's fixed standardisation is (x*255 - 127.5) / 128, i.e. about x in -1..1
+        return F.normalize(self.model(x * (127.5 / 128.0)), dim=1)
+
+    def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
+        import torch
+
+        vectors = np.zeros((len(images), self.dim), np.float32)
+        found = []
+        crops, where = [], []
+        for i, (image, face) in enumerate(zip(images, self._faces(images))):
+            found.append(face is not None)
+            if face is None:
+                continue
+            crops.append(_square_crop(image, face.box, 160, margin=0.2))
+            where.append(i)
+        if crops:
+            x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1.0
+            with torch.no_grad():
+                vectors[where] = self.embed_tensor(x).cpu().numpy()
+        return Embeddings(vectors, found)
+
+
+def _square_crop(image: np.ndarray, box: np.ndarray, size: int, margin: float) -> np.ndarray:
+    import cv2
+
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    s = size / side
+    m = np.array([[s, 0, size / 2 - cx * s], [0, s, size / 2 - cy * s]])
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+
+@functools.lru_cache(maxsize=4)
+def facenet_model(weights: str, device: str):
+    import torch
+
+    facenet = require("facenet_pytorch", "The FaceNet identity embedder")
+    model = facenet.InceptionResnetV1(pretrained=None, classify=False).eval().to(device)
+    if weights == "random":
+        log.warning("FaceNet identity encoder with RANDOM weights: its scores carry no identity "
+                    "information (use only to exercise code paths)")
+    elif weights == "vggface2":
+        from ..weights import FACENET_VGGFACE2, find_weights
+
+        state = torch.load(find_weights(FACENET_VGGFACE2), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+        model.load_state_dict(state)
+    else:
+        raise ValueError(f"identity weights: 'vggface2' or 'random', got '{weights}'")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+Backend = Literal["dlib", "facenet"]
+
+
+@functools.lru_cache(maxsize=4)
+def get_embedder(name: Backend, weights: str = "vggface2") -> IdentityEmbedder:
+    if name == "dlib":
+        return DlibEmbedder()
+    if name == "facenet":
+        return FacenetEmbedder(weights=weights)
+    raise ValueError(f"identity embedder: unknown '{name}' (dlib, facenet)")
+
+
+def reference_embedding(embedder: IdentityEmbedder, references: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of the references' unit embeddings, renormalised. Every reference needs a face."""
+    if len(references) == 0:
+        raise ValueError("reference: the reference batch is empty")
+    emb = embedder.embed(references)
+    missing = [i for i, ok in enumerate(emb.found) if not ok]
+    if missing:
+        raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
+    mean = emb.vectors.mean(0)
+    return mean / np.linalg.norm(mean)
+
+
+def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
+                    references: Sequence[np.ndarray], mode: Literal["mean_reference", "max", "mean"] = "mean_reference",
+                    ) -> tuple[np.ndarray, list[bool]]:
+    """Cosine identity score of each image (NaN where no face): against the mean reference,
+    or the max / mean over the individual references."""
+    emb = embedder.embed(images)
+    if mode == "mean_reference":
+        sims = emb.vectors @ reference_embedding(embedder, references)
+    else:
+        refs = embedder.embed(references)
+        if not all(refs.found):
+            raise NoFaceError("reference: no face found in some reference images")
+        pair = emb.vectors @ refs.vectors.T
+        sims = pair.max(1) if mode == "max" else pair.mean(1)
+    sims = np.where(np.array(emb.found), sims, np.nan)
+    return sims.astype(np.float64), emb.found
