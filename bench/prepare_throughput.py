@@ -63,13 +63,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     targets = {"512px": 10.0, "12MP": 4.0}
     rows = [run(kind, args.count) for kind in ("512px", "12MP")]
-    print(f"| photos | count | MP | accepted | seconds | photos/s | target | torch threads |")
-    print("|---|---|---|---|---|---|---|---|")
+    from comfyui_persona.faces.dataset import max_workers
+
+    print(f"| photos | count | MP | accepted | seconds | photos/s | target | workers | torch threads |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = targets[r["photos"]]
         ok = "met" if r["photos_per_s"] >= t else "MISSED"
         print(f"| {r['photos']} | {r['count']} | {r['megapixels']} | {r['accepted']} | {r['seconds']} | "
-              f"{r['photos_per_s']} | >= {t} ({ok}) | {torch.get_num_threads()} |")
+              f"{r['photos_per_s']} | >= {t} ({ok}) | {max_workers()} | {torch.get_num_threads()} |")
 
 
 if __name__ == "__main__":

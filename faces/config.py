@@ -28,6 +28,10 @@ class PrepareConfig(JobConfig):
         default_factory=dict, description="Non-face subjects: per-photo stem, a box [x1, y1, x2, y2] in photo pixels.")
     detect_max_side: int = Field(1024, ge=160, le=4096,
                                  description="Faces are detected on a copy reduced to this longer side; landmarks are mapped back.")
+    detect_coarse_side: int = Field(
+        320, ge=0, le=2048, description="Find faces on a copy this small first, then refine the landmarks on a crop "
+                                        "around each face (0: always search the full detection copy). Not used with "
+                                        "multiple_faces='reject', which must see every face.")
     max_pixels: int = Field(150_000_000, ge=1, description="Photos with more pixels are rejected as 'too large'.")
     # quality filter
     multiple_faces: Literal["largest", "reject"] = Field(

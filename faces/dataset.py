@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,12 @@ from .pipeline import AlignedPhoto, align_photo
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+
+
+def max_workers() -> int:
+    """Photos processed at once: ``$PERSONA_PREPARE_WORKERS`` or the CPU count (at most 4)."""
+    env = os.environ.get("PERSONA_PREPARE_WORKERS")
+    return max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 4))
 MANIFEST_VERSION = 1
 
 Progress = Callable[[int, int, str], None]
@@ -168,28 +175,49 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
         for entry in previous.get("photos", []):
             _remove_outputs(dataset_dir, entry)
 
-    detector = None
-    captioner = None
-    entries, processed, reused = [], 0, 0
+    entries: list[dict | None] = [None] * len(photos)
+    todo = []
+    reused = 0
     stems = _stems(photos)
     for i, path in enumerate(photos):
-        if progress:
-            progress(i, len(photos), path.name)
         sha = file_sha256(path)
         old = old_entries.get(str(path))
         if old and old.get("sha256") == sha and old.get("stem") == stems[path] \
                 and _outputs_exist(dataset_dir, old):
-            entries.append(old)
+            entries[i] = old
             reused += 1
             continue
         if old:
             _remove_outputs(dataset_dir, old)
-        if detector is None and cfg.subject == "face":
-            detector = FaceDetector(min_face_size=20)
-        if captioner is None:
-            captioner = Captioner(cfg)
-        entries.append(process_file(path, stems[path], cfg, detector, captioner, dataset_dir, sha))
-        processed += 1
+        todo.append((i, path, sha))
+    if todo:
+        detector = FaceDetector(min_face_size=20) if cfg.subject == "face" else None
+        captioner = Captioner(cfg)
+        done = reused
+        if progress:
+            progress(done, len(photos), "")
+        # Photos are independent: a few run at once (decode, MTCNN and the warp release
+        # the GIL); BLIP captioning stays on one thread.
+        workers = 1 if captioner.blip is not None else min(max_workers(), len(todo))
+        import torch
+
+        threads = torch.get_num_threads()
+        # the workers share the cores: each gets its part of torch's intra-op threads
+        torch.set_num_threads(max(1, threads // workers))
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(process_file, path, stems[path], cfg, detector, captioner,
+                                       dataset_dir, sha): (i, path) for i, path, sha in todo}
+                for future in as_completed(futures):
+                    i, path = futures[future]
+                    entries[i] = future.result()
+                    done += 1
+                    if progress:
+                        progress(done, len(photos), path.name)
+        finally:
+            torch.set_num_threads(threads)
+    processed = len(todo)
+    entries = [e for e in entries if e is not None]
     if progress:
         progress(len(photos), len(photos), "")
 

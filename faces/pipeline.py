@@ -44,6 +44,51 @@ def detection_min_size(cfg: PrepareConfig, detect_scale: float) -> float:
     return max(12.0, min(cfg.min_face_px * 0.5 / detect_scale, 80.0))
 
 
+REFINE_SIZE = 256
+
+
+def detect_faces(detector: FaceDetector, pixels: np.ndarray, cfg: PrepareConfig,
+                 detect_scale: float) -> list[Face]:
+    """Coarse-to-fine: faces found on a small copy, landmarks refined on a crop around each
+    (where the face is ~128 px); the full search runs when the coarse pass finds nothing."""
+    min_size = detection_min_size(cfg, detect_scale)
+    h, w = pixels.shape[:2]
+    coarse_side = cfg.detect_coarse_side
+    if coarse_side and cfg.multiple_faces == "largest" and max(h, w) > coarse_side * 2.5:
+        f = coarse_side / max(h, w)
+        small = cv2.resize(pixels, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        coarse = [c for c in detector.detect([small], min_face_size=max(12.0, min_size * f))[0]
+                  if c.probability >= cfg.min_confidence]
+        if coarse:
+            refined = [_refine(detector, pixels, c.scaled(1.0 / f)) for c in coarse]
+            return sorted(refined, key=lambda x: -x.probability)
+    return detector.detect([pixels], min_face_size=min_size)[0]
+
+
+def _refine(detector: FaceDetector, pixels: np.ndarray, face: Face) -> Face:
+    """Detect again on an upright square crop twice the face's size at REFINE_SIZE px
+    (MTCNN's landmarks are most precise on upright faces), and map the result back."""
+    side = 2.0 * max(face.width, face.height)
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    s = REFINE_SIZE / side
+    dx, dy = face.landmarks[1] - face.landmarks[0]
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(np.degrees(np.arctan2(dy, dx))), s)
+    m[:, 2] += np.array([REFINE_SIZE / 2 - cx, REFINE_SIZE / 2 - cy])
+    crop = cv2.warpAffine(pixels, m, (REFINE_SIZE, REFINE_SIZE),
+                          flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    found = detector.detect([crop], min_face_size=REFINE_SIZE / 4)[0]
+    if not found:
+        return face
+    centre = np.array([REFINE_SIZE / 2, REFINE_SIZE / 2])
+    best = min(found, key=lambda x: np.hypot(*((x.box[:2] + x.box[2:]) / 2 - centre)))
+    back = cv2.invertAffineTransform(m)
+    landmarks = apply_transform(back, best.landmarks)
+    corners = apply_transform(back, np.array([[best.box[0], best.box[1]], [best.box[2], best.box[1]],
+                                              [best.box[0], best.box[3]], [best.box[2], best.box[3]]]))
+    box = np.concatenate([corners.min(0), corners.max(0)])  # axis-aligned box of the upright one
+    return Face(box, best.probability, landmarks, dict(best.extra))
+
+
 def choose_face(faces: list[Face], cfg: PrepareConfig) -> tuple[Face | None, str | None]:
     if not faces:
         return None, "no face"
@@ -79,8 +124,7 @@ def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple
         return _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box)
 
     if faces is None:
-        faces = (detector or FaceDetector()).detect(
-            [detect_pixels], min_face_size=detection_min_size(cfg, detect_scale))[0]
+        faces = detect_faces(detector or FaceDetector(), detect_pixels, cfg, detect_scale)
     face, reason = choose_face(faces, cfg)
     if face is None:
         return AlignedPhoto(False, reason, faces_found=len(faces))

@@ -18,12 +18,15 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
            "prior_loss_weight", "snr_gamma", "seed", "checkpoint_every"]
 
 
-def diffusers_models() -> list[str]:
-    """Diffusers model folders in ComfyUI's models/diffusers (those with model_index.json)."""
+def base_models() -> list[str]:
+    """Diffusers folders in models/diffusers (with model_index.json) and .safetensors
+    checkpoints in models/checkpoints."""
     try:
         import folder_paths
 
         roots = folder_paths.get_folder_paths("diffusers")
+        checkpoints = [n for n in folder_paths.get_filename_list("checkpoints")
+                       if n.lower().endswith(".safetensors")]
     except (ImportError, KeyError):
         return []
     found = set()
@@ -31,12 +34,17 @@ def diffusers_models() -> list[str]:
         root = Path(root)
         if root.is_dir():
             found.update(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
-    return sorted(found)
+    return sorted(found) + sorted(checkpoints)
 
 
 def _model_path(name: str) -> Path:
     import folder_paths
 
+    if name.lower().endswith(".safetensors"):
+        path = folder_paths.get_full_path("checkpoints", name)
+        if path:
+            return Path(path)
+        raise FileNotFoundError(f"base_model: checkpoint '{name}' is not in models/checkpoints")
     for root in folder_paths.get_folder_paths("diffusers"):
         candidate = Path(root) / name
         if (candidate / "model_index.json").is_file():
@@ -68,10 +76,11 @@ class PersonaTrain:
 
     @classmethod
     def INPUT_TYPES(cls):
-        models = diffusers_models() or ["(no model in models/diffusers)"]
+        models = base_models() or ["(no model in models/diffusers or models/checkpoints)"]
         return {"required": {
             "dataset": ("PERSONA_DATASET", {"tooltip": "From Persona Build Dataset."}),
-            "base_model": (models, {"tooltip": "Diffusers model folder in models/diffusers (SD1.x)."}),
+            "base_model": (models, {"tooltip": "SD1.x base model: a folder in models/diffusers or a "
+                                               ".safetensors file in models/checkpoints."}),
             "lora_name": ("STRING", {"default": "persona_subject", "tooltip":
                                      "Saved as models/loras/persona/<lora_name>.safetensors."}),
             "preset": (["custom"] + sorted(PRESETS), {"default": "custom", "tooltip":
