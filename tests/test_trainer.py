@@ -100,3 +100,20 @@ def test_schedules_and_seeded_reproducibility(tiny_model, face_dataset, tmp_path
     assert lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
     c = train(tiny_config(tiny_model, face_dataset, tmp_path / "c", steps=6, seed=1))
     assert [r["loss"] for r in c.records] != [r["loss"] for r in a.records]
+
+
+def test_diffusers_format_lora_loads_in_a_diffusers_pipeline(tiny_model, face_dataset, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=3, learning_rate=5e-2))
+
+    def render(with_lora: bool):
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model), safety_checker=None,
+                                                       requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        if with_lora:
+            pipe.load_lora_weights(str(result.diffusers_lora_dir))
+        return pipe("a photo of sks person", height=64, width=64, num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    assert np.abs(render(True) - render(False)).mean() > 1e-4
