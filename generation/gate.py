@@ -1,0 +1,130 @@
+"""The identity gate (reference 000, Algorithm 2): generate -> embed the face -> compare
+with the reference -> below the threshold, adjust the parameters and generate again.
+
+A pure function over a ``generate(params) -> image`` callable and an identity embedder,
+so the same loop serves ComfyUI's sampler, a diffusers pipeline, and scripted tests.
+Faceless generations are failures with that reason (reference 001's "faceless images").
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from ..faces.identity import IdentityEmbedder, reference_embedding
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GateSettings:
+    threshold: float | None = None  # None: the embedder's calibrated threshold
+    max_attempts: int = 4
+    new_seed: bool = True  # every attempt uses seed + attempt index
+    cfg_schedule: list[float] = field(default_factory=list)  # CFG per attempt (last one repeats)
+    steps_schedule: list[int] = field(default_factory=list)  # steps per attempt (last one repeats)
+    lora_strength_step: float = 0.0  # added to the LoRA strength at each new attempt
+    lora_strength_max: float = 1.5
+    reference_mode: Literal["mean_reference", "max", "mean"] = "mean_reference"
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold: must be within [0, 1], got {self.threshold}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: at least 1, got {self.max_attempts}")
+        if any(c <= 0 for c in self.cfg_schedule):
+            raise ValueError(f"cfg_schedule: values must be positive, got {self.cfg_schedule}")
+        if any(int(s) < 1 for s in self.steps_schedule):
+            raise ValueError(f"steps_schedule: values must be >= 1, got {self.steps_schedule}")
+
+
+@dataclass
+class Attempt:
+    index: int
+    params: dict
+    score: float | None
+    passed: bool
+    reason: str | None  # 'faceless' or 'below threshold'
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GateResult:
+    best_image: np.ndarray
+    best_index: int
+    attempts: list[Attempt]
+    images: list[np.ndarray]
+    passed: bool
+    threshold: float
+    embedder: str
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "best_attempt": self.best_index, "threshold": self.threshold,
+                "embedder": self.embedder, "attempts": [a.to_json() for a in self.attempts]}
+
+
+def attempt_params(base: dict, settings: GateSettings, k: int) -> dict:
+    """The parameters of attempt ``k`` (0-based): the adjustment policy, all recorded."""
+    p = dict(base)
+    if settings.new_seed and "seed" in p:
+        p["seed"] = int(base["seed"]) + k
+    if settings.cfg_schedule:
+        p["cfg"] = float(settings.cfg_schedule[min(k, len(settings.cfg_schedule) - 1)])
+    if settings.steps_schedule:
+        p["steps"] = int(settings.steps_schedule[min(k, len(settings.steps_schedule) - 1)])
+    if settings.lora_strength_step and "lora_strength" in p:
+        p["lora_strength"] = min(float(base["lora_strength"]) + k * settings.lora_strength_step,
+                                 settings.lora_strength_max)
+    return p
+
+
+def _score(embedder: IdentityEmbedder, image: np.ndarray, reference: np.ndarray,
+           per_reference: np.ndarray | None, mode: str) -> float | None:
+    emb = embedder.embed([image])
+    if not emb.found[0]:
+        return None
+    v = emb.vectors[0]
+    if mode == "mean_reference" or per_reference is None:
+        return float(v @ reference)
+    sims = per_reference @ v
+    return float(sims.max() if mode == "max" else sims.mean())
+
+
+def gated_generate(generate: Callable[[dict], np.ndarray], embedder: IdentityEmbedder,
+                   references: Sequence[np.ndarray], base_params: dict,
+                   settings: GateSettings | None = None,
+                   on_attempt: Callable[[Attempt, np.ndarray], None] | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> GateResult:
+    settings = settings or GateSettings()
+    settings.validate()
+    threshold = embedder.threshold if settings.threshold is None else settings.threshold
+    reference = reference_embedding(embedder, references)  # raises on an empty/faceless reference
+    per_reference = embedder.embed(references).vectors if settings.reference_mode != "mean_reference" else None
+    attempts: list[Attempt] = []
+    images: list[np.ndarray] = []
+    for k in range(settings.max_attempts):
+        if should_cancel and should_cancel():
+            break
+        params = attempt_params(base_params, settings, k)
+        image = generate(params)
+        score = _score(embedder, image, reference, per_reference, settings.reference_mode)
+        passed = score is not None and score >= threshold
+        reason = None if passed else ("faceless" if score is None else "below threshold")
+        attempt = Attempt(k + 1, params, None if score is None else round(score, 6), passed, reason)
+        attempts.append(attempt)
+        images.append(image)
+        log.info("gate attempt %d: %s", k + 1, f"score {score:.4f}" if score is not None else "no face")
+        if on_attempt:
+            on_attempt(attempt, image)
+        if passed:
+            break
+    if not attempts:
+        raise RuntimeError("the gate was cancelled before its first attempt")
+    scored = [a for a in attempts if a.score is not None]
+    best = max(scored, key=lambda a: a.score) if scored else attempts[0]
+    return GateResult(images[best.index - 1], best.index, attempts, images, best.passed,
+                      threshold, embedder.name)
