@@ -162,3 +162,55 @@ def face_region(image: np.ndarray, detector: FaceDetector | None = None, feather
         return None, None
     face = max(faces, key=lambda f: f.area)
     return face_mask(face.landmarks, image.shape[:2], feather), face.box
+
+
+STEPS = ("sharpen", "color_match", "denoise", "film_grain", "face_refine")
+
+
+def enhance_images(images: Sequence[np.ndarray], references: Sequence[np.ndarray], step: str,
+                   params: dict, embedder_name: str = "dlib", tolerance: float = 0.01,
+                   masks: Sequence[np.ndarray] | None = None, whole_image: bool = False,
+                   regenerate: Callable[[np.ndarray], np.ndarray] | None = None,
+                   ) -> tuple[list[np.ndarray], list[StepReport]]:
+    """Run one enhancement ``step`` on every image, guarded by the identity-drift check.
+
+    The face mask of each image is detected unless ``masks`` are given; ``whole_image``
+    applies the step everywhere (the drift check still runs).
+    """
+    from ..faces.identity import get_embedder
+
+    if step not in STEPS:
+        raise ValueError(f"step: unknown '{step}', one of {', '.join(STEPS)}")
+    if len(images) == 0:
+        raise ValueError("images: the batch is empty")
+    guard = IdentityGuard(get_embedder(embedder_name), references, tolerance)
+    detector = FaceDetector()
+    ref_masks = [face_region(r, detector)[0] for r in references] if step == "color_match" else None
+    out, reports = [], []
+    for i, image in enumerate(images):
+        mask, box = (masks[i], None) if masks is not None else face_region(image, detector)
+        if masks is not None and step == "face_refine":
+            _, box = face_region(image, detector)
+        if mask is None and not whole_image:
+            out.append(image)
+            reports.append(StepReport(step, False, None, None, "no face found", params))
+            continue
+        region = None if whole_image else mask
+
+        def run(im, region=region, box=box):
+            if step == "sharpen":
+                return sharpen(im, region, **params)
+            if step == "color_match":
+                return color_match(im, region, references, ref_masks, **params)
+            if step == "denoise":
+                return reduce_noise(im, region, **params)
+            if step == "film_grain":
+                return film_grain(im, region, **params)
+            if regenerate is None or box is None:
+                raise ValueError("face_refine: needs a regenerate function and a detected face")
+            return refine_face(im, mask if region is None else region, box, regenerate, **params)
+
+        new, report = guard.apply(step, image, run, params)
+        out.append(new)
+        reports.append(report)
+    return out, reports

@@ -1,0 +1,254 @@
+"""Identity-gated sampling with ComfyUI's own sampler, and identity-safe enhancement nodes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from ..imaging import images_to_tensor, tensor_to_images, tensor_to_masks
+from .host import Progress, interrupt_requested
+
+CATEGORY_GEN = "Persona/generate"
+CATEGORY_ENH = "Persona/enhance"
+EMBEDDERS = ["dlib", "facenet"]
+
+
+def _samplers():
+    try:
+        import comfy.samplers
+
+        return comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
+    except ImportError:  # outside ComfyUI: the class still loads
+        return ["euler"], ["normal"]
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: comma-separated numbers expected, got '{text}'") from None
+
+
+class PersonaIdentityGatedSampler:
+    """KSampler behind an identity gate: sample, score the face against the references,
+    and sample again (new seed, CFG/steps schedule) until it passes or attempts run out."""
+
+    CATEGORY = CATEGORY_GEN
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING", "LATENT")
+    RETURN_NAMES = ("best", "attempts", "scores", "best_latent")
+    OUTPUT_TOOLTIPS = ("The attempt with the highest identity score.", "Every attempt, in order.",
+                       "JSON: each attempt's parameters, score, pass/fail and reason.",
+                       "The latent of the best attempt.")
+    OUTPUT_NODE = True
+    DESCRIPTION = "Reference 000 Algorithm 2 in ComfyUI: works with any model ComfyUI loads and any LoRA applied before it."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        samplers, schedulers = _samplers()
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to sample (with any LoRA applied)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive prompt conditioning."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt conditioning."}),
+            "latent_image": ("LATENT", {"tooltip": "Starting latent (the first of a batch is used)."}),
+            "vae": ("VAE", {"tooltip": "Decodes each attempt for scoring."}),
+            "reference": ("IMAGE", {"tooltip": "Photo(s) of the subject; their mean embedding is the reference."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": "Seed of the first attempt; attempt k uses seed + k."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "Sampling steps (unless steps_schedule is set)."}),
+            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Classifier-free guidance (unless cfg_schedule is set)."}),
+            "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
+            "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
+            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder: dlib (offline) or facenet (VGGFace2 weights)."}),
+            "threshold": ("FLOAT", {"default": 0.91, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                    "Pass when the identity cosine reaches this (calibrated: dlib 0.91, facenet 0.40)."}),
+            "max_attempts": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Most samples to draw."}),
+            "cfg_schedule": ("STRING", {"default": "", "tooltip": "Optional CFG per attempt, e.g. '7, 6, 5' (the last repeats)."}),
+            "steps_schedule": ("STRING", {"default": "", "tooltip": "Optional steps per attempt, e.g. '30, 40'."}),
+            "reference_mode": (["mean_reference", "max", "mean"], {"tooltip":
+                               "Score against the mean reference embedding, or the max/mean over the references."}),
+        }}
+
+    def execute(self, model, positive, negative, latent_image, vae, reference, seed, steps, cfg,
+                sampler_name, scheduler, denoise, embedder, threshold, max_attempts, cfg_schedule,
+                steps_schedule, reference_mode):
+        import nodes as comfy_nodes  # ComfyUI's own nodes module (not this pack's)
+
+        from ..faces.identity import get_embedder
+        from ..generation.gate import GateSettings, gated_generate
+
+        settings = GateSettings(threshold=threshold, max_attempts=max_attempts,
+                                cfg_schedule=_floats(cfg_schedule, "cfg_schedule"),
+                                steps_schedule=[int(v) for v in _floats(steps_schedule, "steps_schedule")],
+                                reference_mode=reference_mode)
+        settings.validate()
+        latent = {k: v for k, v in latent_image.items()}
+        latent["samples"] = latent_image["samples"][:1]
+        latents: dict[int, dict] = {}
+
+        def generate(params):
+            out = comfy_nodes.common_ksampler(model, params["seed"], params["steps"], params["cfg"],
+                                              sampler_name, scheduler, positive, negative, latent,
+                                              denoise=denoise)[0]
+            latents[params["seed"]] = out
+            return tensor_to_images(vae.decode(out["samples"]))[0]
+
+        bar = Progress(max_attempts)
+        result = gated_generate(generate, get_embedder(embedder), tensor_to_images(reference),
+                                {"seed": seed, "steps": steps, "cfg": cfg}, settings,
+                                on_attempt=lambda a, _im: bar.update(a.index, max_attempts),
+                                should_cancel=interrupt_requested)
+        best_params = result.attempts[result.best_index - 1].params
+        report = json.dumps(result.to_json(), indent=2)
+        attempts = images_to_tensor(result.images)
+        summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
+                   f"{len(result.attempts)}, threshold {result.threshold} ({result.embedder})\n" +
+                   "\n".join(f"#{a.index} seed {a.params['seed']}: "
+                             f"{a.score if a.score is not None else 'no face'}" for a in result.attempts))
+        return {"ui": {"text": [summary]},
+                "result": (images_to_tensor([result.best_image]), attempts, report, latents[best_params["seed"]])}
+
+
+class _EnhanceNode:
+    """Shared adapter: one headless step over a batch, identity-guarded."""
+
+    CATEGORY = CATEGORY_ENH
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "report")
+    OUTPUT_TOOLTIPS = ("The enhanced images (a rejected step leaves its image unchanged).",
+                       "Per image: applied or rejected, identity before and after.")
+    STEP = ""
+
+    @classmethod
+    def common_inputs(cls):
+        return {
+            "image": ("IMAGE", {"tooltip": "Images to enhance."}),
+            "reference": ("IMAGE", {"tooltip": "Photo(s) of the subject for the identity-drift check."}),
+            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder of the drift check."}),
+            "tolerance": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
+                                    "Reject the step when the identity score drops by more than this."}),
+            "whole_image": ("BOOLEAN", {"default": False, "tooltip": "Apply everywhere instead of inside the face mask."}),
+        }
+
+    def run(self, image, reference, embedder, tolerance, whole_image, params, mask=None, regenerate=None,
+            step=None):
+        from ..generation.enhance import enhance_images
+
+        step = step or self.STEP
+        masks = tensor_to_masks(mask) if mask is not None else None
+        out, reports = enhance_images(tensor_to_images(image), tensor_to_images(reference), step,
+                                      params, embedder, tolerance, masks, whole_image, regenerate)
+        lines = [f"#{i}: {'applied' if r.applied else 'rejected'} "
+                 f"(identity {r.score_before} -> {r.score_after})" + (f": {r.reason}" if r.reason else "")
+                 for i, r in enumerate(reports)]
+        text = f"{step}\n" + "\n".join(lines)
+        return {"ui": {"text": [text]}, "result": (images_to_tensor(out), text)}
+
+
+class PersonaSharpen(_EnhanceNode):
+    STEP = "sharpen"
+    DESCRIPTION = "Unsharp mask on the face, kept only if identity does not drift."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {**cls.common_inputs(),
+                             "radius": ("FLOAT", {"default": 1.5, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Blur radius (px)."}),
+                             "amount": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Strength."}),
+                             "threshold": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 255.0, "step": 0.5, "tooltip": "Ignore differences below this (0..255)."})},
+                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+
+    def execute(self, image, reference, embedder, tolerance, whole_image, radius, amount, threshold, mask=None):
+        return self.run(image, reference, embedder, tolerance, whole_image,
+                        {"radius": radius, "amount": amount, "threshold": threshold}, mask)
+
+
+class PersonaColorMatch(_EnhanceNode):
+    STEP = "color_match"
+    DESCRIPTION = "Match the face's Lab colour statistics to the reference photos' faces."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {**cls.common_inputs(),
+                             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "0: unchanged, 1: full match."}),
+                             "white_balance": ("BOOLEAN", {"default": False, "tooltip": "Grey-world white balance first."})},
+                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+
+    def execute(self, image, reference, embedder, tolerance, whole_image, strength, white_balance, mask=None):
+        return self.run(image, reference, embedder, tolerance, whole_image,
+                        {"strength": strength, "white_balance": white_balance}, mask)
+
+
+class PersonaPhotoFinish(_EnhanceNode):
+    STEP = "film_grain"
+    DESCRIPTION = "Noise reduction, then film grain, for a photographic finish (each identity-guarded)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {**cls.common_inputs(),
+                             "denoise_strength": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.5, "tooltip": "Non-local means strength (0: off)."}),
+                             "grain": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 0.3, "step": 0.005, "tooltip": "Grain std (0..1 units; 0: off)."}),
+                             "grain_size": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5, "tooltip": "Grain size (px)."}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Grain seed."})},
+                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+
+    def execute(self, image, reference, embedder, tolerance, whole_image, denoise_strength, grain,
+                grain_size, seed, mask=None):
+        texts = []
+        if denoise_strength > 0:
+            res = self.run(image, reference, embedder, tolerance, whole_image, {"strength": denoise_strength},
+                           mask, step="denoise")
+            image, texts = res["result"][0], texts + [res["result"][1]]
+        if grain > 0:
+            res = self.run(image, reference, embedder, tolerance, whole_image,
+                           {"amount": grain, "size": grain_size, "seed": seed}, mask, step="film_grain")
+            image, texts = res["result"][0], texts + [res["result"][1]]
+        text = "\n".join(texts) or "nothing to do (denoise and grain are 0)"
+        return {"ui": {"text": [text]}, "result": (image, text)}
+
+
+class PersonaFaceRefine(_EnhanceNode):
+    STEP = "face_refine"
+    DESCRIPTION = ("Re-diffuse the face crop at low denoise with the same model, LoRA and prompt, "
+                   "paste it back feathered, and keep it only if identity does not drift.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        samplers, schedulers = _samplers()
+        return {"required": {**cls.common_inputs(),
+                             "model": ("MODEL", {"tooltip": "The generation model (with its LoRA)."}),
+                             "vae": ("VAE", {"tooltip": "VAE of the model."}),
+                             "positive": ("CONDITIONING", {"tooltip": "Positive conditioning."}),
+                             "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": "Sampling seed."}),
+                             "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
+                             "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Guidance."}),
+                             "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
+                             "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
+                             "denoise": ("FLOAT", {"default": 0.35, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "How much of the face is redrawn."}),
+                             "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "The face crop is sampled at this size."})},
+                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+
+    def execute(self, image, reference, embedder, tolerance, whole_image, model, vae, positive,
+                negative, seed, steps, cfg, sampler_name, scheduler, denoise, crop_size, mask=None):
+        import nodes as comfy_nodes  # ComfyUI's own nodes module
+
+        def regenerate(crop: np.ndarray) -> np.ndarray:
+            pixels = images_to_tensor([crop])
+            latent = {"samples": vae.encode(pixels[:, :, :, :3])}
+            out = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler,
+                                              positive, negative, latent, denoise=denoise)[0]
+            return tensor_to_images(vae.decode(out["samples"]))[0]
+
+        return self.run(image, reference, embedder, tolerance, whole_image,
+                        {"crop_size": crop_size}, mask, regenerate)
+
+
+NODES = {
+    "PersonaIdentityGatedSampler": (PersonaIdentityGatedSampler, "Persona Identity-Gated Sampler"),
+    "PersonaSharpen": (PersonaSharpen, "Persona Sharpen (identity-safe)"),
+    "PersonaColorMatch": (PersonaColorMatch, "Persona Color Match (identity-safe)"),
+    "PersonaPhotoFinish": (PersonaPhotoFinish, "Persona Photo Finish (identity-safe)"),
+    "PersonaFaceRefine": (PersonaFaceRefine, "Persona Face Refine (identity-safe)"),
+}
