@@ -147,6 +147,67 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from .faces.identity import NoFaceError, get_embedder
+    from .faces.photos import load_folder
+    from .generation.diffusers_backend import DiffusersGenerator
+    from .generation.gate import GateSettings, gated_generate
+
+    out = Path(args.out)
+    try:
+        photos, errors = load_folder(args.reference, max_side=1024)
+        if not photos:
+            raise ValueError(f"--reference: no readable photo in '{args.reference}'")
+        settings = GateSettings(threshold=args.threshold, max_attempts=args.max_attempts,
+                                lora_strength_step=args.lora_strength_step)
+        settings.validate()
+        embedder = get_embedder(args.embedder)
+        generator = DiffusersGenerator(args.base_model, args.lora)
+    except (ValueError, FileNotFoundError, NoFaceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    references = [p.pixels for p in photos]
+    base = {"prompt": args.prompt, "negative": args.negative, "seed": args.seed, "steps": args.steps,
+            "cfg": args.cfg, "width": args.size, "height": args.size, "lora_strength": args.lora_strength}
+
+    def on_attempt(attempt, image):
+        Image.fromarray(image).save(out / f"attempt-{attempt.index:02d}.png")
+        score = "no face" if attempt.score is None else f"{attempt.score:.4f}"
+        print(f"attempt {attempt.index}: seed {attempt.params['seed']}, identity {score}"
+              + (" PASS" if attempt.passed else ""), flush=True)
+
+    try:
+        result = gated_generate(generator, embedder, references, base, settings, on_attempt)
+    except NoFaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Image.fromarray(result.best_image).save(out / "best.png")
+    report = {"gate": result.to_json(), "base_model": args.base_model, "lora": args.lora,
+              "base_model_random_weights": generator.random_weights,
+              "skipped_references": [str(e) for e in errors]}
+    final = result.best_image
+    if args.enhance:
+        from .generation.enhance import enhance_images
+
+        steps = [s.strip() for s in args.enhance.split(",") if s.strip()]
+        report["enhance"] = []
+        for step in steps:
+            (final,), (rep,) = enhance_images([final], references, step, {}, args.embedder, args.tolerance)
+            report["enhance"].append(rep.__dict__)
+            print(f"{step}: {'applied' if rep.applied else 'rejected'}" + (f" ({rep.reason})" if rep.reason else ""))
+        Image.fromarray(final).save(out / "enhanced.png")
+    (out / "generate.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} "
+          f"(threshold {result.threshold}, {result.embedder}); images and generate.json in {out}")
+    return 0 if result.passed else 3
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -177,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--json-events", action="store_true", help="one JSON line per step on stdout")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="identity-gated generation (+ identity-safe enhancement)",
+                       description="Exit code 0: the gate passed; 3: it did not (the best attempt is kept); 2: bad input.")
+    p.add_argument("--base-model", required=True, help="diffusers folder or single-file .safetensors")
+    p.add_argument("--lora", help="a Persona / kohya LoRA .safetensors")
+    p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--lora-strength-step", type=float, default=0.0, help="added to the strength at each new attempt")
+    p.add_argument("--reference", required=True, help="folder of photos of the subject")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="")
+    p.add_argument("--embedder", choices=["dlib", "facenet"], default="dlib")
+    p.add_argument("--threshold", type=float, help="identity cosine to pass (default: the embedder's calibrated one)")
+    p.add_argument("--max-attempts", type=int, default=4)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--enhance", default="", help="comma-separated: sharpen,color_match,denoise,film_grain")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest identity drop an enhancement may cause")
+    p.add_argument("--out", default="runs/generate")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -13,7 +13,7 @@ from comfyui_persona.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "prepare", "train"]
+    assert sorted(sub.choices) == ["demo", "generate", "prepare", "train"]
 
 
 def test_console_script_is_installed():
@@ -54,3 +54,39 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     for stage, info in summary.items():
         if info["status"] == "missing":
             assert stage in out
+
+
+def test_generate_writes_attempts_and_scores(tiny_model, face_dataset, tmp_path, astronaut, capsys):
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    lora = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=2)).lora_path
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(astronaut).save(refs / "a.png")
+    code = main(["generate", "--base-model", str(tiny_model), "--lora", str(lora), "--reference", str(refs),
+                 "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2",
+                 "--size", "64", "--lora-strength-step", "0.25", "--out", str(tmp_path / "out"),
+                 "--enhance", "sharpen"])
+    assert code == 3  # a random-weight model draws no face: the gate cannot pass
+    report = json.loads((tmp_path / "out" / "generate.json").read_text())
+    attempts = report["gate"]["attempts"]
+    assert [a["reason"] for a in attempts] == ["faceless", "faceless"]
+    assert [a["params"]["seed"] for a in attempts] == [0, 1]
+    assert [a["params"]["lora_strength"] for a in attempts] == [1.0, 1.25]
+    assert report["base_model_random_weights"] is True
+    for name in ("best.png", "attempt-01.png", "attempt-02.png", "enhanced.png"):
+        assert Image.open(tmp_path / "out" / name).size == (64, 64)
+    assert report["enhance"][0]["applied"] is False
+
+
+def test_generate_rejects_a_bad_threshold_and_a_faceless_reference(tiny_model, tmp_path, coffee, capsys):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(coffee).save(refs / "c.png")
+    args = ["generate", "--base-model", str(tiny_model), "--reference", str(refs), "--prompt", "x",
+            "--size", "64", "--steps", "1", "--out", str(tmp_path / "o")]
+    assert main(args + ["--threshold", "1.5"]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "reference" in capsys.readouterr().err
