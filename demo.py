@@ -60,7 +60,53 @@ def _stage_train(out: Path, quick: bool, state: dict) -> dict:
             "first_loss": result.first_loss, "final_loss": result.final_loss, "weights": weights}
 
 
-RUNNERS = {"prepare": _stage_prepare, "train": _stage_train}
+def _stage_generate(out: Path, quick: bool, state: dict) -> dict:
+    from PIL import Image
+
+    from .faces.identity import get_embedder
+    from .generation.diffusers_backend import DiffusersGenerator
+    from .generation.gate import GateSettings, gated_generate
+    from .samples import astronaut
+
+    real = state.get("base_model")
+    folder = out / "generate"
+    folder.mkdir(exist_ok=True)
+    generator = DiffusersGenerator(real or out / "models" / "tiny-sd", state["lora"])
+    size = 512 if real else 64
+    base = {"prompt": "a photo of sks person", "negative": "", "seed": 0, "steps": 30 if real else 4,
+            "cfg": 7.0, "width": size, "height": size, "lora_strength": 1.0}
+    result = gated_generate(generator, get_embedder("dlib"), [astronaut()], base,
+                            GateSettings(max_attempts=4 if real else 2))
+    for i, image in enumerate(result.images, 1):
+        Image.fromarray(image).save(folder / f"attempt-{i:02d}.png")
+    Image.fromarray(result.best_image).save(folder / "best.png")
+    import json
+
+    (folder / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    state["best"] = result.best_image
+    faceless = sum(a.reason == "faceless" for a in result.attempts)
+    return {"passed": result.passed, "attempts": len(result.attempts), "faceless": faceless,
+            "best": str(folder / "best.png"),
+            "weights": "identity gate: dlib face recognition, real pretrained weights"}
+
+
+def _stage_enhance(out: Path, quick: bool, state: dict) -> dict:
+    from PIL import Image
+
+    from .generation.enhance import enhance_images
+    from .samples import astronaut
+
+    image = state["best"]
+    reports = []
+    for step in ("color_match", "sharpen"):
+        (image,), (rep,) = enhance_images([image], [astronaut()], step, {})
+        reports.append(f"{step}: {'applied' if rep.applied else 'skipped (' + str(rep.reason) + ')'}")
+    Image.fromarray(image).save(out / "generate" / "enhanced.png")
+    return {"steps": reports, "weights": "drift check: dlib face recognition, real pretrained weights"}
+
+
+RUNNERS = {"prepare": _stage_prepare, "train": _stage_train, "generate": _stage_generate,
+           "enhance": _stage_enhance}
 
 
 def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> tuple[dict, str]:
@@ -79,6 +125,10 @@ def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> t
         seconds = time.perf_counter() - start
         summary[stage] = {"status": "ok", "seconds": round(seconds, 2), **info}
         rows.append((stage, f"ok ({seconds:.1f} s)", info.get("weights", "")))
+        detail = {k: v for k, v in info.items() if k in ("accepted", "rejected", "final_loss", "passed",
+                                                          "attempts", "faceless", "steps")}
+        if detail:
+            rows.append(("", "  " + ", ".join(f"{k}: {v}" for k, v in detail.items()), ""))
     table = text_table(["stage", "result", "weights"], rows)
     report = out / "report.md"
     report.write_text("# Persona demo\n\n" + text_table(["stage", "result", "weights"], rows,
