@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="folder of photos of the subject")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="")
-    p.add_argument("--embedder", choices=["dlib", "facenet"], default="dlib")
+    p.add_argument("--embedder", choices=["dlib", "facenet", "arcface", "clip"], default="dlib")
     p.add_argument("--threshold", type=float, help="identity cosine to pass (default: the embedder's calibrated one)")
     p.add_argument("--max-attempts", type=int, default=4)
     p.add_argument("--steps", type=int, default=30)

@@ -22,6 +22,22 @@ FACENET_VGGFACE2 = WeightsFile(
     "FaceNet InceptionResnetV1 (VGGFace2) face-recognition weights")
 
 
+ARCFACE_MODELS = (
+    WeightsFile("w600k_r50.onnx", "insightface/models/buffalo_l",
+                "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+                "ArcFace (insightface buffalo_l) face-recognition model"),
+    WeightsFile("glintr100.onnx", "insightface/models/antelopev2",
+                "https://github.com/deepinsight/insightface/releases (antelopev2.zip)",
+                "ArcFace (insightface antelopev2) face-recognition model"),
+)
+
+CLIP_B32 = WeightsFile(
+    "open_clip_ViT-B-32_laion2b_s34b_b79k.bin", "clip",
+    "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_pytorch_model.bin "
+    "(save it under the name shown)",
+    "OpenCLIP ViT-B-32 (LAION-2B) weights")
+
+
 class WeightsNotFound(FileNotFoundError):
     pass
 
@@ -53,3 +69,14 @@ def find_weights(spec: WeightsFile) -> Path:
     raise WeightsNotFound(
         f"{spec.what}: '{spec.filename}' was not found. Looked in:\n  {looked}\n"
         f"Download it from {spec.url} into one of those folders.")
+
+
+def find_first(specs: tuple[WeightsFile, ...]) -> Path:
+    """The first of several acceptable files that is present (one message if none is)."""
+    errors = []
+    for spec in specs:
+        try:
+            return find_weights(spec)
+        except WeightsNotFound as exc:
+            errors.append(str(exc))
+    raise WeightsNotFound("none of the accepted files was found:\n" + "\n".join(errors))

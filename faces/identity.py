@@ -9,6 +9,10 @@ Each backend has a calibrated threshold on the cosine similarity of its unit vec
 - ``facenet``: facenet-pytorch's InceptionResnetV1 (512-d, VGGFace2 weights looked up on
   disk); its usual rule, distance 1.1 between unit vectors, is a cosine of 0.4. It is
   differentiable, so the trainer's identity loss uses it.
+- ``arcface``: insightface's ArcFace ONNX models (512-d) from ComfyUI's
+  ``models/insightface`` folder, through onnxruntime; same person above about 0.35.
+- ``clip``: OpenCLIP image embeddings of the whole image, for pets and objects (no face
+  detection); same subject above about 0.85.
 
 The reference of a subject is the mean of its photos' unit embeddings, renormalised
 (reference 001's Face Distance Score), or each photo separately (reference 002's max/mean).
@@ -174,16 +178,93 @@ def facenet_model(weights: str, device: str):
     return model
 
 
-Backend = Literal["dlib", "facenet"]
+class ArcFaceEmbedder(IdentityEmbedder):
+    """ArcFace ONNX from insightface's model packs (buffalo_l ``w600k_r50.onnx`` or
+    antelopev2 ``glintr100.onnx``), run with onnxruntime. Faces are aligned by their 5
+    landmarks onto the standard 112 px ArcFace template, as insightface does."""
+
+    name = "arcface"
+    threshold = 0.35
+    dim = 512
+
+    def __init__(self, detector: FaceDetector | None = None, model_path: str | None = None):
+        super().__init__(detector)
+        ort = require("onnxruntime", "The ArcFace identity embedder")
+        if model_path is None:
+            from ..weights import ARCFACE_MODELS, find_first
+
+            model_path = str(find_first(ARCFACE_MODELS))
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(model_path, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @staticmethod
+    def crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        from .align import face_template, similarity_transform
+        import cv2
+
+        m = similarity_transform(landmarks, face_template(112, 0.0))
+        return cv2.warpAffine(image, m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
+        vectors = np.zeros((len(images), self.dim), np.float32)
+        found, crops, where = [], [], []
+        for i, (image, face) in enumerate(zip(images, self._faces(images))):
+            found.append(face is not None)
+            if face is not None:
+                crops.append(self.crop(image, face.landmarks))
+                where.append(i)
+        if crops:
+            x = (np.stack(crops).astype(np.float32) - 127.5) / 127.5
+            out = self.session.run(None, {self.input_name: x.transpose(0, 3, 1, 2)})[0]
+            vectors[where] = out / np.linalg.norm(out, axis=1, keepdims=True)
+        return Embeddings(vectors, found)
 
 
-@functools.lru_cache(maxsize=4)
-def get_embedder(name: Backend, weights: str = "vggface2") -> IdentityEmbedder:
+class ClipImageEmbedder(IdentityEmbedder):
+    """CLIP image embeddings of the whole image, for subjects that are not faces (pets,
+    objects): every image 'has' the subject, so nothing is faceless."""
+
+    name = "clip"
+    threshold = 0.85
+
+    def __init__(self, model_name: str = "ViT-B-32", weights: str = "laion2b"):
+        from ..clip_models import load_clip
+
+        self.model, self.preprocess, _ = load_clip(model_name, weights)
+        self.dim = int(self.model.visual.output_dim)
+
+    def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
+        import torch
+        from PIL import Image
+
+        if len(images) == 0:
+            return Embeddings(np.zeros((0, self.dim), np.float32), [])
+        batch = torch.stack([self.preprocess(Image.fromarray(im)) for im in images])
+        with torch.no_grad():
+            v = self.model.encode_image(batch).float()
+        v = torch.nn.functional.normalize(v, dim=1).numpy()
+        return Embeddings(v, [True] * len(images))
+
+
+Backend = Literal["dlib", "facenet", "arcface", "clip"]
+BACKENDS = ("dlib", "facenet", "arcface", "clip")
+
+
+@functools.lru_cache(maxsize=6)
+def get_embedder(name: Backend, weights: str | None = None) -> IdentityEmbedder:
+    """``weights``: facenet 'vggface2'/'random'; arcface a .onnx path (default: looked up);
+    clip 'laion2b'/'random'/a path."""
     if name == "dlib":
         return DlibEmbedder()
     if name == "facenet":
-        return FacenetEmbedder(weights=weights)
-    raise ValueError(f"identity embedder: unknown '{name}' (dlib, facenet)")
+        return FacenetEmbedder(weights=weights or "vggface2")
+    if name == "arcface":
+        return ArcFaceEmbedder(model_path=weights)
+    if name == "clip":
+        return ClipImageEmbedder(weights=weights or "laion2b")
+    raise ValueError(f"identity embedder: unknown '{name}' ({', '.join(BACKENDS)})")
 
 
 def reference_embedding(embedder: IdentityEmbedder, references: Sequence[np.ndarray]) -> np.ndarray:

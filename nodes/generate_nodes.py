@@ -11,7 +11,7 @@ from .host import Progress, interrupt_requested
 
 CATEGORY_GEN = "Persona/generate"
 CATEGORY_ENH = "Persona/enhance"
-EMBEDDERS = ["dlib", "facenet"]
+EMBEDDERS = ["dlib", "facenet", "arcface", "clip"]
 
 
 def _samplers():
@@ -60,9 +60,9 @@ class PersonaIdentityGatedSampler:
             "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
             "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
-            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder: dlib (offline) or facenet (VGGFace2 weights)."}),
+            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder: dlib (offline), facenet (VGGFace2 weights), arcface (insightface ONNX), clip (non-face subjects)."}),
             "threshold": ("FLOAT", {"default": 0.91, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                    "Pass when the identity cosine reaches this (calibrated: dlib 0.91, facenet 0.40)."}),
+                                    "Pass when the identity cosine reaches this (calibrated: dlib 0.91, facenet 0.40, arcface 0.35, clip 0.85)."}),
             "max_attempts": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Most samples to draw."}),
             "cfg_schedule": ("STRING", {"default": "", "tooltip": "Optional CFG per attempt, e.g. '7, 6, 5' (the last repeats)."}),
             "steps_schedule": ("STRING", {"default": "", "tooltip": "Optional steps per attempt, e.g. '30, 40'."}),

@@ -100,3 +100,47 @@ def test_validation_writes_a_grid_and_identity_scores(tiny_model, face_dataset, 
     assert info["images"] == 2 and info["identity_embedder"] == "dlib"
     # a random-weight model draws no faces: counted as faceless, never scored as zero
     assert info["faceless"] == 2 and info["identity"] == [None, None]
+
+
+def _tiny_arcface_onnx(path):
+    """A small network with ArcFace's interface (N x 3 x 112 x 112 -> N x 512), random weights."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                              torch.nn.Flatten(), torch.nn.Linear(128, 512)).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net, torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
+                      output_names=["embedding"], dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
+    return net
+
+
+def test_arcface_is_found_in_the_insightface_folder_and_embeds_aligned_crops(monkeypatch, tmp_path, astronaut, coffee):
+    from comfyui_persona.faces.detect import FaceDetector
+    from comfyui_persona.faces.identity import ArcFaceEmbedder
+
+    monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(WeightsNotFound, match="w600k_r50.onnx"):
+        ArcFaceEmbedder()
+    net = _tiny_arcface_onnx(tmp_path / "weights" / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx")
+    embedder = ArcFaceEmbedder()
+    emb = embedder.embed([astronaut, coffee])
+    assert emb.found == [True, False]
+    assert np.linalg.norm(emb.vectors[0]) == pytest.approx(1.0, abs=1e-5)
+    # the ONNX session sees exactly the 112 px template-aligned crop, normalised to -1..1
+    face = FaceDetector().detect([astronaut])[0][0]
+    crop = ArcFaceEmbedder.crop(astronaut, face.landmarks)
+    assert crop.shape == (112, 112, 3)
+    with torch.no_grad():
+        expected = net(torch.from_numpy((crop.astype(np.float32) - 127.5) / 127.5).permute(2, 0, 1)[None])
+    expected = torch.nn.functional.normalize(expected, dim=1).numpy()[0]
+    assert np.allclose(emb.vectors[0], expected, atol=1e-4)
+
+
+def test_clip_embedder_needs_no_face_and_is_deterministic(coffee, astronaut, monkeypatch, tmp_path):
+    from comfyui_persona.faces.identity import ClipImageEmbedder
+
+    monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(WeightsNotFound, match="ViT-B-32"):
+        ClipImageEmbedder()
+    embedder = ClipImageEmbedder(weights="random")
+    a, b = embedder.embed([coffee, astronaut]), embedder.embed([coffee, astronaut])
+    assert a.found == [True, True] and a.vectors.shape == (2, 512)
+    assert np.allclose(a.vectors, b.vectors) and np.allclose(np.linalg.norm(a.vectors, axis=1), 1.0, atol=1e-5)
