@@ -208,6 +208,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if result.passed else 3
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .faces.photos import load_folder
+    from .metrics.report import evaluate, write_report
+    from .textable import text_table
+
+    try:
+        generated, gen_errors = load_folder(args.generated, max_side=1024)
+        references, ref_errors = load_folder(args.reference, max_side=1024)
+        prompts = None
+        if args.prompts:
+            prompts = [l.strip() for l in Path(args.prompts).read_text(encoding="utf-8").splitlines() if l.strip()]
+            if len(prompts) == 1:
+                prompts = prompts * len(generated)
+            if len(prompts) != len(generated):
+                raise ValueError(f"--prompts: {len(prompts)} prompts for {len(generated)} images "
+                                 f"(give one, or one per image in file-name order)")
+        rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
+                        embedder=args.embedder)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    json_path, _ = write_report(rows, args.out, {"generated": args.generated, "reference": args.reference,
+                                                 "skipped_files": [str(e) for e in gen_errors + ref_errors]})
+    print(text_table(["metric", "value", "detail"], [(r.metric, r.shown(), r.detail) for r in rows]))
+    print(f"\nreport: {json_path} and report.csv")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -259,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.01, help="largest identity drop an enhancement may cause")
     p.add_argument("--out", default="runs/generate")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="measure generated images against reference photos")
+    p.add_argument("--generated", required=True, help="folder of generated images")
+    p.add_argument("--reference", required=True, help="folder of reference photos")
+    p.add_argument("--prompts", help="text file: one prompt, or one per generated image")
+    p.add_argument("--embedder", choices=["dlib", "facenet", "arcface", "clip"], default="dlib")
+    p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -13,7 +13,7 @@ from comfyui_persona.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "generate", "prepare", "train"]
+    assert sorted(sub.choices) == ["demo", "eval", "generate", "prepare", "train"]
 
 
 def test_console_script_is_installed():
@@ -90,3 +90,31 @@ def test_generate_rejects_a_bad_threshold_and_a_faceless_reference(tiny_model, t
     assert "threshold" in capsys.readouterr().err
     assert main(args) == 2
     assert "reference" in capsys.readouterr().err
+
+
+def test_eval_prints_the_table_and_writes_reports(tmp_path, astronaut, grace_hopper, coffee, capsys, monkeypatch):
+    import csv
+
+    monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-cache"))
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    Image.fromarray(astronaut[:, ::-1].copy()).save(gen / "1.png")
+    Image.fromarray(grace_hopper).save(gen / "2.png")
+    Image.fromarray(coffee).save(gen / "3.png")
+    Image.fromarray(astronaut).save(ref / "a.png")
+    assert main(["eval", "--generated", str(gen), "--reference", str(ref), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    report = {m["metric"]: m for m in json.loads((tmp_path / "out" / "report.json").read_text())["metrics"]}
+    assert report["faceless images"]["value"] == 1.0
+    assert 0.89 < report["identity cosine (mean)"]["value"] < 0.96  # one match, one other person
+    assert report["identity pass rate"]["value"] == 0.5
+    # weights that are not on this machine: reported as skipped with the reason, never as 0
+    assert report["LPIPS to references (alex)"]["value"] is None
+    assert report["LPIPS to references (alex)"]["status"].startswith("skipped: ")
+    assert "alexnet-owt-7be5be79.pth" in report["LPIPS to references (alex)"]["status"]
+    assert report["CLIP score"]["status"].startswith("skipped: ")
+    assert "without lpips, fid" in report["Q_global"]["detail"]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "report.csv")))
+    assert len(rows) == len(report) and "skipped" in out

@@ -1,0 +1,91 @@
+"""LPIPS (Zhang et al. 2018, v0.1), implemented here on torchvision's AlexNet / VGG16
+features with the linear heads that ship in the ``lpips`` package.
+
+The backbone's ImageNet weights do not ship in any package: they are looked up (ComfyUI's
+``models/lpips``, the Persona weights cache, torch's hub cache where torchvision keeps its
+downloads); without them the metric is skipped with that reason, never computed on an
+untrained backbone, unless the caller passes ``backbone='random'`` (tests only).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..weights import WeightsFile, WeightsNotFound, search_paths
+
+LAYERS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
+BACKBONES = {
+    "alex": WeightsFile("alexnet-owt-7be5be79.pth", "lpips",
+                        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "AlexNet ImageNet weights"),
+    "vgg": WeightsFile("vgg16-397923af.pth", "lpips",
+                       "https://download.pytorch.org/models/vgg16-397923af.pth", "VGG16 ImageNet weights"),
+}
+_SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+_SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+
+def backbone_path(net: str) -> Path:
+    spec = BACKBONES[net]
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    for place in search_paths(spec) + [hub]:
+        if (place / spec.filename).is_file():
+            return place / spec.filename
+    looked = "\n  ".join(str(p) for p in search_paths(spec) + [hub])
+    raise WeightsNotFound(f"{spec.what}: '{spec.filename}' was not found. Looked in:\n  {looked}\n"
+                          f"Download it from {spec.url} into one of those folders.")
+
+
+class LPIPS(torch.nn.Module):
+    def __init__(self, net: str = "alex", backbone: str | dict = "pretrained"):
+        super().__init__()
+        import torchvision
+
+        if net not in LAYERS:
+            raise ValueError(f"net: 'alex' or 'vgg', got '{net}'")
+        self.taps = set(LAYERS[net])
+        model = torchvision.models.alexnet(weights=None) if net == "alex" else torchvision.models.vgg16(weights=None)
+        self.features = model.features[: LAYERS[net][-1] + 1].eval()
+        if isinstance(backbone, dict):
+            self.features.load_state_dict(backbone, strict=False)
+        elif backbone == "pretrained":
+            state = torch.load(backbone_path(net), map_location="cpu", weights_only=True)
+            self.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                           if k.startswith("features.") and
+                                           int(k.split(".")[1]) <= LAYERS[net][-1]})
+        elif backbone != "random":
+            raise ValueError(f"backbone: 'pretrained', 'random' or a state dict, got '{backbone}'")
+        heads = Path(importlib.util.find_spec("lpips").submodule_search_locations[0]) / "weights" / "v0.1" / f"{net}.pth"
+        lin = torch.load(heads, map_location="cpu", weights_only=True)
+        self.heads = [lin[f"lin{i}.model.1.weight"] for i in range(5)]
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _taps(self, x):
+        out, taps = x, []
+        for i, layer in enumerate(self.features):
+            out = layer(out)
+            if i in self.taps:
+                taps.append(out)
+        return taps
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Distance per pair of ``[B, 3, H, W]`` images in 0..1."""
+        x = ((a * 2 - 1) - _SHIFT.to(a)) / _SCALE.to(a)
+        y = ((b * 2 - 1) - _SHIFT.to(b)) / _SCALE.to(b)
+        total = 0
+        for fa, fb, w in zip(self._taps(x), self._taps(y), self.heads):
+            na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + F.conv2d((na - nb) ** 2, w.to(na)).mean(dim=(2, 3))
+        return total.view(-1)
+
+
+@functools.lru_cache(maxsize=2)
+def lpips_model(net: str = "alex") -> LPIPS:
+    return LPIPS(net, "pretrained")

@@ -1,0 +1,154 @@
+"""The metric set of the four references over one set of generated images, as rows that
+say 'skipped: <reason>' when a metric's weights or inputs are missing (never a fake 0).
+
+Composite (reference 000, Eq. 3): Q_global = 0.3 Q_LPIPS + 0.2 Q_SSIM + 0.4 Q_identity +
+0.1 Q_FID with Q_LPIPS = 1 - min(LPIPS, 1), Q_SSIM = max(SSIM, 0), Q_identity =
+max(identity cosine, 0) and Q_FID = exp(-FID / 100). A skipped term is left out and the
+remaining weights are renormalised; the row says which terms were used.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = {"lpips": 0.3, "ssim": 0.2, "identity": 0.4, "fid": 0.1}
+
+
+@dataclass
+class Row:
+    metric: str
+    value: float | None
+    detail: str = ""
+    status: str = "ok"
+
+    def shown(self) -> str:
+        return f"{self.value:.4f}" if self.value is not None else self.status
+
+
+def _resize_all(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+
+
+def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
+             prompts: Sequence[str] | None = None, embedder: str = "dlib", lpips_net: str = "alex",
+             size: int = 256) -> list[Row]:
+    from ..faces.identity import get_embedder, identity_scores
+    from .ssim import ssim, to_tensor
+
+    if len(generated) == 0:
+        raise ValueError("generated: no images to evaluate")
+    if len(references) == 0:
+        raise ValueError("reference: no reference images")
+    rows: list[Row] = []
+    gen, ref = _resize_all(generated, size), _resize_all(references, size)
+    # identity (reference 000) and Face Distance Score (reference 001)
+    emb = get_embedder(embedder)
+    scores, found = identity_scores(emb, generated, references)
+    valid = scores[~np.isnan(scores)]
+    faceless = int(sum(not f for f in found))
+    rows.append(Row("faceless images", float(faceless), f"of {len(generated)}"))
+    if len(valid):
+        rows.append(Row("identity cosine (mean)", float(valid.mean()), f"{emb.name}, threshold {emb.threshold}"))
+        rows.append(Row("identity pass rate", float((valid >= emb.threshold).mean()), f"faces only ({len(valid)})"))
+        rows.append(Row("face distance score", float(np.sqrt(np.clip(2 - 2 * valid, 0, None)).mean()),
+                        "mean Euclidean distance of unit embeddings to the mean reference (lower is better)"))
+        best, _ = identity_scores(emb, generated, references, "max")
+        mean, _ = identity_scores(emb, generated, references, "mean")
+        rows.append(Row("subject fidelity (max)", float(np.nanmean(best)), "best matching reference, averaged"))
+        rows.append(Row("subject fidelity (mean)", float(np.nanmean(mean)), "mean over references, averaged"))
+        rows.append(Row("identity stability (std)", float(valid.std()), "std across prompts and seeds"))
+    else:
+        for name in ("identity cosine (mean)", "face distance score"):
+            rows.append(Row(name, None, status="skipped: no face in any generated image"))
+    # SSIM to the references (all pairs)
+    g, r = to_tensor(gen), to_tensor(ref)
+    pair_ssim = [float(ssim(g[i:i + 1], r[j:j + 1]).item()) for i in range(len(gen)) for j in range(len(ref))]
+    rows.append(Row("SSIM to references", float(np.mean(pair_ssim)), "mean over generated x reference pairs"))
+    # LPIPS to references and diversity
+    try:
+        from .perceptual import lpips_model
+
+        model = lpips_model(lpips_net)
+        to_ref = [float(model(g[i:i + 1], r[j:j + 1]).item()) for i in range(len(gen)) for j in range(len(ref))]
+        rows.append(Row(f"LPIPS to references ({lpips_net})", float(np.mean(to_ref)), "lower is closer"))
+        pairs = list(combinations(range(len(gen)), 2))
+        if pairs:
+            div = [float(model(g[i:i + 1], g[j:j + 1]).item()) for i, j in pairs]
+            rows.append(Row(f"diversity (pairwise LPIPS, {lpips_net})", float(np.mean(div)), f"{len(pairs)} pairs"))
+    except (FileNotFoundError, ImportError) as exc:
+        reason = str(exc).splitlines()[0]
+        rows.append(Row(f"LPIPS to references ({lpips_net})", None, status=f"skipped: {reason}"))
+        rows.append(Row("diversity (pairwise LPIPS)", None, status=f"skipped: {reason}"))
+    # CLIP text-image score and image-image fidelity (reference 001/002)
+    try:
+        rows.extend(_clip_rows(generated, references, prompts))
+    except (FileNotFoundError, ImportError) as exc:
+        reason = str(exc).splitlines()[0]
+        rows.append(Row("CLIP score", None, status=f"skipped: {reason}"))
+    rows.append(Row("FID", None, status="skipped: Inception feature weights are not available in this version"))
+    rows.append(q_global(rows, lpips_net))
+    return rows
+
+
+def _clip_rows(generated, references, prompts) -> list[Row]:
+    import torch
+    from PIL import Image
+
+    from ..clip_models import load_clip
+
+    model, preprocess, tokenizer = load_clip("ViT-B-32", "laion2b")
+    with torch.no_grad():
+        gi = torch.nn.functional.normalize(model.encode_image(
+            torch.stack([preprocess(Image.fromarray(im)) for im in generated])).float(), dim=1)
+        ri = torch.nn.functional.normalize(model.encode_image(
+            torch.stack([preprocess(Image.fromarray(im)) for im in references])).float(), dim=1)
+        rows = [Row("CLIP subject fidelity (image-image)", float((gi @ ri.T).mean()), "ViT-B-32")]
+        if prompts:
+            t = torch.nn.functional.normalize(model.encode_text(tokenizer(list(prompts))).float(), dim=1)
+            rows.append(Row("CLIP score (text-image)", float(100 * (gi * t).sum(1).clamp(min=0).mean()),
+                            "100 x cosine, ViT-B-32"))
+    return rows
+
+
+def q_global(rows: list[Row], lpips_net: str) -> Row:
+    values = {r.metric: r.value for r in rows}
+    terms = {}
+    if values.get(f"LPIPS to references ({lpips_net})") is not None:
+        terms["lpips"] = 1 - min(values[f"LPIPS to references ({lpips_net})"], 1.0)
+    if values.get("SSIM to references") is not None:
+        terms["ssim"] = max(values["SSIM to references"], 0.0)
+    if values.get("identity cosine (mean)") is not None:
+        terms["identity"] = max(values["identity cosine (mean)"], 0.0)
+    if values.get("FID") is not None:
+        terms["fid"] = float(np.exp(-values["FID"] / 100.0))
+    if not terms:
+        return Row("Q_global", None, status="skipped: no term available")
+    total = sum(WEIGHTS[k] for k in terms)
+    value = sum(WEIGHTS[k] * v for k, v in terms.items()) / total
+    missing = [k for k in WEIGHTS if k not in terms]
+    return Row("Q_global", value, "terms: " + ", ".join(terms) + (f" (without {', '.join(missing)}; "
+                                                                    f"weights renormalised)" if missing else ""))
+
+
+def write_report(rows: list[Row], out: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({"metrics": [asdict(r) for r in rows], **(extra or {})},
+                                                indent=2) + "\n")
+    with open(out / "report.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["metric", "value", "status", "detail"])
+        for r in rows:
+            w.writerow([r.metric, "" if r.value is None else f"{r.value:.6f}", r.status, r.detail])
+    return out / "report.json", out / "report.csv"
