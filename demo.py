@@ -105,8 +105,25 @@ def _stage_enhance(out: Path, quick: bool, state: dict) -> dict:
     return {"steps": reports, "weights": "drift check: dlib face recognition, real pretrained weights"}
 
 
+def _stage_metrics(out: Path, quick: bool, state: dict) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from .metrics.report import evaluate, write_report
+    from .samples import astronaut
+
+    folder = out / "generate"
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("attempt-*.png"))]
+    rows = evaluate(images, [astronaut()], ["a photo of sks person"] * len(images))
+    write_report(rows, out / "metrics")
+    state["metric_rows"] = rows
+    skipped = [r.metric for r in rows if r.value is None]
+    return {"report": str(out / "metrics" / "report.json"), "skipped": skipped,
+            "weights": "identity: dlib real weights; metrics whose weights are absent are listed as skipped"}
+
+
 RUNNERS = {"prepare": _stage_prepare, "train": _stage_train, "generate": _stage_generate,
-           "enhance": _stage_enhance}
+           "enhance": _stage_enhance, "metrics": _stage_metrics}
 
 
 def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> tuple[dict, str]:
@@ -131,8 +148,17 @@ def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> t
             rows.append(("", "  " + ", ".join(f"{k}: {v}" for k, v in detail.items()), ""))
     table = text_table(["stage", "result", "weights"], rows)
     report = out / "report.md"
-    report.write_text("# Persona demo\n\n" + text_table(["stage", "result", "weights"], rows,
-                                                       markdown=True) + "\n", encoding="utf-8")
+    body = "# Persona demo\n\n" + text_table(["stage", "result", "weights"], rows, markdown=True) + "\n"
+    if (out / "generate" / "best.png").is_file():
+        body += "\n## Generated\n\n![best attempt](generate/best.png) ![enhanced](generate/enhanced.png)\n"
+    if state.get("metric_rows"):
+        body += "\n## Metrics\n\n" + text_table(["metric", "value", "detail"],
+                                               [(r.metric, r.shown(), r.detail) for r in state["metric_rows"]],
+                                               markdown=True) + "\n"
+    if not state.get("base_model"):
+        body += ("\nThe generative stages ran on a tiny model with random weights: they show that the "
+                 "pipeline works end to end, not image quality. Run with `--base-model PATH` for that.\n")
+    report.write_text(body, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     missing = [s for s in STAGES if s not in RUNNERS]
     text = table

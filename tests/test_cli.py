@@ -49,6 +49,10 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["prepare"]["status"] == "ok" and summary["prepare"]["accepted"] >= 3
     assert summary["train"]["status"] == "ok" and (tmp_path / "demo" / "train" / "lora.safetensors").is_file()
+    assert all(info["status"] == "ok" for info in summary.values()), summary
+    assert (tmp_path / "demo" / "metrics" / "report.json").is_file()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Metrics" in report and "random weights" in report
     assert "RANDOM weights" in out
     assert (tmp_path / "demo" / "report.md").is_file()
     for stage, info in summary.items():
