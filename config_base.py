@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 T = TypeVar("T", bound="JobConfig")
 
 
+def divisible_by_8(value: int) -> int:
+    """Field check shared by every config with a pixel resolution (latents are 1/8 of it)."""
+    if value % 8:
+        raise ValueError(f"must be divisible by 8 (the VAE works on 1/8 of the pixels), got {value}")
+    return value
+
+
 class ConfigError(ValueError):
     """A config that does not validate; the message names every bad field."""
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..config_base import JobConfig
+from ..config_base import JobConfig, divisible_by_8
 
 
 class PrepareConfig(JobConfig):
@@ -75,12 +75,7 @@ class PrepareConfig(JobConfig):
             raise ValueError(f"only {{token}} and {{class}} may be used ({exc})") from None
         return value
 
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"must be divisible by 8 (latents are 1/8 of the image), got {value}")
-        return value
+    _resolution = field_validator("resolution")(classmethod(lambda cls, v: divisible_by_8(v)))
 
     def processing_digest(self) -> str:
         """Hash of every field that changes an output file: a changed one reprocesses all."""

@@ -23,6 +23,19 @@ def _samplers():
         return ["euler"], ["normal"]
 
 
+def sampling_inputs(steps: int, cfg: float, denoise: float, what: str) -> dict:
+    """KSampler-like widgets (seed, steps, cfg, sampler, scheduler, denoise)."""
+    samplers, schedulers = _samplers()
+    return {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": f"Sampling seed{what}."}),
+        "steps": ("INT", {"default": steps, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
+        "cfg": ("FLOAT", {"default": cfg, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Classifier-free guidance."}),
+        "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
+        "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
+        "denoise": ("FLOAT", {"default": denoise, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
+    }
+
+
 def _floats(text: str, name: str) -> list[float]:
     try:
         return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
@@ -46,7 +59,6 @@ class PersonaIdentityGatedSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        samplers, schedulers = _samplers()
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model to sample (with any LoRA applied)."}),
             "positive": ("CONDITIONING", {"tooltip": "Positive prompt conditioning."}),
@@ -54,12 +66,7 @@ class PersonaIdentityGatedSampler:
             "latent_image": ("LATENT", {"tooltip": "Starting latent (the first of a batch is used)."}),
             "vae": ("VAE", {"tooltip": "Decodes each attempt for scoring."}),
             "reference": ("IMAGE", {"tooltip": "Photo(s) of the subject; their mean embedding is the reference."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": "Seed of the first attempt; attempt k uses seed + k."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "Sampling steps (unless steps_schedule is set)."}),
-            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Classifier-free guidance (unless cfg_schedule is set)."}),
-            "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
-            "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
+            **sampling_inputs(30, 7.0, 1.0, " of the first attempt (attempt k uses seed + k)"),
             "embedder": (EMBEDDERS, {"tooltip": "Identity embedder: dlib (offline), facenet (VGGFace2 weights), arcface (insightface ONNX), clip (non-face subjects)."}),
             "threshold": ("FLOAT", {"default": 0.91, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                     "Pass when the identity cosine reaches this (calibrated: dlib 0.91, facenet 0.40, arcface 0.35, clip 0.85)."}),
@@ -215,18 +222,12 @@ class PersonaFaceRefine(_EnhanceNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        samplers, schedulers = _samplers()
         return {"required": {**cls.common_inputs(),
                              "model": ("MODEL", {"tooltip": "The generation model (with its LoRA)."}),
                              "vae": ("VAE", {"tooltip": "VAE of the model."}),
                              "positive": ("CONDITIONING", {"tooltip": "Positive conditioning."}),
                              "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": "Sampling seed."}),
-                             "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
-                             "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Guidance."}),
-                             "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
-                             "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
-                             "denoise": ("FLOAT", {"default": 0.35, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "How much of the face is redrawn."}),
+                             **sampling_inputs(20, 6.0, 0.35, " of the face re-diffusion"),
                              "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "The face crop is sampled at this size."})},
                 "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
 

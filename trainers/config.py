@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config_base import ConfigError, JobConfig
+from ..config_base import ConfigError, JobConfig, divisible_by_8
 
 
 class TrainConfig(JobConfig):
@@ -87,12 +87,7 @@ class TrainConfig(JobConfig):
     validation_steps: int = Field(20, ge=1, le=500, description="Sampling steps of validation images.")
     log_every: int = Field(1, ge=1, description="Write a log.jsonl line every N steps.")
 
-    @field_validator("resolution")
-    @classmethod
-    def _divisible_by_8(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"must be divisible by 8 (the VAE downsamples by 8), got {v}")
-        return v
+    _resolution = field_validator("resolution")(classmethod(lambda cls, v: divisible_by_8(v)))
 
     @model_validator(mode="after")
     def _consistent(self):
