@@ -1,9 +1,12 @@
-// Persona front-end extension: shows a node's text report (ui.text) inside the node.
+// Persona front-end extension.
+// - Persona nodes that return ui.text show it in a read-only monospace box inside the node.
+// - Persona Metrics Panel returns ui.persona_metrics: rendered as an HTML table in the node.
 import { app } from "../../scripts/app.js";
 
 const REPORT_WIDGET = "persona_report";
+const TABLE_WIDGET = "persona_metrics_table";
 
-function showReport(node, text) {
+function showText(node, text) {
   let widget = node.widgets?.find((w) => w.name === REPORT_WIDGET);
   if (!widget) {
     const made = app.widgets?.STRING?.(node, REPORT_WIDGET, ["STRING", { multiline: true }], app);
@@ -20,6 +23,48 @@ function showReport(node, text) {
   node.setDirtyCanvas?.(true, true);
 }
 
+function formatValue(row) {
+  if (row.value === null || row.value === undefined) return row.status || "skipped";
+  return Number(row.value).toFixed(4);
+}
+
+function showMetrics(node, rows) {
+  let widget = node.widgets?.find((w) => w.name === TABLE_WIDGET);
+  if (!widget) {
+    const host = document.createElement("div");
+    host.className = "persona-metrics";
+    host.style.cssText = "overflow:auto;max-height:420px;font:11px monospace;color:var(--fg-color,#ddd);";
+    if (!node.addDOMWidget) return false;
+    widget = node.addDOMWidget(TABLE_WIDGET, "persona-table", host, { serialize: false });
+    widget.persona_host = host;
+  }
+  const table = document.createElement("table");
+  table.className = "persona-metrics-table";
+  table.style.cssText = "border-collapse:collapse;width:100%;";
+  const head = table.insertRow();
+  for (const title of ["metric", "value", "detail"]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    th.style.cssText = "text-align:left;border-bottom:1px solid #666;padding:2px 6px;";
+    head.appendChild(th);
+  }
+  for (const row of rows) {
+    const tr = table.insertRow();
+    tr.dataset.metric = row.metric;
+    const cells = [row.metric, formatValue(row), row.detail || ""];
+    cells.forEach((text, i) => {
+      const td = tr.insertCell();
+      td.textContent = text;
+      td.style.cssText = "padding:2px 6px;border-bottom:1px solid #333;" +
+        (i === 1 && (row.value === null || row.value === undefined) ? "color:#c90;" : "");
+    });
+  }
+  widget.persona_host.replaceChildren(table);
+  node.setSize?.([Math.max(node.size[0], 520), Math.max(node.size[1], 120 + 22 * rows.length)]);
+  node.setDirtyCanvas?.(true, true);
+  return true;
+}
+
 app.registerExtension({
   name: "persona.reports",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -27,8 +72,9 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
+      if (message?.persona_metrics && showMetrics(this, message.persona_metrics)) return;
       const text = message?.text;
-      if (text && text.length) showReport(this, Array.isArray(text) ? text.join("\n") : String(text));
+      if (text && text.length) showText(this, Array.isArray(text) ? text.join("\n") : String(text));
     };
   },
 });

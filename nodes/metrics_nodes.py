@@ -1,0 +1,111 @@
+"""Persona Metrics Panel (a table of every metric inside the node) and Persona Compare."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+
+from ..imaging import images_to_tensor, tensor_to_images
+from ..textable import text_table
+from .host import output_dir
+
+CATEGORY = "Persona/metrics"
+
+
+def _table(rows) -> str:
+    return text_table(["metric", "value", "detail"], [(r["metric"], r["value"] if r["value"] is None
+                                                       else f"{r['value']:.4f}", r["detail"] or r["status"])
+                                                      for r in rows])
+
+
+class PersonaMetricsPanel:
+    """Measure generated images against the reference photos; the table shows in the node."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("PERSONA_METRICS", "IMAGE")
+    RETURN_NAMES = ("metrics", "chart")
+    OUTPUT_TOOLTIPS = ("Every metric with its value or the reason it was skipped.", "A bar chart of the metrics.")
+    DESCRIPTION = ("Identity, Face Distance Score, subject fidelity, stability, faceless count, SSIM, LPIPS, "
+                   "diversity, CLIP score and Q_global; writes report.json and report.csv.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generated": ("IMAGE", {"tooltip": "Generated images (one batch)."}),
+            "reference": ("IMAGE", {"tooltip": "Photos of the subject."}),
+            "prompts": ("STRING", {"default": "", "multiline": True, "tooltip":
+                                   "One prompt for all images, or one per line per image (for the CLIP score)."}),
+            "embedder": (["dlib", "facenet", "arcface", "clip"], {"tooltip": "Identity embedder."}),
+            "lpips_net": (["alex", "vgg"], {"tooltip": "LPIPS backbone."}),
+            "report_name": ("STRING", {"default": "metrics", "tooltip":
+                                       "report.json and report.csv go to output/persona/metrics/<report_name>/."}),
+        }}
+
+    def execute(self, generated, reference, prompts, embedder, lpips_net, report_name):
+        from ..metrics.chart import metrics_chart
+        from ..metrics.report import evaluate, write_report
+
+        name = report_name.strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"report_name: a plain folder name is needed, got '{report_name}'")
+        images = tensor_to_images(generated)
+        lines = [l.strip() for l in prompts.splitlines() if l.strip()]
+        if len(lines) == 1:
+            lines = lines * len(images)
+        if lines and len(lines) != len(images):
+            raise ValueError(f"prompts: {len(lines)} lines for {len(images)} images (give one, or one per image)")
+        rows = [asdict(r) for r in evaluate(images, tensor_to_images(reference), lines or None,
+                                            embedder=embedder, lpips_net=lpips_net)]
+        from ..metrics.report import Row
+
+        folder = output_dir() / "persona" / "metrics" / name
+        write_report([Row(**r) for r in rows], folder)
+        table = _table(rows)
+        chart = metrics_chart({name: rows})
+        return {"ui": {"text": [table], "persona_metrics": rows},
+                "result": ({"name": name, "rows": rows, "folder": str(folder)}, images_to_tensor([chart]))}
+
+
+class PersonaCompare:
+    """Several runs' metrics side by side (sweeps, regimes)."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("chart", "table")
+    OUTPUT_TOOLTIPS = ("Grouped bar chart of the runs.", "The runs' metrics as one table.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        optional = {f"metrics_{k}": ("PERSONA_METRICS", {"tooltip": f"Run {k} (from a Metrics Panel)."}) for k in "cd"}
+        return {"required": {"metrics_a": ("PERSONA_METRICS", {"tooltip": "Run a (from a Metrics Panel)."}),
+                             "metrics_b": ("PERSONA_METRICS", {"tooltip": "Run b (from a Metrics Panel)."})},
+                "optional": optional}
+
+    def execute(self, metrics_a, metrics_b, metrics_c=None, metrics_d=None):
+        from ..metrics.chart import metrics_chart
+
+        runs = [m for m in (metrics_a, metrics_b, metrics_c, metrics_d) if m is not None]
+        labels = [m["name"] if [x["name"] for x in runs].count(m["name"]) == 1 else f"{m['name']} #{i + 1}"
+                  for i, m in enumerate(runs)]
+        names = []
+        for m in runs:
+            names += [r["metric"] for r in m["rows"] if r["metric"] not in names]
+        rows = []
+        for n in names:
+            cells = []
+            for m in runs:
+                r = next((x for x in m["rows"] if x["metric"] == n), None)
+                cells.append("-" if r is None else (f"{r['value']:.4f}" if r["value"] is not None else "skipped"))
+            rows.append([n] + cells)
+        table = text_table(["metric"] + labels, rows)
+        chart = metrics_chart({label: m["rows"] for label, m in zip(labels, runs)}, "Persona compare")
+        return {"ui": {"text": [table]}, "result": (images_to_tensor([chart]), table)}
+
+
+NODES = {
+    "PersonaMetricsPanel": (PersonaMetricsPanel, "Persona Metrics Panel"),
+    "PersonaCompare": (PersonaCompare, "Persona Compare Runs"),
+}
