@@ -34,6 +34,13 @@ class Row:
         return f"{self.value:.4f}" if self.value is not None else self.status
 
 
+def skipped(metric: str, exc: Exception) -> Row:
+    """A skipped row: the first sentence of the reason as status, the rest as detail."""
+    text = " ".join(str(exc).split())
+    head, sep, rest = text.partition(" Looked in:")
+    return Row(metric, None, ("Looked in:" + rest) if sep else "", f"skipped: {head}")
+
+
 def _resize_all(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     import cv2
 
@@ -87,15 +94,13 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
             div = [float(model(g[i:i + 1], g[j:j + 1]).item()) for i, j in pairs]
             rows.append(Row(f"diversity (pairwise LPIPS, {lpips_net})", float(np.mean(div)), f"{len(pairs)} pairs"))
     except (FileNotFoundError, ImportError) as exc:
-        reason = str(exc).splitlines()[0]
-        rows.append(Row(f"LPIPS to references ({lpips_net})", None, status=f"skipped: {reason}"))
-        rows.append(Row("diversity (pairwise LPIPS)", None, status=f"skipped: {reason}"))
+        rows.append(skipped(f"LPIPS to references ({lpips_net})", exc))
+        rows.append(skipped("diversity (pairwise LPIPS)", exc))
     # CLIP text-image score and image-image fidelity (reference 001/002)
     try:
         rows.extend(_clip_rows(generated, references, prompts))
     except (FileNotFoundError, ImportError) as exc:
-        reason = str(exc).splitlines()[0]
-        rows.append(Row("CLIP score", None, status=f"skipped: {reason}"))
+        rows.append(skipped("CLIP score", exc))
     rows.append(Row("FID", None, status="skipped: Inception feature weights are not available in this version"))
     rows.append(q_global(rows, lpips_net))
     return rows

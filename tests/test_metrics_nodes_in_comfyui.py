@@ -38,3 +38,22 @@ def test_metrics_panel_and_compare(comfy, astronaut, grace_hopper):
     table = entry["outputs"]["c"]["text"][0]
     assert "run_a" in table and "run_b" in table and "identity cosine (mean)" in table
     assert entry["outputs"]["s"]["images"]
+
+
+def test_metrics_table_renders_in_the_real_frontend(comfy, astronaut):
+    from browser_helpers import run_graph
+
+    Image.fromarray(astronaut).save(comfy.input_dir / "persona_m_ref.png")
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(comfy.input_dir / "persona_m_a.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "persona_m_ref.png", "upload": "image"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "persona_m_a.png", "upload": "image"}},
+        "3": {"class_type": "PersonaMetricsPanel", "inputs": {
+            "generated": ["2", 0], "reference": ["1", 0], "prompts": "a photo of sks person",
+            "embedder": "dlib", "lpips_net": "alex", "report_name": "browser_panel"}},
+    }
+    result = run_graph(comfy.url, prompt, "metrics-panel", "table.persona-metrics-table")
+    assert result["missing"] == []
+    assert result["errors"] == [], result["errors"]
+    assert "identity cosine (mean)" in result["rows"] and "Q_global" in result["rows"]
+    assert result["screenshot"].is_file()

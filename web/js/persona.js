@@ -33,11 +33,16 @@ function showMetrics(node, rows) {
   if (!widget) {
     const host = document.createElement("div");
     host.className = "persona-metrics";
-    host.style.cssText = "overflow:auto;max-height:420px;font:11px monospace;color:var(--fg-color,#ddd);";
+    host.style.cssText = "overflow:hidden;font:11px monospace;color:var(--fg-color,#ddd);";
     if (!node.addDOMWidget) return false;
-    widget = node.addDOMWidget(TABLE_WIDGET, "persona-table", host, { serialize: false });
+    const state = { rows: 0 };
+    const height = () => 34 + 30 * state.rows;  // header + rows (wrapped names take two lines)
+    widget = node.addDOMWidget(TABLE_WIDGET, "persona-table", host,
+      { serialize: false, getMinHeight: height, getHeight: height });
     widget.persona_host = host;
+    widget.persona_state = state;
   }
+  widget.persona_state.rows = rows.length;
   const table = document.createElement("table");
   table.className = "persona-metrics-table";
   table.style.cssText = "border-collapse:collapse;width:100%;";
@@ -54,13 +59,17 @@ function showMetrics(node, rows) {
     const cells = [row.metric, formatValue(row), row.detail || ""];
     cells.forEach((text, i) => {
       const td = tr.insertCell();
-      td.textContent = text;
-      td.style.cssText = "padding:2px 6px;border-bottom:1px solid #333;" +
+      const limit = i === 0 ? 80 : 64;  // the full text stays in the tooltip and in report.json
+      td.textContent = text.length > limit ? text.slice(0, limit - 1) + "…" : text;
+      td.title = text;
+      td.style.cssText = "padding:2px 6px;border-bottom:1px solid #333;vertical-align:top;" +
+        (i === 0 ? "white-space:nowrap;" : "") +
         (i === 1 && (row.value === null || row.value === undefined) ? "color:#c90;" : "");
     });
   }
   widget.persona_host.replaceChildren(table);
-  node.setSize?.([Math.max(node.size[0], 520), Math.max(node.size[1], 120 + 22 * rows.length)]);
+  const size = node.computeSize?.() ?? node.size;
+  node.setSize?.([Math.max(node.size[0], 760), Math.max(node.size[1], size[1])]);
   node.setDirtyCanvas?.(true, true);
   return true;
 }
