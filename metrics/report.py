@@ -101,9 +101,28 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
         rows.extend(_clip_rows(generated, references, prompts))
     except (FileNotFoundError, ImportError) as exc:
         rows.append(skipped("CLIP score", exc))
-    rows.append(Row("FID", None, status="skipped: Inception feature weights are not available in this version"))
+    rows.extend(_distribution_rows(gen, ref))
     rows.append(q_global(rows, lpips_net))
     return rows
+
+
+def _distribution_rows(gen, ref) -> list[Row]:
+    """KID first: with fewer images than the 2048 feature dimensions FID is biased."""
+    from .distribution import fid, kid
+    from .inception import features, inception_model
+
+    try:
+        model = inception_model()
+    except (FileNotFoundError, ImportError) as exc:
+        return [skipped("KID", exc), skipped("FID", exc)]
+    if len(gen) < 2 or len(ref) < 2:
+        reason = "skipped: KID and FID need at least 2 generated and 2 reference images"
+        return [Row("KID", None, status=reason), Row("FID", None, status=reason)]
+    fa, fb = features(model, gen), features(model, ref)
+    k_mean, k_std = kid(fa, fb, subsets=50)
+    few = min(len(fa), len(fb)) < fa.shape[1]
+    note = f"{len(fa)} vs {len(fb)} images; fewer than {fa.shape[1]} features: biased, read KID" if few else ""
+    return [Row("KID", k_mean, f"std {k_std:.4f} over 50 subsets"), Row("FID", fid(fa, fb), note)]
 
 
 def _clip_rows(generated, references, prompts) -> list[Row]:

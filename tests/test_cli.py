@@ -119,6 +119,7 @@ def test_eval_prints_the_table_and_writes_reports(tmp_path, astronaut, grace_hop
     assert report["LPIPS to references (alex)"]["status"].startswith("skipped: ")
     assert "alexnet-owt-7be5be79.pth" in report["LPIPS to references (alex)"]["status"]
     assert report["CLIP score"]["status"].startswith("skipped: ")
+    assert report["FID"]["status"].startswith("skipped: ") and report["KID"]["value"] is None
     assert "without lpips, fid" in report["Q_global"]["detail"]
     rows = list(csv.DictReader(open(tmp_path / "out" / "report.csv")))
     assert len(rows) == len(report) and "skipped" in out

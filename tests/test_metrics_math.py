@@ -77,3 +77,16 @@ def test_lpips_without_backbone_weights_says_what_is_missing(monkeypatch, tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsNotFound, match="alexnet-owt-7be5be79.pth"):
         LPIPS("alex")
+
+
+def test_inception_features_and_missing_weights(monkeypatch, tmp_path, astronaut, grace_hopper):
+    from comfyui_persona.metrics.inception import InceptionFeatures, features
+    from comfyui_persona.weights import WeightsNotFound
+
+    monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "w"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
+    with pytest.raises(WeightsNotFound, match="inception_v3_google-0cc3c7bd.pth"):
+        InceptionFeatures("pretrained")
+    model = InceptionFeatures("random")
+    f = features(model, [astronaut, grace_hopper, astronaut])
+    assert f.shape == (3, 2048) and np.allclose(f[0], f[2])
