@@ -213,6 +213,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics.report import evaluate, write_report
     from .textable import text_table
 
+    if args.run:
+        from .metrics.over_steps import evaluate_run
+
+        try:
+            results, chart = evaluate_run(args.run, args.embedder)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        names = [r.metric for r in next(iter(results.values()))]
+        print(text_table(["metric"] + [f"step {s}" for s in results],
+                         [[n] + [next(r.shown() for r in rows if r.metric == n) for rows in results.values()]
+                          for n in names]))
+        print(f"\nplot: {chart}")
+        return 0
+    if not (args.generated and args.reference):
+        print("error: give --generated and --reference, or --run RUN_DIR", file=sys.stderr)
+        return 2
     try:
         generated, gen_errors = load_folder(args.generated, max_side=1024)
         references, ref_errors = load_folder(args.reference, max_side=1024)
@@ -234,6 +251,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(text_table(["metric", "value", "detail"], [(r.metric, r.shown(), r.detail) for r in rows]))
     print(f"\nreport: {json_path} and report.csv")
     return 0
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from .textable import text_table
+    from .weights import all_weights, cache_dir, fetch
+
+    rows, failed = [], 0
+    for spec in all_weights():
+        if args.only and spec.filename not in args.only:
+            continue
+        if not spec.fetchable:
+            rows.append((spec.filename, "by hand", f"unpack {spec.url} into {cache_dir() / spec.comfy_folder}"))
+            continue
+        try:
+            path = fetch(spec, args.mirror)
+            rows.append((spec.filename, "ok", str(path)))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failed += 1
+            rows.append((spec.filename, "FAILED", str(exc)[:120]))
+    print(text_table(["file", "result", "where / why"], rows))
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -289,12 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="measure generated images against reference photos")
-    p.add_argument("--generated", required=True, help="folder of generated images")
-    p.add_argument("--reference", required=True, help="folder of reference photos")
+    p.add_argument("--generated", help="folder of generated images")
+    p.add_argument("--reference", help="folder of reference photos")
+    p.add_argument("--run", help="a training run: its validation samples at each step against its dataset")
     p.add_argument("--prompts", help="text file: one prompt, or one per generated image")
     p.add_argument("--embedder", choices=["dlib", "facenet", "arcface", "clip"], default="dlib")
     p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fetch-weights", help="download every pretrained weights file into the Persona cache")
+    p.add_argument("--mirror", help="a base URL that serves the files by name, instead of their original addresses")
+    p.add_argument("--only", nargs="+", metavar="FILE", help="only these file names")
+    p.set_defaults(func=cmd_fetch_weights)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

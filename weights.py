@@ -14,6 +14,7 @@ class WeightsFile:
     comfy_folder: str  # subfolder of ComfyUI's models/ where users keep it
     url: str
     what: str
+    fetchable: bool = True  # False: an archive to unpack by hand (insightface packs)
 
 
 FACENET_VGGFACE2 = WeightsFile(
@@ -25,16 +26,15 @@ FACENET_VGGFACE2 = WeightsFile(
 ARCFACE_MODELS = (
     WeightsFile("w600k_r50.onnx", "insightface/models/buffalo_l",
                 "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-                "ArcFace (insightface buffalo_l) face-recognition model"),
+                "ArcFace (insightface buffalo_l, inside buffalo_l.zip) face-recognition model", False),
     WeightsFile("glintr100.onnx", "insightface/models/antelopev2",
-                "https://github.com/deepinsight/insightface/releases (antelopev2.zip)",
-                "ArcFace (insightface antelopev2) face-recognition model"),
+                "https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
+                "ArcFace (insightface antelopev2, inside antelopev2.zip) face-recognition model", False),
 )
 
 CLIP_B32 = WeightsFile(
     "open_clip_ViT-B-32_laion2b_s34b_b79k.bin", "clip",
-    "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_pytorch_model.bin "
-    "(save it under the name shown)",
+    "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_pytorch_model.bin",
     "OpenCLIP ViT-B-32 (LAION-2B) weights")
 
 
@@ -68,7 +68,8 @@ def find_weights(spec: WeightsFile) -> Path:
     looked = "\n  ".join(str(p) for p in places)
     raise WeightsNotFound(
         f"{spec.what}: '{spec.filename}' was not found. Looked in:\n  {looked}\n"
-        f"Download it from {spec.url} into one of those folders.")
+        f"Download it from {spec.url} into one of those folders as '{spec.filename}'"
+        + (" (or run: persona fetch-weights)" if spec.fetchable else " (unpack the archive there)"))
 
 
 def find_first(specs: tuple[WeightsFile, ...]) -> Path:
@@ -80,3 +81,32 @@ def find_first(specs: tuple[WeightsFile, ...]) -> Path:
         except WeightsNotFound as exc:
             errors.append(str(exc))
     raise WeightsNotFound("none of the accepted files was found:\n" + "\n".join(errors))
+
+
+def all_weights() -> list[WeightsFile]:
+    """Every weights file a Persona feature can use (the registry of fetch-weights)."""
+    from .metrics.inception import INCEPTION
+    from .metrics.perceptual import BACKBONES
+
+    return [FACENET_VGGFACE2, CLIP_B32, BACKBONES["alex"], BACKBONES["vgg"], INCEPTION, *ARCFACE_MODELS]
+
+
+def fetch(spec: WeightsFile, mirror: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``spec`` into the Persona cache (``mirror``: a base URL holding the files by
+    name, instead of the original address). Existing files are kept."""
+    import urllib.request
+
+    target = cache_dir() / spec.comfy_folder / spec.filename
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    url = f"{mirror.rstrip('/')}/{spec.filename}" if mirror else spec.url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+        while block := resp.read(1 << 20):
+            fh.write(block)
+    if tmp.stat().st_size == 0:
+        tmp.unlink()
+        raise OSError(f"{url}: the download is empty")
+    tmp.replace(target)
+    return target

@@ -13,7 +13,7 @@ from comfyui_persona.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "eval", "generate", "prepare", "train"]
+    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "train"]
 
 
 def test_console_script_is_installed():
@@ -123,3 +123,46 @@ def test_eval_prints_the_table_and_writes_reports(tmp_path, astronaut, grace_hop
     assert "without lpips, fid" in report["Q_global"]["detail"]
     rows = list(csv.DictReader(open(tmp_path / "out" / "report.csv")))
     assert len(rows) == len(report) and "skipped" in out
+
+
+def test_fetch_weights_downloads_into_the_cache_and_the_lookup_finds_them(tmp_path, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    from comfyui_persona.weights import FACENET_VGGFACE2, find_weights
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / FACENET_VGGFACE2.filename).write_bytes(b"weights" * 100)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "cache"))
+    try:
+        mirror = f"http://127.0.0.1:{httpd.server_address[1]}"
+        code = main(["fetch-weights", "--mirror", mirror, "--only", FACENET_VGGFACE2.filename,
+                     "alexnet-owt-7be5be79.pth"])
+    finally:
+        httpd.shutdown()
+    out = capsys.readouterr().out
+    assert code == 1  # one of the two is not on the mirror
+    assert "ok" in out and "FAILED" in out
+    path = find_weights(FACENET_VGGFACE2)
+    assert path.read_bytes() == b"weights" * 100 and path.is_relative_to(tmp_path / "cache")
+
+
+def test_eval_of_a_training_run_plots_metrics_against_step(tiny_model, face_dataset, tmp_path, capsys):
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_model, face_dataset, run, steps=2, validate_every=1, validation_steps=2,
+                      validation_seeds=[0, 1], validation_identity="off"))
+    assert main(["eval", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "step 1" in out and "step 2" in out and "faceless images" in out
+    steps = json.loads((run / "metrics" / "steps.json").read_text())
+    assert sorted(steps) == ["1", "2"]
+    faceless = {r["metric"]: r["value"] for r in steps["2"]}["faceless images"]
+    assert faceless == 2.0  # random weights draw no faces
+    assert Image.open(run / "metrics" / "metrics_vs_step.png").size[0] > 500
