@@ -49,12 +49,12 @@ class LPIPS(torch.nn.Module):
             raise ValueError(f"net: 'alex' or 'vgg', got '{net}'")
         self.taps = set(LAYERS[net])
         model = torchvision.models.alexnet(weights=None) if net == "alex" else torchvision.models.vgg16(weights=None)
-        self.features = model.features[: LAYERS[net][-1] + 1].eval()
+        self.backbone = model.features[: LAYERS[net][-1] + 1].eval()
         if isinstance(backbone, dict):
-            self.features.load_state_dict(backbone, strict=False)
+            self.backbone.load_state_dict(backbone, strict=False)
         elif backbone == "pretrained":
             state = torch.load(backbone_path(net), map_location="cpu", weights_only=True)
-            self.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+            self.backbone.load_state_dict({k[len("features."):]: v for k, v in state.items()
                                            if k.startswith("features.") and
                                            int(k.split(".")[1]) <= LAYERS[net][-1]})
         elif backbone != "random":
@@ -67,23 +67,38 @@ class LPIPS(torch.nn.Module):
 
     def _taps(self, x):
         out, taps = x, []
-        for i, layer in enumerate(self.features):
+        for i, layer in enumerate(self.backbone):
             out = layer(out)
             if i in self.taps:
                 taps.append(out)
         return taps
 
     @torch.no_grad()
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Distance per pair of ``[B, 3, H, W]`` images in 0..1."""
-        x = ((a * 2 - 1) - _SHIFT.to(a)) / _SCALE.to(a)
-        y = ((b * 2 - 1) - _SHIFT.to(b)) / _SCALE.to(b)
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised feature maps of ``[B, 3, H, W]`` images in 0..1 (compute once,
+        compare many times with :meth:`distance`)."""
+        x = ((images * 2 - 1) - _SHIFT.to(images)) / _SCALE.to(images)
+        return [f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in self._taps(x)]
+
+    @torch.no_grad()
+    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
         total = 0
-        for fa, fb, w in zip(self._taps(x), self._taps(y), self.heads):
-            na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        for na, nb, w in zip(fa, fb, self.heads):
             total = total + F.conv2d((na - nb) ** 2, w.to(na)).mean(dim=(2, 3))
         return total.view(-1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Distance per pair of ``[B, 3, H, W]`` images in 0..1."""
+        return self.distance(self.features(a), self.features(b))
+
+    def pairwise(self, images: torch.Tensor) -> torch.Tensor:
+        """Distances between every pair of ``images`` (features computed once)."""
+        feats = self.features(images)
+        n = len(images)
+        i, j = torch.triu_indices(n, n, offset=1)
+        if len(i) == 0:
+            return torch.zeros(0)
+        return self.distance([f[i] for f in feats], [f[j] for f in feats])
 
 
 @functools.lru_cache(maxsize=2)

@@ -12,11 +12,11 @@ import csv
 import json
 import logging
 from dataclasses import asdict, dataclass
-from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,22 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
             rows.append(Row(name, None, status="skipped: no face in any generated image"))
     # SSIM to the references (all pairs)
     g, r = to_tensor(gen), to_tensor(ref)
-    pair_ssim = [float(ssim(g[i:i + 1], r[j:j + 1]).item()) for i in range(len(gen)) for j in range(len(ref))]
-    rows.append(Row("SSIM to references", float(np.mean(pair_ssim)), "mean over generated x reference pairs"))
+    gi = torch.arange(len(gen)).repeat_interleave(len(ref))
+    ri = torch.arange(len(ref)).repeat(len(gen))
+    pair_ssim = ssim(g[gi], r[ri])
+    rows.append(Row("SSIM to references", float(pair_ssim.mean()), "mean over generated x reference pairs"))
     # LPIPS to references and diversity
     try:
         from .perceptual import lpips_model
 
         model = lpips_model(lpips_net)
-        to_ref = [float(model(g[i:i + 1], r[j:j + 1]).item()) for i in range(len(gen)) for j in range(len(ref))]
-        rows.append(Row(f"LPIPS to references ({lpips_net})", float(np.mean(to_ref)), "lower is closer"))
-        pairs = list(combinations(range(len(gen)), 2))
-        if pairs:
-            div = [float(model(g[i:i + 1], g[j:j + 1]).item()) for i, j in pairs]
-            rows.append(Row(f"diversity (pairwise LPIPS, {lpips_net})", float(np.mean(div)), f"{len(pairs)} pairs"))
+        fg, fr = model.features(g), model.features(r)  # each image through the backbone once
+        to_ref = model.distance([f[gi] for f in fg], [f[ri] for f in fr])
+        rows.append(Row(f"LPIPS to references ({lpips_net})", float(to_ref.mean()), "lower is closer"))
+        if len(gen) > 1:
+            i, j = torch.triu_indices(len(gen), len(gen), offset=1)
+            div = model.distance([f[i] for f in fg], [f[j] for f in fg])
+            rows.append(Row(f"diversity (pairwise LPIPS, {lpips_net})", float(div.mean()), f"{len(i)} pairs"))
     except (FileNotFoundError, ImportError) as exc:
         rows.append(skipped(f"LPIPS to references ({lpips_net})", exc))
         rows.append(skipped("diversity (pairwise LPIPS)", exc))
