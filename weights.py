@@ -15,6 +15,7 @@ class WeightsFile:
     url: str
     what: str
     fetchable: bool = True  # False: an archive to unpack by hand (insightface packs)
+    torch_hub: bool = False  # torchvision downloads it into torch's hub cache: look there too
 
 
 FACENET_VGGFACE2 = WeightsFile(
@@ -56,6 +57,8 @@ def search_paths(spec: WeightsFile) -> list[Path]:
         pass
     places.append(cache_dir() / spec.comfy_folder)
     places.append(cache_dir())
+    if spec.torch_hub:
+        places.append(Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints")
     return places
 
 

@@ -13,26 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..weights import WeightsFile, WeightsNotFound, search_paths
+from ..weights import WeightsFile, find_weights
 
 INCEPTION = WeightsFile("inception_v3_google-0cc3c7bd.pth", "inception",
                         "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-                        "Inception-v3 ImageNet weights (FID/KID features)")
+                        "Inception-v3 ImageNet weights (FID/KID features)", torch_hub=True)
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def inception_path():
-    import os
-    from pathlib import Path
-
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
-    for place in search_paths(INCEPTION) + [hub]:
-        if (place / INCEPTION.filename).is_file():
-            return place / INCEPTION.filename
-    looked = "\n  ".join(str(p) for p in search_paths(INCEPTION) + [hub])
-    raise WeightsNotFound(f"{INCEPTION.what}: '{INCEPTION.filename}' was not found. Looked in:\n  {looked}\n"
-                          f"Download it from {INCEPTION.url} into one of those folders.")
+    return find_weights(INCEPTION)
 
 
 class InceptionFeatures(torch.nn.Module):

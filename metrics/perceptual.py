@@ -10,34 +10,28 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..weights import WeightsFile, WeightsNotFound, search_paths
+from ..weights import WeightsFile, find_weights
 
 LAYERS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
 BACKBONES = {
     "alex": WeightsFile("alexnet-owt-7be5be79.pth", "lpips",
-                        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "AlexNet ImageNet weights"),
+                        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "AlexNet ImageNet weights",
+                        torch_hub=True),
     "vgg": WeightsFile("vgg16-397923af.pth", "lpips",
-                       "https://download.pytorch.org/models/vgg16-397923af.pth", "VGG16 ImageNet weights"),
+                       "https://download.pytorch.org/models/vgg16-397923af.pth", "VGG16 ImageNet weights",
+                       torch_hub=True),
 }
 _SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
 _SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
 
 
 def backbone_path(net: str) -> Path:
-    spec = BACKBONES[net]
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
-    for place in search_paths(spec) + [hub]:
-        if (place / spec.filename).is_file():
-            return place / spec.filename
-    looked = "\n  ".join(str(p) for p in search_paths(spec) + [hub])
-    raise WeightsNotFound(f"{spec.what}: '{spec.filename}' was not found. Looked in:\n  {looked}\n"
-                          f"Download it from {spec.url} into one of those folders.")
+    return find_weights(BACKBONES[net])
 
 
 class LPIPS(torch.nn.Module):
