@@ -150,7 +150,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import json
 
-    import numpy as np
     from PIL import Image
 
     from .faces.identity import NoFaceError, get_embedder

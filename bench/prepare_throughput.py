@@ -65,7 +65,7 @@ def main() -> None:
     rows = [run(kind, args.count) for kind in ("512px", "12MP")]
     from comfyui_persona.faces.dataset import max_workers
 
-    print(f"| photos | count | MP | accepted | seconds | photos/s | target | workers | torch threads |")
+    print("| photos | count | MP | accepted | seconds | photos/s | target | workers | torch threads |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = targets[r["photos"]]

@@ -8,7 +8,6 @@ no padding mode is involved.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 
 from ..faces.config import PrepareConfig
 from ..imaging import grid, images_to_tensor, masks_to_tensor, tensor_to_images

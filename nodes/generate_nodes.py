@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
 from ..imaging import images_to_tensor, tensor_to_images, tensor_to_masks
 from .host import Progress, interrupt_requested

@@ -1,7 +1,6 @@
 """Shared fixtures: real photos that ship in packages, and a real ComfyUI server."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

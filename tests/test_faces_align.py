@@ -1,7 +1,6 @@
 """Detection and alignment on real photos and their variants."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The identity gate as a pure function, with the real dlib embedder and real photos."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from comfyui_persona.faces.identity import NoFaceError, get_embedder

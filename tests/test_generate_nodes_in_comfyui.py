@@ -1,7 +1,6 @@
 """The gated sampler and the enhancement nodes inside the real ComfyUI server."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

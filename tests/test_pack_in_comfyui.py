@@ -3,7 +3,6 @@ and a missing optional package."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest

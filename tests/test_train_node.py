@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from PIL import Image
 
 from comfyui_persona.samples import write_subject_photos
 from comfyui_persona.trainers.config import TrainConfig

@@ -140,10 +140,8 @@ def save_single_file(path: str | Path, unet, vae, text_encoder, metadata: dict[s
     return path
 
 
-def encode_prompts(components: Components, prompts: list[str], device) -> "torch.Tensor":
-    """Text-encoder hidden states for ``prompts`` ([B, 77, D])."""
-    import torch
-
+def encode_prompts(components: Components, prompts: list[str], device):
+    """Text-encoder hidden states (a tensor [B, 77, D]) for ``prompts``."""
     ids = components.tokenizer(prompts, padding="max_length", truncation=True,
                                max_length=components.tokenizer.model_max_length,
                                return_tensors="pt").input_ids.to(device)
