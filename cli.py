@@ -275,6 +275,44 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import ComfyClient, PromptFailed, PromptRejected, ServerGone, apply_overrides
+    from .comfy_graph import WorkflowError
+
+    path = Path(args.workflow)
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: workflow '{path}': {exc}", file=sys.stderr)
+        return 2
+    client = ComfyClient(args.server)
+
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "executing" and data.get("node"):
+            print(f"running node {data['node']}", file=sys.stderr, flush=True)
+        elif kind == "progress":
+            print(f"  {data.get('value')}/{data.get('max')}", file=sys.stderr, flush=True)
+
+    try:
+        prompt = apply_overrides(client.to_api(workflow), args.set or [])
+        result = client.run(prompt, Path(args.out), on_event)
+    except (PromptRejected, WorkflowError, ValueError) as exc:
+        print(f"error: the server refused the workflow:\n{exc}", file=sys.stderr)
+        return 2
+    except ServerGone as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except PromptFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"prompt {result.prompt_id} done; {len(result.files)} files in {args.out}")
+    for f in result.files:
+        print(f"  {f}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -340,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", help="a base URL that serves the files by name, instead of their original addresses")
     p.add_argument("--only", nargs="+", metavar="FILE", help="only these file names")
     p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("queue", help="run a workflow (UI or API format) on a running ComfyUI",
+                       description="Exit codes: 0 done, 1 a node failed, 2 refused by validation, "
+                                   "3 the server cannot be reached or went away.")
+    p.add_argument("workflow", help="workflow JSON (UI format is converted with the server's /object_info)")
+    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input (repeatable)")
+    p.add_argument("--out", default="runs/queue", help="where output images and history.json go")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -13,7 +13,7 @@ from comfyui_persona.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "train"]
+    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "queue", "train"]
 
 
 def test_console_script_is_installed():

@@ -46,8 +46,8 @@ def test_metrics_table_renders_in_the_real_frontend(comfy, astronaut):
     Image.fromarray(astronaut).save(comfy.input_dir / "persona_m_ref.png")
     Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(comfy.input_dir / "persona_m_a.png")
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "persona_m_ref.png", "upload": "image"}},
-        "2": {"class_type": "LoadImage", "inputs": {"image": "persona_m_a.png", "upload": "image"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "persona_m_ref.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "persona_m_a.png"}},
         "3": {"class_type": "PersonaMetricsPanel", "inputs": {
             "generated": ["2", 0], "reference": ["1", 0], "prompts": "a photo of sks person",
             "embedder": "dlib", "lpips_net": "alex", "report_name": "browser_panel"}},

@@ -21,12 +21,18 @@ try {
   page.on("response", (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
   await page.goto(url, { waitUntil: "load" });
   await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph, null, { timeout: 60000 });
+  const ui = Array.isArray(prompt.nodes);  // a UI-format workflow: load it, do not queue it
   const missing = await page.evaluate((p) => {
-    const types = Object.values(p).map((n) => n.class_type);
+    const types = Array.isArray(p.nodes) ? p.nodes.map((n) => n.type) : Object.values(p).map((n) => n.class_type);
     return types.filter((t) => !window.LiteGraph.registered_node_types[t]);
   }, prompt);
-  await page.evaluate((p) => window.app.loadApiJson(p), prompt);
-  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  if (ui) {
+    await page.evaluate((p) => window.app.loadGraphData(p), prompt);
+  } else {
+    await page.evaluate((p) => window.app.loadApiJson(p), prompt);
+    await page.evaluate(() => window.app.queuePrompt(0, 1));
+  }
+  const loaded = await page.evaluate(() => window.app.graph._nodes.length);
   let found = 0;
   if (selector) {
     await page.waitForSelector(selector, { timeout: 180000 });
@@ -36,7 +42,7 @@ try {
   await page.evaluate(() => window.app.canvas.setDirty(true, true));
   await page.waitForTimeout(500);
   await page.screenshot({ path: shot });
-  console.log(JSON.stringify({ missing, errors, failed, rows, found }));
+  console.log(JSON.stringify({ missing, errors, failed, rows, found, loaded }));
 } finally {
   await browser.close();
 }

@@ -1,0 +1,161 @@
+"""The shipped workflows: in step with the nodes, lossless between formats, loadable in the
+canvas, and run end to end through `persona queue` on the real server."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfy_server import REPO, ComfyServer
+from comfyui_persona.cli import main
+from comfyui_persona.comfy_graph import api_to_ui, ui_to_api
+from comfyui_persona.samples import write_subject_photos
+
+pytestmark = pytest.mark.server
+WORKFLOWS = sorted((REPO / "workflows").glob("*.api.json"))
+NAMES = [p.name.replace(".api.json", "") for p in WORKFLOWS]
+
+
+def _api(name):
+    return json.loads((REPO / "workflows" / f"{name}.api.json").read_text())
+
+
+def _ui(name):
+    return json.loads((REPO / "workflows" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def info(comfy):
+    return comfy.get("/object_info")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_twin_is_in_step_and_converts_back(info, name):
+    api, ui = _api(name), _ui(name)
+    assert ui == api_to_ui(api, info), "UI twin out of date: run scripts/build_workflows.py"
+    assert ui["version"] == 0.4
+    back = ui_to_api(ui, info)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in back.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in api.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_node_types_exist_and_links_connect_matching_types(info, name):
+    ui = _ui(name)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for node in nodes.values():
+        assert node["type"] in info, node["type"]
+    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+        out_type = info[nodes[src]["type"]]["output"][src_slot]
+        dst_input = nodes[dst]["inputs"][dst_slot]
+        spec = {**info[nodes[dst]["type"]]["input"]["required"], **info[nodes[dst]["type"]]["input"].get("optional", {})}
+        assert out_type == kind == dst_input["type"] == spec[dst_input["name"]][0], (name, link_id)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, name):
+    from browser_helpers import run_graph
+
+    Image.fromarray(astronaut).save(comfy.input_dir / "persona_reference.png")  # what Load Image shows
+
+    result = run_graph(comfy.url, _ui(name), f"workflow-{name}")
+    assert result["missing"] == [] and result["errors"] == [], result
+    assert result["loaded"] == len(_ui(name)["nodes"])
+
+
+@pytest.fixture(scope="module")
+def prepared(comfy, tiny_model, sd15_single_file, sd15_lora, astronaut):
+    write_subject_photos(comfy.input_dir / "persona" / "photos", count=4)
+    Image.fromarray(astronaut).save(comfy.input_dir / "persona_reference.png")
+    for target, source in ((comfy.models / "diffusers" / "persona-tiny", tiny_model),
+                           (comfy.models / "checkpoints" / "persona-sd15.safetensors", sd15_single_file)):
+        if not target.exists():
+            target.symlink_to(source)
+    (comfy.models / "loras" / "persona").mkdir(parents=True, exist_ok=True)
+    shutil.copy(sd15_lora, comfy.models / "loras" / "persona" / "persona_subject_sd15.safetensors")
+    return comfy
+
+
+SMALL_FACE = ["resolution=64"]
+
+
+def test_prepare_workflow_runs_through_persona_queue(prepared, tmp_path, capsys):
+    sets = [f"2.{s}" for s in SMALL_FACE] + [f"4.{s}" for s in SMALL_FACE] + ["4.dataset_name=\"wf1\""]
+    code = main(["queue", str(REPO / "workflows" / "1_prepare_dataset.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    images = [p for p in (tmp_path / "out").glob("*.png")]
+    assert len(images) >= 2 and (tmp_path / "out" / "history.json").is_file()
+    assert (prepared.output_dir / "persona" / "datasets" / "wf1" / "manifest.json").is_file()
+
+
+def test_train_workflow_runs(prepared, tmp_path, capsys):
+    sets = ["1.resolution=64", "1.dataset_name=\"wf2\"", "2.base_model=\"persona-tiny\"", "2.resolution=64",
+            "2.steps=3", "2.mixed_precision=\"no\"", "2.prior_preservation=false", "2.lora_name=\"wf2_lora\""]
+    code = main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    assert (prepared.models / "loras" / "persona" / "wf2_lora.safetensors").is_file()
+
+
+def test_generate_workflow_as_shipped_reports_the_missing_model_like_comfyui(prepared, tmp_path, capsys):
+    code = main(["queue", str(REPO / "workflows" / "3_generate_gated.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "node 1 (CheckpointLoaderSimple)" in err and "v1-5-pruned-emaonly.safetensors" in err
+
+
+def test_generate_workflow_runs_with_the_test_model(prepared, tmp_path, capsys):
+    sets = ["1.ckpt_name=\"persona-sd15.safetensors\"", "2.lora_name=\"persona/persona_subject_sd15.safetensors\"",
+            "5.width=64", "5.height=64", "7.steps=2", "7.max_attempts=2", "7.sampler_name=\"euler\"",
+            "7.scheduler=\"normal\""]
+    code = main(["queue", str(REPO / "workflows" / "3_generate_gated.api.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["outputs"]["11"]["images"]
+    assert history["outputs"]["10"]["persona_metrics"]
+
+
+def test_queue_reports_a_bad_widget_value_with_the_node_id(prepared, tmp_path, capsys):
+    code = main(["queue", str(REPO / "workflows" / "1_prepare_dataset.api.json"), "--server", prepared.url,
+                 "--set", "2.border=\"sideways\"", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "node 2 (PersonaFaceAlign)" in err and "sideways" in err
+
+
+def test_queue_reports_the_server_going_away(tiny_model, tmp_path, capsys):
+    server = ComfyServer.create(tmp_path / "srv", "comfyui-gone")
+    server.start()
+    write_subject_photos(server.input_dir / "persona" / "photos", count=4)
+    (server.models / "diffusers" / "persona-tiny").symlink_to(tiny_model)
+    sets = ["1.resolution=64", "2.base_model=\"persona-tiny\"", "2.resolution=64", "2.steps=100000",
+            "2.mixed_precision=\"no\"", "2.prior_preservation=false"]
+
+    def kill_when_training():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size for p in (server.output_dir / "persona" / "runs").glob("*/log.jsonl")) \
+                    if (server.output_dir / "persona" / "runs").is_dir() else False:
+                break
+            time.sleep(0.5)
+        server.proc.kill()
+
+    killer = threading.Thread(target=kill_when_training)
+    killer.start()
+    try:
+        code = main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", server.url,
+                     "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    finally:
+        killer.join()
+        server.stop()
+    err = capsys.readouterr().err
+    assert code == 3 and "went away" in err, err
+    assert main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", server.url]) == 3
+    assert "cannot be reached" in capsys.readouterr().err
