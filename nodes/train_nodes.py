@@ -134,6 +134,36 @@ class PersonaTrain:
         return {"ui": {"text": [text]}, "result": (lora, images_to_tensor([chart]), rel)}
 
 
+class PersonaApplyLora:
+    """Apply a LoRA from Persona Train to a MODEL and CLIP (ComfyUI's own LoRA code), so
+    training and generation can sit in one graph."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING")
+    RETURN_NAMES = ("model", "clip", "token")
+    OUTPUT_TOOLTIPS = ("The model with the LoRA.", "The text encoder with the LoRA.",
+                       "The subject's token and class, e.g. 'sks person', for prompts.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The base model (the one the LoRA was trained on)."}),
+            "clip": ("CLIP", {"tooltip": "The base model's text encoder."}),
+            "lora": ("PERSONA_LORA", {"tooltip": "From Persona Train LoRA."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip": "LoRA strength on the UNet."}),
+            "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip": "LoRA strength on the text encoder."}),
+        }}
+
+    def execute(self, model, clip, lora, strength_model, strength_clip):
+        import comfy.sd
+        import comfy.utils
+
+        tensors = comfy.utils.load_torch_file(lora["path"], safe_load=True)
+        model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength_model, strength_clip)
+        return (model, clip, f"{lora['token']} {lora['class_noun']}")
+
+
 def _free_comfy_models() -> None:
     try:
         import comfy.model_management as mm
@@ -143,4 +173,5 @@ def _free_comfy_models() -> None:
     mm.soft_empty_cache()
 
 
-NODES = {"PersonaTrain": (PersonaTrain, "Persona Train LoRA")}
+NODES = {"PersonaTrain": (PersonaTrain, "Persona Train LoRA"),
+         "PersonaApplyLora": (PersonaApplyLora, "Persona Apply LoRA")}

@@ -159,3 +159,20 @@ def test_queue_reports_the_server_going_away(tiny_model, tmp_path, capsys):
     assert code == 3 and "went away" in err, err
     assert main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", server.url]) == 3
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_whole_pipeline_workflow_runs_from_photos_to_metrics(prepared, tmp_path, capsys):
+    sets = ["1.resolution=64", "1.dataset_name=\"wf4\"", "2.ckpt_name=\"persona-sd15.safetensors\"",
+            "3.width=64", "3.height=64", "5.base_model=\"persona-sd15.safetensors\"", "5.resolution=64",
+            "5.steps=2", "5.mixed_precision=\"no\"", "5.prior_preservation=false", "5.lora_name=\"wf4_lora\"",
+            "5.learning_rate=0.05", "7.resolution=64", "13.steps=2", "13.max_attempts=2",
+            "13.sampler_name=\"euler\"", "13.scheduler=\"normal\""]
+    code = main(["queue", str(REPO / "workflows" / "4_whole_pipeline.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["outputs"]["17"]["images"]  # the enhanced image, saved
+    rows = {r["metric"]: r for r in history["outputs"]["16"]["persona_metrics"]}
+    assert rows["faceless images"]["value"] == 2.0  # random weights draw no face; measured, not hidden
+    assert (prepared.models / "loras" / "persona" / "wf4_lora.safetensors").is_file()
+    assert (prepared.output_dir / "persona" / "metrics" / "pipeline" / "report.json").is_file()
