@@ -197,7 +197,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         steps = [s.strip() for s in args.enhance.split(",") if s.strip()]
         report["enhance"] = []
         for step in steps:
-            (final,), (rep,) = enhance_images([final], references, step, {}, args.embedder, args.tolerance)
+            regenerate, params = None, {}
+            if step == "face_refine":
+                regenerate = generator.refiner(args.prompt, args.negative, seed=args.seed, steps=args.steps)
+                params = {"crop_size": args.size}
+            (final,), (rep,) = enhance_images([final], references, step, params, args.embedder, args.tolerance,
+                                              regenerate=regenerate)
             report["enhance"].append(rep.__dict__)
             print(f"{step}: {'applied' if rep.applied else 'rejected'}" + (f" ({rep.reason})" if rep.reason else ""))
         Image.fromarray(final).save(out / "enhanced.png")
@@ -360,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--enhance", default="", help="comma-separated: sharpen,color_match,denoise,film_grain")
+    p.add_argument("--enhance", default="", help="comma-separated: face_refine,color_match,sharpen,denoise,film_grain")
     p.add_argument("--tolerance", type=float, default=0.01, help="largest identity drop an enhancement may cause")
     p.add_argument("--out", default="runs/generate")
     p.set_defaults(func=cmd_generate)

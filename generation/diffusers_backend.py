@@ -46,3 +46,22 @@ class DiffusersGenerator:
                         num_inference_steps=int(params["steps"]), guidance_scale=float(params["cfg"]),
                         generator=gen, output_type="np").images[0]
         return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+
+    def refiner(self, prompt: str, negative: str = "", strength: float = 0.35, steps: int = 20,
+                cfg: float = 6.0, seed: int = 0):
+        """A ``regenerate(crop) -> crop`` for face refine: img2img at low strength with the
+        same model, LoRA and prompt."""
+        from diffusers import StableDiffusionImg2ImgPipeline
+        from PIL import Image
+
+        img2img = StableDiffusionImg2ImgPipeline(**self.pipe.components)
+        img2img.set_progress_bar_config(disable=True)
+
+        def regenerate(crop: np.ndarray) -> np.ndarray:
+            gen = torch.Generator("cpu").manual_seed(seed)
+            out = img2img(prompt, image=Image.fromarray(crop), negative_prompt=negative or None,
+                          strength=strength, num_inference_steps=steps, guidance_scale=cfg,
+                          generator=gen, output_type="np").images[0]
+            return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+
+        return regenerate

@@ -80,3 +80,19 @@ def test_refine_face_pastes_only_inside_the_mask(astronaut, region):
 def test_mismatched_mask_size_is_a_clear_error(astronaut):
     with pytest.raises(ValueError, match="mask"):
         sharpen(astronaut, np.ones((10, 10), np.float32))
+
+
+def test_face_refine_with_a_diffusers_model_is_guarded(tiny_model, astronaut):
+    """The headless face refine re-diffuses the crop with a diffusers img2img pipeline; on a
+    random-weight model that destroys the face, and the drift check must refuse it."""
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+    from comfyui_persona.generation.enhance import enhance_images
+
+    generator = DiffusersGenerator(tiny_model)
+    regenerate = generator.refiner("a photo of sks person", strength=0.9, steps=2)
+    crop = regenerate(np.ascontiguousarray(astronaut[:64, :64]))
+    assert crop.shape == (64, 64, 3)
+    (out,), (report,) = enhance_images([astronaut], [astronaut], "face_refine", {"crop_size": 64},
+                                       regenerate=regenerate)
+    assert not report.applied and out is astronaut
+    assert report.score_before > 0.99 and (report.score_after is None or report.score_after < report.score_before)

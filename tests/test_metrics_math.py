@@ -90,3 +90,21 @@ def test_inception_features_and_missing_weights(monkeypatch, tmp_path, astronaut
     model = InceptionFeatures("random")
     f = features(model, [astronaut, grace_hopper, astronaut])
     assert f.shape == (3, 2048) and np.allclose(f[0], f[2])
+
+
+def test_clip_score_uses_the_exact_clip_tokenizer_and_is_deterministic(astronaut, grace_hopper, monkeypatch):
+    import comfyui_persona.clip_models as cm
+    from comfyui_persona.clip_models import load_clip
+    from comfyui_persona.metrics.report import _clip_rows
+
+    model, preprocess, tokenizer = load_clip("ViT-B-32", "random")
+    ids = tokenizer(["a photo of sks person"])[0]
+    # CLIP's own ids: <start> a photo of sks person <end>, zero-padded to 77
+    assert ids[:7].tolist() == [49406, 320, 1125, 539, 48136, 2533, 49407] and len(ids) == 77
+    assert int(ids[7:].abs().sum()) == 0
+    # the ViT-B-32 weights are not on this machine: the score runs on the same architecture
+    # with random weights, which is enough to show it is deterministic
+    monkeypatch.setattr(cm, "load_clip", lambda *a, **k: (model, preprocess, tokenizer))
+    a = _clip_rows([astronaut, grace_hopper], [astronaut], ["a photo of sks person"] * 2)
+    b = _clip_rows([astronaut, grace_hopper], [astronaut], ["a photo of sks person"] * 2)
+    assert [r.value for r in a] == [r.value for r in b] and len(a) == 2

@@ -176,3 +176,22 @@ def test_whole_pipeline_workflow_runs_from_photos_to_metrics(prepared, tmp_path,
     assert rows["faceless images"]["value"] == 2.0  # random weights draw no face; measured, not hidden
     assert (prepared.models / "loras" / "persona" / "wf4_lora.safetensors").is_file()
     assert (prepared.output_dir / "persona" / "metrics" / "pipeline" / "report.json").is_file()
+
+
+def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
+    sets = ["1.resolution=64", "1.dataset_name=\"wf5\"", "2.ckpt_name=\"persona-sd15.safetensors\"",
+            "3.width=64", "3.height=64", "7.resolution=64"]
+    for train in ("5", "6"):
+        sets += [f"{train}.base_model=\"persona-sd15.safetensors\"", f"{train}.resolution=64",
+                 f"{train}.mixed_precision=\"no\"", f"{train}.preset=\"custom\"", f"{train}.steps=1",
+                 f"{train}.prior_preservation=false"]
+    for gate in ("13", "23"):
+        sets += [f"{gate}.steps=1", f"{gate}.max_attempts=1", f"{gate}.sampler_name=\"euler\"",
+                 f"{gate}.scheduler=\"normal\""]
+    code = main(["queue", str(REPO / "workflows" / "5_compare_regimes.api.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    table = history["outputs"]["30"]["text"][0]
+    assert "identity_strong" in table and "prompt_strong" in table
+    assert history["outputs"]["31"]["images"]
