@@ -271,12 +271,34 @@ def reference_embedding(embedder: IdentityEmbedder, references: Sequence[np.ndar
     """Mean of the references' unit embeddings, renormalised. Every reference needs a face."""
     if len(references) == 0:
         raise ValueError("reference: the reference batch is empty")
-    emb = embedder.embed(references)
-    missing = [i for i, ok in enumerate(emb.found) if not ok]
+    return reference_from(embedder.embed(references))
+
+
+def reference_from(references: Embeddings) -> np.ndarray:
+    """The mean reference unit vector of already embedded references (each needs a face)."""
+    missing = [i for i, ok in enumerate(references.found) if not ok]
     if missing:
         raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
-    mean = emb.vectors.mean(0)
+    mean = references.vectors.mean(0)
     return mean / np.linalg.norm(mean)
+
+
+def scores_from(images: Embeddings, references: Embeddings,
+                mode: Literal["mean_reference", "max", "mean"] = "mean_reference") -> np.ndarray:
+    """Cosine identity score of each image embedding (NaN where no face) against the mean
+    reference, or the max / mean over the individual references: no embedding is redone."""
+    if len(references.found) == 0:
+        raise ValueError("reference: the reference batch is empty")
+    missing = [i for i, ok in enumerate(references.found) if not ok]
+    if missing:
+        raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
+    if mode == "mean_reference":
+        mean = references.vectors.mean(0)
+        sims = images.vectors @ (mean / np.linalg.norm(mean))
+    else:
+        pair = images.vectors @ references.vectors.T
+        sims = pair.max(1) if mode == "max" else pair.mean(1)
+    return np.where(np.array(images.found, bool), sims, np.nan).astype(np.float64)
 
 
 def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
@@ -284,14 +306,7 @@ def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
                     ) -> tuple[np.ndarray, list[bool]]:
     """Cosine identity score of each image (NaN where no face): against the mean reference,
     or the max / mean over the individual references."""
+    if len(references) == 0:
+        raise ValueError("reference: the reference batch is empty")
     emb = embedder.embed(images)
-    if mode == "mean_reference":
-        sims = emb.vectors @ reference_embedding(embedder, references)
-    else:
-        refs = embedder.embed(references)
-        if not all(refs.found):
-            raise NoFaceError("reference: no face found in some reference images")
-        pair = emb.vectors @ refs.vectors.T
-        sims = pair.max(1) if mode == "max" else pair.mean(1)
-    sims = np.where(np.array(emb.found), sims, np.nan)
-    return sims.astype(np.float64), emb.found
+    return scores_from(emb, embedder.embed(references), mode), emb.found

@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from ..faces.identity import IdentityEmbedder, reference_embedding
+from ..faces.identity import IdentityEmbedder, reference_from
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,11 @@ def gated_generate(generate: Callable[[dict], np.ndarray], embedder: IdentityEmb
     settings = settings or GateSettings()
     settings.validate()
     threshold = embedder.threshold if settings.threshold is None else settings.threshold
-    reference = reference_embedding(embedder, references)  # raises on an empty/faceless reference
-    per_reference = embedder.embed(references).vectors if settings.reference_mode != "mean_reference" else None
+    if len(references) == 0:
+        raise ValueError("reference: the reference batch is empty")
+    ref_emb = embedder.embed(references)  # once; raises below on a faceless reference
+    reference = reference_from(ref_emb)
+    per_reference = ref_emb.vectors if settings.reference_mode != "mean_reference" else None
     attempts: list[Attempt] = []
     images: list[np.ndarray] = []
     for k in range(settings.max_attempts):

@@ -50,7 +50,7 @@ def _resize_all(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
 def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
              prompts: Sequence[str] | None = None, embedder: str = "dlib", lpips_net: str = "alex",
              size: int = 256) -> list[Row]:
-    from ..faces.identity import get_embedder, identity_scores
+    from ..faces.identity import get_embedder, scores_from
     from .ssim import ssim, to_tensor
 
     if len(generated) == 0:
@@ -61,17 +61,17 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
     gen, ref = _resize_all(generated, size), _resize_all(references, size)
     # identity (reference 000) and Face Distance Score (reference 001)
     emb = get_embedder(embedder)
-    scores, found = identity_scores(emb, generated, references)
+    gen_emb, ref_emb = emb.embed(generated), emb.embed(references)  # each image embedded once
+    scores = scores_from(gen_emb, ref_emb)
     valid = scores[~np.isnan(scores)]
-    faceless = int(sum(not f for f in found))
+    faceless = int(sum(not f for f in gen_emb.found))
     rows.append(Row("faceless images", float(faceless), f"of {len(generated)}"))
     if len(valid):
         rows.append(Row("identity cosine (mean)", float(valid.mean()), f"{emb.name}, threshold {emb.threshold}"))
         rows.append(Row("identity pass rate", float((valid >= emb.threshold).mean()), f"faces only ({len(valid)})"))
         rows.append(Row("face distance score", float(np.sqrt(np.clip(2 - 2 * valid, 0, None)).mean()),
                         "mean Euclidean distance of unit embeddings to the mean reference (lower is better)"))
-        best, _ = identity_scores(emb, generated, references, "max")
-        mean, _ = identity_scores(emb, generated, references, "mean")
+        best, mean = scores_from(gen_emb, ref_emb, "max"), scores_from(gen_emb, ref_emb, "mean")
         rows.append(Row("subject fidelity (max)", float(np.nanmean(best)), "best matching reference, averaged"))
         rows.append(Row("subject fidelity (mean)", float(np.nanmean(mean)), "mean over references, averaged"))
         rows.append(Row("identity stability (std)", float(valid.std()), "std across prompts and seeds"))
