@@ -155,7 +155,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .faces.identity import NoFaceError, get_embedder
     from .faces.photos import load_folder
     from .generation.diffusers_backend import DiffusersGenerator
-    from .generation.gate import GateSettings, gated_generate
+    from .generation.gate import GateSettings
+    from .generation.session import generate_to_folder
 
     out = Path(args.out)
     try:
@@ -175,18 +176,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     base = {"prompt": args.prompt, "negative": args.negative, "seed": args.seed, "steps": args.steps,
             "cfg": args.cfg, "width": args.size, "height": args.size, "lora_strength": args.lora_strength}
 
-    def on_attempt(attempt, image):
-        Image.fromarray(image).save(out / f"attempt-{attempt.index:02d}.png")
+    def on_attempt(attempt, _image):
         score = "no face" if attempt.score is None else f"{attempt.score:.4f}"
         print(f"attempt {attempt.index}: seed {attempt.params['seed']}, identity {score}"
               + (" PASS" if attempt.passed else ""), flush=True)
 
     try:
-        result = gated_generate(generator, embedder, references, base, settings, on_attempt)
+        result = generate_to_folder(generator, embedder, references, base, settings, out, on_attempt)
     except NoFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    Image.fromarray(result.best_image).save(out / "best.png")
     report = {"gate": result.to_json(), "base_model": args.base_model, "lora": args.lora,
               "base_model_random_weights": generator.random_weights,
               "skipped_references": [str(e) for e in errors]}
@@ -214,7 +213,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .faces.photos import load_folder
-    from .metrics.report import evaluate, write_report
+    from .metrics.report import evaluate, expand_prompts, write_report
     from .textable import text_table
 
     if args.run:
@@ -238,13 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         generated, gen_errors = load_folder(args.generated, max_side=1024)
         references, ref_errors = load_folder(args.reference, max_side=1024)
         prompts = None
-        if args.prompts:
-            prompts = [l.strip() for l in Path(args.prompts).read_text(encoding="utf-8").splitlines() if l.strip()]
-            if len(prompts) == 1:
-                prompts = prompts * len(generated)
-            if len(prompts) != len(generated):
-                raise ValueError(f"--prompts: {len(prompts)} prompts for {len(generated)} images "
-                                 f"(give one, or one per image in file-name order)")
+        if args.prompts:  # one prompt, or one per image in file-name order
+            prompts = expand_prompts(Path(args.prompts).read_text(encoding="utf-8").splitlines(), len(generated))
         rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
                         embedder=args.embedder)
     except (ValueError, FileNotFoundError) as exc:

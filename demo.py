@@ -61,28 +61,20 @@ def _stage_train(out: Path, quick: bool, state: dict) -> dict:
 
 
 def _stage_generate(out: Path, quick: bool, state: dict) -> dict:
-    from PIL import Image
-
     from .faces.identity import get_embedder
     from .generation.diffusers_backend import DiffusersGenerator
-    from .generation.gate import GateSettings, gated_generate
+    from .generation.gate import GateSettings
+    from .generation.session import generate_to_folder
     from .samples import astronaut
 
     real = state.get("base_model")
     folder = out / "generate"
-    folder.mkdir(exist_ok=True)
     generator = DiffusersGenerator(real or out / "models" / "tiny-sd", state["lora"])
     size = 512 if real else 64
     base = {"prompt": "a photo of sks person", "negative": "", "seed": 0, "steps": 30 if real else 4,
             "cfg": 7.0, "width": size, "height": size, "lora_strength": 1.0}
-    result = gated_generate(generator, get_embedder("dlib"), [astronaut()], base,
-                            GateSettings(max_attempts=4 if real else 2))
-    for i, image in enumerate(result.images, 1):
-        Image.fromarray(image).save(folder / f"attempt-{i:02d}.png")
-    Image.fromarray(result.best_image).save(folder / "best.png")
-    import json
-
-    (folder / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    result = generate_to_folder(generator, get_embedder("dlib"), [astronaut()], base,
+                                GateSettings(max_attempts=4 if real else 2), folder)
     state["best"] = result.best_image
     faceless = sum(a.reason == "faceless" for a in result.attempts)
     return {"passed": result.passed, "attempts": len(result.attempts), "faceless": faceless,

@@ -168,6 +168,35 @@ def q_global(rows: list[Row], lpips_net: str) -> Row:
                                                                     f"weights renormalised)" if missing else ""))
 
 
+def expand_prompts(prompts: Sequence[str], count: int) -> list[str] | None:
+    """One prompt for every image, or one per image; None when there is none."""
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        return None
+    if len(prompts) == 1:
+        return prompts * count
+    if len(prompts) != count:
+        raise ValueError(f"prompts: {len(prompts)} prompts for {count} images (give one, or one per image)")
+    return prompts
+
+
+def compare_rows(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Several runs (``{"name", "rows"}``) as one table: (labels, rows of metric + one cell per run)."""
+    names = [m["name"] for m in runs]
+    labels = [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
+    metrics: list[str] = []
+    for m in runs:
+        metrics += [r["metric"] for r in m["rows"] if r["metric"] not in metrics]
+    table = []
+    for metric in metrics:
+        cells = []
+        for m in runs:
+            r = next((x for x in m["rows"] if x["metric"] == metric), None)
+            cells.append("-" if r is None else (f"{r['value']:.4f}" if r["value"] is not None else "skipped"))
+        table.append([metric] + cells)
+    return labels, table
+
+
 def write_report(rows: list[Row], out: str | Path, extra: dict | None = None) -> tuple[Path, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

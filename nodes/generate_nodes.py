@@ -138,6 +138,10 @@ class _EnhanceNode:
             "whole_image": ("BOOLEAN", {"default": False, "tooltip": "Apply everywhere instead of inside the face mask."}),
         }
 
+    @staticmethod
+    def optional_mask():
+        return {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}
+
     def run(self, image, reference, embedder, tolerance, whole_image, params, mask=None, regenerate=None,
             step=None):
         from ..generation.enhance import enhance_images
@@ -163,7 +167,7 @@ class PersonaSharpen(_EnhanceNode):
                              "radius": ("FLOAT", {"default": 1.5, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Blur radius (px)."}),
                              "amount": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Strength."}),
                              "threshold": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 255.0, "step": 0.5, "tooltip": "Ignore differences below this (0..255)."})},
-                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+                "optional": cls.optional_mask()}
 
     def execute(self, image, reference, embedder, tolerance, whole_image, radius, amount, threshold, mask=None):
         return self.run(image, reference, embedder, tolerance, whole_image,
@@ -179,7 +183,7 @@ class PersonaColorMatch(_EnhanceNode):
         return {"required": {**cls.common_inputs(),
                              "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "0: unchanged, 1: full match."}),
                              "white_balance": ("BOOLEAN", {"default": False, "tooltip": "Grey-world white balance first."})},
-                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+                "optional": cls.optional_mask()}
 
     def execute(self, image, reference, embedder, tolerance, whole_image, strength, white_balance, mask=None):
         return self.run(image, reference, embedder, tolerance, whole_image,
@@ -197,7 +201,7 @@ class PersonaPhotoFinish(_EnhanceNode):
                              "grain": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 0.3, "step": 0.005, "tooltip": "Grain std (0..1 units; 0: off)."}),
                              "grain_size": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 8.0, "step": 0.5, "tooltip": "Grain size (px)."}),
                              "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Grain seed."})},
-                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+                "optional": cls.optional_mask()}
 
     def execute(self, image, reference, embedder, tolerance, whole_image, denoise_strength, grain,
                 grain_size, seed, mask=None):
@@ -228,7 +232,7 @@ class PersonaFaceRefine(_EnhanceNode):
                              "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
                              **sampling_inputs(20, 6.0, 0.35, " of the face re-diffusion"),
                              "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "The face crop is sampled at this size."})},
-                "optional": {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}}
+                "optional": cls.optional_mask()}
 
     def execute(self, image, reference, embedder, tolerance, whole_image, model, vae, positive,
                 negative, seed, steps, cfg, sampler_name, scheduler, denoise, crop_size, mask=None):

@@ -44,23 +44,17 @@ class PersonaMetricsPanel:
 
     def execute(self, generated, reference, prompts, embedder, lpips_net, report_name):
         from ..metrics.chart import metrics_chart
-        from ..metrics.report import evaluate, write_report
+        from ..metrics.report import evaluate, expand_prompts, write_report
 
         name = report_name.strip()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"report_name: a plain folder name is needed, got '{report_name}'")
         images = tensor_to_images(generated)
-        lines = [l.strip() for l in prompts.splitlines() if l.strip()]
-        if len(lines) == 1:
-            lines = lines * len(images)
-        if lines and len(lines) != len(images):
-            raise ValueError(f"prompts: {len(lines)} lines for {len(images)} images (give one, or one per image)")
-        rows = [asdict(r) for r in evaluate(images, tensor_to_images(reference), lines or None,
-                                            embedder=embedder, lpips_net=lpips_net)]
-        from ..metrics.report import Row
-
+        report = evaluate(images, tensor_to_images(reference), expand_prompts(prompts.splitlines(), len(images)),
+                          embedder=embedder, lpips_net=lpips_net)
         folder = output_dir() / "persona" / "metrics" / name
-        write_report([Row(**r) for r in rows], folder)
+        write_report(report, folder)
+        rows = [asdict(r) for r in report]
         table = _table(rows)
         chart = metrics_chart({name: rows})
         return {"ui": {"text": [table], "persona_metrics": rows},
@@ -87,19 +81,10 @@ class PersonaCompare:
     def execute(self, metrics_a, metrics_b, metrics_c=None, metrics_d=None):
         from ..metrics.chart import metrics_chart
 
+        from ..metrics.report import compare_rows
+
         runs = [m for m in (metrics_a, metrics_b, metrics_c, metrics_d) if m is not None]
-        labels = [m["name"] if [x["name"] for x in runs].count(m["name"]) == 1 else f"{m['name']} #{i + 1}"
-                  for i, m in enumerate(runs)]
-        names = []
-        for m in runs:
-            names += [r["metric"] for r in m["rows"] if r["metric"] not in names]
-        rows = []
-        for n in names:
-            cells = []
-            for m in runs:
-                r = next((x for x in m["rows"] if x["metric"] == n), None)
-                cells.append("-" if r is None else (f"{r['value']:.4f}" if r["value"] is not None else "skipped"))
-            rows.append([n] + cells)
+        labels, rows = compare_rows(runs)
         table = text_table(["metric"] + labels, rows)
         chart = metrics_chart({label: m["rows"] for label, m in zip(labels, runs)}, "Persona compare")
         return {"ui": {"text": [table]}, "result": (images_to_tensor([chart]), table)}
