@@ -17,8 +17,11 @@ from ..config_base import ConfigError, JobConfig, divisible_by_8
 class TrainConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
     # what
-    base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint.")
-    family: Literal["sd15"] = Field("sd15", description="Model family (Stable Diffusion 1.x).")
+    base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint (FLUX: the transformer file).")
+    family: Literal["sd15", "sdxl", "flux"] = Field("sd15", description="Model family: Stable Diffusion 1.x, SDXL, or FLUX.1 (dev/schnell).")
+    clip_l: str = Field("", description="FLUX single files: the CLIP-L text encoder file (models/text_encoders or models/clip).")
+    t5: str = Field("", description="FLUX single files: the T5-XXL text encoder file.")
+    vae: str = Field("", description="FLUX single files: the VAE file (ae.safetensors).")
     dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
     output_dir: str = Field("runs/train", min_length=1, description="Run directory: config, log, checkpoints, samples, final LoRA.")
     method: Literal["lora", "dreambooth"] = Field(
@@ -35,8 +38,8 @@ class TrainConfig(JobConfig):
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        min_length=1, description="UNet module names that get LoRA adapters.")
+        default_factory=list,
+        description="Denoiser module names that get LoRA adapters (empty: the family's attention projections).")
     train_text_encoder: bool = Field(False, description="Also train LoRA adapters on the text encoder.")
     # optimisation
     steps: int = Field(800, ge=1, le=1_000_000, description="Optimizer steps.")
@@ -52,6 +55,10 @@ class TrainConfig(JobConfig):
     seed: int = Field(0, ge=0, description="Seed of everything random (reproducible runs).")
     snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (0: off; 5 is usual).")
     noise_offset: float = Field(0.0, ge=0, le=1.0, description="Noise offset (better very dark/bright images).")
+    # FLUX (flow matching)
+    guidance: float = Field(1.0, ge=0, le=30, description="FLUX-dev guidance embedding value during training.")
+    timestep_shift: float = Field(0.0, ge=0, le=20, description="FLUX noise-level shift (0: FLUX's resolution-dependent shift; 3.0 is SD3's).")
+    t5_max_length: int = Field(512, ge=16, le=512, description="FLUX: T5 tokens per prompt.")
     # DreamBooth prior preservation
     prior_preservation: bool = Field(False, description="Prior-preservation loss with class images from the frozen base model.")
     class_prompt: str = Field("a photo of {class}", description="Prompt of the class images.")
@@ -76,6 +83,13 @@ class TrainConfig(JobConfig):
     cache_latents: Literal["off", "memory", "disk"] = Field("memory", description="Encode the dataset once; the VAE leaves the device.")
     cache_text_embeddings: bool = Field(True, description="Encode captions once; the text encoder leaves the device (when not trained).")
     grad_set_to_none: bool = Field(True, description="Free gradients between steps instead of zeroing them.")
+    quantize_base: Literal["off", "fp8", "int8", "nf4"] = Field(
+        "off", description="Store the frozen denoiser's linear weights quantized (fp8: e4m3 with per-row scales; "
+                           "int8/nf4: bitsandbytes); compute stays in the mixed-precision dtype.")
+    memory: Literal["manual", "auto"] = Field(
+        "manual", description="'auto': the memory planner sets the memory switches above to fit vram_budget_gb "
+                              "at the best predicted speed; 'manual': use them as given.")
+    vram_budget_gb: float = Field(0.0, ge=0, le=1024, description="Accelerator memory budget of the planner in GB (0: the free memory of the device).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
     # run directory
     checkpoint_every: int = Field(200, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end).")
@@ -95,7 +109,29 @@ class TrainConfig(JobConfig):
             raise ValueError("instance_prompt: must contain {token}")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is more than steps ({self.steps})")
+        from .families import get_family
+
+        fam = get_family(self.family)
+        if self.method == "dreambooth" and not fam.supports_dreambooth:
+            raise ValueError(f"method: full DreamBooth is not offered for family '{self.family}'; use "
+                             f"method 'lora' (with prior_preservation for DreamBooth-LoRA)")
+        if self.prior_preservation and not fam.supports_prior:
+            raise ValueError(f"prior_preservation: not offered for family '{self.family}'")
+        if self.identity_loss_weight > 0 and not fam.supports_identity_loss:
+            raise ValueError(f"identity_loss_weight: the identity loss is not offered for family '{self.family}'")
+        if self.train_text_encoder and not fam.supports_text_encoder_training:
+            raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
+        if self.family == "flux" and self.resolution % 16:
+            raise ValueError(f"resolution: FLUX needs a multiple of 16 (2x2 patches of 8x latents), got {self.resolution}")
+        if self.family != "flux" and (self.clip_l or self.t5 or self.vae):
+            raise ValueError("clip_l/t5/vae: separate text encoder and VAE files are for family 'flux'")
         return self
+
+    @property
+    def lora_targets(self) -> list[str]:
+        from .families import get_family
+
+        return list(self.target_modules) or list(get_family(self.family).lora_targets)
 
     def fill(self, text: str) -> str:
         return text.replace("{token}", self.token).replace("{class}", self.class_noun)
@@ -110,6 +146,13 @@ class TrainConfig(JobConfig):
         if model.is_file() and model.suffix.lower() != ".safetensors":
             raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a .safetensors "
                               f"checkpoint or a diffusers folder")
+        for name in ("clip_l", "t5", "vae"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"invalid TrainConfig:\n  {name}: '{value}' is not a file")
+        if model.is_file() and self.family == "flux" and not (self.clip_l and self.t5 and self.vae):
+            raise ConfigError("invalid TrainConfig:\n  base_model: a single FLUX transformer file needs its "
+                              "text encoders and VAE too: set clip_l, t5 and vae")
         if model.is_dir() and not (model / "model_index.json").is_file() and not (model / "unet").is_dir():
             raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a diffusers model folder "
                               f"(no model_index.json)")

@@ -23,15 +23,17 @@ def _classic_name(module: str, prefix: str) -> str:
     return module
 
 
-def peft_to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
-    """peft LoRA tensors of one model -> kohya tensors with ``prefix`` ('lora_unet' or 'lora_te')."""
+def peft_to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float,
+                  rename=None) -> dict[str, torch.Tensor]:
+    """peft LoRA tensors of one model -> kohya tensors with ``prefix`` ('lora_unet' or 'lora_te');
+    ``rename`` maps a module path first (SDXL: diffusers -> original layout)."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         m = _PEFT_KEY.match(key)
         if not m:
             continue
         module, which = m.groups()
-        module = _classic_name(module, prefix)
+        module = _classic_name(rename(module) if rename else module, prefix)
         name = f"{prefix}_{module.replace('.', '_')}"
         out[f"{name}.{'lora_down' if which == 'A' else 'lora_up'}.weight"] = tensor.detach().contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
@@ -56,13 +58,46 @@ def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if "lora_A" in k or "lora_B" in k}
 
 
-def save_kohya_lora(path: str | Path, unet_state: dict, te_state: dict | None, alpha: float,
-                    metadata: dict[str, object], dtype: torch.dtype = torch.float16) -> Path:
+def kohya_tensors(family: str, unet_state: dict, te_states: list[dict], alpha: float, model=None,
+                  rank: int | None = None) -> dict[str, torch.Tensor]:
+    """Every family's kohya layout: SD1.x ``lora_unet_<diffusers path>`` + ``lora_te_``; SDXL
+    ``lora_unet_<original (LDM) path>`` + ``lora_te1_``/``lora_te2_`` (as kohya's sd-scripts
+    write them); FLUX ``lora_unet_<BFL path>`` with fused qkv/linear1 layers."""
+    if family == "flux":
+        from .flux_keys import kohya_flux_lora
+
+        pairs: dict[str, list] = {}
+        for key, tensor in unet_state.items():
+            m = _PEFT_KEY.match(key)
+            if m:
+                pairs.setdefault(m.group(1), [None, None])[0 if m.group(2) == "A" else 1] = tensor.detach()
+        rows = {n: mod.out_features for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+        rows.update({n.removesuffix(".base_layer"): r for n, r in rows.items()})
+        r = rank or next(iter(pairs.values()))[0].shape[0]
+        return kohya_flux_lora({k: tuple(v) for k, v in pairs.items()}, rows, dict(model.config), alpha, r)
+    if family == "sdxl":
+        from .ldm_keys import ldm_module_name
+
+        tensors = peft_to_kohya(unet_state, "lora_unet", alpha,
+                                rename=lambda n: ldm_module_name(n, model.config))
+        prefixes = ["lora_te1", "lora_te2"]
+    else:
+        tensors = peft_to_kohya(unet_state, "lora_unet", alpha)
+        prefixes = ["lora_te"]
+    for prefix, state in zip(prefixes, te_states):
+        if state:
+            tensors.update(peft_to_kohya(state, prefix, alpha))
+    return tensors
+
+
+def save_kohya_lora(path: str | Path, unet_state: dict, te_states: list[dict] | dict | None, alpha: float,
+                    metadata: dict[str, object], dtype: torch.dtype = torch.float16, family: str = "sd15",
+                    model=None) -> Path:
     from safetensors.torch import save_file
 
-    tensors = peft_to_kohya(unet_state, "lora_unet", alpha)
-    if te_state:
-        tensors.update(peft_to_kohya(te_state, "lora_te", alpha))
+    if isinstance(te_states, dict) or te_states is None:
+        te_states = [te_states] if te_states else []
+    tensors = kohya_tensors(family, unet_state, te_states, alpha, model)
     tensors = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(".alpha") else v)
                for k, v in tensors.items()}
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in metadata.items()}
@@ -74,18 +109,32 @@ def save_kohya_lora(path: str | Path, unet_state: dict, te_state: dict | None, a
     return path
 
 
-def save_peft_lora(folder: str | Path, unet, text_encoder=None) -> Path:
+def save_peft_lora(folder: str | Path, unet, text_encoders=None, family: str = "sd15") -> Path:
     """diffusers' own format (``pytorch_lora_weights.safetensors``) for diffusers users."""
-    from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    unet_layers = get_peft_model_state_dict(unet)
-    te_layers = get_peft_model_state_dict(text_encoder) if text_encoder is not None else None
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=unet_layers,
-                                              text_encoder_lora_layers=te_layers,
-                                              safe_serialization=True)
+    if text_encoders is not None and not isinstance(text_encoders, (list, tuple)):
+        text_encoders = [text_encoders]
+    tes = [get_peft_model_state_dict(t) for t in (text_encoders or [])]
+    layers = get_peft_model_state_dict(unet)
+    if family == "flux":
+        from diffusers import FluxPipeline
+
+        FluxPipeline.save_lora_weights(folder, transformer_lora_layers=layers, safe_serialization=True)
+    elif family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        StableDiffusionXLPipeline.save_lora_weights(
+            folder, unet_lora_layers=layers, text_encoder_lora_layers=tes[0] if tes else None,
+            text_encoder_2_lora_layers=tes[1] if len(tes) > 1 else None, safe_serialization=True)
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers,
+                                                  text_encoder_lora_layers=tes[0] if tes else None,
+                                                  safe_serialization=True)
     return folder
 
 

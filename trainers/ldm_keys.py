@@ -15,6 +15,7 @@ TEXT_PREFIX = "cond_stage_model.transformer."
 _RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
            ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
 _UNET_TOP = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
+             ("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2."),
              ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")]
 
 
@@ -52,24 +53,29 @@ def _unet_prefixes(config) -> list[tuple[str, str]]:
     return pairs
 
 
+def ldm_module_name(name: str, config) -> str:
+    """A diffusers UNet module/parameter path in the original (LDM) layout, without prefix."""
+    return _to_ldm(name, _unet_prefixes(config))
+
+
+def _to_ldm(key: str, prefixes) -> str:
+    new = key
+    for ldm, hf in _UNET_TOP:
+        if new.startswith(hf):
+            new = ldm + new[len(hf):]
+    for ldm, hf in prefixes:
+        if new.startswith(hf):
+            rest = new[len(hf):]
+            if "resnets" in hf:
+                for a, b in _RESNET:
+                    rest = rest.replace(b, a)
+            return ldm + rest
+    return new
+
+
 def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     prefixes = _unet_prefixes(config)
-    out = {}
-    for key, tensor in state.items():
-        new = key
-        for ldm, hf in _UNET_TOP:
-            if new.startswith(hf):
-                new = ldm + new[len(hf):]
-        for ldm, hf in prefixes:
-            if new.startswith(hf):
-                rest = new[len(hf):]
-                if "resnets" in hf:
-                    for a, b in _RESNET:
-                        rest = rest.replace(b, a)
-                new = ldm + rest
-                break
-        out[UNET_PREFIX + new] = tensor
-    return out
+    return {UNET_PREFIX + _to_ldm(key, prefixes): tensor for key, tensor in state.items()}
 
 
 def _vae_prefixes(config) -> list[tuple[str, str]]:

@@ -21,6 +21,8 @@ from ..deps import require
 from . import memory
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .families import get_family
+from .step import loss_of, make_trainable
 from .run_dir import append_log, plot_loss, prepare_run_dir, truncate_log
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class TrainResult:
     model_dir: Path | None = None  # DreamBooth: diffusers folder
     checkpoint_path: Path | None = None  # DreamBooth: single-file checkpoint
     records: list[dict] = field(default_factory=list)
+    plan: object = None  # the memory plan (memory="auto")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class _Data:
     latent_std: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
-    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def _step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -104,12 +107,19 @@ def _prepare_data(comps, cfg, pixels, prompts, device, dtype, cache_dir: Path | 
     else:
         data.pixels = pixels
     if cfg.cache_text_embeddings and not cfg.train_text_encoder:
-        from .models import encode_prompts
-
-        with torch.no_grad():
-            for p in sorted(set(prompts)):
-                data.embeddings[p] = encode_prompts(comps, [p], device)[0].float().cpu()
+        data.embeddings = encode_cached(comps, cfg, prompts, device)
     return data
+
+
+def encode_cached(comps, cfg, prompts: list[str], device) -> dict[str, dict[str, torch.Tensor]]:
+    """Each distinct prompt's conditioning, on the CPU, computed once."""
+    family = get_family(comps.family)
+    out = {}
+    with torch.no_grad():
+        for p in sorted(set(prompts)):
+            cond = family.encode(comps, [p], device, cfg)
+            out[p] = {k: v[0].float().cpu() for k, v in cond.items()}
+    return out
 
 
 def _batch(comps, cfg, data: _Data, idx: torch.Tensor, gen: torch.Generator, device, dtype):
@@ -120,27 +130,19 @@ def _batch(comps, cfg, data: _Data, idx: torch.Tensor, gen: torch.Generator, dev
         with torch.no_grad():
             dist = comps.vae.encode(data.pixels[idx].to(device, dtype)).latent_dist
         mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
-    latents = (mean + std * torch.randn(mean.shape, generator=gen)) * comps.vae_scale
+    latents = (mean + std * torch.randn(mean.shape, generator=gen) - comps.vae_shift) * comps.vae_scale
     prompts = [data.prompts[i] for i in idx.tolist()]
     if data.embeddings:
-        enc = torch.stack([data.embeddings[p] for p in prompts])
+        cond = {k: torch.stack([data.embeddings[p][k] for p in prompts]) for k in data.embeddings[prompts[0]]}
     else:
-        from .models import encode_prompts
-
         ctx = torch.enable_grad() if cfg.train_text_encoder else torch.no_grad()
         with ctx:
-            enc = encode_prompts(comps, prompts, device)
-    return latents.to(device), enc.to(device)
+            cond = get_family(comps.family).encode(comps, prompts, device, cfg)
+    return latents.to(device), {k: v.to(device) for k, v in cond.items()}
 
 
-def _add_lora(model, cfg: TrainConfig, targets: list[str]) -> None:
-    peft = require("peft", "LoRA training")
-    config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=targets, init_lora_weights="gaussian")
-    model.add_adapter(config)
-
-
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+def _cat_cond(a: dict, b: dict) -> dict:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
 def _make_accelerator(cfg: TrainConfig, device: torch.device):
@@ -159,56 +161,44 @@ def _make_accelerator(cfg: TrainConfig, device: torch.device):
     return accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
 
 
-def _loss(comps, cfg, model_pred, noise, latents, timesteps, n_instance: int):
-    scheduler = comps.scheduler
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if cfg.snr_gamma > 0:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(scheduler, timesteps)
-        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
-        if scheduler.config.prediction_type == "v_prediction":
-            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
-        per_sample = per_sample * weight
-    instance = per_sample[:n_instance].mean()
-    parts = {"loss_instance": instance}
-    loss = instance
-    if len(per_sample) > n_instance:
-        prior = per_sample[n_instance:].mean()
-        parts["loss_prior"] = prior
-        loss = instance + cfg.prior_loss_weight * prior
-    return loss, parts
-
-
 def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = False) -> TrainResult:
     """Train ``cfg`` into ``cfg.output_dir``; with ``resume``, continue from its last checkpoint."""
     cb = callbacks or Callbacks()
     cfg.check_paths()  # every config error surfaces before any model loads
     from diffusers.optimization import get_scheduler
 
+    requested = cfg
+    plan = None
+    if cfg.memory == "auto":
+        from .planner import plan_for_config
+
+        plan = plan_for_config(cfg, memory.resolve_device(cfg.device))
+        cfg = plan.apply(cfg)
+        log.info("memory plan:\n%s", plan.describe())
+
     from ..faces.dataset import read_dataset
     from .models import load_components
     from .prior import class_images, load_images
 
     run_dir = Path(cfg.output_dir)
-    prepare_run_dir(run_dir, cfg, resume)
+    prepare_run_dir(run_dir, requested, resume)
     device = memory.resolve_device(cfg.device)
     accelerator = _make_accelerator(cfg, device)
     device = accelerator.device
     rank = accelerator.process_index
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
-    digest = cfg.digest()
+    digest = requested.digest()
     torch.manual_seed(cfg.seed)
+    family = get_family(cfg.family)
 
-    comps = load_components(cfg.family, cfg.base_model)
-    for module in (comps.unet, comps.vae, comps.text_encoder):
+    comps = load_components(cfg.family, cfg.base_model,
+                            **({"clip_l": cfg.clip_l, "t5": cfg.t5, "vae": cfg.vae} if cfg.clip_l else {}))
+    for module in [comps.vae, *comps.text_encoders]:
         memory.freeze(module)
         module.to(device)
-    memory.set_attention(comps.unet, cfg.attention)
+    memory.freeze(comps.unet)
+    if cfg.prior_preservation:  # class images are sampled by the full-precision base
+        comps.unet.to(device)
     memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
 
     # --- data ------------------------------------------------------------------------------
@@ -228,7 +218,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
                                             cfg.seed, cfg.class_images_steps, cache_root, device,
                                             torch.float32)
         class_pixels = load_images(paths, cfg.resolution)
-    for module in (comps.unet, comps.vae, comps.text_encoder):
+    for module in [comps.vae, *comps.text_encoders]:
         memory.cast_frozen(module, dtype)
     latent_cache = run_dir / "cache" if cfg.cache_latents == "disk" else None
     data = _prepare_data(comps, cfg, pixels, prompts, device, dtype, latent_cache)
@@ -243,36 +233,31 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
         identity = build_identity_loss(cfg, items, pixels, device)
     if cfg.cache_latents != "off" and identity is None:  # the identity loss decodes with the VAE
         memory.offload(comps.vae)
+    validation_cond = None
     if data.embeddings:
-        memory.offload(comps.text_encoder)
-
-    # --- what trains: LoRA adapters, or (DreamBooth) the whole UNet ---------------------------
-    if cfg.method == "lora":
-        _add_lora(comps.unet, cfg, cfg.target_modules)
-    else:
-        comps.unet.requires_grad_(True)
-    groups = [{"params": memory.trainable_parameters(comps.unet), "lr": cfg.learning_rate}]
-    if cfg.train_text_encoder:
-        if cfg.method == "lora":
-            _add_lora(comps.text_encoder, cfg, TEXT_ENCODER_TARGETS)
+        if cfg.family == "flux":  # text encoders are never resident while FLUX trains
+            if cfg.validate_every:
+                validation_cond = encode_cached(comps, cfg, [cfg.fill(p) for p in cfg.validation_prompts], device)
+            comps.text_encoder = comps.text_encoder_2 = None
+            memory.empty_cache(device)
         else:
-            comps.text_encoder.requires_grad_(True)
-        groups.append({"params": memory.trainable_parameters(comps.text_encoder), "lr": cfg.text_encoder_lr})
-    memory.trainable_to_fp32(comps.unet)
-    memory.trainable_to_fp32(comps.text_encoder)
-    memory.set_gradient_checkpointing(comps.unet, cfg.gradient_checkpointing)
-    if cfg.gradient_checkpointing and cfg.train_text_encoder:
-        comps.text_encoder.gradient_checkpointing_enable()
+            for te in comps.text_encoders:
+                memory.offload(te)
+
+    # --- what trains: LoRA adapters, or (DreamBooth) the whole denoiser -----------------------
+    groups = make_trainable(comps, cfg, device, dtype)
     comps.unet.train()
+    trained = [comps.unet]
     if cfg.train_text_encoder:
-        comps.text_encoder.train()
+        for te in comps.text_encoders:
+            te.train()
+        trained += comps.text_encoders
     optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
-    trained = [comps.unet] + ([comps.text_encoder] if cfg.train_text_encoder else [])
     prepared = accelerator.prepare(*trained, optimizer)
     unet_ddp, optimizer = prepared[0], prepared[-1]
-    te_ddp = prepared[1] if cfg.train_text_encoder else comps.text_encoder
+    te_ddp = list(prepared[1:-1])
 
     start_step = 0
     if resume:
@@ -290,6 +275,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
 
     if cb.on_start:
         cb.on_start({"unet": comps.unet, "text_encoder": comps.text_encoder, "vae": comps.vae,
+                     "text_encoder_2": comps.text_encoder_2, "plan": plan,
                      "optimizer": optimizer, "start_step": start_step, "device": device,
                      "trainable_parameters": sum(p.numel() for g in groups for p in g["params"])})
 
@@ -298,7 +284,6 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
                          class_images_generated=generated)
     memory.reset_peak_memory(device)
     params = [p for g in groups for p in g["params"]]
-    T = comps.scheduler.config.num_train_timesteps
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -307,27 +292,20 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
                 gen = _step_generator(cfg.seed, step, micro, rank)
                 torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
                 idx = torch.randint(0, data.count, (cfg.batch_size,), generator=gen)
-                latents, enc = _batch(comps, cfg, data, idx, gen, device, dtype)
+                latents, cond = _batch(comps, cfg, data, idx, gen, device, dtype)
                 if class_data is not None:
                     cidx = torch.randint(0, class_data.count, (cfg.batch_size,), generator=gen)
-                    c_lat, c_enc = _batch(comps, cfg, class_data, cidx, gen, device, dtype)
-                    latents, enc = torch.cat([latents, c_lat]), torch.cat([enc, c_enc])
-                noise = torch.randn(latents.shape, generator=gen)
-                if cfg.noise_offset:
-                    noise = noise + cfg.noise_offset * torch.randn(
-                        (latents.shape[0], latents.shape[1], 1, 1), generator=gen)
-                noise = noise.to(device)
-                timesteps = torch.randint(0, T, (latents.shape[0],), generator=gen).to(device)
-                noisy = comps.scheduler.add_noise(latents, noise, timesteps)
+                    c_lat, c_cond = _batch(comps, cfg, class_data, cidx, gen, device, dtype)
+                    latents, cond = torch.cat([latents, c_lat]), _cat_cond(cond, c_cond)
                 sync = micro == cfg.gradient_accumulation - 1
                 ctx = accelerator.no_sync(unet_ddp) if not sync and accelerator.num_processes > 1 \
                     else _null()
                 with ctx, accelerator.autocast():
-                    pred = unet_ddp(noisy.to(dtype), timesteps, enc.to(dtype)).sample
-                    loss, parts = _loss(comps, cfg, pred, noise, latents, timesteps, cfg.batch_size)
+                    p = family.predict(comps, unet_ddp, latents, cond, gen, cfg, dtype)
+                    loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight)
                     if identity is not None and step % cfg.identity_every == 0:
                         n = cfg.batch_size  # instance samples only
-                        id_loss, used = identity(comps, noisy[:n], pred[:n], timesteps[:n])
+                        id_loss, used = identity(comps, p.noisy[:n], p.pred[:n], p.timesteps[:n])
                         if id_loss is not None:
                             loss = loss + cfg.identity_loss_weight * id_loss
                             parts["loss_identity"] = id_loss
@@ -377,7 +355,7 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
             if cfg.validate_every and (step % cfg.validate_every == 0 or last) and accelerator.is_main_process:
                 from .validation import validate
 
-                info = validate(comps, cfg, run_dir, step, device, dtype)
+                info = validate(comps, cfg, run_dir, step, device, dtype, validation_cond)
                 append_log(run_dir, {"step": step, "validation": info})
                 if cb.on_validation:
                     cb.on_validation(step, Path(info["grid"]), info)
@@ -387,19 +365,28 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
         result.stopped = True
     accelerator.wait_for_everyone()
     result.peak_memory_mb = memory.peak_memory_mb(device)
+    if plan is not None:
+        result.plan = plan
+        measured = round(result.peak_memory_mb, 1) if device.type == "cuda" else None
+        if accelerator.is_main_process:
+            append_log(run_dir, {"step": result.steps_done, "memory_plan": {
+                "switches": plan.switches, "predicted_peak_mb": round(plan.predicted_peak_mb, 1),
+                "measured_peak_mb": measured, "budget_mb": round(plan.budget_mb, 1),
+                "measured_by": "torch.cuda.max_memory_allocated" if measured is not None else
+                "not measured (CPU: no allocator peak; the benchmark measures live tensors)"}})
     if accelerator.is_main_process:
         plot_loss(run_dir)
         if not result.stopped:
             from .export import export_dreambooth, save_kohya_lora, save_peft_lora
 
             unet = accelerator.unwrap_model(unet_ddp)
-            te = accelerator.unwrap_model(te_ddp) if cfg.train_text_encoder else None
+            tes = [accelerator.unwrap_model(t) for t in te_ddp]
             meta = lora_metadata(cfg, comps, result)
             if cfg.method == "lora":
                 result.lora_path = save_kohya_lora(run_dir / "lora.safetensors", _lora_of(unet),
-                                                   _lora_of(te) if te is not None else None,
-                                                   cfg.alpha, meta)
-                result.diffusers_lora_dir = save_peft_lora(run_dir / "diffusers_lora", unet, te)
+                                                   [_lora_of(t) for t in tes], cfg.alpha, meta,
+                                                   family=cfg.family, model=unet)
+                result.diffusers_lora_dir = save_peft_lora(run_dir / "diffusers_lora", unet, tes, cfg.family)
             else:
                 result.model_dir, result.checkpoint_path = export_dreambooth(
                     run_dir, comps, unet, comps.text_encoder, meta)
@@ -424,13 +411,15 @@ def _trainable_state(comps, cfg) -> dict[str, torch.Tensor]:
     """Every trained tensor (LoRA adapters, or the whole UNet for DreamBooth), by name."""
     state = {f"unet.{n}": p for n, p in comps.unet.named_parameters() if p.requires_grad}
     if cfg.train_text_encoder:
-        state.update({f"text_encoder.{n}": p for n, p in comps.text_encoder.named_parameters()
-                      if p.requires_grad})
+        for prefix, te in (("text_encoder.", comps.text_encoder), ("text_encoder_2.", comps.text_encoder_2)):
+            if te is not None:
+                state.update({f"{prefix}{n}": p for n, p in te.named_parameters() if p.requires_grad})
     return state
 
 
 def _load_trainable(comps, tensors: dict[str, torch.Tensor]) -> None:
-    for prefix, model in (("unet.", comps.unet), ("text_encoder.", comps.text_encoder)):
+    for prefix, model in (("unet.", comps.unet), ("text_encoder.", comps.text_encoder),
+                          ("text_encoder_2.", comps.text_encoder_2)):
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not part:
             continue
@@ -455,9 +444,9 @@ def lora_metadata(cfg: TrainConfig, comps, result: TrainResult) -> dict:
         "persona.config": json.dumps(cfg.to_json()),
         # the names kohya / A1111 read
         "ss_network_module": "networks.lora", "ss_network_dim": str(cfg.rank),
-        "ss_network_alpha": str(cfg.alpha), "ss_base_model_version": "sd_v1",
+        "ss_network_alpha": str(cfg.alpha), "ss_base_model_version": get_family(cfg.family).kohya_version,
         "ss_resolution": f"({cfg.resolution}, {cfg.resolution})", "ss_steps": str(result.steps_done),
         "ss_sd_model_hash": comps.model_hash,
-        "modelspec.architecture": "stable-diffusion-v1" + ("/lora" if cfg.method == "lora" else ""),
+        "modelspec.architecture": get_family(cfg.family).architecture + ("/lora" if cfg.method == "lora" else ""),
         "modelspec.title": f"{cfg.token} {cfg.class_noun}",
     }

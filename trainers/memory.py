@@ -15,14 +15,22 @@ def freeze(module: torch.nn.Module) -> None:
     module.eval()
 
 
+_KEEP = {torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8}
+
+
 def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast the frozen (requires_grad=False) parameters and buffers to ``dtype``."""
-    for p in module.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(dtype)
-    for name, buf in module.named_buffers():
-        if buf.is_floating_point():
-            buf.data = buf.data.to(dtype)
+    """Cast the frozen (requires_grad=False) parameters and buffers to ``dtype``; quantized
+    weights (8-bit storage) and their scales stay as they are."""
+    for m in module.modules():
+        quantized = any(t.dtype in _KEEP for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+        for p in m.parameters(recurse=False):
+            if not p.requires_grad and p.dtype not in _KEEP and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        if quantized:
+            continue
+        for name, buf in m.named_buffers(recurse=False):
+            if buf.is_floating_point() and buf.dtype not in _KEEP:
+                setattr(m, name, buf.to(dtype))
 
 
 def trainable_to_fp32(module: torch.nn.Module) -> int:
@@ -68,6 +76,14 @@ def offload(module: torch.nn.Module) -> None:
     """Move a module off the accelerator (to CPU memory)."""
     module.to("cpu")
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def empty_cache(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
         torch.cuda.empty_cache()
 
 

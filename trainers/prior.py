@@ -35,27 +35,17 @@ def class_images(components, prompt: str, count: int, resolution: int, seed: int
     paths = [folder / f"{i:05d}.png" for i in range(count)]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
     if todo:
-        pipe = _pipeline(components, device, dtype)
+        from .pipelines import build_pipeline, sample
+
+        pipe = build_pipeline(components).to(device)
         for i in todo:
             gen = torch.Generator("cpu").manual_seed(seed + i)
-            image = pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
-                         generator=gen).images[0]
+            image = sample(pipe, components, prompt, resolution, steps, gen)
             tmp = paths[i].with_suffix(".tmp.png")
             image.save(tmp)
             tmp.replace(paths[i])
         log.info("class images: generated %d, reused %d (%s)", len(todo), count - len(todo), folder)
     return paths, len(todo)
-
-
-def _pipeline(components, device, dtype):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=DDIMScheduler.from_config(components.scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def load_images(paths: list[Path], resolution: int) -> torch.Tensor:

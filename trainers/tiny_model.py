@@ -87,3 +87,49 @@ def _classic_clip_keys(path: Path) -> None:
         return
     save_file({(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in tensors.items()},
               str(path), metadata={"format": "pt"})
+
+
+_PIPELINES = {
+    "sdxl": ("StableDiffusionXLPipeline", {
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"],
+        "force_zeros_for_empty_prompt": True}),
+    "flux": ("FluxPipeline", {
+        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}),
+}
+
+
+def build_family_model(folder: str | Path, family: str, size: str = "tiny", seed: int = 0) -> Path:
+    """Write an SDXL- or FLUX-shaped diffusers folder with random weights (see architectures)."""
+    diffusers = require("diffusers", "Building a model from config")
+    from .architectures import instantiate
+
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return folder
+    if family == "sd15":
+        return build_model(folder, "tiny" if size == "tiny" else "sd15", seed)
+    comps = instantiate(family, size, seed=seed)
+    tmp = folder.with_name(folder.name + ".partial")
+    comps.unet.save_pretrained(tmp / ("transformer" if family == "flux" else "unet"))
+    comps.vae.save_pretrained(tmp / "vae")
+    comps.text_encoder.save_pretrained(tmp / "text_encoder")
+    _classic_clip_keys(tmp / "text_encoder" / "model.safetensors")
+    comps.text_encoder_2.save_pretrained(tmp / "text_encoder_2")
+    if family == "sdxl":
+        _classic_clip_keys(tmp / "text_encoder_2" / "model.safetensors")
+    comps.tokenizer.save_pretrained(tmp / "tokenizer")
+    comps.tokenizer_2.save_pretrained(tmp / "tokenizer_2")
+    comps.scheduler.save_pretrained(tmp / "scheduler")
+    name, parts = _PIPELINES[family]
+    (tmp / "model_index.json").write_text(json.dumps(
+        {"_class_name": name, "_diffusers_version": diffusers.__version__, **parts}, indent=2))
+    (tmp / "persona_model.json").write_text(json.dumps({"random_weights": True, "size": size, "seed": seed,
+                                                        "family": family}))
+    tmp.rename(folder)
+    return folder

@@ -38,8 +38,9 @@ def bpe_merges_path() -> Path:
     return path
 
 
-def write_clip_tokenizer(folder: str | Path) -> Path:
-    """Write vocab.json, merges.txt and the tokenizer configs for CLIPTokenizer into folder."""
+def write_clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>") -> Path:
+    """Write vocab.json, merges.txt and the tokenizer configs for CLIPTokenizer into folder.
+    SDXL's second tokenizer (OpenCLIP ViT-bigG) is the same BPE padded with ``!``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(bpe_merges_path(), "rt", encoding="utf-8").read().split("\n")
@@ -51,9 +52,53 @@ def write_clip_tokenizer(folder: str | Path) -> Path:
                                                   ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+               "unk_token": "<|endoftext|>", "pad_token": pad_token}
     (folder / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {**special, "model_max_length": 77, "do_lower_case": True,
          "tokenizer_class": "CLIPTokenizer", "clean_up_tokenization_spaces": True}), encoding="utf-8")
+    return folder
+
+
+def write_t5_tokenizer(folder: str | Path, source: str | Path | None = None) -> Path:
+    """A T5 tokenizer folder for FLUX's text encoder 2.
+
+    With ``source`` (a folder holding T5's ``tokenizer.json`` or ``spiece.model``: a diffusers
+    FLUX folder's tokenizer_2, or ComfyUI's own t5 tokenizer folder) the files are copied.
+    Without it, a small byte-level Unigram tokenizer with T5's special tokens is written:
+    enough for the random-weight models built from config, not for real T5 weights.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        source = Path(source)
+        names = [n for n in ("tokenizer.json", "spiece.model", "tokenizer_config.json",
+                             "special_tokens_map.json") if (source / n).is_file()]
+        if not any(n in names for n in ("tokenizer.json", "spiece.model")):
+            raise FileNotFoundError(f"t5 tokenizer: '{source}' holds neither tokenizer.json nor spiece.model")
+        for n in names:
+            shutil.copyfile(source / n, folder / n)
+        if "tokenizer_config.json" not in names:
+            (folder / "tokenizer_config.json").write_text(json.dumps(
+                {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "eos_token": "</s>",
+                 "pad_token": "<pad>", "unk_token": "<unk>"}))
+        return folder
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581", -1.0)] + [(chr(c), -1.0) for c in range(33, 127)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "eos_token": "</s>",
+         "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": 0}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
     return folder

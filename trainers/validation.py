@@ -15,39 +15,36 @@ log = logging.getLogger(__name__)
 
 
 def sample_images(comps, cfg, device, dtype, prompts: list[str], seeds: list[int],
-                  steps: int) -> list[np.ndarray]:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+                  steps: int, cached: dict | None = None) -> list[np.ndarray]:
+    from .pipelines import build_pipeline, sample
 
-    vae_device = next(comps.vae.parameters()).device
-    te_device = next(comps.text_encoder.parameters()).device
-    comps.vae.to(device)
-    comps.text_encoder.to(device)
+    moved = [m for m in [comps.vae, *comps.text_encoders]]
+    devices = [next(m.parameters()).device for m in moved]
+    for m in moved:
+        m.to(device)
     was_training = comps.unet.training
     comps.unet.eval()
-    pipe = StableDiffusionPipeline(
-        vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
-        scheduler=DDIMScheduler.from_config(comps.scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build_pipeline(comps)
     images = []
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             for prompt in prompts:
+                text = cfg.fill(prompt)
                 for seed in seeds:
                     gen = torch.Generator("cpu").manual_seed(seed)
-                    out = pipe(cfg.fill(prompt), height=cfg.resolution, width=cfg.resolution,
-                               num_inference_steps=steps, generator=gen, output_type="np").images[0]
+                    out = sample(pipe, comps, text, cfg.resolution, steps, gen, "np",
+                                 cond=(cached or {}).get(text))
                     images.append(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8))
     finally:
         comps.unet.train(was_training)
-        comps.vae.to(vae_device)
-        comps.text_encoder.to(te_device)
+        for m, d in zip(moved, devices):
+            m.to(d)
     return images
 
 
-def validate(comps, cfg, run_dir: Path, step: int, device, dtype) -> dict:
+def validate(comps, cfg, run_dir: Path, step: int, device, dtype, cached: dict | None = None) -> dict:
     images = sample_images(comps, cfg, device, dtype, cfg.validation_prompts, cfg.validation_seeds,
-                           cfg.validation_steps)
+                           cfg.validation_steps, cached)
     path = run_dir / "samples" / f"step-{step:06d}.png"
     Image.fromarray(grid(images, columns=len(cfg.validation_seeds), cell=max(cfg.resolution, 64))).save(path)
     for i, im in enumerate(images):
