@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comfy_server import ComfyServer
+from comfy_server import CACHE, ComfyServer
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +92,20 @@ def sd15_single_file(sd15_model, tmp_path_factory):
     comps = load_sd15(sd15_model)
     return save_single_file(tmp_path_factory.mktemp("ckpt") / "persona-sd15.safetensors",
                             comps.unet, comps.vae, comps.text_encoder)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    """An SDXL-shaped model (two text encoders, size/crop conditioning) with random weights."""
+    from comfyui_persona.trainers.tiny_model import build_family_model
+
+    return build_family_model(CACHE / "models" / "tiny-sdxl-v1", "sdxl", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    """A FLUX-shaped model (double and single blocks, guidance embedding, CLIP + T5, 16-channel
+    VAE) with random weights."""
+    from comfyui_persona.trainers.tiny_model import build_family_model
+
+    return build_family_model(CACHE / "models" / "tiny-flux-v1", "flux", "tiny", seed=0)

@@ -147,6 +147,10 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
     meta = device.type == "meta"
+    if meta and cfg.method != "lora" and dtype != torch.float32:
+        raise NotImplementedError(
+            "memory simulation: a full fine-tune in half precision runs under autocast, which has no "
+            "meta-device implementation; full fine-tunes are planned in fp32")
     meter_ctx = meter if meter is not None else nullcontext()
     attention_ctx = FusedAttentionOnMeta() if meta else nullcontext()
     resident = [comps.unet]
@@ -187,8 +191,8 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         else:
             optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
         comps.unet.train()
-        autocast = (torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32
-                    else nullcontext())
+        autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "cpu")
+                    and dtype != torch.float32 else nullcontext())
         times = []
         shape = fam.latent_shape(comps, cfg.resolution)
         for _ in range(steps):
@@ -213,6 +217,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                     if extra is not None and cfg.train_text_encoder:
                         loss = loss + 0 * extra
                 (loss / cfg.gradient_accumulation).backward()
+                del p, loss, latents, cond
             optimizer.step()
             optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
             if device.type == "cuda":

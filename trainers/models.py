@@ -123,11 +123,13 @@ def family_config_dir(family: str) -> Path:
         raise ValueError(f"family: no shipped configs for '{family}'")
     cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "comfyui-persona"))
     target = cache / "configs" / family
-    if not (target / "tokenizer" / "vocab.json").is_file():
+    marker = target / ".complete"  # written last: a half-made folder is made again
+    if not marker.is_file():
         shutil.copytree(source, target, dirs_exist_ok=True)
         write_clip_tokenizer(target / "tokenizer")
         if (source / "text_encoder_2").is_dir() and family != "flux":  # SDXL's OpenCLIP-G: CLIP BPE, pad "!"
             write_clip_tokenizer(target / "tokenizer_2", pad_token="!")
+        marker.write_text(family)
     return target
 
 

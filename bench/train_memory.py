@@ -1,0 +1,187 @@
+"""Training memory and throughput of SD1.5, SDXL and FLUX at their real sizes with random
+weights (no download): (a) no memory technique, (b) techniques added one at a time (the
+ablation of reference 000, Fig. 7d), (c) the planner's choice for VRAM budgets.
+
+Each row trains a few optimizer steps through the trainer's own setup and step code
+(``trainers.memory_sim.run_steps``) on random latents and zero conditioning, i.e. with the
+caches of the real loop; rows without the caches keep the VAE and text encoders on the
+device and run them every step. Peak = ``torch.cuda.max_memory_allocated`` on a GPU; on a
+CPU (``--tiny``) the live-tensor meter, the same quantity without the allocator's rounding.
+Prints a Markdown table and writes JSON.
+
+    python bench/train_memory.py                      # GPU: real sizes, budgets 8/12/16/24 GB
+    python bench/train_memory.py --tiny --json t.json # CPU: tiny models in a minute or two
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TARGETS_GB = {("sd15", "lora"): 4, ("sd15", "dreambooth"): 8, ("sdxl", "lora"): 8, ("flux", "lora"): 12}
+RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
+
+
+def ablation(family: str, method: str, bnb: bool) -> list[tuple[str, dict]]:
+    """(label, switches) from no technique to all of them, one added per row."""
+    steps = [("(a) no technique", dict(mixed_precision="no", gradient_checkpointing=False, optimizer="adamw",
+                                       quantize_base="off", cache_latents="off", cache_text_embeddings=False))]
+    add = [("+ latent and text-embedding caches (encoders off the device)",
+            dict(cache_latents="memory", cache_text_embeddings=True)),
+           ("+ bf16 frozen weights and compute", dict(mixed_precision="bf16")),
+           ("+ gradient checkpointing", dict(gradient_checkpointing=True)),
+           ("+ 8-bit AdamW" if bnb else "+ Adafactor", dict(optimizer="adamw8bit" if bnb else "adafactor"))]
+    if method == "lora":
+        add.append(("+ quantized base (nf4)" if bnb else "+ quantized base (fp8)",
+                    dict(quantize_base="nf4" if bnb else "fp8")))
+    current = dict(steps[0][1])
+    for label, change in add:
+        current = {**current, **change}
+        steps.append((label, dict(current)))
+    return steps
+
+
+def config(family, method, resolution, switches, rank=16):
+    from comfyui_persona.trainers.config import TrainConfig
+
+    return TrainConfig(base_model="(benchmark)", dataset="(benchmark)", family=family, method=method,
+                       resolution=resolution, rank=rank, alpha=float(rank), learning_rate=1e-5,
+                       t5_max_length=512, **switches)
+
+
+def measure(family, size, cfg, device, steps) -> dict:
+    from comfyui_persona.trainers.architectures import instantiate
+    from comfyui_persona.trainers.memory_sim import LiveTensorMeter, run_steps
+
+    keep_text = not cfg.cache_text_embeddings or cfg.train_text_encoder
+    comps = None
+    try:
+        comps = instantiate(family, size, device=device, tokenizers=False, text_encoders=keep_text)
+        meter = LiveTensorMeter() if device == "cpu" else None
+        out = run_steps(comps, cfg, device, steps=steps, meter=meter)
+        return {"peak_mb": out["peak_bytes"] / 2 ** 20, "steps_per_s": 1 / out["seconds_per_step"], "error": None}
+    except torch.cuda.OutOfMemoryError:
+        return {"peak_mb": None, "steps_per_s": None, "error": "out of memory"}
+    finally:
+        del comps
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run(args) -> dict:
+    import importlib.util
+
+    from comfyui_persona.trainers.planner import PlanError, plan, predicted_peak_mb
+
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    size = "tiny" if args.tiny else "real"
+    bnb = importlib.util.find_spec("bitsandbytes") is not None and device == "cuda"
+    rows = []
+    for family in args.families:
+        for method in (["lora", "dreambooth"] if family == "sd15" else ["lora"]):
+            res = args.resolution or (64 if args.tiny else RESOLUTION[family])
+            baseline = None
+            for label, switches in ablation(family, method, bnb):
+                cfg = config(family, method, res, switches)
+                try:
+                    predicted = predicted_peak_mb(cfg, switches, None, size)
+                except NotImplementedError:  # half-precision full fine-tune: not simulated
+                    predicted = None
+                m = measure(family, size, cfg, device, args.steps)
+                if baseline is None:
+                    baseline = m
+                rows.append(_row(family, method, res, label, switches, predicted, m, baseline, None))
+                _print_progress(rows[-1])
+            plan_cfg = config(family, method, res, {})
+            budgets = args.budgets
+            if args.tiny:  # budgets across the tiny model's own range, from leanest to no technique
+                from comfyui_persona.trainers.planner import candidates, leanest
+
+                lean = predicted_peak_mb(plan_cfg, leanest(candidates(plan_cfg, device, bnb)), None, size)
+                top = max(r["predicted_peak_mb"] or 0 for r in rows[-len(ablation(family, method, bnb)):])
+                budgets = [(lean * 1.001 + (top - lean) * f) / 1024 for f in (0.0, 0.35, 0.7, 1.05)]
+            for gb in budgets:
+                label = f"(c) planner, budget {gb:g} GB" if gb >= 1 else f"(c) planner, budget {gb * 1024:.1f} MB"
+                try:
+                    p = plan(plan_cfg, gb * 1024, device, None, size, bnb=bnb)
+                except PlanError as exc:
+                    rows.append({**_row(family, method, res, label, {}, None, {"peak_mb": None, "steps_per_s": None,
+                                                                               "error": str(exc)}, baseline, gb)})
+                    _print_progress(rows[-1])
+                    continue
+                cfg = p.apply(plan_cfg)
+                m = measure(family, size, cfg, device, args.steps)
+                rows.append(_row(family, method, res, label, p.switches, p.predicted_peak_mb, m, baseline, gb))
+                _print_progress(rows[-1])
+    info = {"device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)",
+            "size": size, "torch": torch.__version__, "steps_per_row": args.steps, "bitsandbytes": bnb}
+    return {"info": info, "rows": rows}
+
+
+def _row(family, method, res, label, switches, predicted, m, baseline, budget_gb) -> dict:
+    speed = None
+    if m["steps_per_s"] and baseline and baseline.get("steps_per_s"):
+        speed = m["steps_per_s"] / baseline["steps_per_s"]
+    target = TARGETS_GB.get((family, method))
+    return {"family": family, "method": method, "resolution": res, "config": label, "switches": switches,
+            "predicted_peak_mb": predicted, "peak_mb": m["peak_mb"], "steps_per_s": m["steps_per_s"],
+            "speed_vs_a": speed, "error": m["error"], "budget_gb": budget_gb,
+            "within_budget": (m["peak_mb"] <= budget_gb * 1024) if (budget_gb and m["peak_mb"] is not None) else None,
+            "target_gb": target}
+
+
+def _fmt_mb(v):
+    if v is None:
+        return "-"
+    return f"{v / 1024:.2f} GB" if v >= 1024 else f"{v:.2f} MB"
+
+
+def _print_progress(row):
+    print(f"  {row['family']} {row['method']} {row['config']}: {_fmt_mb(row['peak_mb'])}", file=sys.stderr)
+
+
+def table(result: dict) -> str:
+    lines = [f"Device: {result['info']['device']}; sizes: {result['info']['size']}; torch {result['info']['torch']}; "
+             f"{result['info']['steps_per_row']} steps per row; bitsandbytes: {result['info']['bitsandbytes']}", "",
+             "| family | method | px | configuration | predicted peak | measured peak | steps/s | speed vs (a) | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        note = r["error"] or ""
+        if r["within_budget"] is not None:
+            note = "within budget" if r["within_budget"] else "OVER BUDGET"
+        sps = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else "-"
+        speed = f"{r['speed_vs_a']:.2f}x" if r["speed_vs_a"] else "-"
+        lines.append(f"| {r['family']} | {r['method']} | {r['resolution']} | {r['config']} | "
+                     f"{_fmt_mb(r['predicted_peak_mb'])} | {_fmt_mb(r['peak_mb'])} | {sps} | {speed} | {note} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (seconds per row)")
+    ap.add_argument("--families", type=lambda s: s.split(","), default=["sd15", "sdxl", "flux"])
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default 6; 2 with --tiny)")
+    ap.add_argument("--resolution", type=int, default=0, help="override the resolution of every family")
+    ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[8, 12, 16, 24])
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = ap.parse_args(argv)
+    args.steps = args.steps or (2 if args.tiny else 6)
+    result = run(args)
+    text = table(result)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

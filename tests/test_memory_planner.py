@@ -1,0 +1,96 @@
+"""The memory planner and the training-memory benchmark in --tiny mode (CPU, live-tensor
+meter): deterministic plans, within budget on the benchmark's own measurements, a clear
+refusal when nothing fits, and memory="auto" in a real training run."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from comfy_server import REPO
+from trainer_helpers import tiny_config
+from comfyui_persona.trainers.config import TrainConfig
+from comfyui_persona.trainers.planner import PlanError, plan
+
+
+def _cfg(family="sd15", **fields):
+    return TrainConfig(base_model="(plan)", dataset="(plan)", family=family, resolution=64, **fields)
+
+
+def test_meta_simulation_predicts_the_measured_cpu_peak():
+    from comfyui_persona.trainers.architectures import instantiate
+    from comfyui_persona.trainers.memory_sim import LiveTensorMeter, run_steps, simulate_peak
+
+    for family, fields in (("sdxl", dict(gradient_checkpointing=True, mixed_precision="bf16")),
+                           ("flux", dict(quantize_base="fp8", mixed_precision="bf16"))):
+        cfg = _cfg(family, **fields)
+        predicted = simulate_peak(family, cfg, size="tiny")
+        comps = instantiate(family, "tiny", text_encoders=False, tokenizers=False)
+        measured = run_steps(comps, cfg, "cpu", steps=2, meter=LiveTensorMeter())["peak_bytes"]
+        # meta has no autocast: the LoRA path runs in fp32 there, bf16 on the CPU: the prediction errs high (measured: 4 % SDXL, 17 % tiny FLUX)
+        assert 0 <= (predicted - measured) / measured < 0.25, (family, predicted, measured)
+
+
+def test_checkpointing_lowers_the_simulated_peak_of_the_real_sdxl():
+    from comfyui_persona.trainers.memory_sim import simulate_peak
+
+    base = dict(family="sdxl", resolution=1024, mixed_precision="bf16")
+    plain = simulate_peak("sdxl", TrainConfig(base_model="x", dataset="y", **base))
+    ckpt = simulate_peak("sdxl", TrainConfig(base_model="x", dataset="y", gradient_checkpointing=True, **base))
+    # the UNet's bf16 weights alone are 4.8 GiB; SDXL LoRA at 1024 fits in 8 GB only with checkpointing
+    assert 4.8 * 2 ** 30 < ckpt < 8e9 < plain
+
+
+def test_plans_are_deterministic_and_refuse_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
+    cfg = _cfg("flux", batch_size=2)
+    a = plan(cfg, 8.0, "cpu", None, "tiny", bnb=False)
+    b = plan(cfg, 8.0, "cpu", None, "tiny", bnb=False)
+    assert a.switches == b.switches and a.predicted_peak_mb == b.predicted_peak_mb and a.tried == b.tried
+    assert a.predicted_peak_mb <= 8.0
+    assert a.switches["batch_size"] * a.switches["gradient_accumulation"] == 2  # effective batch kept
+    assert "predicted peak" in a.describe()
+    with pytest.raises(PlanError, match=r"nothing fits 1\.0 MB for flux lora .* the leanest plan .* needs"):
+        plan(cfg, 1.0, "cpu", None, "tiny", bnb=False)
+
+
+def test_benchmark_tiny_mode_prints_the_table_and_plans_stay_within_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import train_memory
+
+    out = tmp_path / "bench.json"
+    assert train_memory.main(["--tiny", "--families", "sd15,flux", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {(r["family"], r["method"]) for r in rows} == {("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")}
+    planned = [r for r in rows if r["config"].startswith("(c)")]
+    assert len(planned) == 12
+    for r in planned:
+        assert r["error"] is None, r["error"]
+        assert r["within_budget"] is True, r
+        assert r["peak_mb"] <= r["predicted_peak_mb"]
+    for family, method in (("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")):
+        ablation = [r for r in rows if (r["family"], r["method"]) == (family, method) and not r["config"].startswith("(c)")]
+        assert ablation[0]["config"].startswith("(a)")
+        assert ablation[-1]["peak_mb"] < 0.5 * ablation[0]["peak_mb"]  # all techniques together
+        assert all(r["steps_per_s"] > 0 for r in ablation)
+
+
+def test_memory_auto_plans_a_real_run_and_logs_the_prediction(tiny_model, face_dataset, tmp_path, monkeypatch):
+    from comfyui_persona.trainers.loop import train
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", memory="auto", vram_budget_gb=0.02)
+    result = train(cfg)
+    assert result.plan is not None and result.plan.predicted_peak_mb <= 0.02 * 1024
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    plan_record = [r["memory_plan"] for r in records if "memory_plan" in r]
+    assert plan_record and plan_record[0]["switches"] == result.plan.switches
+    assert plan_record[0]["predicted_peak_mb"] > 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["memory"] == "auto"  # the run dir keeps what was asked; the plan is in the log
+    with pytest.raises(Exception, match="vram_budget_gb"):
+        train(tiny_config(tiny_model, face_dataset, tmp_path / "run2", memory="auto"))
