@@ -38,19 +38,15 @@ class PersonaMemoryPlan:
 
     def execute(self, family, method, resolution, batch_size, gradient_accumulation, rank,
                 train_text_encoder, vram_budget_gb, base_model):
-        from ..trainers.memory import resolve_device
-        from ..trainers.planner import budget_mb_for, plan
+        from ..trainers.planner import plan_request
 
         model = None
         if base_model != PUBLISHED:
             from .train_nodes import _model_path
 
             model = str(_model_path(base_model))
-        cfg = TrainConfig(base_model=model or "(planning)", dataset="(planning)", family=family, method=method,
-                          resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
-                          rank=rank, alpha=float(rank), train_text_encoder=train_text_encoder,
-                          vram_budget_gb=vram_budget_gb, memory="auto")
-        result = plan(cfg, budget_mb_for(cfg, resolve_device("auto")), resolve_device("auto"), model, "real")
+        result = plan_request(family, method, resolution, batch_size, gradient_accumulation, rank,
+                              train_text_encoder, vram_budget_gb, model)
         text = result.describe()
         return {"ui": {"text": [text]}, "result": (text, round(result.predicted_peak_mb / 1024, 3))}
 

@@ -92,5 +92,22 @@ def test_memory_auto_plans_a_real_run_and_logs_the_prediction(tiny_model, face_d
     assert plan_record[0]["predicted_peak_mb"] > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["memory"] == "auto"  # the run dir keeps what was asked; the plan is in the log
-    with pytest.raises(Exception, match="vram_budget_gb"):
+    from comfyui_persona.config_base import ConfigError
+
+    with pytest.raises(ConfigError, match="vram_budget_gb: memory 'auto' on a machine without a CUDA"):
         train(tiny_config(tiny_model, face_dataset, tmp_path / "run2", memory="auto"))
+
+
+def test_memory_plan_node_runs_in_the_real_server(comfy):
+    """The published SD1.5 architecture, LoRA @512 on a 4 GB budget, planned in ComfyUI."""
+    from comfyui_persona.nodes.plan_nodes import PUBLISHED
+
+    graph = {"p": {"class_type": "PersonaMemoryPlan", "inputs": {
+        "family": "sd15", "method": "lora", "resolution": 512, "batch_size": 1, "gradient_accumulation": 1,
+        "rank": 16, "train_text_encoder": False, "vram_budget_gb": 4.0, "base_model": PUBLISHED}}}
+    entry = comfy.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["p"]["text"][0]
+    assert "Memory plan for sd15 lora @ 512px" in text and "budget 4.00 GB" in text
+    peak = float(text.split("predicted peak: ")[1].split(" GB")[0])
+    assert 1.0 < peak <= 4.0  # the UNet's bf16 weights alone are 1.6 GiB

@@ -87,10 +87,6 @@ def empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

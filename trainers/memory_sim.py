@@ -237,6 +237,9 @@ def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "
     """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run."""
     from .architectures import meta_components
 
-    comps = meta_components(family, base_model, size)
-    meter = LiveTensorMeter()
-    return run_steps(comps, cfg, "meta", steps=2, meter=meter)["peak_bytes"]
+    # hosts may call this under inference mode / no_grad (ComfyUI runs nodes so): a training
+    # step needs autograd
+    with torch.inference_mode(False), torch.enable_grad():
+        comps = meta_components(family, base_model, size)
+        meter = LiveTensorMeter()
+        return run_steps(comps, cfg, "meta", steps=2, meter=meter)["peak_bytes"]

@@ -205,18 +205,3 @@ def save_single_file(path: str | Path, unet, vae, text_encoder, metadata: dict[s
     save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     tmp.replace(path)
     return path
-
-
-def encode_prompts(components: Components, prompts: list[str], device):
-    """SD1.x text-encoder hidden states (a tensor [B, 77, D]) for ``prompts``; every family's
-    conditioning is ``families.get_family(name).encode``."""
-    ids = components.tokenizer(prompts, padding="max_length", truncation=True,
-                               max_length=components.tokenizer.model_max_length,
-                               return_tensors="pt").input_ids.to(device)
-    return components.text_encoder(ids)[0]
-
-
-def tokenize(components: Components, prompts: list[str]):
-    return components.tokenizer(prompts, padding="max_length", truncation=True,
-                                max_length=components.tokenizer.model_max_length,
-                                return_tensors="pt").input_ids

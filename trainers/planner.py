@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config_base import ConfigError
@@ -71,9 +71,6 @@ class Plan:
         rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)}; predicted speed: "
                     f"{self.relative_speed:.2f}x of fp32 with no technique ({len(self.tried)} candidates simulated)")
         return "\n".join(rows)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def _bnb_available() -> bool:
@@ -245,3 +242,19 @@ def plan_for_config(cfg, device) -> Plan:
     """The plan of a run: the model's own architecture (its folder's configs, or the family's
     published size for single files) and the budget from the config or the free VRAM."""
     return plan(cfg, budget_mb_for(cfg, device), device, cfg.base_model, "real")
+
+
+def plan_request(family: str, method: str, resolution: int, batch_size: int, gradient_accumulation: int,
+                 rank: int, train_text_encoder: bool, vram_budget_gb: float, base_model: str | None = None,
+                 device="auto") -> Plan:
+    """A plan without a dataset or a run: for a model folder's architecture, or the family's
+    published size (what the Persona Memory Plan node asks)."""
+    from .config import TrainConfig
+    from .memory import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    cfg = TrainConfig(base_model=base_model or "(planning)", dataset="(planning)", family=family, method=method,
+                      resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
+                      rank=rank, alpha=float(rank), train_text_encoder=train_text_encoder,
+                      vram_budget_gb=vram_budget_gb, memory="auto")
+    return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real")

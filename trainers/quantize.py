@@ -108,18 +108,6 @@ def quantize_linears(module: torch.nn.Module, mode: str, compute_dtype: torch.dt
     return count
 
 
-def quantized_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers (whatever their storage type)."""
-    seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        s = t.untyped_storage()
-        key = (s.data_ptr(), s.nbytes()) if t.device.type != "meta" else id(t)
-        if key not in seen:
-            seen.add(key)
-            total += s.nbytes()
-    return total
-
-
 def restore_adapter_precision(model: torch.nn.Module, init: str = "gaussian") -> int:
     """peft gives new adapters the dtype of their base layer's weight: float8 for an
     :class:`Fp8Linear`. Put those adapters back in fp32 and re-initialise them (the float8
