@@ -31,7 +31,7 @@ def time_generation(steps_measured: int, device: str) -> float:
     """Seconds for 30 steps of SD1.5 at 512 px with CFG (extrapolated from steps_measured)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from comfyui_persona.trainers.tiny_model import build_model
+    from comfyui_persona.models.build import build_model
 
     cache = Path(tempfile.gettempdir()) / "persona-bench-sd15"
     comps_dir = build_model(cache, "sd15")
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
     from comfyui_persona.faces.identity import DlibEmbedder, FacenetEmbedder
-    from comfyui_persona.samples import astronaut
+    from comfyui_persona.faces.samples import astronaut
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     face = astronaut()

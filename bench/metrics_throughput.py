@@ -19,13 +19,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=16)
     args = parser.parse_args()
-    from comfyui_persona.clip_models import load_clip
+    from comfyui_persona.core.clip_models import load_clip
     from comfyui_persona.faces.identity import get_embedder, identity_scores
     from comfyui_persona.metrics.distribution import fid, kid
     from comfyui_persona.metrics.inception import InceptionFeatures, features
     from comfyui_persona.metrics.perceptual import LPIPS
     from comfyui_persona.metrics.ssim import ssim, to_tensor
-    from comfyui_persona.samples import astronaut, grace_hopper
+    from comfyui_persona.faces.samples import astronaut, grace_hopper
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)

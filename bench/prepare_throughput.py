@@ -17,7 +17,7 @@ from PIL import Image, ImageEnhance
 
 
 def make_photos(folder: Path, count: int, kind: str) -> None:
-    from comfyui_persona.samples import astronaut, grace_hopper
+    from comfyui_persona.faces.samples import astronaut, grace_hopper
 
     rng = np.random.default_rng(0)
     sources = [Image.fromarray(astronaut()), Image.fromarray(grace_hopper()).resize((512, 600))]

@@ -57,8 +57,8 @@ def config(family, method, resolution, switches, rank=16):
 
 
 def measure(family, size, cfg, device, steps) -> dict:
-    from comfyui_persona.trainers.architectures import instantiate
-    from comfyui_persona.trainers.memory_sim import LiveTensorMeter, run_steps
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.trainers.memory.simulate import LiveTensorMeter, run_steps
 
     keep_text = not cfg.cache_text_embeddings or cfg.train_text_encoder
     comps = None
@@ -79,7 +79,7 @@ def measure(family, size, cfg, device, steps) -> dict:
 def run(args) -> dict:
     import importlib.util
 
-    from comfyui_persona.trainers.planner import PlanError, plan, predicted_peak_mb
+    from comfyui_persona.trainers.memory.planner import PlanError, plan, predicted_peak_mb
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     size = "tiny" if args.tiny else "real"
@@ -103,7 +103,7 @@ def run(args) -> dict:
             plan_cfg = config(family, method, res, {})
             budgets = args.budgets
             if args.tiny:  # budgets across the tiny model's own range, from leanest to no technique
-                from comfyui_persona.trainers.planner import candidates, leanest
+                from comfyui_persona.trainers.memory.planner import candidates, leanest
 
                 lean = predicted_peak_mb(plan_cfg, leanest(candidates(plan_cfg, device, bnb)), None, size)
                 top = max(r["predicted_peak_mb"] or 0 for r in rows[-len(ablation(family, method, bnb)):])

@@ -1,1 +1,4 @@
-"""Face detection, alignment, quality filtering, preprocessing and dataset building."""
+"""Faces: detection (MTCNN), alignment, quality filtering, preprocessing, captions, masks, the
+dataset builder, identity embedders and the embedded sample photos.
+
+May import: ``core``."""

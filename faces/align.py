@@ -91,19 +91,6 @@ def alignment_matrix(landmarks: np.ndarray, size: int, margin: float,
     raise ValueError(f"align_mode: must be 'eyes' or 'five_point', got '{mode}'")
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int, margin: float,
-               border: BorderMode = "reflect", mode: AlignMode = "eyes",
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp ``image`` so its landmarks land on the template; returns (aligned, matrix)."""
-    if border not in BORDER_MODES:
-        raise ValueError(f"border: must be one of {sorted(BORDER_MODES)}, got '{border}'")
-    matrix = alignment_matrix(landmarks, size, margin, mode)
-    interp = cv2.INTER_AREA if transform_scale(matrix) < 1.0 else cv2.INTER_CUBIC
-    aligned = cv2.warpAffine(image, matrix, (size, size), flags=interp,
-                             borderMode=BORDER_MODES[border], borderValue=(0, 0, 0))
-    return aligned, matrix
-
-
 def crop_subject(image: np.ndarray, size: int, box: np.ndarray | None = None,
                  margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Aspect-preserving square crop for non-face subjects (pets, objects).

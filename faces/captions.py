@@ -31,7 +31,7 @@ class BlipCaptioner:
     """BLIP image captioning through transformers, loaded once from a local folder."""
 
     def __init__(self, model: str):
-        from ..deps import require
+        from ..core.deps import require
 
         transformers = require("transformers", "Automatic captions (BLIP)")
         try:

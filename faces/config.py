@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..config_base import JobConfig, divisible_by_8
+from ..core.config import JobConfig, divisible_by_8
 
 
 class PrepareConfig(JobConfig):

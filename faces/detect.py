@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..deps import require
+from ..core.deps import require
 
 log = logging.getLogger(__name__)
 

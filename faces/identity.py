@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from ..deps import require
+from ..core.deps import require
 from .detect import Face, FaceDetector
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def facenet_model(weights: str, device: str):
         log.warning("FaceNet identity encoder with RANDOM weights: its scores carry no identity "
                     "information (use only to exercise code paths)")
     elif weights == "vggface2":
-        from ..weights import FACENET_VGGFACE2, find_weights
+        from ..core.weights import FACENET_VGGFACE2, find_weights
 
         state = torch.load(find_weights(FACENET_VGGFACE2), map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}
@@ -191,7 +191,7 @@ class ArcFaceEmbedder(IdentityEmbedder):
         super().__init__(detector)
         ort = require("onnxruntime", "The ArcFace identity embedder")
         if model_path is None:
-            from ..weights import ARCFACE_MODELS, find_first
+            from ..core.weights import ARCFACE_MODELS, find_first
 
             model_path = str(find_first(ARCFACE_MODELS))
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -230,7 +230,7 @@ class ClipImageEmbedder(IdentityEmbedder):
     threshold = 0.85
 
     def __init__(self, model_name: str = "ViT-B-32", weights: str = "laion2b"):
-        from ..clip_models import load_clip
+        from ..core.clip_models import load_clip
 
         self.model, self.preprocess, _ = load_clip(model_name, weights)
         self.dim = int(self.model.visual.output_dim)
@@ -249,56 +249,84 @@ class ClipImageEmbedder(IdentityEmbedder):
 
 
 Backend = Literal["dlib", "facenet", "arcface", "clip"]
-BACKENDS = ("dlib", "facenet", "arcface", "clip")
+EMBEDDERS: dict[str, type[IdentityEmbedder]] = {"dlib": DlibEmbedder, "facenet": FacenetEmbedder,
+                                                "arcface": ArcFaceEmbedder, "clip": ClipImageEmbedder}
+BACKENDS = tuple(EMBEDDERS)  # the one list of embedder names (CLI choices, node combos)
+
+
+def calibrated_threshold(name: str) -> float:
+    """The embedder's calibrated identity threshold (cosine), without loading it."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"identity embedder: unknown '{name}' ({', '.join(BACKENDS)})")
+    return EMBEDDERS[name].threshold
+
+
+def thresholds_text() -> str:
+    return ", ".join(f"{n} {c.threshold:.2f}" for n, c in EMBEDDERS.items())
 
 
 @functools.lru_cache(maxsize=6)
 def get_embedder(name: Backend, weights: str | None = None) -> IdentityEmbedder:
     """``weights``: facenet 'vggface2'/'random'; arcface a .onnx path (default: looked up);
     clip 'laion2b'/'random'/a path."""
+    calibrated_threshold(name)  # an unknown name is refused here
     if name == "dlib":
         return DlibEmbedder()
     if name == "facenet":
         return FacenetEmbedder(weights=weights or "vggface2")
     if name == "arcface":
         return ArcFaceEmbedder(model_path=weights)
-    if name == "clip":
-        return ClipImageEmbedder(weights=weights or "laion2b")
-    raise ValueError(f"identity embedder: unknown '{name}' ({', '.join(BACKENDS)})")
+    return ClipImageEmbedder(weights=weights or "laion2b")
+
+
+@dataclass
+class Reference:
+    """A subject's reference photos, embedded once; scores embedded images against them:
+    against the mean of the references' unit vectors, renormalised (``mean_reference``), or
+    the max / mean over the individual references. Every reference needs a face."""
+
+    embeddings: Embeddings
+
+    def __post_init__(self):
+        if len(self.embeddings.found) == 0:
+            raise ValueError("reference: the reference batch is empty")
+        missing = [i for i, ok in enumerate(self.embeddings.found) if not ok]
+        if missing:
+            raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
+
+    @property
+    def mean(self) -> np.ndarray:
+        mean = self.embeddings.vectors.mean(0)
+        return mean / np.linalg.norm(mean)
+
+    def scores(self, images: Embeddings, mode: Literal["mean_reference", "max", "mean"] = "mean_reference"
+               ) -> np.ndarray:
+        """Cosine identity score of each embedded image (NaN where it has no face)."""
+        if mode == "mean_reference":
+            sims = images.vectors @ self.mean
+        else:
+            pair = images.vectors @ self.embeddings.vectors.T
+            sims = pair.max(1) if mode == "max" else pair.mean(1)
+        return np.where(np.array(images.found, bool), sims, np.nan).astype(np.float64)
+
+    def score(self, embedder: IdentityEmbedder, image: np.ndarray,
+              mode: Literal["mean_reference", "max", "mean"] = "mean_reference") -> float | None:
+        """The score of one image (None when it has no face)."""
+        value = self.scores(embedder.embed([image]), mode)[0]
+        return None if np.isnan(value) else float(value)
 
 
 def reference_embedding(embedder: IdentityEmbedder, references: Sequence[np.ndarray]) -> np.ndarray:
     """Mean of the references' unit embeddings, renormalised. Every reference needs a face."""
     if len(references) == 0:
         raise ValueError("reference: the reference batch is empty")
-    return reference_from(embedder.embed(references))
-
-
-def reference_from(references: Embeddings) -> np.ndarray:
-    """The mean reference unit vector of already embedded references (each needs a face)."""
-    missing = [i for i, ok in enumerate(references.found) if not ok]
-    if missing:
-        raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
-    mean = references.vectors.mean(0)
-    return mean / np.linalg.norm(mean)
+    return Reference(embedder.embed(references)).mean
 
 
 def scores_from(images: Embeddings, references: Embeddings,
                 mode: Literal["mean_reference", "max", "mean"] = "mean_reference") -> np.ndarray:
-    """Cosine identity score of each image embedding (NaN where no face) against the mean
-    reference, or the max / mean over the individual references: no embedding is redone."""
-    if len(references.found) == 0:
-        raise ValueError("reference: the reference batch is empty")
-    missing = [i for i, ok in enumerate(references.found) if not ok]
-    if missing:
-        raise NoFaceError(f"reference: no face found in reference image(s) {missing}")
-    if mode == "mean_reference":
-        mean = references.vectors.mean(0)
-        sims = images.vectors @ (mean / np.linalg.norm(mean))
-    else:
-        pair = images.vectors @ references.vectors.T
-        sims = pair.max(1) if mode == "max" else pair.mean(1)
-    return np.where(np.array(images.found, bool), sims, np.nan).astype(np.float64)
+    """Scores of already embedded images against already embedded references (no embedding is redone)."""
+    return Reference(references).scores(images, mode)
 
 
 def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
@@ -309,4 +337,4 @@ def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
     if len(references) == 0:
         raise ValueError("reference: the reference batch is empty")
     emb = embedder.embed(images)
-    return scores_from(emb, embedder.embed(references), mode), emb.found
+    return Reference(embedder.embed(references)).scores(emb, mode), emb.found

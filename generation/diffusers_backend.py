@@ -18,13 +18,13 @@ class DiffusersGenerator:
                  device: str | None = None):
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-        from ..trainers.models import load_components
+        from ..models.loading import load_components
 
         comps = load_components(family, base_model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.pipe = StableDiffusionPipeline(
-            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
+            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.denoiser,
             scheduler=DPMSolverMultistepScheduler.from_config(comps.scheduler.config),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False).to(self.device, dtype)
         self.pipe.set_progress_bar_config(disable=True)

@@ -127,17 +127,18 @@ class IdentityGuard:
     """Scores images against a fixed reference and accepts or rejects enhancement steps."""
 
     def __init__(self, embedder, references: Sequence[np.ndarray], tolerance: float = 0.01):
-        from ..faces.identity import reference_embedding
+        from ..faces.identity import Reference
 
         if tolerance < 0:
             raise ValueError(f"tolerance: must be >= 0, got {tolerance}")
         self.embedder = embedder
         self.tolerance = tolerance
-        self.reference = reference_embedding(embedder, references)
+        if len(references) == 0:
+            raise ValueError("reference: the reference batch is empty")
+        self.reference = Reference(embedder.embed(references))
 
     def score(self, image: np.ndarray) -> float | None:
-        emb = self.embedder.embed([image])
-        return float(emb.vectors[0] @ self.reference) if emb.found[0] else None
+        return self.reference.score(self.embedder, image)
 
     def apply(self, name: str, image: np.ndarray, step: Callable[[np.ndarray], np.ndarray],
               params: dict | None = None, before: float | None = None) -> tuple[np.ndarray, StepReport]:
@@ -172,45 +173,67 @@ def enhance_images(images: Sequence[np.ndarray], references: Sequence[np.ndarray
                    masks: Sequence[np.ndarray] | None = None, whole_image: bool = False,
                    regenerate: Callable[[np.ndarray], np.ndarray] | None = None,
                    ) -> tuple[list[np.ndarray], list[StepReport]]:
-    """Run one enhancement ``step`` on every image, guarded by the identity-drift check.
+    """Run one enhancement ``step`` on every image, guarded by the identity-drift check."""
+    out, reports = enhance_chain(images, references, [(step, params)], embedder_name, tolerance, masks,
+                                 whole_image, regenerate)
+    return out, [r[0] for r in reports]
+
+
+def enhance_chain(images: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                  steps: Sequence[tuple[str, dict]], embedder_name: str = "dlib", tolerance: float = 0.01,
+                  masks: Sequence[np.ndarray] | None = None, whole_image: bool = False,
+                  regenerate: Callable[[np.ndarray], np.ndarray] | None = None,
+                  ) -> tuple[list[np.ndarray], list[list[StepReport]]]:
+    """Run enhancement ``steps`` ((name, params), in order) on every image, each step guarded
+    by the identity-drift check: a rejected step leaves the image as it was for the next one.
+    Returns the images and, per image, one report per step.
 
     The face mask of each image is detected unless ``masks`` are given; ``whole_image``
-    applies the step everywhere (the drift check still runs).
+    applies the steps everywhere (the drift check still runs).
     """
     from ..faces.identity import get_embedder
 
-    if step not in STEPS:
-        raise ValueError(f"step: unknown '{step}', one of {', '.join(STEPS)}")
+    for step, _ in steps:
+        if step not in STEPS:
+            raise ValueError(f"step: unknown '{step}', one of {', '.join(STEPS)}")
     if len(images) == 0:
         raise ValueError("images: the batch is empty")
     guard = IdentityGuard(get_embedder(embedder_name), references, tolerance)
     detector = FaceDetector()
-    ref_masks = [face_region(r, detector)[0] for r in references] if step == "color_match" else None
+    ref_masks = [face_region(r, detector)[0] for r in references] if any(s == "color_match" for s, _ in steps) \
+        else None
     out, reports = [], []
     for i, image in enumerate(images):
-        mask, box = (masks[i], None) if masks is not None else face_region(image, detector)
-        if masks is not None and step == "face_refine":
-            _, box = face_region(image, detector)
-        if mask is None and not whole_image:
-            out.append(image)
-            reports.append(StepReport(step, False, None, None, "no face found", params))
-            continue
-        region = None if whole_image else mask
-
-        def run(im, region=region, box=box):
-            if step == "sharpen":
-                return sharpen(im, region, **params)
-            if step == "color_match":
-                return color_match(im, region, references, ref_masks, **params)
-            if step == "denoise":
-                return reduce_noise(im, region, **params)
-            if step == "film_grain":
-                return film_grain(im, region, **params)
-            if regenerate is None or box is None:
-                raise ValueError("face_refine: needs a regenerate function and a detected face")
-            return refine_face(im, mask if region is None else region, box, regenerate, **params)
-
-        new, report = guard.apply(step, image, run, params)
-        out.append(new)
-        reports.append(report)
+        image_reports = []
+        for step, params in steps:
+            image, report = _guarded_step(image, step, params, guard, detector, references, ref_masks,
+                                          masks[i] if masks is not None else None, whole_image, regenerate)
+            image_reports.append(report)
+        out.append(image)
+        reports.append(image_reports)
     return out, reports
+
+
+def _guarded_step(image, step, params, guard, detector, references, ref_masks, given_mask, whole_image,
+                  regenerate) -> tuple[np.ndarray, StepReport]:
+    mask, box = (given_mask, None) if given_mask is not None else face_region(image, detector)
+    if given_mask is not None and step == "face_refine":
+        _, box = face_region(image, detector)
+    if mask is None and not whole_image:
+        return image, StepReport(step, False, None, None, "no face found", params)
+    region = None if whole_image else mask
+
+    def run(im):
+        if step == "sharpen":
+            return sharpen(im, region, **params)
+        if step == "color_match":
+            return color_match(im, region, references, ref_masks, **params)
+        if step == "denoise":
+            return reduce_noise(im, region, **params)
+        if step == "film_grain":
+            return film_grain(im, region, **params)
+        if regenerate is None or box is None:
+            raise ValueError("face_refine: needs a regenerate function and a detected face")
+        return refine_face(im, mask if region is None else region, box, regenerate, **params)
+
+    return guard.apply(step, image, run, params)

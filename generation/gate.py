@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from ..faces.identity import IdentityEmbedder, reference_from
+from ..faces.identity import IdentityEmbedder, Reference
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ def attempt_params(base: dict, settings: GateSettings, k: int) -> dict:
     return p
 
 
-def _score(embedder: IdentityEmbedder, image: np.ndarray, reference: np.ndarray,
-           per_reference: np.ndarray | None, mode: str) -> float | None:
-    emb = embedder.embed([image])
-    if not emb.found[0]:
-        return None
-    v = emb.vectors[0]
-    if mode == "mean_reference" or per_reference is None:
-        return float(v @ reference)
-    sims = per_reference @ v
-    return float(sims.max() if mode == "max" else sims.mean())
-
-
 def gated_generate(generate: Callable[[dict], np.ndarray], embedder: IdentityEmbedder,
                    references: Sequence[np.ndarray], base_params: dict,
                    settings: GateSettings | None = None,
@@ -104,9 +92,7 @@ def gated_generate(generate: Callable[[dict], np.ndarray], embedder: IdentityEmb
     threshold = embedder.threshold if settings.threshold is None else settings.threshold
     if len(references) == 0:
         raise ValueError("reference: the reference batch is empty")
-    ref_emb = embedder.embed(references)  # once; raises below on a faceless reference
-    reference = reference_from(ref_emb)
-    per_reference = ref_emb.vectors if settings.reference_mode != "mean_reference" else None
+    reference = Reference(embedder.embed(references))  # once; a faceless reference is refused
     attempts: list[Attempt] = []
     images: list[np.ndarray] = []
     for k in range(settings.max_attempts):
@@ -114,7 +100,7 @@ def gated_generate(generate: Callable[[dict], np.ndarray], embedder: IdentityEmb
             break
         params = attempt_params(base_params, settings, k)
         image = generate(params)
-        score = _score(embedder, image, reference, per_reference, settings.reference_mode)
+        score = reference.score(embedder, image, settings.reference_mode)
         passed = score is not None and score >= threshold
         reason = None if passed else ("faceless" if score is None else "below threshold")
         attempt = Attempt(k + 1, params, None if score is None else round(score, 6), passed, reason)

@@ -1,1 +1,4 @@
-"""Headless measurement of generated images."""
+"""Headless measurement of generated images: identity, SSIM, LPIPS, CLIP, KID/FID, the
+composite Q_global, reports, tables and charts.
+
+May import: ``core``, ``faces``."""

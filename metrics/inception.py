@@ -13,11 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..weights import WeightsFile, find_weights
+from ..core.weights import INCEPTION, find_weights
 
-INCEPTION = WeightsFile("inception_v3_google-0cc3c7bd.pth", "inception",
-                        "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-                        "Inception-v3 ImageNet weights (FID/KID features)", torch_hub=True)
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 

@@ -15,17 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..weights import WeightsFile, find_weights
+from ..core.weights import LPIPS_BACKBONES, find_weights
 
 LAYERS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
-BACKBONES = {
-    "alex": WeightsFile("alexnet-owt-7be5be79.pth", "lpips",
-                        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "AlexNet ImageNet weights",
-                        torch_hub=True),
-    "vgg": WeightsFile("vgg16-397923af.pth", "lpips",
-                       "https://download.pytorch.org/models/vgg16-397923af.pth", "VGG16 ImageNet weights",
-                       torch_hub=True),
-}
+BACKBONES = LPIPS_BACKBONES
 _SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
 _SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
 

@@ -132,7 +132,7 @@ def _clip_rows(generated, references, prompts) -> list[Row]:
     import torch
     from PIL import Image
 
-    from ..clip_models import load_clip
+    from ..core.clip_models import load_clip
 
     model, preprocess, tokenizer = load_clip("ViT-B-32", "laion2b")
     with torch.no_grad():
@@ -166,6 +166,25 @@ def q_global(rows: list[Row], lpips_net: str) -> Row:
     missing = [k for k in WEIGHTS if k not in terms]
     return Row("Q_global", value, "terms: " + ", ".join(terms) + (f" (without {', '.join(missing)}; "
                                                                     f"weights renormalised)" if missing else ""))
+
+
+def metrics_table(rows: Sequence[Row], markdown: bool = False) -> str:
+    """The metric rows as a table: metric, value (or why it was skipped), detail."""
+    from ..core.tables import text_table
+
+    return text_table(["metric", "value", "detail"], [(r.metric, r.shown(), r.detail) for r in rows], markdown)
+
+
+def steps_table(results: dict[int, list[Row]]) -> str:
+    """Metrics of several training steps side by side (``persona eval --run``)."""
+    from ..core.tables import text_table
+
+    names: list[str] = []
+    for rows in results.values():
+        names += [r.metric for r in rows if r.metric not in names]
+    cells = [[n] + [next((r.shown() for r in rows if r.metric == n), "-") for rows in results.values()]
+             for n in names]
+    return text_table(["metric"] + [f"step {s}" for s in results], cells)
 
 
 def expand_prompts(prompts: Sequence[str], count: int) -> list[str] | None:

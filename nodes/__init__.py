@@ -1,4 +1,8 @@
-"""ComfyUI adapters: the only code that imports comfy, folder_paths or server.
+"""ComfyUI adapters: thin node classes that parse widgets, build a config, call one headless
+function and return a tuple. The only package that talks to ComfyUI, and only through
+``host``.
+
+May import: every package of the pack except ``app``.
 
 Each module lists its nodes in ``NODES`` (id -> (class, display name)). Node ids are
 stable: a changed node gets a new id (``...V2``) and the old one keeps working.

@@ -5,8 +5,8 @@ import json
 
 
 from ..faces.config import PrepareConfig
-from ..imaging import grid, images_to_tensor, masks_to_tensor, tensor_to_images
-from ..textable import text_table
+from ..core.imaging import grid, images_to_tensor, masks_to_tensor, tensor_to_images
+from ..core.tables import text_table
 from .host import Progress, input_dir, output_dir, resolve_user_path
 from .widgets import config_from_widgets, widgets
 

@@ -5,32 +5,23 @@ import json
 
 import numpy as np
 
-from ..imaging import images_to_tensor, tensor_to_images, tensor_to_masks
-from .host import Progress, interrupt_requested
+from ..core.imaging import images_to_tensor, tensor_to_images, tensor_to_masks
+from ..faces.identity import BACKENDS, thresholds_text
+from .host import Progress, interrupt_requested, ksampler, samplers
 
 CATEGORY_GEN = "Persona/generate"
 CATEGORY_ENH = "Persona/enhance"
-EMBEDDERS = ["dlib", "facenet", "arcface", "clip"]
-
-
-def _samplers():
-    try:
-        import comfy.samplers
-
-        return comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
-    except ImportError:  # outside ComfyUI: the class still loads
-        return ["euler"], ["normal"]
 
 
 def sampling_inputs(steps: int, cfg: float, denoise: float, what: str) -> dict:
     """KSampler-like widgets (seed, steps, cfg, sampler, scheduler, denoise)."""
-    samplers, schedulers = _samplers()
+    sampler_names, scheduler_names = samplers()
     return {
         "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 48, "tooltip": f"Sampling seed{what}."}),
         "steps": ("INT", {"default": steps, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
         "cfg": ("FLOAT", {"default": cfg, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Classifier-free guidance."}),
-        "sampler_name": (samplers, {"tooltip": "ComfyUI sampler."}),
-        "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler."}),
+        "sampler_name": (sampler_names, {"tooltip": "ComfyUI sampler."}),
+        "scheduler": (scheduler_names, {"tooltip": "ComfyUI scheduler."}),
         "denoise": ("FLOAT", {"default": denoise, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Denoise strength."}),
     }
 
@@ -66,9 +57,10 @@ class PersonaIdentityGatedSampler:
             "vae": ("VAE", {"tooltip": "Decodes each attempt for scoring."}),
             "reference": ("IMAGE", {"tooltip": "Photo(s) of the subject; their mean embedding is the reference."}),
             **sampling_inputs(30, 7.0, 1.0, " of the first attempt (attempt k uses seed + k)"),
-            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder: dlib (offline), facenet (VGGFace2 weights), arcface (insightface ONNX), clip (non-face subjects)."}),
-            "threshold": ("FLOAT", {"default": 0.91, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                    "Pass when the identity cosine reaches this (calibrated: dlib 0.91, facenet 0.40, arcface 0.35, clip 0.85)."}),
+            "embedder": (list(BACKENDS), {"tooltip": "Identity embedder: dlib (offline), facenet (VGGFace2 weights), arcface (insightface ONNX), clip (non-face subjects)."}),
+            "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                    "Pass when the identity cosine reaches this. 0: the embedder's own calibrated "
+                                    f"threshold ({thresholds_text()}). The value used is shown in the output."}),
             "max_attempts": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Most samples to draw."}),
             "cfg_schedule": ("STRING", {"default": "", "tooltip": "Optional CFG per attempt, e.g. '7, 6, 5' (the last repeats)."}),
             "steps_schedule": ("STRING", {"default": "", "tooltip": "Optional steps per attempt, e.g. '30, 40'."}),
@@ -79,12 +71,10 @@ class PersonaIdentityGatedSampler:
     def execute(self, model, positive, negative, latent_image, vae, reference, seed, steps, cfg,
                 sampler_name, scheduler, denoise, embedder, threshold, max_attempts, cfg_schedule,
                 steps_schedule, reference_mode):
-        import nodes as comfy_nodes  # ComfyUI's own nodes module (not this pack's)
-
         from ..faces.identity import get_embedder
         from ..generation.gate import GateSettings, gated_generate
 
-        settings = GateSettings(threshold=threshold, max_attempts=max_attempts,
+        settings = GateSettings(threshold=threshold or None, max_attempts=max_attempts,
                                 cfg_schedule=_floats(cfg_schedule, "cfg_schedule"),
                                 steps_schedule=[int(v) for v in _floats(steps_schedule, "steps_schedule")],
                                 reference_mode=reference_mode)
@@ -94,9 +84,8 @@ class PersonaIdentityGatedSampler:
         latents: dict[int, dict] = {}
 
         def generate(params):
-            out = comfy_nodes.common_ksampler(model, params["seed"], params["steps"], params["cfg"],
-                                              sampler_name, scheduler, positive, negative, latent,
-                                              denoise=denoise)[0]
+            out = ksampler(model, params["seed"], params["steps"], params["cfg"], sampler_name, scheduler,
+                           positive, negative, latent, denoise)
             latents[params["seed"]] = out
             return tensor_to_images(vae.decode(out["samples"]))[0]
 
@@ -108,8 +97,9 @@ class PersonaIdentityGatedSampler:
         best_params = result.attempts[result.best_index - 1].params
         report = json.dumps(result.to_json(), indent=2)
         attempts = images_to_tensor(result.images)
+        used = "calibrated" if settings.threshold is None else "given"
         summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
-                   f"{len(result.attempts)}, threshold {result.threshold} ({result.embedder})\n" +
+                   f"{len(result.attempts)}, threshold {result.threshold} ({used}, {result.embedder})\n" +
                    "\n".join(f"#{a.index} seed {a.params['seed']}: "
                              f"{a.score if a.score is not None else 'no face'}" for a in result.attempts))
         return {"ui": {"text": [summary]},
@@ -132,7 +122,7 @@ class _EnhanceNode:
         return {
             "image": ("IMAGE", {"tooltip": "Images to enhance."}),
             "reference": ("IMAGE", {"tooltip": "Photo(s) of the subject for the identity-drift check."}),
-            "embedder": (EMBEDDERS, {"tooltip": "Identity embedder of the drift check."}),
+            "embedder": (list(BACKENDS), {"tooltip": "Identity embedder of the drift check."}),
             "tolerance": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
                                     "Reject the step when the identity score drops by more than this."}),
             "whole_image": ("BOOLEAN", {"default": False, "tooltip": "Apply everywhere instead of inside the face mask."}),
@@ -142,18 +132,20 @@ class _EnhanceNode:
     def optional_mask():
         return {"mask": ("MASK", {"tooltip": "Use this mask instead of the detected face mask."})}
 
-    def run(self, image, reference, embedder, tolerance, whole_image, params, mask=None, regenerate=None,
-            step=None):
-        from ..generation.enhance import enhance_images
+    def run(self, image, reference, embedder, tolerance, whole_image, steps, mask=None, regenerate=None):
+        """``steps``: (step name, params) pairs, run in order by the headless enhancement chain."""
+        from ..generation.enhance import enhance_chain
 
-        step = step or self.STEP
         masks = tensor_to_masks(mask) if mask is not None else None
-        out, reports = enhance_images(tensor_to_images(image), tensor_to_images(reference), step,
-                                      params, embedder, tolerance, masks, whole_image, regenerate)
-        lines = [f"#{i}: {'applied' if r.applied else 'rejected'} "
-                 f"(identity {r.score_before} -> {r.score_after})" + (f": {r.reason}" if r.reason else "")
-                 for i, r in enumerate(reports)]
-        text = f"{step}\n" + "\n".join(lines)
+        out, reports = enhance_chain(tensor_to_images(image), tensor_to_images(reference), steps,
+                                     embedder, tolerance, masks, whole_image, regenerate)
+        blocks = []
+        for k, (step, _params) in enumerate(steps):
+            lines = [f"#{i}: {'applied' if r[k].applied else 'rejected'} "
+                     f"(identity {r[k].score_before} -> {r[k].score_after})" + (f": {r[k].reason}" if r[k].reason else "")
+                     for i, r in enumerate(reports)]
+            blocks.append(f"{step}\n" + "\n".join(lines))
+        text = "\n".join(blocks)
         return {"ui": {"text": [text]}, "result": (images_to_tensor(out), text)}
 
 
@@ -171,7 +163,7 @@ class PersonaSharpen(_EnhanceNode):
 
     def execute(self, image, reference, embedder, tolerance, whole_image, radius, amount, threshold, mask=None):
         return self.run(image, reference, embedder, tolerance, whole_image,
-                        {"radius": radius, "amount": amount, "threshold": threshold}, mask)
+                        [(self.STEP, {"radius": radius, "amount": amount, "threshold": threshold})], mask)
 
 
 class PersonaColorMatch(_EnhanceNode):
@@ -187,7 +179,7 @@ class PersonaColorMatch(_EnhanceNode):
 
     def execute(self, image, reference, embedder, tolerance, whole_image, strength, white_balance, mask=None):
         return self.run(image, reference, embedder, tolerance, whole_image,
-                        {"strength": strength, "white_balance": white_balance}, mask)
+                        [(self.STEP, {"strength": strength, "white_balance": white_balance})], mask)
 
 
 class PersonaPhotoFinish(_EnhanceNode):
@@ -205,17 +197,12 @@ class PersonaPhotoFinish(_EnhanceNode):
 
     def execute(self, image, reference, embedder, tolerance, whole_image, denoise_strength, grain,
                 grain_size, seed, mask=None):
-        texts = []
-        if denoise_strength > 0:
-            res = self.run(image, reference, embedder, tolerance, whole_image, {"strength": denoise_strength},
-                           mask, step="denoise")
-            image, texts = res["result"][0], texts + [res["result"][1]]
-        if grain > 0:
-            res = self.run(image, reference, embedder, tolerance, whole_image,
-                           {"amount": grain, "size": grain_size, "seed": seed}, mask, step="film_grain")
-            image, texts = res["result"][0], texts + [res["result"][1]]
-        text = "\n".join(texts) or "nothing to do (denoise and grain are 0)"
-        return {"ui": {"text": [text]}, "result": (image, text)}
+        steps = ([("denoise", {"strength": denoise_strength})] if denoise_strength > 0 else []) + \
+                ([("film_grain", {"amount": grain, "size": grain_size, "seed": seed})] if grain > 0 else [])
+        if not steps:
+            text = "nothing to do (denoise and grain are 0)"
+            return {"ui": {"text": [text]}, "result": (image, text)}
+        return self.run(image, reference, embedder, tolerance, whole_image, steps, mask)
 
 
 class PersonaFaceRefine(_EnhanceNode):
@@ -236,17 +223,14 @@ class PersonaFaceRefine(_EnhanceNode):
 
     def execute(self, image, reference, embedder, tolerance, whole_image, model, vae, positive,
                 negative, seed, steps, cfg, sampler_name, scheduler, denoise, crop_size, mask=None):
-        import nodes as comfy_nodes  # ComfyUI's own nodes module
-
         def regenerate(crop: np.ndarray) -> np.ndarray:
             pixels = images_to_tensor([crop])
             latent = {"samples": vae.encode(pixels[:, :, :, :3])}
-            out = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler,
-                                              positive, negative, latent, denoise=denoise)[0]
+            out = ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise)
             return tensor_to_images(vae.decode(out["samples"]))[0]
 
         return self.run(image, reference, embedder, tolerance, whole_image,
-                        {"crop_size": crop_size}, mask, regenerate)
+                        [(self.STEP, {"crop_size": crop_size})], mask, regenerate)
 
 
 NODES = {

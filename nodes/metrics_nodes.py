@@ -4,17 +4,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 
-from ..imaging import images_to_tensor, tensor_to_images
-from ..textable import text_table
+from ..core.imaging import images_to_tensor, tensor_to_images
+from ..core.tables import text_table
+from ..faces.identity import BACKENDS
 from .host import output_dir
 
 CATEGORY = "Persona/metrics"
-
-
-def _table(rows) -> str:
-    return text_table(["metric", "value", "detail"], [(r["metric"], r["value"] if r["value"] is None
-                                                       else f"{r['value']:.4f}", r["detail"] or r["status"])
-                                                      for r in rows])
 
 
 class PersonaMetricsPanel:
@@ -36,7 +31,7 @@ class PersonaMetricsPanel:
             "reference": ("IMAGE", {"tooltip": "Photos of the subject."}),
             "prompts": ("STRING", {"default": "", "multiline": True, "tooltip":
                                    "One prompt for all images, or one per line per image (for the CLIP score)."}),
-            "embedder": (["dlib", "facenet", "arcface", "clip"], {"tooltip": "Identity embedder."}),
+            "embedder": (list(BACKENDS), {"tooltip": "Identity embedder."}),
             "lpips_net": (["alex", "vgg"], {"tooltip": "LPIPS backbone."}),
             "report_name": ("STRING", {"default": "metrics", "tooltip":
                                        "report.json and report.csv go to output/persona/metrics/<report_name>/."}),
@@ -44,7 +39,7 @@ class PersonaMetricsPanel:
 
     def execute(self, generated, reference, prompts, embedder, lpips_net, report_name):
         from ..metrics.chart import metrics_chart
-        from ..metrics.report import evaluate, expand_prompts, write_report
+        from ..metrics.report import evaluate, expand_prompts, metrics_table, write_report
 
         name = report_name.strip()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -55,7 +50,7 @@ class PersonaMetricsPanel:
         folder = output_dir() / "persona" / "metrics" / name
         write_report(report, folder)
         rows = [asdict(r) for r in report]
-        table = _table(rows)
+        table = metrics_table(report)
         chart = metrics_chart({name: rows})
         return {"ui": {"text": [table], "persona_metrics": rows},
                 "result": ({"name": name, "rows": rows, "folder": str(folder)}, images_to_tensor([chart]))}

@@ -25,7 +25,7 @@ class PersonaMemoryPlan:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from .train_nodes import base_models
+        from .host import base_models
 
         return {"required": {
             **widgets(TrainConfig, ["family", "method", "resolution", "batch_size", "gradient_accumulation",
@@ -38,13 +38,13 @@ class PersonaMemoryPlan:
 
     def execute(self, family, method, resolution, batch_size, gradient_accumulation, rank,
                 train_text_encoder, vram_budget_gb, base_model):
-        from ..trainers.planner import plan_request
+        from ..trainers.memory.planner import plan_request
 
         model = None
         if base_model != PUBLISHED:
-            from .train_nodes import _model_path
+            from .host import base_model_path
 
-            model = str(_model_path(base_model))
+            model = str(base_model_path(base_model))
         result = plan_request(family, method, resolution, batch_size, gradient_accumulation, rank,
                               train_text_encoder, vram_budget_gb, model)
         text = result.describe()

@@ -5,9 +5,10 @@ import re
 import shutil
 from pathlib import Path
 
-from ..imaging import images_to_tensor
-from ..trainers.config import PRESETS, TrainConfig
-from .host import Progress, check_interrupt, interrupt_requested, output_dir
+from ..core.imaging import images_to_tensor
+from ..trainers.config import PRESETS, TrainConfig, with_preset
+from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, free_models,
+                   interrupt_requested, loras_dir, output_dir)
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/train"
@@ -16,47 +17,6 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
            "gradient_accumulation", "lr_scheduler", "warmup_steps", "optimizer", "mixed_precision",
            "gradient_checkpointing", "train_text_encoder", "prior_preservation", "num_class_images",
            "prior_loss_weight", "snr_gamma", "seed", "checkpoint_every"]
-
-
-def base_models() -> list[str]:
-    """Diffusers folders in models/diffusers (with model_index.json) and .safetensors
-    checkpoints in models/checkpoints."""
-    try:
-        import folder_paths
-
-        roots = folder_paths.get_folder_paths("diffusers")
-        checkpoints = [n for n in folder_paths.get_filename_list("checkpoints")
-                       if n.lower().endswith(".safetensors")]
-    except (ImportError, KeyError):
-        return []
-    found = set()
-    for root in roots:
-        root = Path(root)
-        if root.is_dir():
-            found.update(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
-    return sorted(found) + sorted(checkpoints)
-
-
-def _model_path(name: str) -> Path:
-    import folder_paths
-
-    if name.lower().endswith(".safetensors"):
-        path = folder_paths.get_full_path("checkpoints", name)
-        if path:
-            return Path(path)
-        raise FileNotFoundError(f"base_model: checkpoint '{name}' is not in models/checkpoints")
-    for root in folder_paths.get_folder_paths("diffusers"):
-        candidate = Path(root) / name
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"base_model: '{name}' is not a diffusers model folder in "
-                            f"{folder_paths.get_folder_paths('diffusers')}")
-
-
-def _loras_dir() -> Path:
-    import folder_paths
-
-    return Path(folder_paths.get_folder_paths("loras")[0])
 
 
 class PersonaTrain:
@@ -94,21 +54,19 @@ class PersonaTrain:
         name = lora_name.strip()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"lora_name: letters, digits, '_', '-' and '.' only, got '{lora_name}'")
-        fields = dict(values)
-        if preset != "custom":
-            fields.update(PRESETS[preset])
+        from ..trainers import events
         from ..trainers.subprocess_run import run_key
 
         cfg = config_from_widgets(
-            TrainConfig, fields, base_model=str(_model_path(base_model)), dataset=dataset["path"],
+            TrainConfig, with_preset(values, preset), base_model=str(base_model_path(base_model)), dataset=dataset["path"],
             token=dataset["token"], class_noun=dataset["class_noun"])
         # one run folder per (dataset content, config): another lora_name reuses the run
         cfg.output_dir = str(output_dir() / "persona" / "runs" / run_key(cfg))
-        _free_comfy_models()
+        free_models()
         bar = Progress(cfg.steps)
 
         def on_event(event):
-            if event.get("event") == "log":
+            if event.get("event") == events.LOG:
                 bar.update(event["step"], cfg.steps)
 
         try:
@@ -116,7 +74,7 @@ class PersonaTrain:
         except TrainingCancelled:
             check_interrupt()  # raises ComfyUI's own interrupt exception (the child has stopped)
             raise
-        target = _loras_dir() / "persona" / f"{name}.safetensors"
+        target = loras_dir() / "persona" / f"{name}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(outcome.lora_path, target)
         from PIL import Image
@@ -156,21 +114,8 @@ class PersonaApplyLora:
         }}
 
     def execute(self, model, clip, lora, strength_model, strength_clip):
-        import comfy.sd
-        import comfy.utils
-
-        tensors = comfy.utils.load_torch_file(lora["path"], safe_load=True)
-        model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength_model, strength_clip)
+        model, clip = apply_lora(model, clip, lora["path"], strength_model, strength_clip)
         return (model, clip, f"{lora['token']} {lora['class_noun']}")
-
-
-def _free_comfy_models() -> None:
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return
-    mm.unload_all_models()
-    mm.soft_empty_cache()
 
 
 NODES = {"PersonaTrain": (PersonaTrain, "Persona Train LoRA"),

@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_server import ComfyServer  # noqa: E402
 
-from comfyui_persona.comfy_graph import api_to_ui  # noqa: E402
+from comfyui_persona.comfy_client.graph import api_to_ui  # noqa: E402
 
 
 def main() -> None:

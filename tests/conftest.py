@@ -10,21 +10,21 @@ from comfy_server import CACHE, ComfyServer
 
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
-    from comfyui_persona.samples import astronaut as load
+    from comfyui_persona.faces.samples import astronaut as load
 
     return load()
 
 
 @pytest.fixture(scope="session")
 def grace_hopper() -> np.ndarray:
-    from comfyui_persona.samples import grace_hopper as load
+    from comfyui_persona.faces.samples import grace_hopper as load
 
     return load()
 
 
 @pytest.fixture(scope="session")
 def coffee() -> np.ndarray:
-    from comfyui_persona.samples import coffee as load
+    from comfyui_persona.faces.samples import coffee as load
 
     return load()
 
@@ -42,7 +42,7 @@ def comfy(tmp_path_factory) -> ComfyServer:
 def tiny_model():
     """A tiny SD1.x-shaped diffusers model (random weights, real CLIP tokenizer)."""
     from comfy_server import CACHE
-    from comfyui_persona.trainers.tiny_model import build_model
+    from comfyui_persona.models.build import build_model
 
     return build_model(CACHE / "models" / "tiny-sd-v1", "tiny", seed=0)
 
@@ -52,7 +52,7 @@ def face_dataset(tmp_path_factory):
     """4 photos of the astronaut through the real face pipeline, at 64 px."""
     from comfyui_persona.faces.config import PrepareConfig
     from comfyui_persona.faces.dataset import prepare_dataset
-    from comfyui_persona.samples import write_subject_photos
+    from comfyui_persona.faces.samples import write_subject_photos
 
     root = tmp_path_factory.mktemp("face_dataset")
     write_subject_photos(root / "photos", count=4)
@@ -66,7 +66,7 @@ def sd15_model():
     """The full SD1.5 architecture with random weights (ComfyUI detects it as SD1.5).
     Built once into the test cache (about 35 s and 4 GB)."""
     from comfy_server import CACHE
-    from comfyui_persona.trainers.tiny_model import build_model
+    from comfyui_persona.models.build import build_model
 
     return build_model(CACHE / "models" / "sd15-random", "sd15", seed=0)
 
@@ -87,17 +87,18 @@ def sd15_lora(sd15_model, face_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sd15_single_file(sd15_model, tmp_path_factory):
     """The SD1.5-shaped model as one original-layout .safetensors (as in models/checkpoints)."""
-    from comfyui_persona.trainers.models import load_sd15, save_single_file
+    from comfyui_persona.models.loading import load_components
+    from comfyui_persona.models.single_file import save_single_file
 
-    comps = load_sd15(sd15_model)
+    comps = load_components("sd15", sd15_model)
     return save_single_file(tmp_path_factory.mktemp("ckpt") / "persona-sd15.safetensors",
-                            comps.unet, comps.vae, comps.text_encoder)
+                            comps.denoiser, comps.vae, comps.text_encoder)
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl():
     """An SDXL-shaped model (two text encoders, size/crop conditioning) with random weights."""
-    from comfyui_persona.trainers.tiny_model import build_family_model
+    from comfyui_persona.models.build import build_family_model
 
     return build_family_model(CACHE / "models" / "tiny-sdxl-v1", "sdxl", "tiny", seed=0)
 
@@ -106,6 +107,6 @@ def tiny_sdxl():
 def tiny_flux():
     """A FLUX-shaped model (double and single blocks, guidance embedding, CLIP + T5, 16-channel
     VAE) with random weights."""
-    from comfyui_persona.trainers.tiny_model import build_family_model
+    from comfyui_persona.models.build import build_family_model
 
     return build_family_model(CACHE / "models" / "tiny-flux-v1", "flux", "tiny", seed=0)

@@ -7,7 +7,7 @@ import sys
 
 from PIL import Image
 
-from comfyui_persona.cli import build_parser, main
+from comfyui_persona.app.cli import build_parser, main
 
 
 def test_only_working_subcommands_are_listed():
@@ -17,7 +17,7 @@ def test_only_working_subcommands_are_listed():
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "comfyui_persona.cli", "--help"],
+    out = subprocess.run([sys.executable, "-m", "comfyui_persona.app.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "prepare" in out and "demo" in out
 
@@ -30,7 +30,11 @@ def test_prepare_prints_a_summary_table(tmp_path, astronaut, coffee, capsys):
     config = tmp_path / "prepare.yaml"
     config.write_text("resolution: 128\ntoken: ohwx\n")
     assert main(["prepare", str(photos), str(tmp_path / "ds"), "--config", str(config)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # the progress line is drawn once per new count: the start, then one per photo
+    updates = [line for line in captured.err.replace("\r", "\n").splitlines() if line.startswith("prepare:")]
+    assert len(updates) == 3 and updates[0] == "prepare: 0/2 photos" and updates[-1].startswith("prepare: 2/2"), updates
     assert "a.png" in out and "accepted" in out and "no face" in out
     assert "1 accepted, 1 rejected" in out
     assert (tmp_path / "ds" / "a.txt").read_text().strip() == "a photo of ohwx person"
@@ -129,7 +133,7 @@ def test_fetch_weights_downloads_into_the_cache_and_the_lookup_finds_them(tmp_pa
     import http.server
     import threading
 
-    from comfyui_persona.weights import FACENET_VGGFACE2, find_weights
+    from comfyui_persona.core.weights import FACENET_VGGFACE2, find_weights
 
     served = tmp_path / "mirror"
     served.mkdir()

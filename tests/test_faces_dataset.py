@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from comfyui_persona.config_base import ConfigError
+from comfyui_persona.core.config import ConfigError
 from comfyui_persona.faces.config import PrepareConfig
 from comfyui_persona.faces.dataset import prepare_dataset, read_dataset
 

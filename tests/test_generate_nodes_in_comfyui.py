@@ -34,7 +34,7 @@ def test_gated_sampler_resamples_with_new_seeds_when_the_threshold_is_not_met(se
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
             "vae": ["1", 2], "reference": ["5", 0], "seed": 40, "steps": 2, "cfg": 5.0,
             "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
-            "threshold": 0.91, "max_attempts": 3, "cfg_schedule": "5, 4", "steps_schedule": "",
+            "threshold": 0.0, "max_attempts": 3, "cfg_schedule": "5, 4", "steps_schedule": "",
             "reference_mode": "mean_reference"}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "gate_best"}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": "gate_all"}},
@@ -71,3 +71,71 @@ def test_enhancement_nodes_run_in_a_graph(server):
     texts = [entry["outputs"][n]["text"][0] for n in ("2", "3", "4")]
     assert texts[0].startswith("sharpen") and "#0:" in texts[0]
     assert "film_grain" in texts[2]
+
+
+@pytest.fixture(scope="module")
+def server_with_every_embedder(tmp_path_factory, sd15_model, astronaut):
+    """A second server whose model folders hold a weights file for every embedder. Only dlib's
+    pretrained weights exist on this machine; the others are their real architectures with
+    random weights, saved where users keep the real files (the gate's threshold is what is
+    checked, not the scores). A server of its own, so no other test sees these files."""
+    import torch
+
+    from comfy_server import CACHE, ComfyServer
+    from test_identity import _tiny_arcface_onnx
+
+    server = ComfyServer.create(tmp_path_factory.mktemp("comfy-embedders"), "comfyui-embedders")
+    (server.models / "diffusers" / "persona-sd15").symlink_to(sd15_model, target_is_directory=True)
+    Image.fromarray(astronaut).save(server.input_dir / "persona_reference.png")
+    cache = CACHE / "random-embedder-weights"
+    facenet = cache / "facenet" / "20180402-114759-vggface2.pt"
+    clip = cache / "clip" / "open_clip_ViT-B-32_laion2b_s34b_b79k.bin"
+    if not facenet.is_file():
+        from facenet_pytorch import InceptionResnetV1
+
+        facenet.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(InceptionResnetV1(pretrained=None).state_dict(), facenet)
+    if not clip.is_file():
+        import open_clip
+
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.half() for k, v in open_clip.create_model("ViT-B-32").state_dict().items()}, clip)
+    for source in (facenet, clip):
+        (server.models / source.parent.name).mkdir(exist_ok=True)
+        (server.models / source.parent.name / source.name).symlink_to(source)
+    _tiny_arcface_onnx(server.models / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_gated_sampler_applies_each_embedders_calibrated_threshold(server_with_every_embedder):
+    """threshold 0 (the default) gates at the chosen embedder's own calibrated threshold, and
+    the node says which it used; an explicit threshold is used as given."""
+    from comfyui_persona.faces.identity import calibrated_threshold
+
+    server = server_with_every_embedder
+    info = server.get("/object_info/PersonaIdentityGatedSampler")["PersonaIdentityGatedSampler"]
+    assert info["input"]["required"]["threshold"][1]["default"] == 0.0
+    cases = [(name, 0.0) for name in ("dlib", "facenet", "arcface", "clip")] + [("facenet", 0.77)]
+    for embedder, threshold in cases:
+        graph = {
+            "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
+            "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
+                "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
+                "vae": ["1", 2], "reference": ["5", 0], "seed": 0, "steps": 1, "cfg": 5.0,
+                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": embedder,
+                "threshold": threshold, "max_attempts": 1, "cfg_schedule": "", "steps_schedule": "",
+                "reference_mode": "mean_reference"}},
+            "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+        }
+        entry = server.run_prompt(graph)
+        assert entry["status"]["status_str"] == "success", (embedder, entry["status"])
+        summary = entry["outputs"]["6"]["text"][0]
+        expected = threshold or calibrated_threshold(embedder)
+        how = "given" if threshold else "calibrated"
+        assert f"threshold {expected} ({how}, {embedder})" in summary, summary
+    assert sorted({calibrated_threshold(n) for n in ("dlib", "facenet", "arcface", "clip")}) == [0.35, 0.4, 0.85, 0.91]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_persona.config_base import ConfigError
+from comfyui_persona.core.config import ConfigError
 from comfyui_persona.faces.identity import NoFaceError, get_embedder, identity_scores, reference_embedding
-from comfyui_persona.trainers.identity_loss import face_box_latent
+from comfyui_persona.trainers.loop.identity_loss import face_box_latent
 from comfyui_persona.trainers.loop import train
-from comfyui_persona.trainers.run_dir import read_log
-from comfyui_persona.weights import WeightsNotFound
+from comfyui_persona.trainers.outputs.run_dir import read_log
+from comfyui_persona.core.weights import WeightsNotFound
 
 from trainer_helpers import tiny_config
 

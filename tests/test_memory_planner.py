@@ -12,7 +12,7 @@ import torch
 from comfy_server import REPO
 from trainer_helpers import tiny_config
 from comfyui_persona.trainers.config import TrainConfig
-from comfyui_persona.trainers.planner import PlanError, plan
+from comfyui_persona.trainers.memory.planner import PlanError, plan
 
 
 def _cfg(family="sd15", **fields):
@@ -20,8 +20,8 @@ def _cfg(family="sd15", **fields):
 
 
 def test_meta_simulation_predicts_the_measured_cpu_peak():
-    from comfyui_persona.trainers.architectures import instantiate
-    from comfyui_persona.trainers.memory_sim import LiveTensorMeter, run_steps, simulate_peak
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.trainers.memory.simulate import LiveTensorMeter, run_steps, simulate_peak
 
     for family, fields in (("sdxl", dict(gradient_checkpointing=True, mixed_precision="bf16")),
                            ("flux", dict(quantize_base="fp8", mixed_precision="bf16"))):
@@ -34,7 +34,7 @@ def test_meta_simulation_predicts_the_measured_cpu_peak():
 
 
 def test_checkpointing_lowers_the_simulated_peak_of_the_real_sdxl():
-    from comfyui_persona.trainers.memory_sim import simulate_peak
+    from comfyui_persona.trainers.memory.simulate import simulate_peak
 
     base = dict(family="sdxl", resolution=1024, mixed_precision="bf16")
     plain = simulate_peak("sdxl", TrainConfig(base_model="x", dataset="y", **base))
@@ -92,7 +92,7 @@ def test_memory_auto_plans_a_real_run_and_logs_the_prediction(tiny_model, face_d
     assert plan_record[0]["predicted_peak_mb"] > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["memory"] == "auto"  # the run dir keeps what was asked; the plan is in the log
-    from comfyui_persona.config_base import ConfigError
+    from comfyui_persona.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="vram_budget_gb: memory 'auto' on a machine without a CUDA"):
         train(tiny_config(tiny_model, face_dataset, tmp_path / "run2", memory="auto"))

@@ -71,7 +71,7 @@ def test_lpips_agrees_with_the_lpips_package(net, pairs):
 
 def test_lpips_without_backbone_weights_says_what_is_missing(monkeypatch, tmp_path):
     from comfyui_persona.metrics.perceptual import LPIPS
-    from comfyui_persona.weights import WeightsNotFound
+    from comfyui_persona.core.weights import WeightsNotFound
 
     monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "w"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -81,7 +81,7 @@ def test_lpips_without_backbone_weights_says_what_is_missing(monkeypatch, tmp_pa
 
 def test_inception_features_and_missing_weights(monkeypatch, tmp_path, astronaut, grace_hopper):
     from comfyui_persona.metrics.inception import InceptionFeatures, features
-    from comfyui_persona.weights import WeightsNotFound
+    from comfyui_persona.core.weights import WeightsNotFound
 
     monkeypatch.setenv("PERSONA_WEIGHTS", str(tmp_path / "w"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
@@ -93,8 +93,8 @@ def test_inception_features_and_missing_weights(monkeypatch, tmp_path, astronaut
 
 
 def test_clip_score_uses_the_exact_clip_tokenizer_and_is_deterministic(astronaut, grace_hopper, monkeypatch):
-    import comfyui_persona.clip_models as cm
-    from comfyui_persona.clip_models import load_clip
+    import comfyui_persona.core.clip_models as cm
+    from comfyui_persona.core.clip_models import load_clip
     from comfyui_persona.metrics.report import _clip_rows
 
     model, preprocess, tokenizer = load_clip("ViT-B-32", "random")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from comfy_server import REPO
 from trainer_helpers import tiny_config
-from comfyui_persona.trainers.export import read_lora_metadata
+from comfyui_persona.trainers.outputs.export import read_lora_metadata
 from comfyui_persona.trainers.loop import train
 
 
@@ -106,7 +106,7 @@ def test_sdxl_lora_applies_fully_in_comfyui(sdxl_run, tiny_sdxl, comfy, tmp_path
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from comfyui_persona.trainers.ldm_keys import unet_to_ldm
+    from comfyui_persona.models.keys.ldm import unet_to_ldm
 
     cfg, result = sdxl_run
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl / "unet")
@@ -140,11 +140,11 @@ def flux_run(tiny_flux, face_dataset, tmp_path_factory):
 
 
 def test_flux_lora_trains_on_an_fp8_base_without_text_encoders(flux_run):
-    from comfyui_persona.trainers.quantize import Fp8Linear
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
 
     cfg, result, events = flux_run
     assert result.steps_done == 4 and result.final_loss is not None
-    unet = events["unet"]
+    unet = events["denoiser"]
     assert events["text_encoder"] is None and events["text_encoder_2"] is None  # cached, then dropped
     bases = [m.base_layer for m in unet.modules() if hasattr(m, "base_layer")]
     assert bases and all(isinstance(b, Fp8Linear) for b in bases)
@@ -206,8 +206,8 @@ def test_flux_loads_from_separate_single_files(tiny_flux, tmp_path, monkeypatch)
     and the VAE, read with the configs shipped in configs/flux."""
     from diffusers import FluxTransformer2DModel
 
-    from comfyui_persona.trainers.flux_keys import diffusers_to_bfl
-    from comfyui_persona.trainers.models import load_components
+    from comfyui_persona.models.families.flux.keys import diffusers_to_bfl
+    from comfyui_persona.models.loading import load_components
 
     ref = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer")
     save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in
@@ -230,8 +230,8 @@ def test_flux_loads_from_separate_single_files(tiny_flux, tmp_path, monkeypatch)
     (configs / ".complete").write_text("flux")
     comps = load_components("flux", tmp_path / "flux1-tiny.safetensors", clip_l=tmp_path / "clip_l.safetensors",
                             t5=tmp_path / "t5xxl.safetensors", vae=tmp_path / "ae.safetensors")
-    assert comps.unet.config.num_single_layers == ref.config.num_single_layers
-    own = comps.unet.state_dict()
+    assert comps.denoiser.config.num_single_layers == ref.config.num_single_layers
+    own = comps.denoiser.state_dict()
     assert all(torch.equal(own[k], v) for k, v in ref.state_dict().items())
     assert comps.text_encoder_2 is not None and comps.tokenizer_2 is not None
     ids = comps.tokenizer_2(["a photo"], return_tensors="pt").input_ids
@@ -239,7 +239,7 @@ def test_flux_loads_from_separate_single_files(tiny_flux, tmp_path, monkeypatch)
 
 
 def test_flux_single_file_needs_its_text_encoders(tiny_flux, face_dataset, tmp_path):
-    from comfyui_persona.config_base import ConfigError
+    from comfyui_persona.core.config import ConfigError
 
     f = tmp_path / "flux.safetensors"
     save_file({"x": torch.zeros(1)}, str(f))
@@ -249,7 +249,7 @@ def test_flux_single_file_needs_its_text_encoders(tiny_flux, face_dataset, tmp_p
 
 
 def test_family_capabilities_are_checked_before_any_model_loads(tiny_flux, face_dataset, tmp_path):
-    from comfyui_persona.config_base import ConfigError
+    from comfyui_persona.core.config import ConfigError
 
     for fields, message in ((dict(prior_preservation=True), "prior_preservation"),
                             (dict(method="dreambooth"), "method"),

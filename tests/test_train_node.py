@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from comfyui_persona.samples import write_subject_photos
+from comfyui_persona.faces.samples import write_subject_photos
 from comfyui_persona.trainers.config import TrainConfig
 
 pytestmark = pytest.mark.server

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_persona.trainers.export import read_lora_metadata
+from comfyui_persona.trainers.outputs.export import read_lora_metadata
 from comfyui_persona.trainers.loop import Callbacks, train
-from comfyui_persona.trainers.run_dir import read_log
+from comfyui_persona.trainers.outputs.run_dir import read_log
 
 from trainer_helpers import tiny_config
 
@@ -20,7 +20,7 @@ def test_loss_falls_and_only_the_lora_weights_change(tiny_model, face_dataset, t
     snapshot = {}
 
     def on_start(info):
-        unet = info["unet"]
+        unet = info["denoiser"]
         snapshot["frozen"] = {n: p.detach().clone() for n, p in unet.named_parameters()
                               if not p.requires_grad and "attn1.to_q" in n}
         snapshot["lora"] = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_persona.deps import MissingDependencyError
-from comfyui_persona.trainers import memory
+from comfyui_persona.core.deps import MissingDependencyError
+from comfyui_persona.trainers.memory import techniques as memory
 from comfyui_persona.trainers.loop import Callbacks, train
-from comfyui_persona.trainers.models import load_sd15
+from comfyui_persona.models.loading import load_components
 
 from trainer_helpers import tiny_config
 
@@ -41,7 +41,7 @@ def _saved_activation_bytes(unet, checkpointing: bool) -> int:
 
 
 def test_gradient_checkpointing_saves_fewer_activations(tiny_model):
-    unet = load_sd15(tiny_model).unet
+    unet = load_components("sd15", tiny_model).denoiser
     memory.freeze(unet)
     full = _saved_activation_bytes(unet, False)
     checkpointed = _saved_activation_bytes(unet, True)
@@ -91,7 +91,7 @@ def test_set_to_none_frees_gradients(tiny_model, face_dataset, tmp_path):
     seen = {}
 
     def on_start(info):
-        seen["params"] = [p for p in info["unet"].parameters() if p.requires_grad]
+        seen["params"] = [p for p in info["denoiser"].parameters() if p.requires_grad]
 
     def on_log(_record):
         seen.setdefault("grads", []).append([p.grad for p in seen["params"]])
@@ -131,7 +131,7 @@ def test_bf16_keeps_trainable_weights_in_fp32(tiny_model, face_dataset, tmp_path
     dtypes = {}
 
     def on_start(info):
-        unet = info["unet"]
+        unet = info["denoiser"]
         dtypes["trainable"] = {p.dtype for p in unet.parameters() if p.requires_grad}
         dtypes["frozen"] = {p.dtype for p in unet.parameters() if not p.requires_grad}
 
@@ -142,7 +142,7 @@ def test_bf16_keeps_trainable_weights_in_fp32(tiny_model, face_dataset, tmp_path
 
 
 def test_fp16_on_cpu_is_refused_with_the_field_named(tiny_model, face_dataset, tmp_path):
-    from comfyui_persona.config_base import ConfigError
+    from comfyui_persona.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="mixed_precision"):
         train(tiny_config(tiny_model, face_dataset, tmp_path / "run", mixed_precision="fp16", device="cpu"))
@@ -159,7 +159,7 @@ def test_optimizers(tiny_model, face_dataset, tmp_path):
 
 
 def test_vae_slicing_and_tiling_switches(tiny_model):
-    vae = load_sd15(tiny_model).vae
+    vae = load_components("sd15", tiny_model).vae
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     memory.configure_vae(vae, slicing=False, tiling=False)
     with torch.no_grad():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import comfyui_persona.trainers.models as models
-from comfyui_persona.config_base import ConfigError
+import comfyui_persona.models.loading as models
+from comfyui_persona.core.config import ConfigError
 from comfyui_persona.trainers.config import TrainConfig
 from comfyui_persona.trainers.loop import train
 

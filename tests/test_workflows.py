@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from comfy_server import REPO, ComfyServer
-from comfyui_persona.cli import main
-from comfyui_persona.comfy_graph import api_to_ui, ui_to_api
-from comfyui_persona.samples import write_subject_photos
+from comfyui_persona.app.cli import main
+from comfyui_persona.comfy_client.graph import api_to_ui, ui_to_api
+from comfyui_persona.faces.samples import write_subject_photos
 
 pytestmark = pytest.mark.server
 WORKFLOWS = sorted((REPO / "workflows").glob("*.api.json"))

@@ -1,10 +1,10 @@
-"""``python -m comfyui_persona.trainers CONFIG [...]`` = ``persona train CONFIG [...]``.
+"""``python -m comfyui_persona.trainers CONFIG [...]``: the headless training entry.
 
-This is the entry for data-parallel training:
+Also the entry for data-parallel training:
 ``accelerate launch --num_processes 2 -m comfyui_persona.trainers config.yaml``.
 """
 import sys
 
-from ..cli import main
+from .entry import main
 
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Entry of a training child process, run by file path:
+"""Entry of a training child process (the Train node's), run by file path:
 
     python <pack>/trainers/child.py CONFIG --json-events
 
@@ -28,6 +28,6 @@ def _import_pack():
 
 if __name__ == "__main__":
     _import_pack()
-    from comfyui_persona.cli import main
+    from comfyui_persona.trainers.entry import main
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

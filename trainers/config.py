@@ -11,14 +11,17 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config_base import ConfigError, JobConfig, divisible_by_8
+from ..core.config import JobConfig, divisible_by_8
+from ..models.families import FAMILIES, get_family
+
+FamilyName = Literal[tuple(FAMILIES)]  # every registered family
 
 
 class TrainConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
     # what
     base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint (FLUX: the transformer file).")
-    family: Literal["sd15", "sdxl", "flux"] = Field("sd15", description="Model family: Stable Diffusion 1.x, SDXL, or FLUX.1 (dev/schnell).")
+    family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, or flux (FLUX.1 dev/schnell); one module each in models/families.")
     clip_l: str = Field("", description="FLUX single files: the CLIP-L text encoder file (models/text_encoders or models/clip).")
     t5: str = Field("", description="FLUX single files: the T5-XXL text encoder file.")
     vae: str = Field("", description="FLUX single files: the VAE file (ae.safetensors).")
@@ -109,8 +112,6 @@ class TrainConfig(JobConfig):
             raise ValueError("instance_prompt: must contain {token}")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is more than steps ({self.steps})")
-        from .families import get_family
-
         fam = get_family(self.family)
         if self.method == "dreambooth" and not fam.supports_dreambooth:
             raise ValueError(f"method: full DreamBooth is not offered for family '{self.family}'; use "
@@ -121,20 +122,19 @@ class TrainConfig(JobConfig):
             raise ValueError(f"identity_loss_weight: the identity loss is not offered for family '{self.family}'")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
-        if self.family == "flux" and self.resolution % 16:
-            raise ValueError(f"resolution: FLUX needs a multiple of 16 (2x2 patches of 8x latents), got {self.resolution}")
-        if self.family != "flux" and (self.clip_l or self.t5 or self.vae):
-            raise ValueError("clip_l/t5/vae: separate text encoder and VAE files are for family 'flux'")
+        fam.check_config(self)
         return self
 
     @property
     def lora_targets(self) -> list[str]:
-        from .families import get_family
-
         return list(self.target_modules) or list(get_family(self.family).lora_targets)
 
     def fill(self, text: str) -> str:
         return text.replace("{token}", self.token).replace("{class}", self.class_noun)
+
+    def class_cache_dir(self) -> Path:
+        """Where class images are cached (shared by every run beside this one)."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir).parent / ".class_cache"
 
     def check_paths(self) -> None:
         """Checks that need the file system, still before any model loads."""
@@ -142,26 +142,22 @@ class TrainConfig(JobConfig):
 
         model = Path(self.base_model)
         if not model.exists():
-            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' does not exist")
+            raise self.field_error("base_model", f"'{model}' does not exist")
         if model.is_file() and model.suffix.lower() != ".safetensors":
-            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a .safetensors "
-                              f"checkpoint or a diffusers folder")
+            raise self.field_error("base_model", f"'{model}' is not a .safetensors checkpoint or a diffusers folder")
         for name in ("clip_l", "t5", "vae"):
             value = getattr(self, name)
             if value and not Path(value).is_file():
-                raise ConfigError(f"invalid TrainConfig:\n  {name}: '{value}' is not a file")
-        if model.is_file() and self.family == "flux" and not (self.clip_l and self.t5 and self.vae):
-            raise ConfigError("invalid TrainConfig:\n  base_model: a single FLUX transformer file needs its "
-                              "text encoders and VAE too: set clip_l, t5 and vae")
+                raise self.field_error(name, f"'{value}' is not a file")
+        get_family(self.family).check_files(self)
         if model.is_dir() and not (model / "model_index.json").is_file() and not (model / "unet").is_dir():
-            raise ConfigError(f"invalid TrainConfig:\n  base_model: '{model}' is not a diffusers model folder "
-                              f"(no model_index.json)")
+            raise self.field_error("base_model", f"'{model}' is not a diffusers model folder (no model_index.json)")
         try:
             items = read_dataset(self.dataset)
         except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"invalid TrainConfig:\n  dataset: {exc}") from None
+            raise self.field_error("dataset", str(exc)) from None
         if not items:
-            raise ConfigError(f"invalid TrainConfig:\n  dataset: '{self.dataset}' holds no accepted image")
+            raise self.field_error("dataset", f"'{self.dataset}' holds no accepted image")
 
 
 # Regimes of reference 002 (DreamBooth reproduction) and the LoRA settings of reference 001.
@@ -178,7 +174,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def from_preset(name: str, **fields) -> TrainConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"invalid TrainConfig:\n  preset: unknown '{name}', one of {sorted(PRESETS)}")
-    return TrainConfig.from_dict({**PRESETS[name], **fields}, source=f"TrainConfig (preset {name})")
+def with_preset(base: dict, preset: str | None, overrides: dict | None = None) -> dict:
+    """Config fields: ``base`` (a file, node widgets), then the preset's fields over it, then
+    ``overrides`` (``--set``) over both. ``preset`` None or 'custom' adds nothing."""
+    fields = dict(base)
+    if preset and preset != "custom":
+        if preset not in PRESETS:
+            raise TrainConfig.field_error("preset", f"unknown '{preset}', one of {', '.join(sorted(PRESETS))}")
+        fields.update(PRESETS[preset])
+    fields.update(overrides or {})
+    return fields

@@ -1,5 +1,5 @@
 """Training in a child process (what the ComfyUI node uses): an out-of-memory error or a
-crash ends the child, never the server; progress streams back as JSON lines; a cancel
+crash ends the child, never the server; progress streams back as events (``events``); a cancel
 request ends the child; a finished run with the same dataset and config is reused."""
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import events
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 CHILD = Path(__file__).with_name("child.py")
-DONE = "persona_run.json"
+FINISHED = "persona_run.json"  # marks a finished run (its key and summary)
 
 
 class TrainingCancelled(RuntimeError):
@@ -48,7 +49,7 @@ def run_key(cfg: TrainConfig) -> str:
 
 
 def cached_run(run_dir: Path, key: str) -> RunOutcome | None:
-    marker = run_dir / DONE
+    marker = run_dir / FINISHED
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text())
@@ -87,18 +88,24 @@ def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | Non
             del stderr_tail[:-200]
 
     threading.Thread(target=drain_stderr, daemon=True).start()
-    events: list[dict] = []
-    reader = threading.Thread(target=lambda: [events.append(json.loads(l)) for l in proc.stdout
-                                              if l.startswith("{")], daemon=True)
+    received: list[dict] = []
+
+    def read_events():
+        for line in proc.stdout:
+            event = events.decode(line)
+            if event is not None:
+                received.append(event)
+
+    reader = threading.Thread(target=read_events, daemon=True)
     reader.start()
     seen = 0
     cancelled = False
     try:
         while True:
             finished = proc.poll() is not None
-            while seen < len(events):
+            while seen < len(received):
                 if on_event:
-                    on_event(events[seen])  # may raise (e.g. the host's interrupt): see finally
+                    on_event(received[seen])  # may raise (e.g. the host's interrupt): see finally
                 seen += 1
             if finished and not reader.is_alive():
                 break
@@ -115,10 +122,10 @@ def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | Non
     if proc.returncode != 0:
         tail = "".join(stderr_tail[-40:])
         raise TrainingFailed(f"training failed (exit code {proc.returncode}); its last output:\n{tail}")
-    done = [e for e in events if e.get("event") == "done"]
+    done = [e for e in received if e.get("event") == events.DONE]
     summary = done[-1] if done else {}
     lora = run_dir / "lora.safetensors"
-    (run_dir / DONE).write_text(json.dumps({"key": key, "summary": summary}, indent=2))
+    (run_dir / FINISHED).write_text(json.dumps({"key": key, "summary": summary}, indent=2))
     return RunOutcome(run_dir, lora, summary, False)
 
 

@@ -1,0 +1,320 @@
+"""The ``persona`` command line. Each subcommand is a thin wrapper over a headless function.
+
+Only subcommands that work are listed; later stages add theirs here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("comfyui_persona")
+
+
+def _progress_lines(desc: str, unit: str):
+    """A progress line on stderr for each new count (redrawn in place on a terminal):
+    ``update(done, total, name)`` and ``close()``."""
+    last = {"done": None}
+    tty = sys.stderr.isatty()
+
+    def update(done: int, total: int, name: str) -> None:
+        if done == last["done"]:
+            return
+        last["done"] = done
+        line = f"{desc}: {done}/{total} {unit}s" + (f" ({name[:40]})" if name else "")
+        sys.stderr.write(f"\r{line:<72}" if tty else line + "\n")
+        sys.stderr.flush()
+
+    def close() -> None:
+        if tty and last["done"] is not None:
+            sys.stderr.write("\n")
+
+    return update, close
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..core.config import ConfigError
+    from ..faces.config import PrepareConfig
+    from ..faces.dataset import prepare_dataset
+    from ..core.tables import text_table
+
+    try:
+        cfg = PrepareConfig.from_file(args.config) if args.config else PrepareConfig()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    update, close = _progress_lines("prepare", "photo")
+    try:
+        result = prepare_dataset(args.photos_dir, args.dataset_dir, cfg, progress=update)
+    except (FileNotFoundError, ValueError) as exc:
+        close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    close()
+    print(text_table(["photo", "status", "caption or reason"], result.summary_rows()))
+    rate = len(result.entries) / result.seconds if result.seconds > 0 else 0.0
+    print(f"\n{len(result.accepted)} accepted, {len(result.rejected)} rejected; "
+          f"{result.processed} processed, {result.reused} unchanged"
+          + (f", {len(result.removed)} removed" if result.removed else "")
+          + f" in {result.seconds:.1f} s ({rate:.1f} photos/s)\ndataset: {result.dataset_dir}")
+    return 0 if result.accepted else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..trainers.entry import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from PIL import Image
+
+    from ..faces.identity import NoFaceError, get_embedder
+    from ..faces.photos import load_folder
+    from ..generation.diffusers_backend import DiffusersGenerator
+    from ..generation.gate import GateSettings
+    from ..generation.session import generate_to_folder
+
+    out = Path(args.out)
+    try:
+        photos, errors = load_folder(args.reference, max_side=1024)
+        if not photos:
+            raise ValueError(f"--reference: no readable photo in '{args.reference}'")
+        settings = GateSettings(threshold=args.threshold, max_attempts=args.max_attempts,
+                                lora_strength_step=args.lora_strength_step)
+        settings.validate()
+        embedder = get_embedder(args.embedder)
+        generator = DiffusersGenerator(args.base_model, args.lora)
+    except (ValueError, FileNotFoundError, NoFaceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    references = [p.pixels for p in photos]
+    base = {"prompt": args.prompt, "negative": args.negative, "seed": args.seed, "steps": args.steps,
+            "cfg": args.cfg, "width": args.size, "height": args.size, "lora_strength": args.lora_strength}
+
+    def on_attempt(attempt, _image):
+        score = "no face" if attempt.score is None else f"{attempt.score:.4f}"
+        print(f"attempt {attempt.index}: seed {attempt.params['seed']}, identity {score}"
+              + (" PASS" if attempt.passed else ""), flush=True)
+
+    try:
+        result = generate_to_folder(generator, embedder, references, base, settings, out, on_attempt)
+    except NoFaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {"gate": result.to_json(), "base_model": args.base_model, "lora": args.lora,
+              "base_model_random_weights": generator.random_weights,
+              "skipped_references": [str(e) for e in errors]}
+    final = result.best_image
+    if args.enhance:
+        from ..generation.enhance import enhance_chain
+
+        names = [s.strip() for s in args.enhance.split(",") if s.strip()]
+        steps = [(n, {"crop_size": args.size} if n == "face_refine" else {}) for n in names]
+        regenerate = (generator.refiner(args.prompt, args.negative, seed=args.seed, steps=args.steps)
+                      if "face_refine" in names else None)
+        (final,), (reports,) = enhance_chain([final], references, steps, args.embedder, args.tolerance,
+                                             regenerate=regenerate)
+        report["enhance"] = [rep.__dict__ for rep in reports]
+        for rep in reports:
+            print(f"{rep.name}: {'applied' if rep.applied else 'rejected'}" + (f" ({rep.reason})" if rep.reason else ""))
+        Image.fromarray(final).save(out / "enhanced.png")
+    (out / "generate.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} "
+          f"(threshold {result.threshold}, {result.embedder}); images and generate.json in {out}")
+    return 0 if result.passed else 3
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..faces.photos import load_folder
+    from ..metrics.report import evaluate, expand_prompts, metrics_table, steps_table, write_report
+
+    if args.run:
+        from ..metrics.over_steps import evaluate_run
+
+        try:
+            results, chart = evaluate_run(args.run, args.embedder)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(steps_table(results))
+        print(f"\nplot: {chart}")
+        return 0
+    if not (args.generated and args.reference):
+        print("error: give --generated and --reference, or --run RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        generated, gen_errors = load_folder(args.generated, max_side=1024)
+        references, ref_errors = load_folder(args.reference, max_side=1024)
+        prompts = None
+        if args.prompts:  # one prompt, or one per image in file-name order
+            prompts = expand_prompts(Path(args.prompts).read_text(encoding="utf-8").splitlines(), len(generated))
+        rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
+                        embedder=args.embedder)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    json_path, _ = write_report(rows, args.out, {"generated": args.generated, "reference": args.reference,
+                                                 "skipped_files": [str(e) for e in gen_errors + ref_errors]})
+    print(metrics_table(rows))
+    print(f"\nreport: {json_path} and report.csv")
+    return 0
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from ..core.tables import text_table
+    from ..core.weights import all_weights, cache_dir, fetch
+
+    rows, failed = [], 0
+    for spec in all_weights():
+        if args.only and spec.filename not in args.only:
+            continue
+        if not spec.fetchable:
+            rows.append((spec.filename, "by hand", f"unpack {spec.url} into {cache_dir() / spec.comfy_folder}"))
+            continue
+        try:
+            path = fetch(spec, args.mirror)
+            rows.append((spec.filename, "ok", str(path)))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failed += 1
+            rows.append((spec.filename, "FAILED", str(exc)[:120]))
+    print(text_table(["file", "result", "where / why"], rows))
+    return 1 if failed else 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    import json
+
+    from ..comfy_client.client import ComfyClient, PromptFailed, PromptRejected, ServerGone, apply_overrides
+    from ..comfy_client.graph import WorkflowError
+
+    path = Path(args.workflow)
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: workflow '{path}': {exc}", file=sys.stderr)
+        return 2
+    client = ComfyClient(args.server)
+
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "executing" and data.get("node"):
+            print(f"running node {data['node']}", file=sys.stderr, flush=True)
+        elif kind == "progress":
+            print(f"  {data.get('value')}/{data.get('max')}", file=sys.stderr, flush=True)
+
+    try:
+        prompt = apply_overrides(client.to_api(workflow), args.set or [])
+        result = client.run(prompt, Path(args.out), on_event)
+    except (PromptRejected, WorkflowError, ValueError) as exc:
+        print(f"error: the server refused the workflow:\n{exc}", file=sys.stderr)
+        return 2
+    except ServerGone as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except PromptFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"prompt {result.prompt_id} done; {len(result.files)} files in {args.out}")
+    for f in result.files:
+        print(f"  {f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    import os
+
+    base = args.base_model or os.environ.get("PERSONA_BASE_MODEL") or None
+    _summary, text = run_demo(Path(args.out), quick=args.quick, base_model=base)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..faces.identity import BACKENDS
+    from ..trainers.entry import add_arguments as add_train_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="persona", description="Personalized image generation: prepare, train, generate, measure.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="photos folder -> aligned, filtered, captioned dataset")
+    p.add_argument("photos_dir", help="folder of 3-20 photos of the subject (never modified)")
+    p.add_argument("dataset_dir", help="dataset folder to create or update")
+    p.add_argument("--config", help="PrepareConfig as JSON or YAML")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a LoRA from a dataset (TrainConfig as JSON/YAML)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="identity-gated generation (+ identity-safe enhancement)",
+                       description="Exit code 0: the gate passed; 3: it did not (the best attempt is kept); 2: bad input.")
+    p.add_argument("--base-model", required=True, help="diffusers folder or single-file .safetensors")
+    p.add_argument("--lora", help="a Persona / kohya LoRA .safetensors")
+    p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--lora-strength-step", type=float, default=0.0, help="added to the strength at each new attempt")
+    p.add_argument("--reference", required=True, help="folder of photos of the subject")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="")
+    p.add_argument("--embedder", choices=BACKENDS, default="dlib")
+    p.add_argument("--threshold", type=float, help="identity cosine to pass (default: the embedder's calibrated one)")
+    p.add_argument("--max-attempts", type=int, default=4)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--enhance", default="", help="comma-separated: face_refine,color_match,sharpen,denoise,film_grain")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest identity drop an enhancement may cause")
+    p.add_argument("--out", default="runs/generate")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="measure generated images against reference photos")
+    p.add_argument("--generated", help="folder of generated images")
+    p.add_argument("--reference", help="folder of reference photos")
+    p.add_argument("--run", help="a training run: its validation samples at each step against its dataset")
+    p.add_argument("--prompts", help="text file: one prompt, or one per generated image")
+    p.add_argument("--embedder", choices=BACKENDS, default="dlib")
+    p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fetch-weights", help="download every pretrained weights file into the Persona cache")
+    p.add_argument("--mirror", help="a base URL that serves the files by name, instead of their original addresses")
+    p.add_argument("--only", nargs="+", metavar="FILE", help="only these file names")
+    p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("queue", help="run a workflow (UI or API format) on a running ComfyUI",
+                       description="Exit codes: 0 done, 1 a node failed, 2 refused by validation, "
+                                   "3 the server cannot be reached or went away.")
+    p.add_argument("workflow", help="workflow JSON (UI format is converted with the server's /object_info)")
+    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input (repeatable)")
+    p.add_argument("--out", default="runs/queue", help="where output images and history.json go")
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="shortest settings (used by the tests)")
+    p.add_argument("--base-model", help="a real SD1.x diffusers model folder instead of the tiny "
+                                        "random-weight model (or set PERSONA_BASE_MODEL)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

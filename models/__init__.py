@@ -1,0 +1,6 @@
+"""Diffusion models: the components a trainer or sampler uses (``components``), one module
+per model family (``families``: loading, tokenizers, objective, sampling, LoRA key layout),
+architectures at test and published size (``architectures``), random-weight model folders
+(``build``), single-file checkpoints and the key layouts of other tools (``keys``).
+
+May import: ``core``."""

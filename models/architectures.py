@@ -1,0 +1,135 @@
+"""Architectures of every family at two sizes, built from config with random weights.
+
+``tiny``: seconds-fast on a CPU, for tests and the demo. ``real``: the published sizes
+(SD1.5, SDXL base 1.0, FLUX.1-dev), for the memory benchmark and the planner; built on the
+``meta`` device they cost no memory, which is how the planner simulates a training step.
+No model hub is contacted: every config is written out here.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..core.paths import cache_root
+
+Size = Literal["tiny", "real"]
+
+_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+               projection_dim=768, hidden_act="quick_gelu")
+_CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+               projection_dim=1280, hidden_act="gelu")
+_CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  projection_dim=32, hidden_act="quick_gelu")
+_VAE_REAL = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+_VAE_TINY = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=128)
+
+ARCHITECTURES: dict[tuple[str, str], dict] = {
+    ("sd15", "tiny"): dict(
+        unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8),
+        vae=dict(_VAE_TINY, latent_channels=4), text=_CLIP_TINY),
+    ("sd15", "real"): dict(
+        unet=dict(sample_size=64, cross_attention_dim=768),
+        vae=dict(_VAE_REAL, latent_channels=4), text=_CLIP_L),
+    ("sdxl", "tiny"): dict(
+        unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                  attention_head_dim=(2, 4), cross_attention_dim=64, use_linear_projection=True,
+                  addition_embed_type="text_time", addition_time_embed_dim=8,
+                  projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8),
+        vae=dict(_VAE_TINY, latent_channels=4, scaling_factor=0.13025), text=_CLIP_TINY, text_2=_CLIP_TINY),
+    ("sdxl", "real"): dict(
+        unet=dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                  transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                  cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+                  addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+        vae=dict(_VAE_REAL, latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+        text=_CLIP_L, text_2=_CLIP_G),
+    ("flux", "tiny"): dict(
+        transformer=dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                         guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
+        vae=dict(_VAE_TINY, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        text=_CLIP_TINY,
+        t5=dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)),
+    ("flux", "real"): dict(
+        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                         guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        vae=dict(_VAE_REAL, latent_channels=16, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        text=_CLIP_L,
+        t5=dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)),
+}
+
+
+def architecture(family: str, size: str) -> dict:
+    try:
+        return ARCHITECTURES[(family, size)]
+    except KeyError:
+        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux, sizes tiny/real)") from None
+
+
+def instantiate(family: str, size: str = "tiny", device="cpu", dtype=None, seed: int = 0,
+                text_encoders: bool = True, tokenizers: bool = True):
+    """Components of ``family`` at ``size`` with random weights, in memory on ``device``
+    (``meta``: shapes only). Without ``text_encoders`` they are left out (cached-embedding
+    training never holds them)."""
+    import torch
+
+    from .components import Components
+    from .families import get_family
+
+    fam = get_family(family)
+    arch = architecture(family, size)
+    torch.manual_seed(seed)
+    dtype = dtype or torch.float32
+    with torch.device(device):
+        denoiser, vae, te, te2 = fam.build_modules(arch, text_encoders)
+    for m in (denoiser, vae, te, te2):
+        if m is not None and dtype != torch.float32:
+            m.to(dtype)
+    tok = tok2 = None
+    if tokenizers:
+        tok, tok2 = random_model_tokenizers(fam)
+    return Components(family, tok, te, vae, denoiser, fam.new_scheduler(), f"random:{family}-{size}",
+                      f"random-{family}-{size}-{seed}", True, tokenizer_2=tok2, text_encoder_2=te2)
+
+
+def random_model_tokenizers(fam):
+    """The family's tokenizers for random-weight models, written once into the cache."""
+    folder = cache_root() / "tokenizers" / fam.name
+    marker = folder / ".complete"
+    if not marker.is_file():
+        fam.write_tokenizers(folder, real=False)
+        marker.write_text(fam.name)
+    return fam.load_tokenizers(folder)
+
+
+def meta_components(family: str, base_model: str | None = None, size: str = "real"):
+    """Shapes-only components: of the model at ``base_model`` when it is a diffusers folder
+    (its own configs), else of the ``size`` architecture of ``family``."""
+    from pathlib import Path
+
+    import torch
+
+    from .components import Components
+    from .families import get_family
+
+    folder = Path(base_model) if base_model else None
+    if folder is None or not (folder / "model_index.json").is_file():
+        return instantiate(family, size, device="meta", tokenizers=False)
+    fam = get_family(family)
+    with torch.device("meta"):
+        denoiser, vae, te, te2 = fam.modules_from_configs(folder)
+    return Components(family, None, te, vae, denoiser, fam.new_scheduler(), str(folder), "meta", True,
+                      text_encoder_2=te2)

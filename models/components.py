@@ -1,0 +1,86 @@
+"""The parts of a diffusion model that training and sampling use, whatever the family, and
+the short stable ids (hashes) that name a base model in caches and LoRA metadata.
+
+Which classes fill the parts, and how they are read from a folder or single files, is the
+family's business (``models.families``; ``models.loading`` asks the family).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Components:
+    family: str
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    denoiser: Any  # the UNet (SD1.x, SDXL) or the transformer (FLUX)
+    scheduler: Any
+    source: str
+    model_hash: str
+    random_weights: bool
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+
+    @property
+    def vae_scale(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    @property
+    def vae_shift(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def text_encoders(self) -> list:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
+
+def _head_tail(digest, path: Path, label: str) -> None:
+    size = path.stat().st_size
+    digest.update(f"{label}:{size}".encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+
+
+def model_hash(folder: Path) -> str:
+    """A short stable id of a diffusers folder: the weights files' sizes and head and tail
+    bytes (hashing GBs in full is too slow for every run)."""
+    digest = hashlib.sha256()
+    for sub in ("unet", "transformer", "text_encoder", "text_encoder_2", "vae"):
+        for f in sorted((folder / sub).glob("*.safetensors")) + sorted((folder / sub).glob("*.bin")):
+            _head_tail(digest, f, f"{sub}/{f.name}")
+    return digest.hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    """A short stable id of one weights file (size, head and tail bytes)."""
+    digest = hashlib.sha256()
+    _head_tail(digest, Path(path), Path(path).name)
+    return digest.hexdigest()[:16]
+
+
+def folder_random_weights(folder: Path) -> bool:
+    """True for a folder written by ``models.build`` (random weights: mechanics, not quality)."""
+    marker = Path(folder) / "persona_model.json"
+    return bool(marker.is_file() and json.loads(marker.read_text()).get("random_weights", False))
+
+
+def file_random_weights(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("persona.random_weights") == "true"
+
+
+def require_diffusers_folder(folder: Path, part: str, family: str) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"base_model: '{folder}' is not a diffusers model folder (no model_index.json)")
+    if not (folder / part).is_dir():
+        raise ValueError(f"base_model: '{folder}' has no {part}/ folder: not a model of family '{family}'")

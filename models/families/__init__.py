@@ -1,0 +1,34 @@
+"""Model families: one module per family, registered by name.
+
+``get_family(name)`` is how everything else reaches a family (the config's checks, the
+trainer, the planner, the exporter, the model builder). Adding a family means adding one
+module with a :class:`~.base.Family` subclass and registering it below.
+"""
+from __future__ import annotations
+
+from .base import Family, Prediction
+from .flux import Flux
+from .sd15 import SD15
+from .sdxl import SDXL
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.name in FAMILIES:
+        raise ValueError(f"family '{family.name}' is registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+for _family in (SD15(), SDXL(), Flux()):
+    register(_family)
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"family: '{name}' is not one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+__all__ = ["FAMILIES", "Family", "Prediction", "get_family", "register"]

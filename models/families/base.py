@@ -1,0 +1,178 @@
+"""The interface every model family implements, and what the UNet families share.
+
+A family owns everything that differs between SD1.x, SDXL and FLUX: which classes make up
+the model and how they load (diffusers folder, single file, ComfyUI's separate files), its
+tokenizers, how it builds from an architecture table, how it encodes prompts, its training
+objective, the memory policy the loop follows, how it samples, and the kohya key layout of
+its LoRA files. The loop, the planner, the exporter and the sampler ask the family; none of
+them branches on its name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...core.deps import require
+from ..components import Components
+
+
+@dataclass
+class Prediction:
+    pred: torch.Tensor
+    target: torch.Tensor
+    noisy: torch.Tensor  # model input before packing (identity loss)
+    timesteps: torch.Tensor
+    weight: torch.Tensor | None = None  # per-sample loss weight
+
+
+class Family:
+    name = ""
+    kohya_version = ""  # ss_base_model_version
+    architecture = ""  # modelspec.architecture
+    denoiser_folder = "unet"  # its subfolder in a diffusers folder
+    lora_targets: list[str] = []
+    text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    # what the trainer offers for this family
+    supports_prior = True
+    supports_identity_loss = True
+    supports_text_encoder_training = True
+    supports_dreambooth = False
+    # memory policy
+    uses_attention_processors = True  # diffusers' attention processors (SDPA / sliced) apply
+    keeps_text_encoders = True  # False: deleted once every caption is encoded
+    resolution_multiple = 8
+    separate_files: tuple[str, ...] = ()  # extra files a single-file base needs (TrainConfig fields)
+    pipeline_index: tuple[str, dict] = ("", {})  # model_index.json of the folders Persona writes
+
+    # --- loading ---------------------------------------------------------------------------
+    def load(self, path: Path, **files) -> Components:
+        return self.load_single_file(path, **files) if path.is_file() else self.load_folder(path)
+
+    def load_folder(self, folder: Path) -> Components:
+        raise NotImplementedError
+
+    def load_single_file(self, path: Path, config_dir: str | Path | None = None, **files) -> Components:
+        raise NotImplementedError
+
+    def write_tokenizers(self, folder: Path, real: bool = False) -> None:
+        """Write ``tokenizer/`` (and ``tokenizer_2/``) into a diffusers-layout ``folder``;
+        ``real``: tokenizers that real weights need (else enough for random weights)."""
+        raise NotImplementedError
+
+    def load_tokenizers(self, folder: Path):
+        """(tokenizer, tokenizer_2 or None) from a folder written by :meth:`write_tokenizers`."""
+        raise NotImplementedError
+
+    # --- building from an architecture table ------------------------------------------------
+    def new_scheduler(self):
+        raise NotImplementedError
+
+    def build_modules(self, arch: dict, text_encoders: bool = True):
+        """(denoiser, vae, text_encoder, text_encoder_2) with random weights, on the current
+        default device (the caller sets it; ``meta`` costs no memory)."""
+        raise NotImplementedError
+
+    def modules_from_configs(self, folder: Path):
+        """The same, shaped by a diffusers folder's own config files (no weights read)."""
+        raise NotImplementedError
+
+    # --- training ------------------------------------------------------------------------------
+    def check_config(self, cfg) -> None:
+        """Config rules of this family; a ValueError that names the field."""
+        if cfg.resolution % self.resolution_multiple:
+            raise ValueError(f"resolution: family '{self.name}' needs a multiple of {self.resolution_multiple}, "
+                             f"got {cfg.resolution}")
+        given = [n for n in ("clip_l", "t5", "vae") if getattr(cfg, n) and n not in self.separate_files]
+        if given:
+            raise ValueError(f"{'/'.join(given)}: separate text encoder and VAE files are not used by family "
+                             f"'{self.name}'")
+
+    def check_files(self, cfg) -> None:
+        """Rules that need the file system (run by ``TrainConfig.check_paths``, before any
+        model loads); a ``ConfigError`` that names the field."""
+
+    def encode(self, comps, prompts: list[str], device, cfg=None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, comps, model, latents, cond, gen, cfg, dtype) -> Prediction:
+        raise NotImplementedError
+
+    def dummy_condition(self, comps, batch: int, device, dtype, cfg=None) -> dict[str, torch.Tensor]:
+        """Zero conditioning of the right shapes (benchmarks and memory simulation)."""
+        raise NotImplementedError
+
+    def latent_shape(self, comps, resolution: int) -> tuple[int, int, int]:
+        factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
+        return (comps.vae.config.latent_channels, resolution // factor, resolution // factor)
+
+    # --- sampling ------------------------------------------------------------------------------
+    def pipeline(self, comps):
+        """A diffusers sampling pipeline over the components being trained."""
+        raise NotImplementedError
+
+    def sample(self, pipe, comps, prompt: str, resolution: int, steps: int, generator, output_type: str = "pil",
+               cond: dict[str, torch.Tensor] | None = None, guidance: float | None = None):
+        """One image of ``prompt`` (families that drop their text encoders sample from ``cond``)."""
+        return pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps, generator=generator,
+                    output_type=output_type).images[0]
+
+    # --- LoRA files ----------------------------------------------------------------------------
+    def kohya_tensors(self, denoiser_state: dict, te_states: list[dict], alpha: float, model,
+                      rank: int | None = None) -> dict[str, torch.Tensor]:
+        """The kohya-layout tensors of a LoRA (what ComfyUI, A1111/Forge and kohya load)."""
+        raise NotImplementedError
+
+    def save_diffusers_lora(self, folder: Path, layers: dict, te_layers: list[dict]) -> None:
+        raise NotImplementedError
+
+
+# --- shared by the UNet families (SD1.x, SDXL) ---------------------------------------------------
+
+def tokens(tokenizer, prompts, device, max_length=None):
+    return tokenizer(prompts, padding="max_length", truncation=True,
+                     max_length=max_length or tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+
+
+def ddpm_noise(comps, latents, gen, cfg):
+    """DDPM training noise: noised latents, target (epsilon or velocity), timesteps, Min-SNR weight."""
+    noise = torch.randn(latents.shape, generator=gen)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+    noise = noise.to(latents.device)
+    T = comps.scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, T, (latents.shape[0],), generator=gen).to(latents.device)
+    noisy = comps.scheduler.add_noise(latents, noise, timesteps)
+    v_pred = comps.scheduler.config.prediction_type == "v_prediction"
+    target = comps.scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise
+    weight = None
+    if cfg.snr_gamma > 0:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(comps.scheduler, timesteps)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if v_pred else snr)
+    return noisy, target, timesteps, weight
+
+
+def ddpm_scheduler():
+    diffusers = require("diffusers", "Building a model from config")
+    return diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+
+
+def clip_config(shape: dict):
+    transformers = require("transformers", "Building a model from config")
+    return transformers.CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **shape)
+
+
+def peft_pairs(state: dict[str, torch.Tensor]) -> dict[str, list]:
+    """{module path: [lora_A (down), lora_B (up)]} of peft LoRA tensors."""
+    from ..keys.kohya import PEFT_KEY
+
+    pairs: dict[str, list] = {}
+    for key, tensor in state.items():
+        m = PEFT_KEY.match(key)
+        if m:
+            pairs.setdefault(m.group(1), [None, None])[0 if m.group(2) == "A" else 1] = tensor.detach()
+    return pairs

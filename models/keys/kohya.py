@@ -1,0 +1,52 @@
+"""kohya's LoRA key layout from peft's adapter tensors.
+
+peft's ``lora_A`` is kohya's ``lora_down`` ([rank, in]), ``lora_B`` is ``lora_up``
+([out, rank]), and both scale by alpha / rank, so the conversion is a renaming:
+``<prefix>_<module path with '_'>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``.
+Which prefix and module names a family uses is the family's (``models.families``).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(.+?)\.lora_([AB])(?:\.default)?\.weight$")
+
+
+def _classic_name(module: str, prefix: str) -> str:
+    """Text-encoder module paths as in every SD checkpoint: ``text_model.encoder...``
+    (recent transformers name CLIPTextModel's modules without the ``text_model.`` level)."""
+    if prefix.startswith("lora_te") and not module.startswith("text_model."):
+        return f"text_model.{module}"
+    return module
+
+
+def peft_to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float,
+                  rename=None) -> dict[str, torch.Tensor]:
+    """peft LoRA tensors of one model -> kohya tensors with ``prefix`` ('lora_unet', 'lora_te',
+    'lora_te1', ...); ``rename`` maps a module path first (SDXL: diffusers -> original layout)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        m = PEFT_KEY.match(key)
+        if not m:
+            continue
+        module, which = m.groups()
+        module = _classic_name(rename(module) if rename else module, prefix)
+        name = f"{prefix}_{module.replace('.', '_')}"
+        out[f"{name}.{'lora_down' if which == 'A' else 'lora_up'}.weight"] = tensor.detach().contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def text_encoder_tensors(prefixes: list[str], te_states: list[dict], alpha: float) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for prefix, state in zip(prefixes, te_states):
+        if state:
+            out.update(peft_to_kohya(state, prefix, alpha))
+    return out
+
+
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of a model carrying a peft adapter (names as in the model)."""
+    return {k: v for k, v in model.state_dict().items() if "lora_A" in k or "lora_B" in k}

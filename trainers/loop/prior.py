@@ -1,0 +1,66 @@
+"""Class images for prior preservation: generated once by the frozen base model, cached on
+disk by (model, prompt, resolution, seed, steps) and reused by every later run."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(model_hash: str, prompt: str, resolution: int, seed: int, steps: int) -> str:
+    text = json.dumps([model_hash, prompt, resolution, seed, steps])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def class_images(components, prompt: str, count: int, resolution: int, seed: int, steps: int,
+                 cache_root: Path, device: torch.device) -> tuple[list[Path], int]:
+    """Paths of ``count`` class images, generating only the missing ones.
+
+    Returns (paths, how many were generated now). Image i always uses seed + i, so a
+    partly filled cache is completed with exactly the images a full run would make.
+    """
+    folder = Path(cache_root) / cache_key(components.model_hash, prompt, resolution, seed, steps)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "class_images.json"
+    if not meta.is_file():
+        meta.write_text(json.dumps({"model": components.source, "model_hash": components.model_hash,
+                                    "prompt": prompt, "resolution": resolution, "seed": seed,
+                                    "steps": steps}, indent=2))
+    paths = [folder / f"{i:05d}.png" for i in range(count)]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        from ...models.families import get_family
+
+        fam = get_family(components.family)
+        pipe = fam.pipeline(components).to(device)
+        for i in todo:
+            gen = torch.Generator("cpu").manual_seed(seed + i)
+            image = fam.sample(pipe, components, prompt, resolution, steps, gen)
+            tmp = paths[i].with_suffix(".tmp.png")
+            image.save(tmp)
+            tmp.replace(paths[i])
+        log.info("class images: generated %d, reused %d (%s)", len(todo), count - len(todo), folder)
+    return paths, len(todo)
+
+
+def load_images(paths: list[Path], resolution: int) -> torch.Tensor:
+    """Images as a [N, 3, R, R] tensor in -1..1 (centre-cropped and resized to R)."""
+    import numpy as np
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+            if side != resolution:
+                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+    return torch.stack(out).float() / 127.5 - 1.0

@@ -1,0 +1,94 @@
+"""Phase 1 of a run, setup: the memory plan (``memory: auto``), the run directory, the
+device and accelerate, and the base model loaded, frozen and placed.
+
+:class:`Session` is what the later phases share.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...core.deps import require
+from ...models.families import Family, get_family
+from ..config import TrainConfig
+from ..memory import techniques as memory
+from ..outputs.run_dir import prepare_run_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig  # the config the run trains with (after the memory plan)
+    requested: TrainConfig  # the config as given (config.json; resume checks its digest)
+    plan: object | None
+    run_dir: Path
+    accelerator: object
+    device: torch.device
+    dtype: torch.dtype  # frozen weights and compute
+    family: Family
+    comps: object  # models.components.Components
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def digest(self) -> str:
+        return self.requested.digest()
+
+
+def plan_memory(cfg: TrainConfig):
+    """(config to train with, plan or None): ``memory: auto`` lets the planner set the switches."""
+    if cfg.memory != "auto":
+        return cfg, None
+    from ..memory.planner import plan_for_config
+
+    plan = plan_for_config(cfg, memory.resolve_device(cfg.device))
+    log.info("memory plan:\n%s", plan.describe())
+    return plan.apply(cfg), plan
+
+
+def make_accelerator(cfg: TrainConfig, device: torch.device):
+    accelerate = require("accelerate", "Training")
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise TrainConfig.field_error("mixed_precision", "fp16 needs a CUDA device; use 'bf16' or 'no' on the CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one state per process; several runs in one process (the library
+        # API, tests) may differ in precision. A distributed launch keeps the launcher's state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
+
+
+def load_base(cfg: TrainConfig):
+    from ...models.loading import load_components
+
+    return load_components(cfg.family, cfg.base_model, **{n: getattr(cfg, n) for n in get_family(cfg.family)
+                                                          .separate_files if getattr(cfg, n)})
+
+
+def setup(requested: TrainConfig, resume: bool) -> Session:
+    cfg, plan = plan_memory(requested)
+    run_dir = Path(cfg.output_dir)
+    prepare_run_dir(run_dir, requested, resume)
+    accelerator = make_accelerator(cfg, memory.resolve_device(cfg.device))
+    device = accelerator.device
+    torch.manual_seed(cfg.seed)
+    comps = load_base(cfg)
+    memory.place_frozen([comps.vae, *comps.text_encoders], device)  # cast later: class images use full precision
+    memory.freeze(comps.denoiser)
+    if cfg.prior_preservation:  # class images are sampled by the full-precision base
+        comps.denoiser.to(device)
+    memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
+    return Session(cfg, requested, plan, run_dir, accelerator, device,
+                   memory.weight_dtype(cfg.mixed_precision, device), get_family(cfg.family), comps)

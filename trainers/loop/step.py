@@ -1,0 +1,89 @@
+"""Phase 3 of a run, the step, shared by the loop, the benchmark and the memory planner's
+simulation: what is trained (LoRA adapters or the whole denoiser) and how the frozen base is
+stored (:func:`make_trainable`), and one micro-step (predict, loss, backward:
+:func:`forward_backward`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..memory import techniques as memory
+from ...models.families import Prediction, get_family
+
+
+def add_lora(model, cfg, targets: list[str]) -> None:
+    from ...core.deps import require
+    from ..memory.quantize import restore_adapter_precision
+
+    peft = require("peft", "LoRA training")
+    config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=targets, init_lora_weights="gaussian")
+    model.add_adapter(config)
+    restore_adapter_precision(model)
+
+
+def make_trainable(comps, cfg, device, dtype) -> list[dict]:
+    """Quantize (optionally), place and cast the frozen denoiser, add what trains, and switch
+    on checkpointing and the attention kernel. Returns the optimizer's parameter groups."""
+    from ..memory.quantize import quantize_linears
+
+    fam = get_family(comps.family)
+    model = comps.denoiser
+    memory.freeze(model)
+    if cfg.quantize_base != "off":
+        if cfg.method != "lora":
+            raise ValueError("quantize_base: a quantized base needs method 'lora' (its weights are frozen)")
+        quantize_linears(model, cfg.quantize_base, dtype if dtype != torch.float32 else torch.bfloat16)
+    model.to(device)
+    memory.cast_frozen(model, dtype)
+    if cfg.method == "lora":
+        add_lora(model, cfg, cfg.lora_targets)
+    else:
+        model.requires_grad_(True)
+    groups = [{"params": memory.trainable_parameters(model), "lr": cfg.learning_rate}]
+    if cfg.train_text_encoder:
+        for te in comps.text_encoders:
+            if cfg.method == "lora":
+                add_lora(te, cfg, fam.text_encoder_targets)
+            else:
+                te.requires_grad_(True)
+            groups.append({"params": memory.trainable_parameters(te), "lr": cfg.text_encoder_lr})
+            memory.trainable_to_fp32(te)
+            if cfg.gradient_checkpointing:
+                te.gradient_checkpointing_enable()
+    memory.trainable_to_fp32(model)
+    memory.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+    if fam.uses_attention_processors:
+        memory.set_attention(model, cfg.attention)
+    return groups
+
+
+def loss_of(p: Prediction, n_instance: int, prior_weight: float):
+    per_sample = F.mse_loss(p.pred.float(), p.target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+    if p.weight is not None:
+        per_sample = per_sample * p.weight
+    instance = per_sample[:n_instance].mean()
+    parts = {"loss_instance": instance}
+    loss = instance
+    if len(per_sample) > n_instance:
+        prior = per_sample[n_instance:].mean()
+        parts["loss_prior"] = prior
+        loss = instance + prior_weight * prior
+    return loss, parts
+
+
+def forward_backward(comps, model, latents, cond, gen, cfg, dtype, autocast, accumulation: int = 1,
+                     extra_loss=None, backward=None):
+    """One micro-step: the family's prediction under ``autocast``, the loss (plus what
+    ``extra_loss(prediction, loss, parts)`` adds: the identity term), then ``backward`` of
+    ``loss / accumulation`` (default ``Tensor.backward``; the loop passes accelerate's, which scales
+    fp16 losses). Returns (loss, parts), detached."""
+    fam = get_family(comps.family)
+    with autocast:
+        p = fam.predict(comps, model, latents, cond, gen, cfg, dtype)
+        loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight)
+        if extra_loss is not None:
+            loss, parts = extra_loss(p, loss, parts)
+    (backward or torch.Tensor.backward)(loss / accumulation)
+    return loss.detach(), {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,241 @@
+"""Measuring training memory without a GPU: a live-tensor meter, and a training step run on
+the ``meta`` device (shapes, no data) to predict the peak of a plan.
+
+:class:`LiveTensorMeter` is a dispatch mode that counts the bytes of every tensor storage
+alive (parameters, activations saved for backward, gradients, optimizer states, temporaries)
+and keeps the peak: what ``torch.cuda.max_memory_allocated`` reports on a GPU, minus the
+allocator's rounding. On the CPU it is the benchmark's measurement; on ``meta`` tensors it
+is the planner's prediction, at no memory and little time even for FLUX's 12B parameters.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from . import techniques as memory
+from ...models.families import get_family
+from ..loop.step import forward_backward, make_trainable
+
+
+class LiveTensorMeter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._sizes:
+            return
+        n = storage.nbytes()
+        self._sizes[key] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def add_module(self, module: torch.nn.Module | None) -> None:
+        if module is None:
+            return
+        for t in [*module.parameters(), *module.buffers()]:
+            self.add(t)
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+class _MemoryEfficientAttention(torch.autograd.Function):
+    """SDPA on ``meta`` tensors with the memory of a fused kernel (output and log-sum-exp
+    kept, no attention matrix); meta SDPA would otherwise take the math path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class FusedAttentionOnMeta:
+    """While active, ``F.scaled_dot_product_attention`` on meta tensors has the memory of a
+    fused kernel. A module-attribute swap rather than a function mode, because gradient
+    checkpointing recomputes inside the autograd engine, where function modes do not reach;
+    tensors on real devices pass straight through."""
+
+    def __enter__(self):
+        self._original = F.scaled_dot_product_attention
+        original = self._original
+
+        def sdpa(*args, **kwargs):
+            names = ("query", "key", "value")
+            qkv = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):] if n in kwargs]
+            rest = {k: v for k, v in kwargs.items() if k not in names}
+            if len(qkv) == 3 and qkv[0].device.type == "meta" and rest.get("attn_mask") is None \
+                    and not rest.get("is_causal") and not rest.get("dropout_p") and len(args) <= 3:
+                q, k, v = qkv
+                if k.shape[1] != q.shape[1]:  # grouped heads: expand as the math path does
+                    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+                return _MemoryEfficientAttention.apply(q, k, v)
+            return original(*args, **kwargs)
+
+        F.scaled_dot_product_attention = sdpa
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._original
+        return False
+
+
+def _simulated_quantization(cfg):
+    """bitsandbytes layers cannot live on ``meta``: simulate nf4/int8 storage with float8
+    storage scaled to their size."""
+    return cfg.quantize_base in ("nf4", "int8")
+
+
+class _PackedLinear(torch.nn.Linear):
+    """Meta-only stand-in of a bitsandbytes layer: ``bits`` per weight, dequantized per call."""
+
+    def __init__(self, source: torch.nn.Linear, bits: int):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = source.in_features, source.out_features
+        n = source.in_features * source.out_features * bits // 8
+        self.register_buffer("weight", torch.empty(n, dtype=torch.uint8, device="meta"))
+        self.register_buffer("absmax", torch.empty(max(1, source.weight.numel() // 64), device="meta"))
+        self.bias = source.bias
+
+    def forward(self, x):
+        w = torch.empty(self.out_features, self.in_features, dtype=x.dtype, device=x.device)
+        return F.linear(x, w, self.bias)
+
+
+def _pack_linears(module, bits):
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.Linear:
+            setattr(module, name, _PackedLinear(child, bits))
+        else:
+            _pack_linears(child, bits)
+
+
+def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None = None,
+              seed: int = 0) -> dict:
+    """Train ``steps`` optimizer steps on random latents and zero conditioning with the memory
+    switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
+    (the meter's, or CUDA's allocator peak) and seconds per step after the first."""
+    device = torch.device(device)
+    fam = get_family(comps.family)
+    dtype = memory.weight_dtype(cfg.mixed_precision, device)
+    meta = device.type == "meta"
+    if meta and cfg.method != "lora" and dtype != torch.float32:
+        raise NotImplementedError(
+            "memory simulation: a full fine-tune in half precision runs under autocast, which has no "
+            "meta-device implementation; full fine-tunes are planned in fp32")
+    meter_ctx = meter if meter is not None else nullcontext()
+    attention_ctx = FusedAttentionOnMeta() if meta else nullcontext()
+    resident = [comps.denoiser]
+    if cfg.cache_latents == "off" or cfg.identity_loss_weight > 0:
+        resident.append(comps.vae)
+    encode = not cfg.cache_text_embeddings or cfg.train_text_encoder
+    if encode:
+        resident += comps.text_encoders
+    micro = cfg.batch_size * (2 if cfg.prior_preservation else 1)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    with meter_ctx, attention_ctx:
+        if meta and _simulated_quantization(cfg):
+            memory.freeze(comps.denoiser)
+            _pack_linears(comps.denoiser, 4 if cfg.quantize_base == "nf4" else 8)
+            cfg = cfg.model_copy(update={"quantize_base": "off"})
+        memory.place_frozen(resident[1:], device, dtype)
+        groups = make_trainable(comps, cfg, device, dtype)
+        if meter is not None:
+            for m in resident:
+                meter.add_module(m)
+            meter.reset_peak()  # the loop prepares (quantizes) the base before it reaches the GPU
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if meta and cfg.optimizer == "adamw8bit":  # two uint8 states per parameter, no bnb on meta
+            optimizer = torch.optim.SGD(groups, lr=cfg.learning_rate)
+            for g in groups:
+                for p in g["params"]:
+                    state = torch.empty(2 * p.numel(), dtype=torch.uint8, device=device)
+                    optimizer.state[p]["sim"] = state
+                    if meter is not None:
+                        meter.add(state)
+        else:
+            optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+        comps.denoiser.train()
+        autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "cpu")
+                    and dtype != torch.float32 else nullcontext())
+        times = []
+        shape = fam.latent_shape(comps, cfg.resolution)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            for _ in range(cfg.gradient_accumulation):
+                latents = torch.randn((micro, *shape), generator=gen).to(device)
+                cond = fam.dummy_condition(comps, micro, device, dtype, cfg)
+                extra = None
+                with autocast:
+                    if comps.vae in resident:
+                        with torch.no_grad():
+                            pixels = torch.zeros(micro, 3, cfg.resolution, cfg.resolution, device=device, dtype=dtype)
+                            comps.vae.encode(pixels)
+                    if encode:
+                        ctx = torch.enable_grad() if cfg.train_text_encoder else torch.no_grad()
+                        with ctx:
+                            ids = torch.zeros(micro, 77, dtype=torch.long, device=device)
+                            extra = sum(te(ids)[0].float().mean() for te in comps.text_encoders)
+                add = None
+                if extra is not None and cfg.train_text_encoder:  # the encoders' graph joins the loss
+                    add = lambda p, loss, parts, e=extra: (loss + 0 * e, parts)  # noqa: E731
+                forward_backward(comps, comps.denoiser, latents, cond, gen, cfg, dtype, autocast,
+                                 cfg.gradient_accumulation, add)
+                del latents, cond, extra
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    if meter is not None:
+        peak = meter.peak
+    elif device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = 0
+    later = times[1:] or times
+    return {"peak_bytes": int(peak), "seconds_per_step": sum(later) / len(later), "steps": steps}
+
+
+def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "real") -> int:
+    """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run."""
+    from ...models.architectures import meta_components
+
+    # hosts may call this under inference mode / no_grad (ComfyUI runs nodes so): a training
+    # step needs autograd
+    with torch.inference_mode(False), torch.enable_grad():
+        comps = meta_components(family, base_model, size)
+        meter = LiveTensorMeter()
+        return run_steps(comps, cfg, "meta", steps=2, meter=meter)["peak_bytes"]

@@ -1,0 +1,142 @@
+"""Memory techniques as small named functions, each switchable from TrainConfig."""
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def freeze(module: torch.nn.Module) -> None:
+    module.requires_grad_(False)
+    module.eval()
+
+
+_KEEP = {torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8}
+
+
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the frozen (requires_grad=False) parameters and buffers to ``dtype``; quantized
+    weights (8-bit storage) and their scales stay as they are."""
+    for m in module.modules():
+        quantized = any(t.dtype in _KEEP for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+        for p in m.parameters(recurse=False):
+            if not p.requires_grad and p.dtype not in _KEEP and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        if quantized:
+            continue
+        for name, buf in m.named_buffers(recurse=False):
+            if buf.is_floating_point() and buf.dtype not in _KEEP:
+                setattr(m, name, buf.to(dtype))
+
+
+def place_frozen(modules, device, dtype=None) -> None:
+    """Freeze ``modules``, move them to ``device`` and (``dtype``) cast their frozen weights."""
+    for module in modules:
+        freeze(module)
+        module.to(device)
+        if dtype is not None:
+            cast_frozen(module, dtype)
+
+
+def trainable_to_fp32(module: torch.nn.Module) -> int:
+    """Keep trainable weights in fp32 (mixed precision: only compute is half). Returns count."""
+    n = 0
+    for p in module.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+            n += p.numel()
+    return n
+
+
+def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def set_gradient_checkpointing(unet, enabled: bool) -> None:
+    if enabled:
+        unet.enable_gradient_checkpointing()
+    elif getattr(unet, "is_gradient_checkpointing", False):
+        unet.disable_gradient_checkpointing()
+
+
+def set_attention(unet, mode: str) -> None:
+    """``sdpa``: PyTorch scaled-dot-product attention; ``sliced``: attention computed in
+    slices (lower peak memory where SDPA has no memory-efficient kernel)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if mode == "sdpa":
+        unet.set_attn_processor(AttnProcessor2_0())
+    elif mode == "sliced":
+        unet.set_attention_slice("auto")
+    else:
+        raise ValueError(f"attention: '{mode}' is not 'sdpa' or 'sliced'")
+
+
+def configure_vae(vae, slicing: bool, tiling: bool) -> None:
+    (vae.enable_slicing if slicing else vae.disable_slicing)()
+    (vae.enable_tiling if tiling else vae.disable_tiling)()
+
+
+def offload(module: torch.nn.Module) -> None:
+    """Move a module off the accelerator (to CPU memory)."""
+    module.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def empty_cache(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or the process's peak RSS on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2 ** 20
+
+
+def make_optimizer(groups: list[dict], name: str, weight_decay: float):
+    """``adamw``, ``adamw8bit`` (bitsandbytes) or ``adafactor`` (transformers)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adamw8bit":
+        from ...core.deps import require
+
+        bnb = require("bitsandbytes", "The 8-bit AdamW optimizer")
+        return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=weight_decay)
+    raise ValueError(f"optimizer: unknown '{name}'")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    if mixed_precision == "fp16":
+        return torch.float16
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
