@@ -129,6 +129,8 @@ def process_file(path: Path, stem: str, cfg: PrepareConfig, detector: FaceDetect
         return entry
     entry.update(source_size=list(photo.full_size), source_mode=photo.mode,
                  exif_rotated=photo.exif_rotated)
+    if photo.frames > 1:
+        entry.update(frames=photo.frames, frame_used=0)
 
     def load(max_side):
         again = load_photo(path, max_side=max_side, max_pixels=cfg.max_pixels)

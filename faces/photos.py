@@ -44,15 +44,28 @@ class Photo:
     scale: float
     mode: str
     exif_rotated: bool
+    frames: int = 1  # an animated image: the first frame is the photo
+
+
+def is_image_file(path: Path) -> bool:
+    """True when the file's content is an image Pillow can open (whatever its name says)."""
+    try:
+        with Image.open(path) as im:
+            return im.format is not None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def list_photos(folder: str | Path) -> list[Path]:
-    """Files in ``folder`` (not recursive) whose extension says image, sorted by name."""
+    """Files in ``folder`` (not recursive) that are photos by their extension or, whatever
+    their name (a GIF, a file without extension), by their content; sorted by name. Other
+    files (captions, notes) are not photos and are left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"photos folder '{folder}' does not exist or is not a folder")
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in PHOTO_EXTENSIONS)
+                  if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix.lower() in PHOTO_EXTENSIONS or is_image_file(p)))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -105,6 +118,7 @@ def load_photo(path: str | Path, max_side: int | None = None,
                 raise PhotoError(path, "too small",
                                  f"{width}x{height} px, each side must be at least {MIN_SIDE}")
             original_mode = img.mode
+            frames = int(getattr(img, "n_frames", 1) or 1)
             if max_side and img.format == "JPEG" and max(width, height) > max_side:
                 img.draft("RGB", (max_side, max_side))
             orientation = img.getexif().get(0x0112, 1)
@@ -128,7 +142,7 @@ def load_photo(path: str | Path, max_side: int | None = None,
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
     scale = full_w / pixels.shape[1]
     return Photo(str(path), np.ascontiguousarray(pixels), (full_w, full_h), scale,
-                 original_mode, orientation not in (1, None))
+                 original_mode, orientation not in (1, None), frames)
 
 
 def load_folder(folder: str | Path, max_side: int | None = None,

@@ -39,6 +39,12 @@ def odd_folder(tmp_path_factory, astronaut, grace_hopper):
     del huge
     astro.save(d / "good_astronaut.png")
     Image.fromarray(grace_hopper).save(d / "good_hopper.jpg", quality=95)
+    # an animated GIF (the astronaut, then a grey frame) and a PNG without an extension are
+    # images by their content; a notes file next to the photos is not a photo at all
+    astro.save(d / "animated.gif", save_all=True, append_images=[Image.new("RGB", astro.size, (90, 90, 90))],
+               duration=100, loop=0)
+    Image.fromarray(grace_hopper).save(d / "no_extension", format="PNG")
+    (d / "notes.txt").write_text("photos of the subject, taken 2025\n")
     return d
 
 
@@ -54,7 +60,18 @@ EXPECTED = {
     "huge.jpg": ("accepted", None),
     "good_astronaut.png": ("accepted", None),
     "good_hopper.jpg": ("accepted", None),
+    "animated.gif": ("accepted", None),
+    "no_extension": ("accepted", None),
 }
+
+
+def test_an_animated_gif_is_accepted_from_its_first_frame(odd_folder, tmp_path):
+    result = prepare_dataset(odd_folder, tmp_path / "ds", PrepareConfig(resolution=128))
+    gif = next(e for e in result.entries if e["source"].endswith("animated.gif"))
+    assert gif["status"] == "accepted" and gif["frames"] == 2 and gif["frame_used"] == 0
+    aligned = np.asarray(Image.open(tmp_path / "ds" / gif["image"]))
+    assert aligned.std() > 20  # the astronaut's face, not the flat grey second frame
+    assert not any(e["source"].endswith("notes.txt") for e in result.entries)
 
 
 def test_each_odd_file_is_processed_or_rejected_with_a_reason(odd_folder, tmp_path):
