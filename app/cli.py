@@ -70,13 +70,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import json
 
-    from PIL import Image
-
     from ..faces.identity import NoFaceError, get_embedder
     from ..faces.photos import load_folder
     from ..generation.diffusers_backend import DiffusersGenerator
     from ..generation.gate import GateSettings
     from ..generation.session import generate_to_folder
+    from ..provenance.record import ProvenanceConfig, Record, lora_info
 
     out = Path(args.out)
     try:
@@ -88,6 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         settings.validate()
         embedder = get_embedder(args.embedder)
         generator = DiffusersGenerator(args.base_model, args.lora)
+        provenance = ProvenanceConfig.from_env(**({"watermark": False} if args.no_watermark else {}))
     except (ValueError, FileNotFoundError, NoFaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
               + (" PASS" if attempt.passed else ""), flush=True)
 
     try:
-        result = generate_to_folder(generator, embedder, references, base, settings, out, on_attempt)
+        record = Record(model=generator.model, lora=lora_info(args.lora), prompt=args.prompt)
+        result = generate_to_folder(generator, embedder, references, base, settings, out, on_attempt,
+                                    record, provenance)
     except NoFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -122,7 +124,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         report["enhance"] = [rep.__dict__ for rep in reports]
         for rep in reports:
             print(f"{rep.name}: {'applied' if rep.applied else 'rejected'}" + (f" ({rep.reason})" if rep.reason else ""))
-        Image.fromarray(final).save(out / "enhanced.png")
+        from dataclasses import replace
+
+        from ..provenance.save import save_image
+
+        best = result.attempts[result.best_index - 1]
+        save_image(final, out / "enhanced.png",
+                   replace(record, kind="enhanced", seed=best.params["seed"], gate=result.to_json()), provenance)
     (out / "generate.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} "
           f"(threshold {result.threshold}, {result.embedder}); images and generate.json in {out}")
@@ -226,6 +234,36 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from ..core.tables import text_table
+    from ..provenance.verify import verify
+
+    reports = [verify(f) for f in args.files]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        rows = []
+        for r in reports:
+            if r["status"] == "unreadable":
+                rows.append((r["file"], r["status"], "-", "-", r["reason"][:60]))
+                continue
+            wm, cred, rec = r["watermark"], r["credentials"], r["record"]
+            payload = wm.get("payload") or {}
+            rows.append((r["file"], r["status"],
+                         (f"found, seed {payload.get('seed_mod_65536')}, lora {payload.get('lora_hash_prefix') or '-'}"
+                          + (f", {wm['bit_accuracy']:.0%} bits" if "bit_accuracy" in wm else "")) if wm["found"]
+                         else "not found" + (f" ({wm['reason']})" if wm.get("reason") else ""),
+                         ("valid" + ("" if cred.get("trusted") else " (signer not on the C2PA trust list)")
+                          if cred.get("valid") else f"INVALID: {', '.join(cred.get('errors') or [cred.get('state', '')])}")
+                         if cred.get("present") else "none",
+                         f"{rec['generator']}, {rec.get('kind')}" if rec else "none"))
+        print(text_table(["file", "status", "watermark", "content credentials", "Persona record"], rows))
+    statuses = {r["status"] for r in reports}
+    return 2 if "unreadable" in statuses else 1 if statuses - {"ok"} else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -274,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--enhance", default="", help="comma-separated: face_refine,color_match,sharpen,denoise,film_grain")
     p.add_argument("--tolerance", type=float, default=0.01, help="largest identity drop an enhancement may cause")
+    p.add_argument("--no-watermark", action="store_true",
+                   help="save without the invisible watermark (each image's metadata says so)")
     p.add_argument("--out", default="runs/generate")
     p.set_defaults(func=cmd_generate)
 
@@ -299,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input (repeatable)")
     p.add_argument("--out", default="runs/queue", help="where output images and history.json go")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("verify", help="check images for Persona's watermark, content credentials and record",
+                       description="Exit codes: 0 every file carries Persona's provenance intact; 1 a file has none, "
+                                   "or its content credentials are broken; 2 a file cannot be read.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="the full report as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded sample faces")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.tables import text_table
@@ -66,16 +67,20 @@ def _stage_generate(out: Path, quick: bool, state: dict) -> dict:
     from ..generation.gate import GateSettings
     from ..generation.session import generate_to_folder
     from ..faces.samples import astronaut
+    from ..provenance.record import Record, lora_info
 
     real = state.get("base_model")
     folder = out / "generate"
     generator = DiffusersGenerator(real or out / "models" / "tiny-sd", state["lora"])
-    size = 512 if real else 64
+    size = 512 if real else 256  # 256 px: the smallest size the invisible watermark takes
     base = {"prompt": "a photo of sks person", "negative": "", "seed": 0, "steps": 30 if real else 4,
             "cfg": 7.0, "width": size, "height": size, "lora_strength": 1.0}
+    record = Record(model=generator.model, lora=lora_info(state["lora"]), prompt=base["prompt"])
     result = generate_to_folder(generator, get_embedder("dlib"), [astronaut()], base,
-                                GateSettings(max_attempts=4 if real else 2), folder)
+                                GateSettings(max_attempts=4 if real else 2), folder, record=record)
     state["best"] = result.best_image
+    state["record"] = replace(record, kind="enhanced", seed=result.attempts[result.best_index - 1].params["seed"],
+                              gate=result.to_json())
     faceless = sum(a.reason == "faceless" for a in result.attempts)
     return {"passed": result.passed, "attempts": len(result.attempts), "faceless": faceless,
             "best": str(folder / "best.png"),
@@ -83,15 +88,15 @@ def _stage_generate(out: Path, quick: bool, state: dict) -> dict:
 
 
 def _stage_enhance(out: Path, quick: bool, state: dict) -> dict:
-    from PIL import Image
-
-    from ..generation.enhance import enhance_chain
     from ..faces.samples import astronaut
+    from ..generation.enhance import enhance_chain
+    from ..provenance.save import save_image
 
     (image,), (steps,) = enhance_chain([state["best"]], [astronaut()], [("color_match", {}), ("sharpen", {})])
     reports = [f"{r.name}: {'applied' if r.applied else 'skipped (' + str(r.reason) + ')'}" for r in steps]
-    Image.fromarray(image).save(out / "generate" / "enhanced.png")
-    return {"steps": reports, "weights": "drift check: dlib face recognition, real pretrained weights"}
+    written = save_image(image, out / "generate" / "enhanced.png", state["record"])
+    return {"steps": reports, "watermark": written["watermark"].get("embedded"),
+            "weights": "drift check: dlib face recognition, real pretrained weights"}
 
 
 def _stage_metrics(out: Path, quick: bool, state: dict) -> dict:
@@ -132,7 +137,7 @@ def run_demo(out: Path, quick: bool = False, base_model: str | None = None) -> t
         summary[stage] = {"status": "ok", "seconds": round(seconds, 2), **info}
         rows.append((stage, f"ok ({seconds:.1f} s)", info.get("weights", "")))
         detail = {k: v for k, v in info.items() if k in ("accepted", "rejected", "final_loss", "passed",
-                                                          "attempts", "faceless", "steps")}
+                                                          "attempts", "faceless", "steps", "watermark")}
         if detail:
             rows.append(("", "  " + ", ".join(f"{k}: {v}" for k, v in detail.items()), ""))
     table = text_table(["stage", "result", "weights"], rows)

@@ -29,6 +29,8 @@ class DiffusersGenerator:
             safety_checker=None, feature_extractor=None, requires_safety_checker=False).to(self.device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.random_weights = comps.random_weights
+        self.model = {"name": Path(comps.source).name, "hash": comps.model_hash,
+                      "random_weights": comps.random_weights}
         self.has_lora = False
         if lora:
             lora = Path(lora)

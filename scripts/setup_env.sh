@@ -15,6 +15,7 @@ echo "[persona] setting up the virtual environment in $VENV (first run: a few mi
 # The dev/CI torch pair first, pinned by the constraints file only.
 "$VENV/bin/python" -m pip install --quiet -c constraints-dev.txt torch torchvision
 "$VENV/bin/python" -m pip install --quiet -c constraints-dev.txt -e ".[all,test]"
-# facenet-pytorch pins torch<2.3 in its metadata: installed without its dependencies.
-"$VENV/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+# facenet-pytorch pins torch<2.3 in its metadata, invisible-watermark asks for opencv-python
+# beside our opencv-python-headless: both installed without their dependencies.
+"$VENV/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0 invisible-watermark==0.2.0
 echo "$stamp_src" > "$VENV/.persona-stamp"

@@ -1,0 +1,53 @@
+"""Checking an image's provenance: Persona's watermark and its payload, C2PA credentials and
+whether they are intact, and Persona's record in the metadata (``persona verify``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .payload import Payload
+from .record import METADATA_KEY
+from .watermark import accuracy, detect
+
+
+def read_record(image: Image.Image) -> dict | None:
+    raw = image.info.get(METADATA_KEY) or image.info.get("comment")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        data = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and str(data.get("generator", "")).startswith("Persona") else None
+
+
+def verify(path: str | Path) -> dict:
+    """``status``: 'ok' (Persona's provenance found and any credentials intact), 'missing'
+    (neither a watermark nor a record), 'invalid' (credentials present but broken) or
+    'unreadable'."""
+    from .credentials import read as read_credentials
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            record = read_record(im)
+            pixels = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        return {"file": str(path), "status": "unreadable", "reason": str(exc)}
+    reading = detect(pixels)
+    watermark = reading.to_json()
+    if record and (record.get("watermark") or {}).get("embedded"):
+        expected = Payload((record.get("lora") or {}).get("sha256", ""), int(record.get("seed") or 0))
+        watermark["bit_accuracy"] = round(accuracy(pixels, expected), 4)
+    credentials = read_credentials(path)
+    if credentials.get("present") and not credentials.get("valid"):
+        status = "invalid"
+    elif reading.found or record:
+        status = "ok"
+    else:
+        status = "missing"
+    return {"file": str(path), "status": status, "watermark": watermark, "credentials": credentials,
+            "record": record}
