@@ -36,17 +36,19 @@ def _progress_lines(desc: str, unit: str):
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ..core.config import ConfigError
     from ..faces.config import PrepareConfig
+    from ..faces.consent import read_consent
     from ..faces.dataset import prepare_dataset
     from ..core.tables import text_table
 
     try:
         cfg = PrepareConfig.from_file(args.config) if args.config else PrepareConfig()
+        consent = read_consent(args.consent) if args.consent else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     update, close = _progress_lines("prepare", "photo")
     try:
-        result = prepare_dataset(args.photos_dir, args.dataset_dir, cfg, progress=update)
+        result = prepare_dataset(args.photos_dir, args.dataset_dir, cfg, progress=update, consent=consent)
     except (FileNotFoundError, ValueError) as exc:
         close()
         print(f"error: {exc}", file=sys.stderr)
@@ -246,7 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         rows = []
         for r in reports:
-            if r["status"] == "unreadable":
+            if r["status"] == "unreadable" or "reason" in r:
                 rows.append((r["file"], r["status"], "-", "-", r["reason"][:60]))
                 continue
             wm, cred, rec = r["watermark"], r["credentials"], r["record"]
@@ -288,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photos_dir", help="folder of 3-20 photos of the subject (never modified)")
     p.add_argument("dataset_dir", help="dataset folder to create or update")
     p.add_argument("--config", help="PrepareConfig as JSON or YAML")
+    p.add_argument("--consent", metavar="FILE",
+                   help="the subject's consent record (YAML/JSON: subject, consented_by, date, uses, document)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a LoRA from a dataset (TrainConfig as JSON/YAML)")

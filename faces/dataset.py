@@ -160,8 +160,10 @@ def process_file(path: Path, stem: str, cfg: PrepareConfig, detector: FaceDetect
 
 def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
                     cfg: PrepareConfig | None = None, progress: Progress | None = None,
-                    ) -> PrepareResult:
-    """Build or update ``dataset_dir`` from the photos in ``photos_dir``."""
+                    consent: dict | None = None) -> PrepareResult:
+    """Build or update ``dataset_dir`` from the photos in ``photos_dir``. ``consent``: the
+    subject's consent record (``faces.consent.read_consent``); without one, a record the
+    dataset already has is kept."""
     start = time.perf_counter()
     cfg = cfg or PrepareConfig()
     photos_dir, dataset_dir = Path(photos_dir).resolve(), Path(dataset_dir).resolve()
@@ -233,6 +235,7 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
         "photos_dir": str(photos_dir),
         "config_digest": digest,
         "config": cfg.to_json(),
+        **({"consent": consent or previous["consent"]} if (consent or previous.get("consent")) else {}),
         "summary": {"photos": len(entries),
                     "accepted": sum(e["status"] == "accepted" for e in entries),
                     "rejected": sum(e["status"] == "rejected" for e in entries)},

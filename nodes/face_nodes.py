@@ -7,7 +7,7 @@ import json
 from ..faces.config import PrepareConfig
 from ..core.imaging import grid, images_to_tensor, masks_to_tensor, tensor_to_images
 from ..core.tables import text_table
-from .host import Progress, input_dir, output_dir, resolve_user_path
+from .host import Progress, confined_path, input_dir, output_dir, safe_name
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/faces"
@@ -44,7 +44,7 @@ class PersonaLoadPhotos:
     def execute(self, folder, max_side):
         from ..faces.photos import load_folder
 
-        path = resolve_user_path(folder, input_dir())
+        path = confined_path(folder, "folder", input_dir())
         photos, errors = load_folder(path, max_side=max_side)
         if not photos:
             detail = "; ".join(str(e) for e in errors) or "the folder has no photo files"
@@ -114,19 +114,24 @@ class PersonaBuildDataset:
             "dataset_name": ("STRING", {"default": "subject", "tooltip":
                                         "Written to output/persona/datasets/<name>."}),
             **widgets(PrepareConfig, _DATASET_FIELDS),
+        }, "optional": {
+            "consent_file": ("STRING", {"default": "", "tooltip":
+                                        "The subject's consent record (YAML/JSON: subject, consented_by, date, uses, "
+                                        "document), inside ComfyUI's input folder; kept in the dataset's manifest."}),
         }}
 
-    def execute(self, photos_folder, dataset_name, **values):
-        from ..faces.dataset import prepare_dataset
+    def execute(self, photos_folder, dataset_name, consent_file="", **values):
+        from ..faces.consent import read_consent
+        from ..faces.dataset import prepare_dataset, read_manifest
 
         cfg = config_from_widgets(PrepareConfig, values)
-        name = dataset_name.strip()
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"dataset_name: must be a plain folder name, got '{dataset_name}'")
-        src = resolve_user_path(photos_folder, input_dir())
+        name = safe_name(dataset_name, "dataset_name")
+        src = confined_path(photos_folder, "photos_folder", input_dir())
+        consent = read_consent(confined_path(consent_file, "consent_file", input_dir())) \
+            if consent_file.strip() else None
         dst = output_dir() / "persona" / "datasets" / name
         bar = Progress(1)
-        result = prepare_dataset(src, dst, cfg, progress=lambda i, n, _f: bar.update(i, n))
+        result = prepare_dataset(src, dst, cfg, progress=lambda i, n, _f: bar.update(i, n), consent=consent)
         if not result.accepted:
             raise ValueError(f"photos_folder '{src}': no photo passed the filter:\n"
                              + text_table(["photo", "status", "reason"], result.summary_rows()))
@@ -136,7 +141,7 @@ class PersonaBuildDataset:
         thumbs = [np.asarray(Image.open(dst / e["image"]).convert("RGB")) for e in result.accepted]
         dataset = {"path": str(dst), "token": cfg.token, "class_noun": cfg.class_noun,
                    "resolution": cfg.resolution, "accepted": len(result.accepted),
-                   "rejected": len(result.rejected)}
+                   "rejected": len(result.rejected), "consent": bool(consent or (read_manifest(dst) or {}).get("consent"))}
         report = text_table(["photo", "status", "caption or reason"], result.summary_rows())
         preview = images_to_tensor([grid(thumbs)])
         return {"ui": {"text": [report]}, "result": (dataset, preview, report)}

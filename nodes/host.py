@@ -5,6 +5,7 @@ pack imports ComfyUI's ``comfy``, ``nodes`` or ``folder_paths``."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -27,10 +28,56 @@ def input_dir() -> Path:
     return Path(fp.get_input_directory()) if fp else Path(os.getcwd()) / "input"
 
 
-def resolve_user_path(path: str, base: Path) -> Path:
-    """A user-typed folder: absolute as given, relative to ``base`` otherwise."""
-    p = Path(os.path.expanduser(path.strip()))
-    return p if p.is_absolute() else base / p
+# --- what a queued graph may name ---------------------------------------------------------
+# A server started with --listen takes graphs from anyone who can reach it: path inputs stay
+# inside ComfyUI's input, output and model folders, and names are plain names.
+
+ALLOW_ANY_PATH_ENV = "PERSONA_ALLOW_ANY_PATH"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "...'"
+
+
+def safe_name(value: str, field: str) -> str:
+    """A name that becomes one file or folder name (dataset, LoRA, report, run)."""
+    name = str(value).strip()
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{field}: a plain name is needed (letters, digits, '_', '-', '.'; at most 100 "
+                         f"characters; no path), got {_shown(str(value))}")
+    return name
+
+
+def allowed_roots() -> list[Path]:
+    fp = _folder_paths()
+    roots = [input_dir(), output_dir()] + ([Path(fp.models_dir)] if fp else [])
+    return [r.resolve() for r in roots]
+
+
+def confined_path(value: str, field: str, base: Path) -> Path:
+    """A user-typed folder or file, relative to ``base`` (ComfyUI's input folder). After
+    symlinks are resolved it must lie inside ComfyUI's input, output or model folders;
+    absolute paths, ``~`` and ``..`` that lead out are refused unless the operator sets
+    ``PERSONA_ALLOW_ANY_PATH=1`` (a private, local server). Outside ComfyUI (node classes
+    called from Python) the path is the caller's own and is taken as given."""
+    text = str(value).strip()
+    if "\x00" in text:
+        raise ValueError(f"{field}: the path contains a NUL byte")
+    if len(text) > 1024:
+        raise ValueError(f"{field}: the path is {len(text)} characters long (at most 1024)")
+    if _folder_paths() is None or os.environ.get(ALLOW_ANY_PATH_ENV, "").lower() in ("1", "true", "yes", "on"):
+        # outside ComfyUI (node classes used headless) there is no server to guard
+        p = Path(os.path.expanduser(text))
+        return p if p.is_absolute() else base / p
+    if text.startswith("~") or Path(text).is_absolute():
+        raise ValueError(f"{field}: {_shown(text)} is an absolute path; give a folder inside ComfyUI's input "
+                         f"folder (the operator of a private server may set {ALLOW_ANY_PATH_ENV}=1)")
+    full = (base / text).resolve()
+    if not any(full == root or root in full.parents for root in allowed_roots()):
+        raise ValueError(f"{field}: {_shown(text)} leads outside ComfyUI's input, output and models folders")
+    return full
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -74,6 +121,18 @@ def loras_dir() -> Path:
     import folder_paths
 
     return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def lora_file_path(name: str) -> Path:
+    """A LoRA named as LoraLoader lists it (a path under models/loras); outside the LoRA
+    folders it is refused like any other path."""
+    fp = _folder_paths()
+    if fp is not None:
+        found = fp.get_full_path("loras", name.strip())
+        if found:
+            return Path(found)
+        return confined_path(name, "lora_file", Path(fp.get_folder_paths("loras")[0]))
+    return confined_path(name, "lora_file", output_dir())
 
 
 def free_models() -> None:

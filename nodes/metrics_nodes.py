@@ -1,13 +1,12 @@
 """Persona Metrics Panel (a table of every metric inside the node) and Persona Compare."""
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 
 from ..core.imaging import images_to_tensor, tensor_to_images
 from ..core.tables import text_table
 from ..faces.identity import BACKENDS
-from .host import output_dir
+from .host import output_dir, safe_name
 
 CATEGORY = "Persona/metrics"
 
@@ -41,9 +40,7 @@ class PersonaMetricsPanel:
         from ..metrics.chart import metrics_chart
         from ..metrics.report import evaluate, expand_prompts, metrics_table, write_report
 
-        name = report_name.strip()
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"report_name: a plain folder name is needed, got '{report_name}'")
+        name = safe_name(report_name, "report_name")
         images = tensor_to_images(generated)
         report = evaluate(images, tensor_to_images(reference), expand_prompts(prompts.splitlines(), len(images)),
                           embedder=embedder, lpips_net=lpips_net)

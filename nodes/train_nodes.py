@@ -1,14 +1,13 @@
 """Persona Train: dataset + base model + config widgets -> a LoRA that LoraLoader lists."""
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from ..core.imaging import images_to_tensor
 from ..trainers.config import PRESETS, TrainConfig, with_preset
 from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, free_models,
-                   interrupt_requested, loras_dir, output_dir)
+                   interrupt_requested, loras_dir, output_dir, safe_name)
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/train"
@@ -51,9 +50,7 @@ class PersonaTrain:
     def execute(self, dataset, base_model, lora_name, preset, **values):
         from ..trainers.subprocess_run import TrainingCancelled, train_in_subprocess
 
-        name = lora_name.strip()
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"lora_name: letters, digits, '_', '-' and '.' only, got '{lora_name}'")
+        name = safe_name(lora_name, "lora_name")
         from ..trainers import events
         from ..trainers.subprocess_run import run_key
 

@@ -56,8 +56,8 @@ def read(path: str | Path) -> dict:
         reader = c2pa.Reader(str(path))
     except c2pa.C2paError as exc:
         text = str(exc)
-        if "ManifestNotFound" in type(exc).__name__ or "not found" in text.lower() or "JUMBF" in text:
-            return {"present": False}
+        if "ManifestNotFound" in type(exc).__name__ or "could not be parsed" in text or "NotSupported" in text:
+            return {"present": False}  # no manifest, or not an image c2pa reads
         return {"present": True, "valid": False, "state": "Unreadable", "errors": [text[:200]]}
     data = json.loads(reader.json())
     state = data.get("validation_state") or ("Invalid" if data.get("validation_status") else "Valid")

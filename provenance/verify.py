@@ -31,18 +31,23 @@ def verify(path: str | Path) -> dict:
     from .credentials import read as read_credentials
 
     path = Path(path)
+    if not path.is_file():
+        return {"file": str(path), "status": "unreadable", "reason": "no such file"}
+    credentials = read_credentials(path)
     try:
         with Image.open(path) as im:
             record = read_record(im)
             pixels = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if credentials.get("present"):  # signed, then damaged so that it no longer decodes
+            return {"file": str(path), "status": "invalid", "reason": f"the image does not decode ({exc})",
+                    "watermark": {"found": False}, "credentials": credentials, "record": None}
         return {"file": str(path), "status": "unreadable", "reason": str(exc)}
     reading = detect(pixels)
     watermark = reading.to_json()
     if record and (record.get("watermark") or {}).get("embedded"):
         expected = Payload((record.get("lora") or {}).get("sha256", ""), int(record.get("seed") or 0))
         watermark["bit_accuracy"] = round(accuracy(pixels, expected), 4)
-    credentials = read_credentials(path)
     if credentials.get("present") and not credentials.get("valid"):
         status = "invalid"
     elif reading.found or record:

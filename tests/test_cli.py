@@ -13,7 +13,7 @@ from comfyui_persona.app.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "queue", "train"]
+    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "queue", "train", "verify"]
 
 
 def test_console_script_is_installed():
@@ -59,6 +59,9 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     assert "## Metrics" in report and "random weights" in report
     assert "RANDOM weights" in out
     assert (tmp_path / "demo" / "report.md").is_file()
+    # every image the demo made carries Persona's watermark and record
+    assert main(["verify", *map(str, sorted((tmp_path / "demo" / "generate").glob("*.png")))]) == 0
+    assert "watermark: True" in out
     for stage, info in summary.items():
         if info["status"] == "missing":
             assert stage in out

@@ -6,6 +6,7 @@ the LoRA settings of the FLUX/LoRA study (reference 001).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from ..core.config import JobConfig, divisible_by_8
 from ..models.families import FAMILIES, get_family
 
 FamilyName = Literal[tuple(FAMILIES)]  # every registered family
+log = logging.getLogger(__name__)
 
 
 class TrainConfig(JobConfig):
@@ -94,6 +96,11 @@ class TrainConfig(JobConfig):
                               "at the best predicted speed; 'manual': use them as given.")
     vram_budget_gb: float = Field(0.0, ge=0, le=1024, description="Accelerator memory budget of the planner in GB (0: the free memory of the device).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
+    # responsible use
+    require_consent: bool = Field(False, description="Refuse a dataset without a consent record (persona prepare --consent); "
+                                                     "PERSONA_REQUIRE_CONSENT=1 makes this the rule of a shared server.")
+    consent_in_metadata: bool = Field(False, description="Write the consent record's text into the LoRA metadata "
+                                                         "(default: only its SHA-256).")
     # run directory
     checkpoint_every: int = Field(200, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted).")
@@ -158,6 +165,25 @@ class TrainConfig(JobConfig):
             raise self.field_error("dataset", str(exc)) from None
         if not items:
             raise self.field_error("dataset", f"'{self.dataset}' holds no accepted image")
+        self.check_consent()
+
+    def dataset_consent(self) -> dict | None:
+        from ..faces.dataset import read_manifest
+
+        return (read_manifest(self.dataset) or {}).get("consent")
+
+    def check_consent(self) -> None:
+        """A dataset without a consent record: a warning, or (required) a refusal."""
+        from ..faces.consent import REQUIRE_ENV, consent_required
+
+        if self.dataset_consent():
+            return
+        text = (f"dataset '{self.dataset}' has no consent record of its subject; record it with "
+                f"persona prepare --consent consent.yaml (or the Build Dataset node's consent_file)")
+        if consent_required(self.require_consent):
+            raise self.field_error("require_consent", text + f" (required by "
+                                   f"{'require_consent' if self.require_consent else REQUIRE_ENV})")
+        log.warning("%s", text)
 
 
 # Regimes of reference 002 (DreamBooth reproduction) and the LoRA settings of reference 001.

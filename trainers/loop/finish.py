@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ...faces.consent import lora_metadata as consent_metadata
 from ...models.keys.kohya import lora_state
 from ..memory import techniques as memory
 
@@ -69,4 +70,5 @@ def lora_metadata(s, result) -> dict:
         "ss_sd_model_hash": comps.model_hash,
         "modelspec.architecture": fam.architecture + ("/lora" if cfg.method == "lora" else ""),
         "modelspec.title": f"{cfg.token} {cfg.class_noun}",
+        **consent_metadata(cfg.dataset_consent(), cfg.consent_in_metadata),
     }

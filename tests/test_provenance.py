@@ -1,0 +1,216 @@
+"""Responsible by default: the invisible watermark, Persona's record, C2PA content credentials
+signed with a certificate made here, persona verify, and the consent record that travels from
+the dataset into the LoRA."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from comfyui_persona.app.cli import main
+from comfyui_persona.provenance.payload import Payload
+from comfyui_persona.provenance.record import ProvenanceConfig, Record
+from comfyui_persona.provenance.save import save_image
+from comfyui_persona.provenance.verify import verify
+from comfyui_persona.provenance.watermark import accuracy, detect, embed
+
+from certificates import make_signing_certificate
+from trainer_helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory):
+    cert, key = make_signing_certificate(tmp_path_factory.mktemp("cert"))
+    return ProvenanceConfig(c2pa_cert=str(cert), c2pa_key=str(key))
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_model):
+    """An image the tiny model generates at 256 px (the watermark's smallest size)."""
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+
+    return DiffusersGenerator(tiny_model)({"prompt": "a photo of sks person", "seed": 3, "steps": 2, "cfg": 5.0,
+                                           "width": 256, "height": 256})
+
+
+def _jpeg(im, quality, subsampling=-1):
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_payload_bits_round_trip_and_name_the_pack():
+    p = Payload("abcdef0123456789", 70000)
+    back, errors = Payload.from_bits(p.bits())
+    assert errors == 0 and back.lora_hash == "abcdef" and back.seed == 70000 % 65536
+    assert len(p.bits()) == 48 and p.bits()[:8] == [0, 1, 0, 1, 0, 0, 0, 0]  # 0x50, 'P'
+
+
+def test_watermark_round_trip_on_a_generated_image_and_a_photo(generated, astronaut):
+    payload = Payload("1f2e3d", 4242)
+    for image in (generated, astronaut):
+        marked = embed(image, payload)
+        assert marked.shape == image.shape and marked.dtype == np.uint8
+        if image is astronaut:  # a photo: invisible (the random model's saturated noise clips more)
+            assert 10 * np.log10(255 ** 2 / np.mean((marked.astype(float) - image) ** 2)) > 35
+        reading = detect(marked)
+        assert reading.found and reading.payload == Payload("1f2e3d", 4242)
+        assert not detect(image).found or accuracy(image, payload) < 0.8  # the unmarked image carries no payload
+
+
+def test_watermark_robustness_as_the_table_documents(astronaut):
+    """The claims of docs/benchmarks.md: the payload survives Persona's own JPEG (4:4:4),
+    brightness and a resize to 50 % and back; ordinary 4:2:0 JPEG and cropping remove it."""
+    payload = Payload("a1b2c3", 77)
+    marked = embed(astronaut, payload)
+    h, w = marked.shape[:2]
+    kept = {"own jpeg": _jpeg(marked, 95, 0),
+            "brightness": np.asarray(ImageEnhance.Brightness(Image.fromarray(marked)).enhance(1.2)),
+            "resize": np.asarray(Image.fromarray(marked).resize((w // 2, h // 2), Image.Resampling.BICUBIC)
+                                 .resize((w, h), Image.Resampling.BICUBIC))}
+    for name, image in kept.items():
+        assert accuracy(image, payload) >= 0.85, name
+        assert detect(image).found, name
+    lost = {"jpeg q90": _jpeg(marked, 90), "crop": np.ascontiguousarray(marked[h // 20:-h // 20, w // 20:-w // 20])}
+    for name, image in lost.items():
+        assert accuracy(image, payload) < 0.8, name
+
+
+def test_small_images_and_switched_off_watermarks_are_recorded_not_hidden(tmp_path, astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((128, 128)))
+    record = save_image(small, tmp_path / "small.png", Record(seed=1), ProvenanceConfig())
+    assert record["watermark"] == {"embedded": False,
+                                   "reason": "image: 128x128 px is smaller than the watermark's minimum of 256x256 px"}
+    off = save_image(astronaut, tmp_path / "off.png", Record(seed=1), ProvenanceConfig(watermark=False))
+    assert off["watermark"]["embedded"] is False and "switched off" in off["watermark"]["reason"]
+    report = verify(tmp_path / "off.png")
+    assert report["status"] == "ok" and not report["watermark"]["found"]
+    assert report["record"]["watermark"]["reason"].startswith("switched off")
+
+
+def test_content_credentials_sign_verify_and_a_tampered_file_is_invalid(tmp_path, astronaut, signing):
+    record = Record(model={"name": "m", "hash": "0123"}, lora={"name": "l.safetensors", "sha256": "beef" * 16},
+                    seed=5, gate={"passed": True, "best_attempt": 1})
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"signed{suffix}"
+        written = save_image(astronaut, path, record, signing)
+        assert written["content_credentials"] == {"signed": True, "standard": "C2PA", "alg": "es256"}
+        report = verify(path)
+        assert report["status"] == "ok", report
+        cred = report["credentials"]
+        assert cred["present"] and cred["valid"] and not cred["trusted"]  # a private certificate
+        assert cred["persona"]["seed"] == 5 and cred["persona"]["lora"]["sha256"] == "beef" * 16
+        assert report["watermark"]["found"] and report["watermark"]["bit_accuracy"] == 1.0
+        assert report["record"]["ai_generated"] is True and report["record"]["seed"] == 5
+    for suffix in (".png", ".jpg"):  # one byte of the image data changed
+        data = bytearray((tmp_path / f"signed{suffix}").read_bytes())
+        data[len(data) * 3 // 4] ^= 0xFF
+        (tmp_path / f"tampered{suffix}").write_bytes(bytes(data))
+        tampered = verify(tmp_path / f"tampered{suffix}")
+        assert tampered["status"] == "invalid", tampered
+        assert "assertion.dataHash.mismatch" in tampered["credentials"]["errors"]
+
+
+def test_verify_command_reports_each_file_with_exit_codes(tmp_path, astronaut, grace_hopper, signing, capsys):
+    save_image(astronaut, tmp_path / "ok.png", Record(seed=9), signing)
+    Image.fromarray(grace_hopper).save(tmp_path / "plain.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["verify", str(tmp_path / "ok.png")]) == 0
+    out = capsys.readouterr().out
+    assert "found, seed 9" in out and "valid (signer not on the C2PA trust list)" in out and "Persona" in out
+    assert main(["verify", str(tmp_path / "ok.png"), str(tmp_path / "plain.png")]) == 1
+    assert "missing" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "broken.png"), str(tmp_path / "ok.png")]) == 2
+    capsys.readouterr()
+    assert main(["verify", "--json", str(tmp_path / "ok.png")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["credentials"]["valid"] is True
+
+
+def test_persona_generate_saves_every_image_with_its_provenance(tiny_model, face_dataset, tmp_path, astronaut,
+                                                                 signing, monkeypatch, capsys):
+    from comfyui_persona.trainers.loop import train
+
+    lora = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=1)).lora_path
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(astronaut).save(refs / "a.png")
+    monkeypatch.setenv("PERSONA_C2PA_CERT", signing.c2pa_cert)
+    monkeypatch.setenv("PERSONA_C2PA_KEY", signing.c2pa_key)
+    out = tmp_path / "gen"
+    code = main(["generate", "--base-model", str(tiny_model), "--lora", str(lora), "--reference", str(refs),
+                 "--prompt", "a photo of sks person", "--steps", "2", "--size", "256", "--max-attempts", "2",
+                 "--seed", "11", "--enhance", "sharpen", "--out", str(out)])
+    assert code == 3  # a random-weight model draws no face: the gate fails, the images are still marked
+    capsys.readouterr()
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["attempt-01.png", "attempt-02.png", "best.png", "enhanced.png"]
+    for f, seed in zip(files, (11, 12, 11, 11)):
+        report = verify(f)
+        assert report["status"] == "ok" and report["credentials"]["valid"], f
+        assert report["watermark"]["found"] and report["watermark"]["payload"]["seed_mod_65536"] == seed, f
+        assert report["record"]["lora"]["sha256"][:6] == report["watermark"]["payload"]["lora_hash_prefix"]
+    assert verify(out / "enhanced.png")["record"]["kind"] == "enhanced"
+    assert verify(out / "best.png")["record"]["gate"]["passed"] is False
+
+
+def test_consent_is_recorded_carried_as_a_hash_and_enforced(tiny_model, tmp_path, monkeypatch, caplog):
+    from comfyui_persona.core.config import ConfigError
+    from comfyui_persona.faces.samples import write_subject_photos
+    from comfyui_persona.trainers.loop import train
+    from comfyui_persona.trainers.outputs.export import read_lora_metadata
+
+    photos = tmp_path / "photos"
+    write_subject_photos(photos, count=3)
+    (tmp_path / "consent-signed.pdf").write_bytes(b"%PDF-1.4 signed consent of Eileen")
+    consent = tmp_path / "consent.yaml"
+    consent.write_text("subject: Eileen C.\nconsented_by: Eileen C.\ndate: 2026-11-01\n"
+                       "uses: [train a personal LoRA, portraits for her own use]\ndocument: consent-signed.pdf\n")
+    assert main(["prepare", str(photos), str(tmp_path / "ds"), "--consent", str(consent),
+                 "--config", str(_config(tmp_path))]) == 0
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    record = manifest["consent"]
+    assert record["subject"] == "Eileen C." and record["uses"][0] == "train a personal LoRA"
+    assert len(record["document_sha256"]) == 64 and "document" not in record and len(record["record_sha256"]) == 64
+    # re-running prepare without --consent keeps the record
+    assert main(["prepare", str(photos), str(tmp_path / "ds"), "--config", str(_config(tmp_path))]) == 0
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["consent"] == record
+    lora = train(tiny_config(tiny_model, tmp_path / "ds", tmp_path / "run", steps=1)).lora_path
+    meta = read_lora_metadata(lora)
+    assert meta["persona.consent_sha256"] == record["record_sha256"]
+    assert "Eileen" not in json.dumps({k: v for k, v in meta.items() if k != "persona.config"})
+    full = read_lora_metadata(train(tiny_config(tiny_model, tmp_path / "ds", tmp_path / "run-full", steps=1,
+                                                consent_in_metadata=True)).lora_path)
+    assert json.loads(full["persona.consent_record"])["subject"] == "Eileen C."
+    # a dataset without a record: a warning, or a refusal before any model loads
+    assert main(["prepare", str(photos), str(tmp_path / "plain"), "--config", str(_config(tmp_path))]) == 0
+    import comfyui_persona.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_components", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match="require_consent: dataset .* has no consent record"):
+        train(tiny_config(tiny_model, tmp_path / "plain", tmp_path / "refused", steps=1, require_consent=True))
+    monkeypatch.setenv("PERSONA_REQUIRE_CONSENT", "1")
+    with pytest.raises(ConfigError, match="PERSONA_REQUIRE_CONSENT"):
+        train(tiny_config(tiny_model, tmp_path / "plain", tmp_path / "refused2", steps=1))
+    monkeypatch.delenv("PERSONA_REQUIRE_CONSENT")
+    caplog.set_level("WARNING")
+    tiny_config(tiny_model, tmp_path / "plain", tmp_path / "warned", steps=1).check_paths()
+    assert "has no consent record" in caplog.text
+
+
+def test_a_bad_consent_record_names_the_field(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    bad = tmp_path / "consent.yaml"
+    bad.write_text("subject: X\nconsented_by: X\ndate: not-a-date\nuses: []\n")
+    assert main(["prepare", str(photos), str(tmp_path / "ds"), "--consent", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "date" in err and "uses" in err
+
+
+def _config(tmp_path):
+    path = tmp_path / "prepare.yaml"
+    path.write_text("resolution: 64\n")
+    return path
