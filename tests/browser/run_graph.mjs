@@ -16,7 +16,7 @@ const errors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   page.on("console", (m) => { if (m.type() === "error") errors.push(`${m.text()} [${m.location().url}]`); });
-  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("pageerror", (e) => errors.push(`${e} ${(e.stack || "").split("\n").slice(1, 3).join(" ").trim()}`));
   const failed = [];
   page.on("response", (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
   await page.goto(url, { waitUntil: "load" });
@@ -29,7 +29,7 @@ try {
   if (ui) {
     await page.evaluate((p) => window.app.loadGraphData(p), prompt);
   } else {
-    await page.evaluate((p) => window.app.loadApiJson(p), prompt);
+    await page.evaluate((p) => window.app.loadApiJson(p, "persona-test.json"), prompt);
     await page.evaluate(() => window.app.queuePrompt(0, 1));
   }
   const loaded = await page.evaluate(() => window.app.graph._nodes.length);
