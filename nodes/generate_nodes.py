@@ -33,6 +33,25 @@ def _floats(text: str, name: str) -> list[float]:
         raise ValueError(f"{name}: comma-separated numbers expected, got '{text}'") from None
 
 
+def watermarked(image: np.ndarray, seed: int) -> np.ndarray:
+    """Persona's watermark on a generated image (unless PERSONA_WATERMARK=0 on this server)."""
+    from ..provenance.payload import Payload
+    from ..provenance.record import ProvenanceConfig
+    from ..provenance.watermark import mark
+
+    return mark(image, Payload("", int(seed))) if ProvenanceConfig.from_env().watermark else image
+
+
+def carried(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """An enhanced image keeps the watermark its input had (or gets Persona's pack id)."""
+    from ..provenance.record import ProvenanceConfig
+    from ..provenance.watermark import carry
+
+    if after is before or not ProvenanceConfig.from_env().watermark:
+        return after
+    return carry(before, after)
+
+
 class PersonaIdentityGatedSampler:
     """KSampler behind an identity gate: sample, score the face against the references,
     and sample again (new seed, CFG/steps schedule) until it passes or attempts run out."""
@@ -96,14 +115,17 @@ class PersonaIdentityGatedSampler:
                                 should_cancel=interrupt_requested)
         best_params = result.attempts[result.best_index - 1].params
         report = json.dumps(result.to_json(), indent=2)
-        attempts = images_to_tensor(result.images)
+        # every image leaves the node with Persona's watermark (seed of its attempt)
+        marked = [watermarked(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
+        attempts = images_to_tensor(marked)
         used = "calibrated" if settings.threshold is None else "given"
         summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
                    f"{len(result.attempts)}, threshold {result.threshold} ({used}, {result.embedder})\n" +
                    "\n".join(f"#{a.index} seed {a.params['seed']}: "
                              f"{a.score if a.score is not None else 'no face'}" for a in result.attempts))
         return {"ui": {"text": [summary]},
-                "result": (images_to_tensor([result.best_image]), attempts, report, latents[best_params["seed"]])}
+                "result": (images_to_tensor([marked[result.best_index - 1]]), attempts, report,
+                           latents[best_params["seed"]])}
 
 
 class _EnhanceNode:
@@ -137,8 +159,10 @@ class _EnhanceNode:
         from ..generation.enhance import enhance_chain
 
         masks = tensor_to_masks(mask) if mask is not None else None
-        out, reports = enhance_chain(tensor_to_images(image), tensor_to_images(reference), steps,
+        before = tensor_to_images(image)
+        out, reports = enhance_chain(before, tensor_to_images(reference), steps,
                                      embedder, tolerance, masks, whole_image, regenerate)
+        out = [carried(b, a) for b, a in zip(before, out)]  # the input's watermark goes on
         blocks = []
         for k, (step, _params) in enumerate(steps):
             lines = [f"#{i}: {'applied' if r[k].applied else 'rejected'} "

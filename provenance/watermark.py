@@ -67,3 +67,19 @@ def detect(image: np.ndarray, max_pack_id_errors: int = 1) -> Reading:
 def accuracy(image: np.ndarray, expected: Payload) -> float:
     """Fraction of the 48 payload bits read back correctly from ``image``."""
     return bit_accuracy(read_bits(image), expected)
+
+
+def mark(image: np.ndarray, payload: Payload) -> np.ndarray:
+    """``image`` with the payload, or unchanged when it is smaller than the watermark allows."""
+    try:
+        return embed(image, payload)
+    except WatermarkTooSmall:
+        return image
+
+
+def carry(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """``edited`` (an enhancement of ``source``) marked with the payload ``source`` carries,
+    or with Persona's pack id alone when it carries none."""
+    if source.shape[0] * source.shape[1] < MIN_PIXELS:
+        return edited
+    return mark(edited, detect(source).payload or Payload())

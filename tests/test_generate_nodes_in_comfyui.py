@@ -71,6 +71,35 @@ def test_enhancement_nodes_run_in_a_graph(server):
     texts = [entry["outputs"][n]["text"][0] for n in ("2", "3", "4")]
     assert texts[0].startswith("sharpen") and "#0:" in texts[0]
     assert "film_grain" in texts[2]
+    # what the enhancement nodes return carries Persona's watermark (the pack id: the input had none)
+    from comfyui_persona.provenance.watermark import detect
+
+    assert detect(out).found
+
+
+def test_gated_sampler_outputs_carry_the_watermark_with_their_seed(server):
+    from comfyui_persona.provenance.payload import Payload
+    from comfyui_persona.provenance.watermark import accuracy, detect
+
+    graph = {
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
+        "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
+            "vae": ["1", 2], "reference": ["5", 0], "seed": 321, "steps": 1, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
+            "threshold": 0.0, "max_attempts": 1, "cfg_schedule": "", "steps_schedule": "",
+            "reference_mode": "mean_reference"}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "gate_marked"}},
+    }
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    image = _saved(server, entry, "7")[0]
+    # a random-weight model draws saturated noise, which holds the mark less well than a photo
+    # (the colour channels clip): most of its 48 bits, not all, read back
+    assert detect(image).found and accuracy(image, Payload("", 321)) >= 0.85
 
 
 @pytest.fixture(scope="module")
