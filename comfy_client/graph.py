@@ -104,7 +104,8 @@ def _depths(api: dict) -> dict[str, int]:
 
 
 def api_to_ui(api: dict, object_info: dict) -> dict:
-    """API-format prompt -> UI-format workflow (a layered left-to-right layout)."""
+    """API-format prompt -> UI-format workflow, laid out by ``layout`` (a titled group per
+    pipeline stage, nodes given room for their rendered size)."""
     depth = _depths(api)
     order = sorted(api, key=lambda n: (depth[n], int(n)))
     rows: dict[int, int] = {}
@@ -162,5 +163,8 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 src_out["links"].append(link_id)
                 entry["link"] = link_id
             by_id[nid]["inputs"].append(entry)
+    from .layout import place
+
+    groups = place(nodes, api, object_info, depth)
     return {"last_node_id": max(int(n) for n in api), "last_link_id": len(links), "nodes": nodes,
-            "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "links": links, "groups": groups, "config": {}, "extra": {}, "version": 0.4}

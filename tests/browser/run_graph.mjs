@@ -33,6 +33,34 @@ try {
     await page.evaluate(() => window.app.queuePrompt(0, 1));
   }
   const loaded = await page.evaluate(() => window.app.graph._nodes.length);
+  // the rendered layout: each node's box (title bar included, at least its computed size)
+  // and each group's, after one draw; then the view is fitted to the whole graph
+  await page.evaluate(() => window.app.canvas.setDirty(true, true));
+  await page.waitForTimeout(300);
+  const layout = await page.evaluate(() => {
+    const T = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+    const nodes = window.app.graph._nodes.map((n) => {
+      const min = n.computeSize ? n.computeSize() : n.size;
+      const w = Math.max(n.size[0], min[0]);
+      const h = Math.max(n.size[1], min[1]);
+      return { id: n.id, type: n.type, box: [n.pos[0], n.pos[1] - T, w, h + T] };
+    });
+    const raw = window.app.graph._groups || window.app.graph.groups || [];
+    const groups = raw.map((g) => ({ title: g.title, box: Array.from(g._bounding || g.bounding || []) }));
+    const boxes = nodes.map((n) => n.box).concat(groups.map((g) => g.box));
+    if (boxes.length) {
+      const minx = Math.min(...boxes.map((b) => b[0])), miny = Math.min(...boxes.map((b) => b[1]));
+      const maxx = Math.max(...boxes.map((b) => b[0] + b[2])), maxy = Math.max(...boxes.map((b) => b[1] + b[3]));
+      const el = window.app.canvas.canvas;
+      const W = el.clientWidth || el.width, H = el.clientHeight || el.height;
+      const ds = window.app.canvas.ds;
+      const scale = Math.min(W / (maxx - minx), H / (maxy - miny)) * 0.96;
+      ds.scale = scale;
+      ds.offset[0] = -minx + (W / scale - (maxx - minx)) / 2;
+      ds.offset[1] = -miny + (H / scale - (maxy - miny)) / 2;
+    }
+    return { nodes, groups };
+  });
   let found = 0;
   if (selector) {
     await page.waitForSelector(selector, { timeout: 180000 });
@@ -42,7 +70,7 @@ try {
   await page.evaluate(() => window.app.canvas.setDirty(true, true));
   await page.waitForTimeout(500);
   await page.screenshot({ path: shot });
-  console.log(JSON.stringify({ missing, errors, failed, rows, found, loaded }));
+  console.log(JSON.stringify({ missing, errors, failed, rows, found, loaded, layout }));
 } finally {
   await browser.close();
 }
