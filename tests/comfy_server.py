@@ -217,6 +217,38 @@ class ComfyServer:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 
+    def watch(self, client_id: str) -> list[dict]:
+        """Start recording the websocket messages the server sends ``client_id`` (progress,
+        executing, ...) into the returned list, from a background thread, until the server stops."""
+        import threading
+
+        import websocket
+
+        ws = websocket.create_connection(self.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}", timeout=5)
+        messages: list[dict] = []
+
+        def read():
+            while True:
+                try:
+                    raw = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    continue
+                except (websocket.WebSocketException, OSError):
+                    return
+                if isinstance(raw, str) and raw:
+                    messages.append(json.loads(raw))
+
+        threading.Thread(target=read, daemon=True).start()
+        return messages
+
+    def wait_for(self, prompt_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while prompt_id not in self.get(f"/history/{prompt_id}"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+            time.sleep(0.5)
+        return self.get(f"/history/{prompt_id}")[prompt_id]
+
     def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
         """Queue an API-format prompt and wait for its /history entry (which holds
         ``status.status_str`` 'success' or 'error', its messages, and the outputs)."""

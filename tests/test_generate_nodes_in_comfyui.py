@@ -168,3 +168,58 @@ def test_gated_sampler_applies_each_embedders_calibrated_threshold(server_with_e
         how = "given" if threshold else "calibrated"
         assert f"threshold {expected} ({how}, {embedder})" in summary, summary
     assert sorted({calibrated_threshold(n) for n in ("dlib", "facenet", "arcface", "clip")}) == [0.35, 0.4, 0.85, 0.91]
+
+
+def test_gated_sampler_reports_progress_and_stops_on_cancel(server):
+    graph = {
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
+        "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
+            "vae": ["1", 2], "reference": ["5", 0], "seed": 0, "steps": 2, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
+            "threshold": 0.0, "max_attempts": 64, "cfg_schedule": "", "steps_schedule": "",
+            "reference_mode": "mean_reference"}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 1]}},
+    }
+    import time
+
+    messages = server.watch("persona-gate-progress")
+    status, body = server.post("/prompt", {"prompt": graph, "client_id": "persona-gate-progress"})
+    assert status == 200, body
+    deadline = time.monotonic() + 120
+    while not [m for m in messages if m["type"] == "progress" and m["data"].get("max") == 64
+               and m["data"].get("value", 0) >= 2]:
+        time.sleep(0.2)
+        assert time.monotonic() < deadline, "the gated sampler's progress never reached the websocket"
+    server.post("/interrupt", {})
+    entry = server.wait_for(body["prompt_id"])
+    # the gate stops between attempts and returns what it has; the sampler itself may be the
+    # one interrupted: either way the prompt ends long before 64 attempts
+    done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"].get("max") == 64]
+    assert max(done) < 64
+    if entry["status"]["status_str"] == "success":
+        assert "of " in entry["outputs"]["6"]["text"][0]
+    else:
+        assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    assert server.get("/system_stats")
+
+
+def test_face_refine_node_runs_in_a_graph(server):
+    graph = {
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
+        "6": {"class_type": "PersonaFaceRefine", "inputs": {
+            "image": ["5", 0], "reference": ["5", 0], "embedder": "dlib", "tolerance": 0.01, "whole_image": False,
+            "model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0], "negative": ["2", 0], "seed": 0, "steps": 1,
+            "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.35, "crop_size": 64}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    }
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["6"]["text"][0]
+    # a random-weight model cannot redraw a face: the drift check rejects the step, the image stays
+    assert text.startswith("face_refine") and "#0: rejected" in text, text

@@ -1,6 +1,7 @@
 """Persona Build Dataset -> Persona Train inside the real ComfyUI server."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -66,9 +67,10 @@ def test_train_node_writes_a_lora_that_loraloader_lists(prepared):
 
 def test_cancel_stops_the_child_and_the_server_stays_up(prepared):
     comfy = prepared
+    messages = comfy.watch("persona-train-progress")
     status, body = comfy.post("/prompt", {"prompt": _graph("persona_cancel_test", steps=5000,
                                                            checkpoint_every=50),
-                                          "client_id": "persona-tests"})
+                                          "client_id": "persona-train-progress"})
     assert status == 200, body
     prompt_id = body["prompt_id"]
     runs = comfy.output_dir / "persona" / "runs"
@@ -78,6 +80,10 @@ def test_cancel_stops_the_child_and_the_server_stays_up(prepared):
         time.sleep(0.5)
         assert time.monotonic() < deadline, "training never started"
     run = next(p.parent for p in runs.glob("*/log.jsonl") if '"steps": 5000' in (p.parent / "config.json").read_text())
+    deadline = time.monotonic() + 60
+    while not [m for m in messages if m["type"] == "progress" and m["data"].get("max") == 5000]:
+        time.sleep(0.2)
+        assert time.monotonic() < deadline, "the Train node's progress never reached the websocket"
     comfy.post("/interrupt", {})
     deadline = time.monotonic() + 120
     while prompt_id not in comfy.get(f"/history/{prompt_id}"):
@@ -90,3 +96,34 @@ def test_cancel_stops_the_child_and_the_server_stays_up(prepared):
     # the child saved a checkpoint when it was told to stop, and the server still answers
     assert any((run / "checkpoints").iterdir())
     assert comfy.get("/system_stats")
+
+
+def test_a_training_child_killed_like_an_oom_leaves_the_server_serving(prepared):
+    """The kernel's out-of-memory killer ends a process with SIGKILL: the node reports the
+    failure with the child's last output, and the server goes on serving."""
+    import signal
+
+    import psutil
+
+    comfy = prepared
+    status, body = comfy.post("/prompt", {"prompt": _graph("persona_killed_test", steps=4000, seed=7),
+                                          "client_id": "persona-tests"})
+    assert status == 200, body
+    deadline = time.monotonic() + 120
+    child = None
+    while child is None:
+        assert time.monotonic() < deadline, "the training child never started"
+        child = next((p for p in psutil.process_iter(["cmdline"])
+                      if any(str(a).endswith("trainers/child.py") for a in (p.info["cmdline"] or []))), None)
+        time.sleep(0.3)
+    time.sleep(3)  # let it load and train a little
+    child.send_signal(signal.SIGKILL)
+    entry = comfy.wait_for(body["prompt_id"], timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    message = json.dumps(entry["status"]["messages"])
+    assert "training failed (exit code -9)" in message, message
+    assert comfy.get("/system_stats")
+    again = comfy.run_prompt({"1": {"class_type": "PersonaLoadPhotos", "inputs": {"folder": "persona/subject",
+                                                                                  "max_side": 256}},
+                              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    assert again["status"]["status_str"] == "success"
