@@ -36,13 +36,18 @@ def is_widget(kind: Any) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def is_widget_input(kind: Any, opts: dict) -> bool:
+    """Drawn as a widget: a widget type not marked ``forceInput`` (which is a socket only)."""
+    return is_widget(kind) and not opts.get("forceInput")
+
+
 def widget_slots(spec: dict) -> list[tuple[str, str]]:
     """The positions of ``widgets_values`` as (input name, role): role 'value' for the
     input's own value, 'control' and 'upload' for the extra values the frontend stores after
     some widgets (the seed's control-after-generate, the image upload button)."""
     slots: list[tuple[str, str]] = []
     for name, kind, opts in _inputs(spec):
-        if not is_widget(kind):
+        if not is_widget_input(kind, opts):
             continue
         slots.append((name, "value"))
         if (kind == "INT" and name in ("seed", "noise_seed")) or opts.get("control_after_generate"):
@@ -145,13 +150,13 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
         by_id[nid] = node
     for nid in order:
         spec = object_info[api[nid]["class_type"]]
-        for name, kind, _opts in _inputs(spec):
+        for name, kind, opts in _inputs(spec):
             value = api[nid]["inputs"].get(name)
             linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            if not linked and is_widget(kind):
+            if not linked and is_widget_input(kind, opts):
                 continue
             entry = {"name": name, "type": kind if isinstance(kind, str) else "COMBO", "link": None}
-            if is_widget(kind):
+            if is_widget_input(kind, opts):
                 entry["widget"] = {"name": name}
             if linked:
                 src, slot = value

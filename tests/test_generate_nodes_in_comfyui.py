@@ -23,6 +23,25 @@ def _saved(comfy, entry, node):
             for i in entry["outputs"][node]["images"]]
 
 
+def _gate_graph(size: int = 64, output: tuple = ("PreviewImage", 0), **sampler) -> dict:
+    """A gated-sampler graph on the SD1.5-shaped model: loader, prompt, latent, reference photo."""
+    inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
+              "vae": ["1", 2], "reference": ["5", 0], "seed": 0, "steps": 2, "cfg": 5.0,
+              "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
+              "threshold": 0.0, "max_attempts": 1, "cfg_schedule": "", "steps_schedule": "",
+              "reference_mode": "mean_reference", **sampler}
+    kind, slot = output
+    return {
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
+        "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": inputs},
+        "7": {"class_type": kind, "inputs": {"images": ["6", slot],
+                                             **({"filename_prefix": "gate_marked"} if kind == "SaveImage" else {})}},
+    }
+
+
 def test_gated_sampler_resamples_with_new_seeds_when_the_threshold_is_not_met(server):
     graph = {
         "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
@@ -81,19 +100,7 @@ def test_gated_sampler_outputs_carry_the_watermark_with_their_seed(server):
     from comfyui_persona.provenance.payload import Payload
     from comfyui_persona.provenance.watermark import accuracy, detect
 
-    graph = {
-        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
-        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
-        "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
-            "vae": ["1", 2], "reference": ["5", 0], "seed": 321, "steps": 1, "cfg": 5.0,
-            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
-            "threshold": 0.0, "max_attempts": 1, "cfg_schedule": "", "steps_schedule": "",
-            "reference_mode": "mean_reference"}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "gate_marked"}},
-    }
+    graph = _gate_graph(256, ("SaveImage", 0), seed=321, steps=1)
     entry = server.run_prompt(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     image = _saved(server, entry, "7")[0]
@@ -148,19 +155,7 @@ def test_gated_sampler_applies_each_embedders_calibrated_threshold(server_with_e
     assert info["input"]["required"]["threshold"][1]["default"] == 0.0
     cases = [(name, 0.0) for name in ("dlib", "facenet", "arcface", "clip")] + [("facenet", 0.77)]
     for embedder, threshold in cases:
-        graph = {
-            "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
-            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
-            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
-            "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
-                "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
-                "vae": ["1", 2], "reference": ["5", 0], "seed": 0, "steps": 1, "cfg": 5.0,
-                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": embedder,
-                "threshold": threshold, "max_attempts": 1, "cfg_schedule": "", "steps_schedule": "",
-                "reference_mode": "mean_reference"}},
-            "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
-        }
+        graph = _gate_graph(steps=1, embedder=embedder, threshold=threshold)
         entry = server.run_prompt(graph)
         assert entry["status"]["status_str"] == "success", (embedder, entry["status"])
         summary = entry["outputs"]["6"]["text"][0]
@@ -171,19 +166,7 @@ def test_gated_sampler_applies_each_embedders_calibrated_threshold(server_with_e
 
 
 def test_gated_sampler_reports_progress_and_stops_on_cancel(server):
-    graph = {
-        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "persona-sd15"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of sks person"}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "LoadImage", "inputs": {"image": "persona_reference.png"}},
-        "6": {"class_type": "PersonaIdentityGatedSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0],
-            "vae": ["1", 2], "reference": ["5", 0], "seed": 0, "steps": 2, "cfg": 5.0,
-            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "embedder": "dlib",
-            "threshold": 0.0, "max_attempts": 64, "cfg_schedule": "", "steps_schedule": "",
-            "reference_mode": "mean_reference"}},
-        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 1]}},
-    }
+    graph = _gate_graph(output=("PreviewImage", 1), max_attempts=64)
     import time
 
     messages = server.watch("persona-gate-progress")

@@ -257,3 +257,48 @@ def test_family_capabilities_are_checked_before_any_model_loads(tiny_flux, face_
                             (dict(resolution=72), "multiple of 16")):
         with pytest.raises((ConfigError, ValueError), match=message):
             tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", **fields)
+
+
+COMFY_FLUX_CHECK = r"""
+import json, sys, logging
+args = sys.argv[1:]
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, args[0])
+from safetensors.torch import load_file
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_detection, comfy.supported_models, comfy.lora
+sd = load_file(args[1])
+unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
+unet_config.update(json.loads(args[3]))  # detection assumes FLUX.1's 24 heads and rope axes
+model = comfy.supported_models.Flux(unet_config).get_model(sd, "model.diffusion_model.")
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+missing = []
+handler = logging.Handler()
+handler.emit = lambda record: missing.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+patches = comfy.lora.load_lora(load_file(args[2]), key_map)
+print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
+"""
+
+
+def test_flux_lora_applies_fully_in_comfyui(flux_run, tiny_flux, comfy, tmp_path):
+    """ComfyUI's own FLUX model, built from our BFL-layout transformer file, and its LoRA
+    loader map every key of the exported file (none reported 'lora key not loaded')."""
+    if not (comfy.root / "comfy" / "ldm" / "flux").is_dir():
+        pytest.skip(f"{comfy.host}: this ComfyUI predates FLUX")
+    from diffusers import FluxTransformer2DModel
+
+    from comfyui_persona.models.families.flux.keys import diffusers_to_bfl
+
+    _cfg, result, _events = flux_run
+    ref = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer")
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in
+               diffusers_to_bfl(ref.state_dict(), dict(ref.config)).items()}, str(tmp_path / "flux_bfl.safetensors"))
+    shape = {"num_heads": ref.config.num_attention_heads, "axes_dim": list(ref.config.axes_dims_rope)}
+    out = subprocess.run([sys.executable, "-c", COMFY_FLUX_CHECK, str(comfy.root), str(tmp_path / "flux_bfl.safetensors"),
+                          str(result.lora_path), json.dumps(shape)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
+    assert report["not_loaded"] == [] and report["patched"] == n_modules, report

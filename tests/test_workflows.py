@@ -73,6 +73,11 @@ def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, name):
     assert groups and all(g["title"] for g in groups)
     outside = [n["type"] for n in nodes if not any(_inside(n["box"], g["box"]) for g in groups)]
     assert outside == [], outside
+    # every widget value of the file is what the frontend holds after loading it
+    shipped = {n["id"]: n["widgets_values"] for n in _ui(name)["nodes"]}
+    changed = {n["type"]: (shipped[n["id"]], n["values"]) for n in nodes if n["values"][:len(shipped[n["id"]])]
+               != shipped[n["id"]]}
+    assert changed == {}, changed
 
 
 def _overlap(a, b) -> bool:

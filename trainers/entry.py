@@ -95,8 +95,7 @@ def _terminal_events(total: int):
             bar.refresh()
         elif kind == events.DONE:
             bar.close()
-            for key, value in data.items():
-                print(f"{key:>15}: {value}")
+            sys.stdout.write("".join(f"{key:>15}: {value}\n" for key, value in data.items()))
 
     return on_event, bar
 
@@ -108,19 +107,20 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     if args.json_events:
         bar = None
 
-        def on_event(kind, data):
-            print(events.encode(kind, data), flush=True)
+        def on_event(kind, data):  # the event protocol: one JSON line per event on stdout
+            sys.stdout.write(events.encode(kind, data) + "\n")
+            sys.stdout.flush()
     else:
         on_event, bar = _terminal_events(cfg.steps)
     try:
         run(cfg, resume=bool(args.resume), on_event=on_event)
     except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     finally:
         if bar is not None:

@@ -43,7 +43,8 @@ try {
       const min = n.computeSize ? n.computeSize() : n.size;
       const w = Math.max(n.size[0], min[0]);
       const h = Math.max(n.size[1], min[1]);
-      return { id: n.id, type: n.type, box: [n.pos[0], n.pos[1] - T, w, h + T] };
+      const values = n.serialize ? n.serialize().widgets_values : n.widgets_values;
+      return { id: n.id, type: n.type, box: [n.pos[0], n.pos[1] - T, w, h + T], values: values || [] };
     });
     const raw = window.app.graph._groups || window.app.graph.groups || [];
     const groups = raw.map((g) => ({ title: g.title, box: Array.from(g._bounding || g.bounding || []) }));
