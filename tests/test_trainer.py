@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from comfyui_persona.trainers.outputs.export import read_lora_metadata
 from comfyui_persona.trainers.loop import Callbacks, train
+from comfyui_persona.trainers.config import TrainConfig
 from comfyui_persona.trainers.outputs.run_dir import read_log
 
 from trainer_helpers import tiny_config
@@ -117,3 +118,49 @@ def test_diffusers_format_lora_loads_in_a_diffusers_pipeline(tiny_model, face_da
                     generator=torch.Generator().manual_seed(0), output_type="np").images[0]
 
     assert np.abs(render(True) - render(False)).mean() > 1e-4
+
+
+def test_caption_dropout_and_tag_shuffling_are_seeded_and_keep_the_subject_first(tiny_model):
+    from comfyui_persona.trainers.loop.captions import step_caption
+
+    cfg = TrainConfig(base_model=str(tiny_model), dataset="x", caption_dropout=0.3, shuffle_tags=True, token="ohwx")
+    caption = "ohwx person, smiling, outdoors, red shirt, close-up"
+    seen = []
+    for seed in range(200):
+        out = step_caption(caption, cfg, torch.Generator().manual_seed(seed))
+        assert out == step_caption(caption, cfg, torch.Generator().manual_seed(seed))  # seeded
+        seen.append(out)
+    dropped = [c for c in seen if c == "a photo of person"]
+    assert 0.2 < len(dropped) / len(seen) < 0.4
+    kept = [c for c in seen if c not in dropped]
+    assert all(c.startswith("ohwx person, ") for c in kept)
+    assert all(sorted(c.split(", ")) == sorted(caption.split(", ")) for c in kept)
+    assert len(set(kept)) > 10  # the tags really move
+    empty = cfg.model_copy(update={"caption_dropout": 1.0, "caption_dropout_to": "empty"})
+    assert step_caption(caption, empty, torch.Generator().manual_seed(0)) == ""
+    plain = cfg.model_copy(update={"caption_dropout": 0.0, "shuffle_tags": False})
+    assert step_caption(caption, plain, torch.Generator().manual_seed(0)) == caption
+
+
+def test_a_seeded_run_with_caption_dropout_and_shuffled_tags_repeats(tiny_model, face_dataset, tmp_path):
+    import shutil
+
+    tagged = tmp_path / "tagged"  # a plain kohya folder: images and comma-separated tag captions
+    tagged.mkdir()
+    for i, image in enumerate(sorted(face_dataset.glob("*.png"))):
+        shutil.copy(image, tagged / f"{i}.png")
+        (tagged / f"{i}.txt").write_text("sks person, smiling, astronaut suit, studio light, flag\n")
+    fields = dict(steps=4, batch_size=2, caption_dropout=0.5, shuffle_tags=True)
+    a = train(tiny_config(tiny_model, tagged, tmp_path / "a", **fields))
+    b = train(tiny_config(tiny_model, tagged, tmp_path / "b", **fields))
+    plain = train(tiny_config(tiny_model, tagged, tmp_path / "plain", steps=4, batch_size=2))
+    losses = lambda r: [x["loss"] for x in r.records]  # noqa: E731
+    assert losses(a) == losses(b) and all(np.isfinite(losses(a)))
+    assert losses(a) != losses(plain)
+
+
+def test_shuffled_tags_are_refused_where_captions_are_encoded_once(tiny_model):
+    from comfyui_persona.core.config import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="shuffle_tags: family 'flux'"):
+        TrainConfig(base_model=str(tiny_model), dataset="x", family="flux", shuffle_tags=True)

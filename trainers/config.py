@@ -37,6 +37,13 @@ class TrainConfig(JobConfig):
     caption_source: Literal["dataset", "instance_prompt"] = Field(
         "dataset", description="Train on each image's caption, or on instance_prompt for every image.")
     instance_prompt: str = Field("a photo of {token} {class}", description="Prompt for every image when caption_source is instance_prompt.")
+    caption_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Probability that an image trains on its class caption "
+                                                                   "(or none, see caption_dropout_to) at a step: the LoRA "
+                                                                   "stays promptable beyond the captions (0.05-0.1 is usual).")
+    caption_dropout_to: Literal["class", "empty"] = Field("class", description="What a dropped caption becomes: the class "
+                                                                             "prompt, or the empty caption.")
+    shuffle_tags: bool = Field(False, description="Shuffle the comma-separated tags of each caption at every step, the "
+                                                  "first tag (the subject's) kept first; captions are then encoded each step.")
     resolution: int = Field(512, ge=64, le=2048, description="Training resolution in px (divisible by 8).")
     # LoRA
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
@@ -127,6 +134,9 @@ class TrainConfig(JobConfig):
             raise ValueError(f"prior_preservation: not offered for family '{self.family}'")
         if self.identity_loss_weight > 0 and not fam.supports_identity_loss:
             raise ValueError(f"identity_loss_weight: the identity loss is not offered for family '{self.family}'")
+        if self.shuffle_tags and not fam.keeps_text_encoders:
+            raise ValueError(f"shuffle_tags: family '{self.family}' encodes each caption once and then drops its "
+                             f"text encoders; shuffled captions would need them at every step")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
         fam.check_config(self)

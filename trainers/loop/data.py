@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..memory import techniques as memory
+from .captions import dropout_caption, step_caption
 from .prior import class_images, load_images
 
 
@@ -77,8 +78,9 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
                 save_file({"mean": data.latent_mean, "std": data.latent_std}, str(cache_file))
     else:
         data.pixels = pixels
-    if cfg.cache_text_embeddings and not cfg.train_text_encoder:
-        data.embeddings = encode_cached(s, prompts)
+    if cfg.cache_text_embeddings and not cfg.train_text_encoder and not cfg.shuffle_tags:
+        extra = [dropout_caption(cfg)] if cfg.caption_dropout > 0 else []
+        data.embeddings = encode_cached(s, prompts + extra)
     return data
 
 
@@ -127,8 +129,9 @@ def prepare_data(s) -> TrainingData:
     return TrainingData(instance, classes, identity, validation_cond, generated)
 
 
-def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator):
-    """(latents, prompt embeddings) of the items ``idx``; noise for latent sampling from ``gen``."""
+def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_captions: bool = False):
+    """(latents, prompt embeddings) of the items ``idx``; noise for latent sampling from ``gen``;
+    ``vary_captions``: caption dropout and tag shuffling (``captions``) for instance images."""
     comps, cfg = s.comps, s.cfg
     if data.latent_mean is not None:
         mean, std = data.latent_mean[idx], data.latent_std[idx]
@@ -138,6 +141,8 @@ def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator):
         mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
     latents = (mean + std * torch.randn(mean.shape, generator=gen) - comps.vae_shift) * comps.vae_scale
     prompts = [data.prompts[i] for i in idx.tolist()]
+    if vary_captions:
+        prompts = [step_caption(p, cfg, gen) for p in prompts]
     if data.embeddings:
         cond = {k: torch.stack([data.embeddings[p][k] for p in prompts]) for k in data.embeddings[prompts[0]]}
     else:
@@ -151,7 +156,7 @@ def step_batch(s, data: TrainingData, gen: torch.Generator):
     """The micro-batch of one micro-step: instance samples, then as many class samples."""
     cfg = s.cfg
     idx = torch.randint(0, data.instance.count, (cfg.batch_size,), generator=gen)
-    latents, cond = batch(s, data.instance, idx, gen)
+    latents, cond = batch(s, data.instance, idx, gen, vary_captions=True)
     if data.classes is not None:
         cidx = torch.randint(0, data.classes.count, (cfg.batch_size,), generator=gen)
         c_lat, c_cond = batch(s, data.classes, cidx, gen)

@@ -131,7 +131,7 @@ _MEMO: dict[str, float] = {}
 
 def _key(cfg, arch: str, switches: dict) -> str:
     fields = ["family", "method", "resolution", "rank", "train_text_encoder", "prior_preservation", "t5_max_length",
-              "identity_loss_weight", "grad_set_to_none"]
+              "identity_loss_weight", "grad_set_to_none", "shuffle_tags"]
     data = {f: getattr(cfg, f) for f in fields}
     data.update(targets=cfg.lora_targets, arch=arch, switches=switches, version=2)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
