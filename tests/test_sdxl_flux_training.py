@@ -3,6 +3,7 @@ independent consumers: diffusers' own kohya converters, and ComfyUI's LoRA key m
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -302,3 +303,10 @@ def test_flux_lora_applies_fully_in_comfyui(flux_run, tiny_flux, comfy, tmp_path
     report = json.loads(out.stdout.strip().splitlines()[-1])
     n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
     assert report["not_loaded"] == [] and report["patched"] == n_modules, report
+
+
+def test_flux_trains_with_the_face_weighted_loss(tiny_flux, face_dataset, tmp_path):
+    """The weights are packed like FLUX's latents: a masked run trains (shapes meet)."""
+    result = train(tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", steps=2,
+                               masked_loss=True, background_weight=0.1, validation_identity="off"))
+    assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)

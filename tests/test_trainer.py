@@ -164,3 +164,34 @@ def test_shuffled_tags_are_refused_where_captions_are_encoded_once(tiny_model):
 
     with pytest.raises((ConfigError, ValueError), match="shuffle_tags: family 'flux'"):
         TrainConfig(base_model=str(tiny_model), dataset="x", family="flux", shuffle_tags=True)
+
+
+def test_masked_loss_with_zero_background_leaves_background_gradients_at_zero():
+    from comfyui_persona.models.families import Prediction, get_family
+    from comfyui_persona.trainers.loop.step import loss_of
+
+    torch.manual_seed(0)
+    pred = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = torch.randn(2, 4, 8, 8)
+    face = torch.zeros(2, 1, 8, 8)
+    face[:, :, 2:6, 3:7] = 1.0
+    loss, _ = loss_of(Prediction(pred, target, pred, torch.zeros(2)), 2, 1.0, face)
+    loss.backward()
+    background = (face == 0).expand_as(pred)
+    assert torch.all(pred.grad[background] == 0) and torch.all(pred.grad[~background] != 0)
+    # FLUX's packed prediction: the weights are packed like the latents (2x2 patches, per channel)
+    flux = get_family("flux")
+    packed_pred = torch.zeros(2, 16, 16)  # [B, (8/2)*(8/2) tokens, 4 channels * 4]
+    packed = flux.pixel_weight(face, packed_pred)
+    assert packed.shape == (2, 16, 16)
+    expected = flux.pack(face.expand(-1, 4, -1, -1))
+    # token 0 is the top-left 2x2 patch (background); token 6 covers rows 2-3, columns 4-5 (face)
+    assert torch.equal(packed, expected) and packed[:, 0].sum() == 0 and packed[:, 6].min() == 1
+
+
+def test_a_masked_run_trains_on_the_face_masks(tiny_model, face_dataset, tmp_path):
+    masked = train(tiny_config(tiny_model, face_dataset, tmp_path / "masked", steps=4, masked_loss=True,
+                               background_weight=0.0))
+    plain = train(tiny_config(tiny_model, face_dataset, tmp_path / "plain", steps=4))
+    losses = lambda r: [x["loss"] for x in r.records]  # noqa: E731
+    assert all(np.isfinite(losses(masked))) and losses(masked) != losses(plain)

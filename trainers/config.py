@@ -65,6 +65,10 @@ class TrainConfig(JobConfig):
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     seed: int = Field(0, ge=0, description="Seed of everything random (reproducible runs).")
+    masked_loss: bool = Field(False, description="Face-weighted loss: the per-pixel loss weighted by the dataset's feathered "
+                                                 "face masks (subject boxes for objects), at the latent resolution.")
+    background_weight: float = Field(0.2, ge=0.0, le=1.0, description="masked_loss: the weight of pixels outside the "
+                                                                       "face (1: an ordinary loss).")
     snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (0: off; 5 is usual).")
     noise_offset: float = Field(0.0, ge=0, le=1.0, description="Noise offset (better very dark/bright images).")
     # FLUX (flow matching)

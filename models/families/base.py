@@ -103,6 +103,10 @@ class Family:
         """Zero conditioning of the right shapes (benchmarks and memory simulation)."""
         raise NotImplementedError
 
+    def pixel_weight(self, weight: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """A per-latent-pixel weight ``[B, 1, h, w]`` in the layout of the prediction."""
+        return weight.to(pred.device)
+
     def latent_shape(self, comps, resolution: int) -> tuple[int, int, int]:
         factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
         return (comps.vae.config.latent_channels, resolution // factor, resolution // factor)

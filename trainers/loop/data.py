@@ -25,6 +25,7 @@ class Examples:
     pixels: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    weights: torch.Tensor | None = None  # [N, 1, h, w] per-latent-pixel loss weights (masked_loss)
 
 
 @dataclass
@@ -105,6 +106,8 @@ def prepare_data(s) -> TrainingData:
     for module in [comps.vae, *comps.text_encoders]:
         memory.cast_frozen(module, s.dtype)
     instance = examples(s, pixels, prompts, s.run_dir / "cache" if cfg.cache_latents == "disk" else None)
+    if cfg.masked_loss:
+        instance.weights = loss_weights(items, cfg, s.family.latent_shape(comps, cfg.resolution)[1:])
     classes = None
     if class_pixels is not None:
         class_cache = (cache_root / "latents" / s.digest) if cfg.cache_latents == "disk" else None
@@ -127,6 +130,25 @@ def prepare_data(s) -> TrainingData:
             for te in comps.text_encoders:
                 memory.offload(te)
     return TrainingData(instance, classes, identity, validation_cond, generated)
+
+
+def loss_weights(items, cfg, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's face mask at the latent size (area-averaged), as background_weight outside
+    the face rising to 1 inside it."""
+    import numpy as np
+    from PIL import Image
+
+    missing = [str(it.image) for it in items if it.mask is None or not Path(it.mask).is_file()]
+    if missing:
+        raise cfg.field_error("masked_loss", f"needs a mask for every image (persona prepare writes them); "
+                                             f"none for {missing[:3]}")
+    masks = []
+    for it in items:
+        with Image.open(it.mask) as im:
+            im = im.convert("L").resize((cfg.resolution, cfg.resolution), Image.Resampling.BILINEAR)
+            masks.append(np.asarray(im, np.float32) / 255.0)
+    m = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks))[:, None], size)
+    return cfg.background_weight + (1.0 - cfg.background_weight) * m
 
 
 def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_captions: bool = False):
@@ -153,12 +175,16 @@ def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_capti
 
 
 def step_batch(s, data: TrainingData, gen: torch.Generator):
-    """The micro-batch of one micro-step: instance samples, then as many class samples."""
+    """The micro-batch of one micro-step: instance samples, then as many class samples; and
+    the per-pixel loss weights (None without masked_loss; class images weigh 1 everywhere)."""
     cfg = s.cfg
     idx = torch.randint(0, data.instance.count, (cfg.batch_size,), generator=gen)
     latents, cond = batch(s, data.instance, idx, gen, vary_captions=True)
+    weights = data.instance.weights[idx] if data.instance.weights is not None else None
     if data.classes is not None:
         cidx = torch.randint(0, data.classes.count, (cfg.batch_size,), generator=gen)
         c_lat, c_cond = batch(s, data.classes, cidx, gen)
         latents, cond = torch.cat([latents, c_lat]), {k: torch.cat([cond[k], c_cond[k]]) for k in cond}
-    return latents, cond
+        if weights is not None:
+            weights = torch.cat([weights, torch.ones_like(weights[:1]).expand(len(cidx), -1, -1, -1)])
+    return latents, cond, weights

@@ -58,9 +58,17 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
     return groups
 
 
-def loss_of(p: Prediction, n_instance: int, prior_weight: float):
-    per_sample = F.mse_loss(p.pred.float(), p.target.float(), reduction="none")
-    per_sample = per_sample.mean(dim=tuple(range(1, per_sample.ndim)))
+def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: torch.Tensor | None = None):
+    """The batch loss: per-sample MSE (a weighted mean over pixels when ``pixel_weight`` is
+    given, shaped like the prediction or broadcastable to it), Min-SNR weights, instance mean
+    plus ``prior_weight`` times the class images' mean."""
+    per_pixel = F.mse_loss(p.pred.float(), p.target.float(), reduction="none")
+    dims = tuple(range(1, per_pixel.ndim))
+    if pixel_weight is None:
+        per_sample = per_pixel.mean(dim=dims)
+    else:
+        w = pixel_weight.float().expand_as(per_pixel)
+        per_sample = (per_pixel * w).sum(dim=dims) / w.sum(dim=dims).clamp(min=1e-8)
     if p.weight is not None:
         per_sample = per_sample * p.weight
     instance = per_sample[:n_instance].mean()
@@ -74,7 +82,7 @@ def loss_of(p: Prediction, n_instance: int, prior_weight: float):
 
 
 def forward_backward(comps, model, latents, cond, gen, cfg, dtype, autocast, accumulation: int = 1,
-                     extra_loss=None, backward=None):
+                     extra_loss=None, backward=None, pixel_weight: torch.Tensor | None = None):
     """One micro-step: the family's prediction under ``autocast``, the loss (plus what
     ``extra_loss(prediction, loss, parts)`` adds: the identity term), then ``backward`` of
     ``loss / accumulation`` (default ``Tensor.backward``; the loop passes accelerate's, which scales
@@ -82,7 +90,8 @@ def forward_backward(comps, model, latents, cond, gen, cfg, dtype, autocast, acc
     fam = get_family(comps.family)
     with autocast:
         p = fam.predict(comps, model, latents, cond, gen, cfg, dtype)
-        loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight)
+        weight = fam.pixel_weight(pixel_weight, p.pred) if pixel_weight is not None else None
+        loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight, weight)
         if extra_loss is not None:
             loss, parts = extra_loss(p, loss, parts)
     (backward or torch.Tensor.backward)(loss / accumulation)

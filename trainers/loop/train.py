@@ -126,13 +126,13 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             for micro in range(cfg.gradient_accumulation):
                 gen = _step_generator(cfg.seed, step, micro, s.rank)
                 torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
-                latents, cond = step_batch(s, data, gen)
+                latents, cond, weights = step_batch(s, data, gen)
                 sync = micro == cfg.gradient_accumulation - 1
                 no_sync = acc.no_sync(denoiser_ddp) if not sync and acc.num_processes > 1 else nullcontext()
                 with no_sync:
                     loss, parts = forward_backward(comps, denoiser_ddp, latents, cond, gen, cfg, s.dtype,
                                                    acc.autocast(), cfg.gradient_accumulation,
-                                                   _identity_term(s, data, step), acc.backward)
+                                                   _identity_term(s, data, step), acc.backward, weights)
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation

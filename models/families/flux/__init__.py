@@ -176,6 +176,11 @@ class Flux(Family):
                      txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return Prediction(pred, target, noisy, sigma * 1000, None)
 
+    def pixel_weight(self, weight, pred):
+        """Packed like the latents: each 2x2 patch's four weights, repeated per channel."""
+        channels = pred.shape[-1] // 4
+        return self.pack(weight.expand(-1, channels, -1, -1)).to(pred.device)
+
     def dummy_condition(self, comps, batch, device, dtype, cfg=None):
         c = comps.denoiser.config
         t5_length = cfg.t5_max_length if cfg is not None else 512
