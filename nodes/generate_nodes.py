@@ -7,6 +7,7 @@ import numpy as np
 
 from ..core.imaging import images_to_tensor, tensor_to_images, tensor_to_masks
 from ..faces.identity import BACKENDS, thresholds_text
+from ..provenance.watermark import carry, mark_generated
 from .host import Progress, interrupt_requested, ksampler, samplers
 
 CATEGORY_GEN = "Persona/generate"
@@ -31,25 +32,6 @@ def _floats(text: str, name: str) -> list[float]:
         return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"{name}: comma-separated numbers expected, got '{text}'") from None
-
-
-def watermarked(image: np.ndarray, seed: int) -> np.ndarray:
-    """Persona's watermark on a generated image (unless PERSONA_WATERMARK=0 on this server)."""
-    from ..provenance.payload import Payload
-    from ..provenance.record import ProvenanceConfig
-    from ..provenance.watermark import mark
-
-    return mark(image, Payload("", int(seed))) if ProvenanceConfig.from_env().watermark else image
-
-
-def carried(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """An enhanced image keeps the watermark its input had (or gets Persona's pack id)."""
-    from ..provenance.record import ProvenanceConfig
-    from ..provenance.watermark import carry
-
-    if after is before or not ProvenanceConfig.from_env().watermark:
-        return after
-    return carry(before, after)
 
 
 class PersonaIdentityGatedSampler:
@@ -116,7 +98,7 @@ class PersonaIdentityGatedSampler:
         best_params = result.attempts[result.best_index - 1].params
         report = json.dumps(result.to_json(), indent=2)
         # every image leaves the node with Persona's watermark (seed of its attempt)
-        marked = [watermarked(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
+        marked = [mark_generated(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
         attempts = images_to_tensor(marked)
         used = "calibrated" if settings.threshold is None else "given"
         summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
@@ -162,7 +144,7 @@ class _EnhanceNode:
         before = tensor_to_images(image)
         out, reports = enhance_chain(before, tensor_to_images(reference), steps,
                                      embedder, tolerance, masks, whole_image, regenerate)
-        out = [carried(b, a) for b, a in zip(before, out)]  # the input's watermark goes on
+        out = [carry(b, a) for b, a in zip(before, out)]  # the input's watermark goes on
         blocks = []
         for k, (step, _params) in enumerate(steps):
             lines = [f"#{i}: {'applied' if r[k].applied else 'rejected'} "

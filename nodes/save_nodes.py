@@ -4,8 +4,6 @@ and the metrics' summary) in the file's metadata, and C2PA content credentials w
 server's operator configured a signing certificate."""
 from __future__ import annotations
 
-import json
-
 from ..core.imaging import tensor_to_images
 from .host import lora_file_path, output_dir, safe_name
 
@@ -19,12 +17,6 @@ def _prefix(value: str) -> tuple[str, str]:
         raise ValueError(f"filename_prefix: at most one folder, 'folder/prefix', got {value!r}")
     names = [safe_name(p, "filename_prefix") for p in parts]
     return (names[0], names[1]) if len(names) == 2 else ("", names[0])
-
-
-def _next_index(folder, prefix: str, suffix: str) -> int:
-    taken = [int(p.stem.rsplit("_", 1)[1]) for p in folder.glob(f"{prefix}_*{suffix}")
-             if p.stem.rsplit("_", 1)[1].isdigit()]
-    return max(taken, default=0) + 1
 
 
 class PersonaSaveImage:
@@ -56,31 +48,20 @@ class PersonaSaveImage:
 
     def execute(self, images, filename_prefix, format, watermark, lora_file, gate=None, metrics=None):
         from ..provenance.record import ProvenanceConfig, Record, lora_info
-        from ..provenance.save import save_image
+        from ..provenance.save import save_numbered
 
         subfolder, prefix = _prefix(filename_prefix)
-        gate_result = json.loads(gate) if gate else None
-        seed = None
-        if gate_result:
-            seed = gate_result["attempts"][gate_result["best_attempt"] - 1]["params"].get("seed")
-        summary = [{"metric": r["metric"], "value": r["value"]} for r in (metrics or {}).get("rows", [])
-                   if r["value"] is not None][:12] or None
         lora = lora_info(lora_file_path(lora_file)) if lora_file.strip() else {}
-        record = Record(lora=lora, seed=seed, gate=gate_result, metrics=summary)
+        record = Record.from_graph(gate, (metrics or {}).get("rows"), lora)
         cfg = ProvenanceConfig.from_env(**({} if watermark else {"watermark": False}))
-        folder = output_dir() / subfolder
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = f".{format}"
-        start = _next_index(folder, prefix, suffix)
-        saved, lines = [], []
-        for k, image in enumerate(tensor_to_images(images)):
-            name = f"{prefix}_{start + k:05d}{suffix}"
-            written = save_image(image, folder / name, record, cfg)
-            saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
-            wm, cred = written["watermark"], written["content_credentials"]
+        written = save_numbered(tensor_to_images(images), output_dir() / subfolder, prefix, f".{format}", record, cfg)
+        lines = []
+        for name, data in written:
+            wm, cred = data["watermark"], data["content_credentials"]
             lines.append(f"{name}: watermark {'embedded' if wm['embedded'] else 'NOT embedded (' + wm['reason'] + ')'}; "
                          f"content credentials {'signed' if cred['signed'] else 'not signed (' + cred['reason'] + ')'}")
-        return {"ui": {"images": saved, "text": ["\n".join(lines)]}}
+        return {"ui": {"images": [{"filename": n, "subfolder": subfolder, "type": "output"} for n, _ in written],
+                       "text": ["\n".join(lines)]}}
 
 
 NODES = {"PersonaSaveImage": (PersonaSaveImage, "Persona Save Image (watermark + credentials)")}

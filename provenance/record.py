@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,16 @@ class Record:
     prompt: str = ""
     gate: dict | None = None
     metrics: list | None = None
+
+    @classmethod
+    def from_graph(cls, gate_json: str | None, metric_rows: list | None, lora: dict) -> "Record":
+        """The record of images saved at the end of a graph: the gate's result (its best
+        attempt's seed) and a summary of the metrics, as the nodes pass them on."""
+        gate = json.loads(gate_json) if gate_json else None
+        seed = gate["attempts"][gate["best_attempt"] - 1]["params"].get("seed") if gate else None
+        summary = [{"metric": r["metric"], "value": r["value"]} for r in (metric_rows or [])
+                   if r["value"] is not None][:12] or None
+        return cls(lora=lora, seed=seed, gate=gate, metrics=summary)
 
     def payload(self) -> Payload:
         return Payload(self.lora.get("sha256", ""), int(self.seed or 0))

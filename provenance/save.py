@@ -57,3 +57,19 @@ def save_image(image: np.ndarray, path: str | Path, record: Record,
 
         sign(path, data, cfg.c2pa_cert, cfg.c2pa_key, cfg.c2pa_alg)
     return data
+
+
+def save_numbered(images, folder: Path, prefix: str, suffix: str, record: Record,
+                  cfg: ProvenanceConfig | None = None) -> list[tuple[str, dict]]:
+    """Save ``images`` as ``<prefix>_NNNNN<suffix>`` in ``folder``, numbered after the files
+    already there (as ComfyUI's own savers do); returns (file name, record) per image."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.stem.rsplit("_", 1)[1]) for p in folder.glob(f"{prefix}_*{suffix}")
+             if p.stem.rsplit("_", 1)[1].isdigit()]
+    start = max(taken, default=0) + 1
+    out = []
+    for k, image in enumerate(images):
+        name = f"{prefix}_{start + k:05d}{suffix}"
+        out.append((name, save_image(image, folder / name, record, cfg)))
+    return out

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .payload import Payload
+from .payload import Payload, bit_accuracy
 from .record import METADATA_KEY
-from .watermark import accuracy, detect
+from .watermark import detect
 
 
 def read_record(image: Image.Image) -> dict | None:
@@ -47,7 +47,7 @@ def verify(path: str | Path) -> dict:
     watermark = reading.to_json()
     if record and (record.get("watermark") or {}).get("embedded"):
         expected = Payload((record.get("lora") or {}).get("sha256", ""), int(record.get("seed") or 0))
-        watermark["bit_accuracy"] = round(accuracy(pixels, expected), 4)
+        watermark["bit_accuracy"] = round(bit_accuracy(reading.bits, expected), 4) if reading.bits else 0.0
     if credentials.get("present") and not credentials.get("valid"):
         status = "invalid"
     elif reading.found or record:

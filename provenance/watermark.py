@@ -47,6 +47,7 @@ class Reading:
     payload: Payload | None
     pack_id_errors: int
     reason: str = ""
+    bits: list[int] | None = None  # the 48 bits as read (None: the image is too small)
 
     def to_json(self) -> dict:
         return {"found": self.found, "payload": self.payload.to_json() if self.payload else None,
@@ -59,9 +60,10 @@ def detect(image: np.ndarray, max_pack_id_errors: int = 1) -> Reading:
     h, w = image.shape[:2]
     if h * w < MIN_PIXELS:
         return Reading(False, None, 8, f"{w}x{h} px: below the watermark's minimum of 256x256 px")
-    payload, errors = Payload.from_bits(read_bits(image))
+    bits = read_bits(image)
+    payload, errors = Payload.from_bits(bits)
     found = errors <= max_pack_id_errors
-    return Reading(found, payload if found else None, errors)
+    return Reading(found, payload if found else None, errors, bits=bits)
 
 
 def accuracy(image: np.ndarray, expected: Payload) -> float:
@@ -77,9 +79,21 @@ def mark(image: np.ndarray, payload: Payload) -> np.ndarray:
         return image
 
 
+def enabled() -> bool:
+    """False when the operator switched the watermark off (``PERSONA_WATERMARK=0``)."""
+    from .record import ProvenanceConfig
+
+    return ProvenanceConfig.from_env().watermark
+
+
+def mark_generated(image: np.ndarray, seed: int) -> np.ndarray:
+    """A freshly generated image with Persona's payload for its seed (unless switched off)."""
+    return mark(image, Payload("", int(seed))) if enabled() else image
+
+
 def carry(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     """``edited`` (an enhancement of ``source``) marked with the payload ``source`` carries,
-    or with Persona's pack id alone when it carries none."""
-    if source.shape[0] * source.shape[1] < MIN_PIXELS:
+    or with Persona's pack id alone when it carries none (unless switched off)."""
+    if edited is source or not enabled() or source.shape[0] * source.shape[1] < MIN_PIXELS:
         return edited
     return mark(edited, detect(source).payload or Payload())
