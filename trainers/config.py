@@ -53,6 +53,12 @@ class TrainConfig(JobConfig):
         default_factory=list,
         description="Denoiser module names that get LoRA adapters (empty: the family's attention projections).")
     train_text_encoder: bool = Field(False, description="Also train LoRA adapters on the text encoder.")
+    use_dora: bool = Field(False, description="DoRA (weight-decomposed LoRA): a trained magnitude per output row "
+                                              "beside the low-rank direction; closer to full fine-tuning at the "
+                                              "same rank, ~10-20% slower. Exported with kohya's dora_scale keys.")
+    loraplus_lr_ratio: float = Field(1.0, ge=1.0, le=64.0, description="LoRA+: the B (up) matrices learn this many "
+                                                                        "times faster than the A (down) matrices "
+                                                                        "(1: off; 16 is the paper's value).")
     # optimisation
     steps: int = Field(800, ge=1, le=1_000_000, description="Optimizer steps.")
     batch_size: int = Field(1, ge=1, le=256, description="Images per micro-batch.")
@@ -65,6 +71,17 @@ class TrainConfig(JobConfig):
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
     seed: int = Field(0, ge=0, description="Seed of everything random (reproducible runs).")
+    ema: bool = Field(False, description="Keep an exponential moving average of the trained weights; validation "
+                                         "samples and the export use it (smoother, less overfit late in a run).")
+    ema_decay: float = Field(0.995, gt=0.0, lt=1.0, description="EMA: shadow <- decay * shadow + (1 - decay) * "
+                                                               "weights at each update (0.99-0.999 for runs of "
+                                                               "hundreds to thousands of steps).")
+    ema_every: int = Field(1, ge=1, le=10000, description="EMA: update the average every N optimizer steps.")
+    ema_on_cpu: bool = Field(False, description="EMA: keep the average in CPU memory (no accelerator memory; "
+                                                "slower updates, use with ema_every > 1).")
+    ema_export: Literal["instead", "beside"] = Field(
+        "instead", description="EMA: the exported LoRA/model holds the EMA weights ('instead'), or the raw weights "
+                               "with the EMA ones beside them in lora_ema.safetensors / model_ema ('beside').")
     masked_loss: bool = Field(False, description="Face-weighted loss: the per-pixel loss weighted by the dataset's feathered "
                                                  "face masks (subject boxes for objects), at the latent resolution.")
     background_weight: float = Field(0.2, ge=0.0, le=1.0, description="masked_loss: the weight of pixels outside the "
@@ -141,6 +158,14 @@ class TrainConfig(JobConfig):
         if self.shuffle_tags and not fam.keeps_text_encoders:
             raise ValueError(f"shuffle_tags: family '{self.family}' encodes each caption once and then drops its "
                              f"text encoders; shuffled captions would need them at every step")
+        if self.method != "lora" and (self.use_dora or self.loraplus_lr_ratio != 1.0):
+            raise ValueError("use_dora/loraplus_lr_ratio: adapter variants need method 'lora'")
+        if self.use_dora and not fam.supports_dora:
+            raise ValueError(f"use_dora: DoRA is not offered for family '{self.family}' (its fused LoRA layers "
+                             f"have no DoRA form ComfyUI reads); use a plain LoRA")
+        if self.use_dora and self.quantize_base == "fp8":
+            raise ValueError("use_dora: DoRA reads the base weight, which quantize_base 'fp8' stores as scaled "
+                             "rows; use quantize_base 'int8', 'nf4' or 'off'")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
         fam.check_config(self)

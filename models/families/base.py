@@ -39,6 +39,7 @@ class Family:
     supports_identity_loss = True
     supports_text_encoder_training = True
     supports_dreambooth = False
+    supports_dora = True  # DoRA's magnitudes have a place in the family's kohya LoRA file
     # memory policy
     uses_attention_processors = True  # diffusers' attention processors (SDPA / sliced) apply
     keeps_text_encoders = True  # False: deleted once every caption is encoded

@@ -12,6 +12,7 @@ import re
 import torch
 
 PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(.+?)\.lora_([AB])(?:\.default)?\.weight$")
+DORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+?)\.dora_scale$")
 
 
 def _classic_name(module: str, prefix: str) -> str:
@@ -28,6 +29,11 @@ def peft_to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float,
     'lora_te1', ...); ``rename`` maps a module path first (SDXL: diffusers -> original layout)."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
+        dora = DORA_KEY.match(key)
+        if dora:
+            module = _classic_name(rename(dora.group(1)) if rename else dora.group(1), prefix)
+            out[f"{prefix}_{module.replace('.', '_')}.dora_scale"] = tensor.detach().contiguous()
+            continue
         m = PEFT_KEY.match(key)
         if not m:
             continue
@@ -48,5 +54,35 @@ def text_encoder_tensors(prefixes: list[str], te_states: list[dict], alpha: floa
 
 
 def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of a model carrying a peft adapter (names as in the model)."""
-    return {k: v for k, v in model.state_dict().items() if "lora_A" in k or "lora_B" in k}
+    """The LoRA tensors of a model carrying a peft adapter (names as in the model), and for
+    DoRA layers each one's ``<module>.dora_scale`` in the form ComfyUI applies
+    (:func:`comfy_dora_scales`)."""
+    state = {k: v for k, v in model.state_dict().items() if "lora_A" in k or "lora_B" in k}
+    state.update(comfy_dora_scales(model))
+    return state
+
+
+def comfy_dora_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``<module>.dora_scale`` of every DoRA layer, shaped ``[out, 1, ...]`` (the output axis).
+
+    peft's DoRA layer computes ``W' = m / ||W + dW|| * (W + dW)`` with row norms over the input
+    axes and ``dW`` the scaled LoRA product. ComfyUI's loader (``weight_decompose``), given a
+    scale on the output axis ``s``, computes ``W' = s / ||W|| * (W + dW)``: the row norms of the
+    base weight. So the file stores ``s = m * ||W|| / ||W + dW||``, with which ComfyUI's
+    weight equals peft's exactly (for the base model the LoRA was trained on)."""
+    out = {}
+    for name, module in model.named_modules():
+        magnitudes = getattr(module, "lora_magnitude_vector", None)
+        if not magnitudes:
+            continue
+        from peft.utils.integrations import dequantize_module_weight
+
+        base = dequantize_module_weight(module.get_base_layer()).detach().float()
+        for adapter, layer in magnitudes.items():
+            delta = module.get_delta_weight(adapter).detach().float()
+            rows = base.shape[0]
+            norm = base.reshape(rows, -1).norm(dim=1)
+            norm_adapted = (base + delta).reshape(rows, -1).norm(dim=1)
+            scale = layer.weight.detach().float() * norm / norm_adapted
+            out[f"{name}.dora_scale"] = scale.reshape(rows, *[1] * (base.dim() - 1)).cpu()
+    return out

@@ -4,6 +4,7 @@ DreamBooth model folder and single file) with their metadata."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ...faces.consent import lora_metadata as consent_metadata
 from ...models.keys.kohya import lora_state
@@ -23,23 +24,42 @@ def log_plan(s, result) -> None:
         "not measured (CPU: no allocator peak; the benchmark measures live tensors)"}})
 
 
-def export(s, result, denoiser, text_encoders) -> None:
+def export(s, result, denoiser, text_encoders, weights: str = "raw", suffix: str = "") -> Path:
+    """Write the trained weights now in the models (``weights``: 'raw' or 'ema', recorded in
+    the metadata) as ``lora<suffix>.safetensors`` + ``diffusers_lora<suffix>/`` (LoRA), or
+    ``model<suffix>/`` + ``model<suffix>.safetensors`` (DreamBooth). Returns the main file."""
     from ..outputs.export import export_dreambooth, save_kohya_lora, save_peft_lora
 
     cfg, comps = s.cfg, s.comps
-    meta = lora_metadata(s, result)
+    meta = {**lora_metadata(s, result), "persona.weights": weights}
     if cfg.method == "lora":
-        result.lora_path = save_kohya_lora(s.run_dir / "lora.safetensors", lora_state(denoiser),
-                                           [lora_state(t) for t in text_encoders], cfg.alpha, meta,
-                                           family=cfg.family, model=denoiser)
-        result.diffusers_lora_dir = save_peft_lora(s.run_dir / "diffusers_lora", denoiser, text_encoders,
-                                                   cfg.family)
+        path = save_kohya_lora(s.run_dir / f"lora{suffix}.safetensors", lora_state(denoiser),
+                               [lora_state(t) for t in text_encoders], cfg.alpha, meta,
+                               family=cfg.family, model=denoiser)
+        folder = save_peft_lora(s.run_dir / f"diffusers_lora{suffix}", denoiser, text_encoders, cfg.family)
+        if not suffix:
+            result.lora_path, result.diffusers_lora_dir = path, folder
+        return path
+    folder, path = export_dreambooth(s.run_dir, comps, denoiser, comps.text_encoder, meta, name=f"model{suffix}")
+    if not suffix:
+        result.model_dir, result.checkpoint_path = folder, path
+    return path
+
+
+def export_all(s, result, denoiser, text_encoders, ema) -> None:
+    """The raw weights, or (EMA) the EMA weights instead of them or beside them."""
+    if ema is None:
+        export(s, result, denoiser, text_encoders)
+    elif s.cfg.ema_export == "instead":
+        with ema.applied():
+            export(s, result, denoiser, text_encoders, "ema")
     else:
-        result.model_dir, result.checkpoint_path = export_dreambooth(
-            s.run_dir, comps, denoiser, comps.text_encoder, meta)
+        export(s, result, denoiser, text_encoders)
+        with ema.applied():
+            result.ema_path = export(s, result, denoiser, text_encoders, "ema", "_ema")
 
 
-def finish(s, result, denoiser, text_encoders) -> None:
+def finish(s, result, denoiser, text_encoders, ema=None) -> None:
     from ..outputs.run_dir import plot_loss
 
     s.accelerator.wait_for_everyone()
@@ -51,7 +71,7 @@ def finish(s, result, denoiser, text_encoders) -> None:
         log_plan(s, result)
     plot_loss(s.run_dir)
     if not result.stopped:
-        export(s, result, denoiser, text_encoders)
+        export_all(s, result, denoiser, text_encoders, ema)
 
 
 def lora_metadata(s, result) -> dict:
@@ -61,6 +81,8 @@ def lora_metadata(s, result) -> dict:
         "persona.base_model_random_weights": str(comps.random_weights).lower(),
         "persona.token": cfg.token, "persona.class": cfg.class_noun,
         "persona.rank": str(cfg.rank), "persona.alpha": str(cfg.alpha),
+        "persona.adapter": "dora" if cfg.use_dora else "lora",
+        "persona.ema": f"decay={cfg.ema_decay},every={cfg.ema_every}" if cfg.ema else "off",
         "persona.steps": str(result.steps_done), "persona.resolution": str(cfg.resolution),
         "persona.config": json.dumps(cfg.to_json()),
         # the names kohya / A1111 read

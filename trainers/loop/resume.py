@@ -40,16 +40,19 @@ def load_trainable(comps, tensors: dict[str, torch.Tensor]) -> None:
                 own[k].copy_(v)
 
 
-def resume(s, optimizer, lr_scheduler) -> int:
-    """Restore the run's last checkpoint; returns the step it was written at."""
+def resume(s, optimizer, lr_scheduler, ema=None) -> int:
+    """Restore the run's last checkpoint (and the EMA it holds); returns the step it was
+    written at."""
     from ..config import TrainConfig
 
     ckpt = latest_checkpoint(s.run_dir)
     if ckpt is None:
         raise TrainConfig.field_error("checkpoint_every", f"cannot resume: '{s.run_dir}' has no checkpoint yet "
                                       f"(checkpoint_every={s.cfg.checkpoint_every}); start the run again instead")
-    state = load_checkpoint(ckpt, s.digest)
+    state = load_checkpoint(ckpt, s.digest, ("ema",) if ema is not None else ())
     load_trainable(s.comps, state["trainable"])
+    if ema is not None:
+        ema.load(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["scheduler"])
     truncate_log(s.run_dir, state["step"])

@@ -17,7 +17,8 @@ def add_lora(model, cfg, targets: list[str]) -> None:
 
     peft = require("peft", "LoRA training")
     config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=targets, init_lora_weights="gaussian")
+                             target_modules=targets, init_lora_weights="gaussian",
+                             use_dora=getattr(cfg, "use_dora", False))
     model.add_adapter(config)
     restore_adapter_precision(model)
 
@@ -40,14 +41,14 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
         add_lora(model, cfg, cfg.lora_targets)
     else:
         model.requires_grad_(True)
-    groups = [{"params": memory.trainable_parameters(model), "lr": cfg.learning_rate}]
+    groups = adapter_groups(model, cfg.learning_rate, cfg.loraplus_lr_ratio)
     if cfg.train_text_encoder:
         for te in comps.text_encoders:
             if cfg.method == "lora":
                 add_lora(te, cfg, fam.text_encoder_targets)
             else:
                 te.requires_grad_(True)
-            groups.append({"params": memory.trainable_parameters(te), "lr": cfg.text_encoder_lr})
+            groups += adapter_groups(te, cfg.text_encoder_lr, cfg.loraplus_lr_ratio)
             memory.trainable_to_fp32(te)
             if cfg.gradient_checkpointing:
                 te.gradient_checkpointing_enable()
@@ -56,6 +57,17 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
     if fam.uses_attention_processors:
         memory.set_attention(model, cfg.attention)
     return groups
+
+
+def adapter_groups(model, lr: float, loraplus_ratio: float = 1.0) -> list[dict]:
+    """The optimizer's parameter groups of ``model``'s trainable weights; with LoRA+
+    (``loraplus_ratio`` > 1) the B (up) matrices in a group of their own at ``lr * ratio``."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if loraplus_ratio == 1.0:
+        return [{"params": [p for _, p in params], "lr": lr}]
+    up = [p for n, p in params if ".lora_B." in n]
+    rest = [p for n, p in params if ".lora_B." not in n]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": up, "lr": lr * loraplus_ratio}) if g["params"]]
 
 
 def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: torch.Tensor | None = None):

@@ -28,6 +28,7 @@ from ..memory import techniques as memory
 from ..outputs.checkpoint import save_checkpoint
 from ..outputs.run_dir import append_log
 from .data import TrainingData, prepare_data, step_batch
+from .ema import EMA
 from .finish import finish
 from .resume import resume as restore, trainable_state
 from .setup import Session, setup
@@ -59,6 +60,7 @@ class TrainResult:
     stopped: bool = False
     resumed_from: int = 0
     class_images_generated: int = 0
+    ema_path: Path | None = None  # ema_export 'beside': the EMA LoRA (or DreamBooth checkpoint)
     model_dir: Path | None = None  # DreamBooth: diffusers folder
     checkpoint_path: Path | None = None  # DreamBooth: single-file checkpoint
     records: list[dict] = field(default_factory=list)
@@ -109,7 +111,8 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                                  num_training_steps=cfg.steps)
     prepared = acc.prepare(*trained, optimizer)
     denoiser_ddp, optimizer, te_ddp = prepared[0], prepared[-1], list(prepared[1:-1])
-    start_step = restore(s, optimizer, lr_scheduler) if resume else 0
+    ema = EMA(trainable_state(comps, cfg), cfg.ema_decay, cfg.ema_every, cfg.ema_on_cpu) if cfg.ema else None
+    start_step = restore(s, optimizer, lr_scheduler, ema) if resume else 0
     if cb.on_start:
         cb.on_start({"denoiser": comps.denoiser, "text_encoder": comps.text_encoder, "vae": comps.vae,
                      "text_encoder_2": comps.text_encoder_2, "plan": s.plan,
@@ -142,6 +145,8 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+            if ema is not None:
+                ema.update(step)
             if not math.isfinite(parts_sum["loss"]):
                 raise FloatingPointError(f"loss became {parts_sum['loss']} at step {step}; "
                                          f"lower learning_rate or use bf16 instead of fp16")
@@ -161,14 +166,15 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             stopping = bool(cb.should_stop and cb.should_stop())
             if s.main and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or stopping):
                 save_checkpoint(s.run_dir, step, trainable_state(comps, cfg), optimizer, lr_scheduler,
-                                s.digest, cfg.keep_checkpoints)
+                                s.digest, cfg.keep_checkpoints, {"ema": ema.state()} if ema else None)
             if s.main and cfg.validate_every and (step % cfg.validate_every == 0 or last):
-                _validate(s, data, step, cb)
+                with ema.applied() if ema else nullcontext():
+                    _validate(s, data, step, cb)
             if stopping and not last:
                 raise TrainingStopped(f"stopped at step {step}")
     except TrainingStopped:
         result.stopped = True
-    finish(s, result, acc.unwrap_model(denoiser_ddp), [acc.unwrap_model(t) for t in te_ddp])
+    finish(s, result, acc.unwrap_model(denoiser_ddp), [acc.unwrap_model(t) for t in te_ddp], ema)
     return result
 
 

@@ -93,6 +93,8 @@ def candidates(cfg, device, bnb: bool | None = None) -> list[dict]:
     lora = cfg.method == "lora"
     optimizers = ["adamw"] + (["adamw8bit"] if bnb else []) + ["adafactor"]
     quants = ["off", "fp8"] + (["nf4"] if bnb else []) if lora else ["off"]
+    if cfg.use_dora:  # DoRA reads its base weight; the fp8 layer's rows need their scales
+        quants = [q for q in quants if q != "fp8"]
     total = cfg.batch_size * cfg.gradient_accumulation
     micros = [m for m in range(cfg.batch_size, 0, -1) if total % m == 0]
     out = []
@@ -131,7 +133,7 @@ _MEMO: dict[str, float] = {}
 
 def _key(cfg, arch: str, switches: dict) -> str:
     fields = ["family", "method", "resolution", "rank", "train_text_encoder", "prior_preservation", "t5_max_length",
-              "identity_loss_weight", "grad_set_to_none", "shuffle_tags"]
+              "identity_loss_weight", "grad_set_to_none", "shuffle_tags", "use_dora", "ema", "ema_on_cpu"]
     data = {f: getattr(cfg, f) for f in fields}
     data.update(targets=cfg.lora_targets, arch=arch, switches=switches, version=2)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]

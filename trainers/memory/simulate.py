@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import techniques as memory
 from ...models.families import get_family
+from ..loop.ema import EMA
 from ..loop.step import forward_backward, make_trainable
 
 
@@ -171,6 +172,9 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
             cfg = cfg.model_copy(update={"quantize_base": "off"})
         memory.place_frozen(resident[1:], device, dtype)
         groups = make_trainable(comps, cfg, device, dtype)
+        ema = None
+        if cfg.ema and not cfg.ema_on_cpu:  # the fp32 shadow of every trained tensor
+            ema = EMA({str(i): p for i, p in enumerate(p for g in groups for p in g["params"])}, cfg.ema_decay)
         if meter is not None:
             for m in resident:
                 meter.add_module(m)
@@ -216,6 +220,8 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                 del latents, cond, extra
             optimizer.step()
             optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+            if ema is not None:
+                ema.update(1)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

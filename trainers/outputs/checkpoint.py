@@ -2,8 +2,9 @@
 
 A checkpoint folder ``checkpoints/step-000200/`` holds the trainable weights
 (``trainable.safetensors``), the optimizer and LR-scheduler states (``optimizer.pt``,
-``scheduler.pt``, read back with ``weights_only=True``) and ``state.json`` (step, config
-digest). Randomness is re-seeded from (seed, step) every step, so no RNG state is needed
+``scheduler.pt``, read back with ``weights_only=True``), ``state.json`` (step, config
+digest) and, when the run keeps them, further named tensor sets (``ema.safetensors``: the EMA
+of the trained weights). Randomness is re-seeded from (seed, step) every step, so no RNG state is needed
 for a resumed run to follow the same path as an uninterrupted one.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer,
-                    scheduler, config_digest: str, keep: int) -> Path:
+                    scheduler, config_digest: str, keep: int,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     from safetensors.torch import save_file
 
     final = checkpoint_dir(run_dir, step)
@@ -47,6 +49,8 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()},
               str(tmp / "trainable.safetensors"))
+    for name, tensors in (extra or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config_digest": config_digest}))
@@ -58,11 +62,12 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor]
     return final
 
 
-def load_checkpoint(path: Path, config_digest: str) -> dict:
-    """Returns {'step', 'trainable', 'optimizer', 'scheduler'} or raises CheckpointError."""
+def load_checkpoint(path: Path, config_digest: str, extra: tuple[str, ...] = ()) -> dict:
+    """Returns {'step', 'trainable', 'optimizer', 'scheduler', and each of ``extra``} or raises
+    CheckpointError."""
     from safetensors.torch import load_file
 
-    missing = [f for f in FILES if not (path / f).is_file()]
+    missing = [f for f in (*FILES, *(f"{name}.safetensors" for name in extra)) if not (path / f).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is incomplete: missing {', '.join(missing)}. "
                               f"Delete that folder to resume from the previous checkpoint.")
@@ -71,6 +76,7 @@ def load_checkpoint(path: Path, config_digest: str) -> dict:
         trainable = load_file(str(path / "trainable.safetensors"))
         optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         scheduler = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
+        sets = {name: load_file(str(path / f"{name}.safetensors")) for name in extra}
     except Exception as exc:  # any decoding failure of any of the files is "corrupt"
         raise CheckpointError(f"checkpoint '{path}' is corrupt ({type(exc).__name__}: {exc}). "
                               f"Delete that folder to resume from the previous checkpoint.") from exc
@@ -79,7 +85,7 @@ def load_checkpoint(path: Path, config_digest: str) -> dict:
                               f"(digest {state.get('config_digest')} != {config_digest}); "
                               f"resume with the run's own config.json")
     return {"step": int(state["step"]), "trainable": trainable, "optimizer": optimizer,
-            "scheduler": scheduler}
+            "scheduler": scheduler, **sets}
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

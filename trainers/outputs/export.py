@@ -47,14 +47,14 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def export_dreambooth(run_dir: Path, comps, unet, text_encoder, metadata: dict[str, str]
-                      ) -> tuple[Path, Path]:
-    """A fine-tuned SD1.x model as a diffusers folder (``model/``) and a single-file
-    checkpoint (``model.safetensors``, the layout ComfyUI's CheckpointLoader reads)."""
+def export_dreambooth(run_dir: Path, comps, unet, text_encoder, metadata: dict[str, str],
+                      name: str = "model") -> tuple[Path, Path]:
+    """A fine-tuned SD1.x model as a diffusers folder (``<name>/``) and a single-file
+    checkpoint (``<name>.safetensors``, the layout ComfyUI's CheckpointLoader reads)."""
     from ...models.build import save_text_encoder
     from ...models.single_file import save_single_file
 
-    folder = Path(run_dir) / "model"
+    folder = Path(run_dir) / name
     for module in (unet, text_encoder, comps.vae):  # frozen parts may be in half precision
         if any(p.dtype != torch.float32 for p in module.parameters()):
             module.to(torch.float32)
@@ -63,9 +63,9 @@ def export_dreambooth(run_dir: Path, comps, unet, text_encoder, metadata: dict[s
     comps.vae.save_pretrained(folder / "vae")
     comps.tokenizer.save_pretrained(folder / "tokenizer")
     comps.scheduler.save_pretrained(folder / "scheduler")
-    name, parts = get_family(comps.family).pipeline_index
+    pipeline_class, parts = get_family(comps.family).pipeline_index
     (folder / "model_index.json").write_text(json.dumps(
-        {"_class_name": name, **parts, "scheduler": ["diffusers", type(comps.scheduler).__name__]}, indent=2))
+        {"_class_name": pipeline_class, **parts, "scheduler": ["diffusers", type(comps.scheduler).__name__]}, indent=2))
     meta = {k: v for k, v in metadata.items() if not k.startswith("ss_network")}
-    checkpoint = save_single_file(Path(run_dir) / "model.safetensors", unet, comps.vae, text_encoder, meta)
+    checkpoint = save_single_file(Path(run_dir) / f"{name}.safetensors", unet, comps.vae, text_encoder, meta)
     return folder, checkpoint

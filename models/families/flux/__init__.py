@@ -26,6 +26,7 @@ class Flux(Family):
     supports_prior = False
     supports_identity_loss = False
     supports_text_encoder_training = False
+    supports_dora = False  # fused qkv / linear1 layers: one magnitude per fused row, not per part
     uses_attention_processors = False
     keeps_text_encoders = False
     resolution_multiple = 16  # 2x2 patches of 8x latents
