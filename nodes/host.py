@@ -82,28 +82,66 @@ def confined_path(value: str, field: str, base: Path) -> Path:
 
 # --- models ---------------------------------------------------------------------------------
 
+# ComfyUI's folder of each kind of model file, by its current name first (the 2024 releases
+# called diffusion_models 'unet' and text_encoders 'clip')
+FOLDERS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
+           "vae": ("vae",), "checkpoints": ("checkpoints",)}
+DIFFUSION_MODELS = "diffusion_models/"  # how base_models() lists a bare denoiser file (FLUX)
+
+
+def model_files(kind: str) -> list[str]:
+    """The .safetensors files of a kind of FOLDERS, as ComfyUI's loaders list them (empty
+    outside ComfyUI)."""
+    fp = _folder_paths()
+    if fp is None:
+        return []
+    for name in FOLDERS[kind]:
+        try:
+            return sorted(n for n in fp.get_filename_list(name) if n.lower().endswith(".safetensors"))
+        except KeyError:
+            continue
+    return []
+
+
+def model_file_path(kind: str, name: str, field: str) -> Path:
+    """The path of a file listed by :func:`model_files`."""
+    import folder_paths
+
+    for folder in FOLDERS[kind]:
+        try:
+            found = folder_paths.get_full_path(folder, name)
+        except KeyError:
+            continue
+        if found:
+            return Path(found)
+    raise FileNotFoundError(f"{field}: '{name}' is not in ComfyUI's models/{FOLDERS[kind][0]} folder")
+
+
 def base_models() -> list[str]:
-    """Diffusers folders in models/diffusers (with model_index.json) and .safetensors
-    checkpoints in models/checkpoints (empty outside ComfyUI)."""
+    """Diffusers folders in models/diffusers (with model_index.json), .safetensors checkpoints
+    in models/checkpoints, and denoiser files in models/diffusion_models (FLUX, listed as
+    ``diffusion_models/<file>``; empty outside ComfyUI)."""
     fp = _folder_paths()
     if fp is None:
         return []
     try:
         roots = fp.get_folder_paths("diffusers")
-        checkpoints = [n for n in fp.get_filename_list("checkpoints") if n.lower().endswith(".safetensors")]
     except KeyError:
         return []
     found = set()
     for root in map(Path, roots):
         if root.is_dir():
             found.update(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
-    return sorted(found) + sorted(checkpoints)
+    return (sorted(found) + model_files("checkpoints")
+            + [DIFFUSION_MODELS + n for n in model_files("diffusion_models")])
 
 
 def base_model_path(name: str) -> Path:
     """The path of a name from :func:`base_models`."""
     import folder_paths
 
+    if name.startswith(DIFFUSION_MODELS):
+        return model_file_path("diffusion_models", name[len(DIFFUSION_MODELS):], "base_model")
     if name.lower().endswith(".safetensors"):
         path = folder_paths.get_full_path("checkpoints", name)
         if path:

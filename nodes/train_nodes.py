@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.imaging import images_to_tensor
 from ..trainers.config import PRESETS, TrainConfig, with_preset
 from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, free_models,
-                   interrupt_requested, loras_dir, output_dir, safe_name)
+                   interrupt_requested, loras_dir, model_file_path, model_files, output_dir, safe_name)
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/train"
@@ -16,6 +16,12 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
            "gradient_accumulation", "lr_scheduler", "warmup_steps", "optimizer", "mixed_precision",
            "gradient_checkpointing", "train_text_encoder", "prior_preservation", "num_class_images",
            "prior_loss_weight", "snr_gamma", "seed", "checkpoint_every"]
+# optional inputs, after the required ones so that saved workflows keep their widget values
+_MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", "ema", "ema_decay",
+         "use_dora", "loraplus_lr_ratio"]
+NONE = "(none)"
+# the separate files of a single-file FLUX base: TrainConfig field -> ComfyUI folder
+SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
 
 
 class PersonaTrain:
@@ -38,25 +44,43 @@ class PersonaTrain:
         models = base_models() or ["(no model in models/diffusers or models/checkpoints)"]
         return {"required": {
             "dataset": ("PERSONA_DATASET", {"tooltip": "From Persona Build Dataset."}),
-            "base_model": (models, {"tooltip": "SD1.x base model: a folder in models/diffusers or a "
-                                               ".safetensors file in models/checkpoints."}),
+            "base_model": (models, {"tooltip": "Base model of the family below: a folder in models/diffusers, "
+                                               "a .safetensors file in models/checkpoints, or (FLUX) the "
+                                               "transformer file in models/diffusion_models with its text "
+                                               "encoder and VAE files chosen below."}),
             "lora_name": ("STRING", {"default": "persona_subject", "tooltip":
                                      "Saved as models/loras/persona/<lora_name>.safetensors."}),
             "preset": (["custom"] + sorted(PRESETS), {"default": "custom", "tooltip":
                                                       "Start from a preset regime; 'custom' uses the widgets below."}),
             **widgets(TrainConfig, _FIELDS, resolution={"step": 64}, learning_rate={"step": 1e-5, "round": 1e-7}),
+        }, "optional": {
+            **widgets(TrainConfig, ["family"]),
+            **{name: ([NONE] + model_files(folder), {"default": NONE, "tooltip": TrainConfig.model_fields[name]
+                                                    .description + f" From models/{folder}."})
+               for name, folder in SEPARATE.items()},
+            "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
+                                         "0: train with the memory switches as set above. More than 0: the "
+                                         "memory planner sets precision, checkpointing, optimizer, quantized "
+                                         "base and micro-batch to fit this many GB at the best predicted speed."}),
+            **widgets(TrainConfig, _MORE, background_weight={"step": 0.05}, caption_dropout={"step": 0.05},
+                      ema_decay={"step": 0.001, "round": 1e-4}, loraplus_lr_ratio={"step": 1.0}),
         }}
 
-    def execute(self, dataset, base_model, lora_name, preset, **values):
+    def execute(self, dataset, base_model, lora_name, preset, vram_budget_gb=0.0, **values):
         from ..trainers.subprocess_run import TrainingCancelled, train_in_subprocess
 
         name = safe_name(lora_name, "lora_name")
         from ..trainers import events
         from ..trainers.subprocess_run import run_key
 
+        files = {field: str(model_file_path(folder, values[field], field))
+                 for field, folder in SEPARATE.items() if values.get(field, NONE) != NONE}
+        for field in SEPARATE:
+            values.pop(field, None)
+        memory = {"memory": "auto", "vram_budget_gb": vram_budget_gb} if vram_budget_gb > 0 else {}
         cfg = config_from_widgets(
             TrainConfig, with_preset(values, preset), base_model=str(base_model_path(base_model)), dataset=dataset["path"],
-            token=dataset["token"], class_noun=dataset["class_noun"])
+            token=dataset["token"], class_noun=dataset["class_noun"], **files, **memory)
         # one run folder per (dataset content, config): another lora_name reuses the run
         cfg.output_dir = str(output_dir() / "persona" / "runs" / run_key(cfg))
         free_models()

