@@ -252,8 +252,7 @@ def test_flux_single_file_needs_its_text_encoders(tiny_flux, face_dataset, tmp_p
 def test_family_capabilities_are_checked_before_any_model_loads(tiny_flux, face_dataset, tmp_path):
     from comfyui_persona.core.config import ConfigError
 
-    for fields, message in ((dict(prior_preservation=True), "prior_preservation"),
-                            (dict(method="dreambooth"), "method"),
+    for fields, message in ((dict(method="dreambooth"), "method"),
                             (dict(train_text_encoder=True), "train_text_encoder"),
                             (dict(resolution=72), "multiple of 16")):
         with pytest.raises((ConfigError, ValueError), match=message):
@@ -310,3 +309,31 @@ def test_flux_trains_with_the_face_weighted_loss(tiny_flux, face_dataset, tmp_pa
     result = train(tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", steps=2,
                                masked_loss=True, background_weight=0.1, validation_identity="off"))
     assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
+
+
+def test_flux_x0_from_the_velocity_inverts_the_noising():
+    """The identity loss decodes x0 = x_t - sigma * v: exact for FLUX's flow-matching noising."""
+    from comfyui_persona.models.families import Prediction, get_family
+
+    flux = get_family("flux")
+    latents, noise = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    assert torch.equal(flux.unpack(flux.pack(latents), 6, 8), latents)
+    sigma = torch.tensor([0.2, 0.9])
+    noisy = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise
+    p = Prediction(flux.pack(noise - latents), flux.pack(noise - latents), noisy, sigma * 1000)
+    assert torch.allclose(flux.predicted_x0(None, p), latents, atol=1e-5)
+
+
+def test_flux_trains_with_prior_preservation_and_the_identity_loss(tiny_flux, face_dataset, tmp_path):
+    """Class images sampled by the FLUX pipeline before its text encoders leave; the identity
+    term decodes FLUX's x0 through its shifted VAE."""
+    cfg = tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", steps=3, prior_preservation=True,
+                      num_class_images=2, class_images_steps=2, identity_loss_weight=0.5, identity_weights="random",
+                      identity_max_timestep=1000, validation_identity="off", t5_max_length=16)
+    result = train(cfg)
+    assert result.class_images_generated == 2
+    class_dir = next(cfg.class_cache_dir().iterdir())
+    assert len(list(class_dir.glob("*.png"))) == 2
+    assert all("loss_prior" in r and "loss_identity" in r for r in result.records)
+    assert all(math.isfinite(r["loss_identity"]) and 0 <= r["loss_identity"] <= 2 for r in result.records)
+    assert result.lora_path.is_file()

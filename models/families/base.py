@@ -100,6 +100,17 @@ class Family:
     def predict(self, comps, model, latents, cond, gen, cfg, dtype) -> Prediction:
         raise NotImplementedError
 
+    def predicted_x0(self, comps, p: Prediction) -> torch.Tensor:
+        """The clean latents ``[B, C, h, w]`` the prediction implies (the identity loss decodes
+        them); the UNet families' DDPM form: epsilon or v-prediction."""
+        alphas = comps.scheduler.alphas_cumprod.to(p.noisy.device)[p.timesteps].float()
+        a = alphas.sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas).sqrt().view(-1, 1, 1, 1)
+        x_t, out = p.noisy.float(), p.pred.float()
+        if comps.scheduler.config.prediction_type == "v_prediction":
+            return a * x_t - s * out
+        return (x_t - s * out) / a
+
     def dummy_condition(self, comps, batch: int, device, dtype, cfg=None) -> dict[str, torch.Tensor]:
         """Zero conditioning of the right shapes (benchmarks and memory simulation)."""
         raise NotImplementedError

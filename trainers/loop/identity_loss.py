@@ -1,5 +1,6 @@
 """The identity term of reference 000's Eq. 1: at low-noise timesteps, the predicted clean
-latent x0 of the face region is decoded by the VAE and embedded by a differentiable face
+latent x0 (the family's ``predicted_x0``: DDPM epsilon or v, FLUX's flow velocity) of the
+face region is decoded by the VAE and embedded by a differentiable face
 encoder (FaceNet); the loss is 1 - cos(embedding, reference embedding).
 
 Only the face box of the latent is decoded (the dataset's face masks give the box), which
@@ -22,23 +23,20 @@ class IdentityLoss:
     box: tuple[int, int, int, int]  # latent x0, y0, x1, y1
     max_timestep: int
 
-    def __call__(self, comps, noisy, pred, timesteps) -> tuple[torch.Tensor | None, int]:
-        """Mean identity loss over the low-noise samples of the batch (None when there are none)."""
-        select = timesteps < self.max_timestep
+    def __call__(self, comps, p, n: int) -> tuple[torch.Tensor | None, int]:
+        """Mean identity loss over the low-noise samples among the first ``n`` (the instance
+        images) of the prediction ``p`` (None when there are none)."""
+        from ...models.families import get_family
+
+        select = p.timesteps[:n] < self.max_timestep
         if not bool(select.any()):
             return None, 0
-        alphas = comps.scheduler.alphas_cumprod.to(noisy.device)[timesteps[select]].float()
-        a = alphas.sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas).sqrt().view(-1, 1, 1, 1)
-        x_t, out = noisy[select].float(), pred[select].float()
-        if comps.scheduler.config.prediction_type == "v_prediction":
-            x0 = a * x_t - s * out
-        else:
-            x0 = (x_t - s * out) / a
+        x0 = get_family(comps.family).predicted_x0(comps, p)[:n][select]
         bx0, by0, bx1, by1 = self.box
         crop = x0[:, :, by0:by1, bx0:bx1]  # decode only the face box
         vae_dtype = next(comps.vae.parameters()).dtype
-        faces = comps.vae.decode((crop / comps.vae_scale).to(vae_dtype)).sample.float().clamp(-1, 1)
+        latents = crop / comps.vae_scale + comps.vae_shift
+        faces = comps.vae.decode(latents.to(vae_dtype)).sample.float().clamp(-1, 1)
         emb = self.encoder.embed_tensor(faces)
         loss = (1 - emb @ self.reference.to(emb.device)).mean()
         return loss, int(select.sum())

@@ -88,7 +88,7 @@ def _identity_term(s: Session, data: TrainingData, step: int):
 
     def add(p, loss, parts):
         n = cfg.batch_size  # instance samples only
-        id_loss, used = data.identity(s.comps, p.noisy[:n], p.pred[:n], p.timesteps[:n])
+        id_loss, used = data.identity(s.comps, p, n)
         if id_loss is not None:
             loss = loss + cfg.identity_loss_weight * id_loss
             parts["loss_identity"] = id_loss

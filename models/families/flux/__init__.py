@@ -23,8 +23,6 @@ class Flux(Family):
     name = "flux"
     denoiser_folder = "transformer"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-    supports_prior = False
-    supports_identity_loss = False
     supports_text_encoder_training = False
     supports_dora = False  # fused qkv / linear1 layers: one magnitude per fused row, not per part
     uses_attention_processors = False
@@ -177,6 +175,20 @@ class Flux(Family):
                      txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return Prediction(pred, target, noisy, sigma * 1000, None)
 
+    @staticmethod
+    def unpack(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The inverse of :meth:`pack`: ``[B, (h/2)(w/2), 4C]`` -> ``[B, C, h, w]``."""
+        b, _, c4 = packed.shape
+        x = packed.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, c4 // 4, h, w)
+
+    def predicted_x0(self, comps, p):
+        """Flow matching: ``x_t = (1 - sigma) x0 + sigma * noise`` and the model predicts the
+        velocity ``noise - x0``, so ``x0 = x_t - sigma * v``."""
+        h, w = p.noisy.shape[-2:]
+        sigma = (p.timesteps.float() / 1000).view(-1, 1, 1, 1)
+        return p.noisy.float() - sigma * self.unpack(p.pred.float(), h, w)
+
     def pixel_weight(self, weight, pred):
         """Packed like the latents: each 2x2 patch's four weights, repeated per channel."""
         channels = pred.shape[-1] // 4
@@ -201,8 +213,12 @@ class Flux(Family):
 
     def sample(self, pipe, comps, prompt, resolution, steps, generator, output_type="pil", cond=None,
                guidance=None):
-        if cond is None:
-            raise ValueError(f"FLUX samples from cached prompt embeddings; none for '{prompt}'")
+        if cond is None:  # the text encoders are still loaded (class images, before caching)
+            if comps.text_encoder is None or comps.text_encoder_2 is None:
+                raise ValueError(f"FLUX samples from cached prompt embeddings once its text encoders are "
+                                 f"dropped; none for '{prompt}'")
+            with torch.no_grad():
+                cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
         device = next(comps.denoiser.parameters()).device
         dtype = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1).dtype
         return pipe(prompt_embeds=cond["encoder_hidden_states"][None].to(device, dtype),
