@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..core.config import JobConfig, divisible_by_8
 
@@ -59,10 +59,30 @@ class PrepareConfig(JobConfig):
     extra_text: dict[str, str] = Field(default_factory=dict,
                                        description="Per-photo stem, text appended to its caption.")
     use_existing_captions: bool = Field(True, description="Use a same-stem .txt next to a photo as its caption.")
-    auto_caption: Literal["off", "blip"] = Field("off", description="Automatic captions with BLIP (transformers).")
+    auto_caption: Literal["off", "blip", "vlm"] = Field(
+        "off", description="Automatic captions appended to the template: 'blip' (BLIP), or 'vlm': any local "
+                           "vision-language model transformers loads (Florence-2, GIT, SmolVLM, Qwen2-VL...), "
+                           "from caption_model. Without its weights: the template, with a warning.")
     blip_model: str = Field("", description="Local folder of a BLIP captioning model (empty: the default name in the weights cache).")
+    caption_model: str = Field("", description="Local folder of the captioning model (auto_caption 'vlm'; for "
+                                               "'blip' it replaces blip_model).")
+    caption_prompt: str = Field("Describe this photo in one short sentence: clothing, setting, lighting and "
+                                "expression.", description="What chat vision-language models are asked.")
+    wider_crops: Literal["none", "head_shoulders", "half_body", "both"] = Field(
+        "none", description="Besides the aligned face crop, write head-and-shoulders and/or half-body crops around "
+                            "the face (when the photo has them), each at its aspect-ratio bucket and captioned with "
+                            "crop_captions; train them with aspect_buckets.")
+    crop_captions: dict[str, str] = Field(
+        default_factory=lambda: {"head_shoulders": "head and shoulders", "half_body": "half body"},
+        description="Text appended to the caption of each kind of wider crop.")
     mask_feather: float = Field(0.08, ge=0.0, le=1.0, description="Face mask edge softness, fraction of the face width.")
     image_format: Literal["png", "jpg"] = Field("png", description="File format of the dataset images.")
+
+    @model_validator(mode="after")
+    def _caption_model_given(self):
+        if self.auto_caption == "vlm" and not self.caption_model.strip():
+            raise ValueError("caption_model: auto_caption 'vlm' needs the folder of a local captioning model")
+        return self
 
     @field_validator("caption_template")
     @classmethod

@@ -5,6 +5,8 @@ Layout (kohya convention plus a manifest)::
     DATASET/<stem>.png        aligned, preprocessed image
     DATASET/<stem>.txt        its caption
     DATASET/masks/<stem>.png  its feathered face mask (8-bit)
+    DATASET/<stem>__<kind>.*  wider crops (head_shoulders, half_body) with caption and mask,
+                              listed under the photo's ``crops`` (``wider_crops``)
     DATASET/manifest.json     every input photo once: source path and hash, box,
                               landmarks, scores, accepted/rejected and why
 
@@ -89,33 +91,53 @@ def read_manifest(dataset_dir: str | Path) -> dict | None:
     return data
 
 
+OUTPUT_KEYS = ("image", "caption_file", "mask")
+
+
+def _files(entry: dict) -> list[str]:
+    """Every file an entry wrote: its own and its wider crops'."""
+    return [e[k] for e in [entry, *entry.get("crops", [])] for k in OUTPUT_KEYS if e.get(k)]
+
+
 def _outputs_exist(dataset_dir: Path, entry: dict) -> bool:
     if entry["status"] != "accepted":
         return True
-    return all((dataset_dir / entry[k]).is_file() for k in ("image", "caption_file", "mask"))
+    return all((dataset_dir / f).is_file() for f in _files(entry))
 
 
-def _write_accepted(dataset_dir: Path, stem: str, result: AlignedPhoto, caption: str,
-                    image_format: str) -> dict:
+def _write_image(dataset_dir: Path, stem: str, image: np.ndarray, mask: np.ndarray, caption: str,
+                 image_format: str) -> dict:
     image_name = f"{stem}.{image_format}"
-    pil = Image.fromarray(result.image)
+    pil = Image.fromarray(image)
     if image_format == "png":
         pil.save(dataset_dir / image_name, compress_level=1)
     else:
         pil.save(dataset_dir / image_name, quality=95)
     (dataset_dir / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
     (dataset_dir / "masks").mkdir(exist_ok=True)
-    mask_u8 = np.clip(result.mask * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    mask_u8 = np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8)
     Image.fromarray(mask_u8, mode="L").save(dataset_dir / "masks" / f"{stem}.png", compress_level=1)
     return {"image": image_name, "caption_file": f"{stem}.txt", "mask": f"masks/{stem}.png"}
 
 
+def _write_accepted(dataset_dir: Path, stem: str, result: AlignedPhoto, caption: str, cfg: PrepareConfig) -> dict:
+    out = _write_image(dataset_dir, stem, result.image, result.mask, caption, cfg.image_format)
+    crops = []
+    for crop in result.crops:
+        text = f"{caption}, {cfg.crop_captions[crop.kind]}" if cfg.crop_captions.get(crop.kind) else caption
+        files = _write_image(dataset_dir, f"{stem}__{crop.kind}", crop.image, crop.mask, text, cfg.image_format)
+        crops.append({"kind": crop.kind, **files, "caption": text, "box": list(crop.box),
+                      "size": [int(crop.image.shape[1]), int(crop.image.shape[0])]})
+    if crops:
+        out["crops"] = crops
+    return out
+
+
 def _remove_outputs(dataset_dir: Path, entry: dict) -> None:
-    for key in ("image", "caption_file", "mask"):
-        if entry.get(key):
-            target = dataset_dir / entry[key]
-            if target.is_file():
-                target.unlink()
+    for name in _files(entry):
+        target = dataset_dir / name
+        if target.is_file():
+            target.unlink()
 
 
 def process_file(path: Path, stem: str, cfg: PrepareConfig, detector: FaceDetector | None,
@@ -154,7 +176,7 @@ def process_file(path: Path, stem: str, cfg: PrepareConfig, detector: FaceDetect
     caption, source = captioner.caption(path, stem, result.image)
     entry.update(status="accepted", caption=caption, caption_source=source,
                  preprocess=result.preprocess)
-    entry.update(_write_accepted(dataset_dir, stem, result, caption, cfg.image_format))
+    entry.update(_write_accepted(dataset_dir, stem, result, caption, cfg))
     return entry
 
 
@@ -201,8 +223,8 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
         if progress:
             progress(done, len(photos), "")
         # Photos are independent: a few run at once (decode, MTCNN and the warp release
-        # the GIL); BLIP captioning stays on one thread.
-        workers = 1 if captioner.blip is not None else min(max_workers(), len(todo))
+        # the GIL); a captioning model stays on one thread.
+        workers = 1 if captioner.model is not None else min(max_workers(), len(todo))
         import torch
 
         threads = torch.get_num_threads()
@@ -260,6 +282,7 @@ class DatasetItem:
     caption: str
     mask: Path | None
     landmarks: list | None
+    kind: str = "face"  # or the wider crop's kind (head_shoulders, half_body)
 
 
 def read_dataset(dataset_dir: str | Path) -> list[DatasetItem]:
@@ -280,6 +303,9 @@ def read_dataset(dataset_dir: str | Path) -> list[DatasetItem]:
             caption = (dataset_dir / e["caption_file"]).read_text(encoding="utf-8").strip()
             items.append(DatasetItem(dataset_dir / e["image"], caption, dataset_dir / e["mask"],
                                      e.get("aligned_landmarks")))
+            for c in e.get("crops", []):
+                text = (dataset_dir / c["caption_file"]).read_text(encoding="utf-8").strip()
+                items.append(DatasetItem(dataset_dir / c["image"], text, dataset_dir / c["mask"], None, c["kind"]))
     else:
         from .photos import PHOTO_EXTENSIONS
 

@@ -36,6 +36,17 @@ class AlignedPhoto:
     scores: dict = field(default_factory=dict)
     faces_found: int = 0
     preprocess: list[str] = field(default_factory=list)
+    crops: list["WiderCrop"] = field(default_factory=list)
+
+
+@dataclass
+class WiderCrop:
+    """A head-and-shoulders or half-body crop (``faces.crops``) of an accepted photo."""
+
+    kind: str
+    image: np.ndarray  # uint8 [H, W, 3], preprocessed, at its bucket's size
+    mask: np.ndarray  # float32 [H, W]: the face
+    box: tuple[float, float, float, float]  # in full-resolution source pixels
 
 
 def detection_min_size(cfg: PrepareConfig, detect_scale: float) -> float:
@@ -155,7 +166,27 @@ def align_photo(detect_pixels: np.ndarray, detect_scale: float, full_size: tuple
     if reason is None:
         result.image, result.preprocess = preprocess(aligned, cfg)
         result.mask = face_mask(aligned_landmarks, (size, size), cfg.mask_feather)
+        result.crops = wider_crops(face_full, full_size, detect_pixels, detect_scale, cfg, load)
     return result
+
+
+def wider_crops(face: Face, full_size: tuple[int, int], detect_pixels, detect_scale: float,
+                cfg: PrepareConfig, load: Loader | None) -> list[WiderCrop]:
+    """The head-and-shoulders / half-body crops ``cfg.wider_crops`` asks for that the photo has."""
+    from .crops import CHOICES, SHAPES, crop_box, cut, to_bucket, to_crop
+
+    out = []
+    for kind in CHOICES[cfg.wider_crops]:
+        box = crop_box(face.box, full_size, SHAPES[kind])
+        if box is None:
+            continue
+        box, size = to_bucket(box, cfg.resolution)
+        pixels, scale = _working_image(detect_pixels, detect_scale, size[1] / (box[3] - box[1]),
+                                       max(full_size), load)
+        image, _ = preprocess(cut(pixels, scale, box, size), cfg)
+        mask = face_mask(to_crop(face.landmarks, box, size), (size[1], size[0]), cfg.mask_feather)
+        out.append(WiderCrop(kind, image, mask, tuple(round(float(v), 2) for v in box)))
+    return out
 
 
 def _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box) -> AlignedPhoto:
@@ -169,9 +200,13 @@ def _crop_object(detect_pixels, detect_scale, full_size, cfg, load, box) -> Alig
     crop, matrix_work = crop_subject(pixels, size, work_box)
     matrix_full = matrix_work.copy()
     matrix_full[:, :2] /= scale
-    margin = size * 0.1
-    mask = box_mask(np.array([margin, margin, size - margin, size - margin]), (size, size),
-                    cfg.mask_feather)
+    if box is None:  # no subject box: the centre of the crop
+        margin = size * 0.1
+        subject = np.array([margin, margin, size - margin, size - margin])
+    else:  # the subject box, in the crop's pixels
+        corners = apply_transform(matrix_full, np.array([[box[0], box[1]], [box[2], box[3]]], np.float64))
+        subject = np.clip(corners.reshape(-1), 0, size)
+    mask = box_mask(subject, (size, size), cfg.mask_feather)
     image, stages = preprocess(crop, cfg)
     return AlignedPhoto(True, None, image=image, mask=mask, matrix=matrix_full,
                         preprocess=stages)

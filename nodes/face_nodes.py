@@ -7,7 +7,7 @@ import json
 from ..faces.config import PrepareConfig
 from ..core.imaging import grid, images_to_tensor, masks_to_tensor, tensor_to_images
 from ..core.tables import text_table
-from .host import Progress, confined_path, input_dir, output_dir, safe_name
+from .host import Progress, confined_path, input_dir, models_dir, output_dir, safe_name
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/faces"
@@ -118,12 +118,17 @@ class PersonaBuildDataset:
             "consent_file": ("STRING", {"default": "", "tooltip":
                                         "The subject's consent record (YAML/JSON: subject, consented_by, date, uses, "
                                         "document), inside ComfyUI's input folder; kept in the dataset's manifest."}),
+            **widgets(PrepareConfig, ["wider_crops"]),
+            "caption_model": ("STRING", {"default": "", "tooltip": PrepareConfig.model_fields["caption_model"].description
+                                         + " A folder inside ComfyUI's models folder, e.g. LLM/Florence-2-base."}),
         }}
 
-    def execute(self, photos_folder, dataset_name, consent_file="", **values):
+    def execute(self, photos_folder, dataset_name, consent_file="", caption_model="", **values):
         from ..faces.consent import read_consent
         from ..faces.dataset import prepare_dataset, read_manifest
 
+        if caption_model.strip():
+            values["caption_model"] = str(confined_path(caption_model, "caption_model", models_dir()))
         cfg = config_from_widgets(PrepareConfig, values)
         name = safe_name(dataset_name, "dataset_name")
         src = confined_path(photos_folder, "photos_folder", input_dir())

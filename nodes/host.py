@@ -23,6 +23,12 @@ def output_dir() -> Path:
     return Path(fp.get_output_directory()) if fp else Path(os.getcwd()) / "output"
 
 
+def models_dir() -> Path:
+    """ComfyUI's models folder (or ./models outside ComfyUI)."""
+    fp = _folder_paths()
+    return Path(fp.models_dir) if fp else Path(os.getcwd()) / "models"
+
+
 def input_dir() -> Path:
     fp = _folder_paths()
     return Path(fp.get_input_directory()) if fp else Path(os.getcwd()) / "input"

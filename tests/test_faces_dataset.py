@@ -125,12 +125,19 @@ def test_object_subject_is_cropped_without_face_detection(tmp_path, coffee):
     d.mkdir()
     Image.fromarray(coffee).save(d / "cup.jpg")
     cfg = PrepareConfig(subject="object", resolution=128, class_noun="cup",
-                        object_crop="box", subject_boxes={"cup": [100, 50, 300, 250]})
+                        object_crop="box", subject_boxes={"cup": [100, 50, 300, 150]})
     result = prepare_dataset(d, tmp_path / "ds", cfg)
     assert result.entries[0]["status"] == "accepted"
     out = np.asarray(Image.open(tmp_path / "ds" / "cup.png"))
     assert out.shape == (128, 128, 3)
     assert result.entries[0]["caption"] == "a photo of sks cup"
+    # the mask is the subject box in the crop: the 200 x 100 px box, grown by 10 % each side
+    # into a 240 px square crop (moved down to the photo's top edge), at 128 px spans
+    # x 10.7-117.3 and y 26.7-80
+    mask = np.asarray(Image.open(tmp_path / "ds" / "masks" / "cup.png")) > 127
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    assert abs(rows.min() - 26.7) <= 3 and abs(rows.max() + 1 - 80) <= 3
+    assert abs(cols.min() - 10.7) <= 3 and abs(cols.max() + 1 - 117.3) <= 3
 
 
 @pytest.mark.parametrize("data, field", [

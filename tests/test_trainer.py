@@ -195,3 +195,29 @@ def test_a_masked_run_trains_on_the_face_masks(tiny_model, face_dataset, tmp_pat
     plain = train(tiny_config(tiny_model, face_dataset, tmp_path / "plain", steps=4))
     losses = lambda r: [x["loss"] for x in r.records]  # noqa: E731
     assert all(np.isfinite(losses(masked))) and losses(masked) != losses(plain)
+
+
+def test_image_weights_scale_each_images_loss(tiny_model, face_dataset, tmp_path):
+    """Weight 1 everywhere is the plain run, bit for bit; weight 0 everywhere teaches nothing
+    (the up matrices start at zero and stay there); an unknown stem is named."""
+    from safetensors.torch import load_file
+
+    from comfyui_persona.core.config import ConfigError
+    from comfyui_persona.faces.dataset import read_dataset
+
+    stems = [it.image.stem for it in read_dataset(face_dataset)]
+    plain = train(tiny_config(tiny_model, face_dataset, tmp_path / "plain", steps=2))
+    ones = train(tiny_config(tiny_model, face_dataset, tmp_path / "ones", steps=2,
+                             image_weights={s: 1.0 for s in stems}))
+    a, b = load_file(str(plain.lora_path)), load_file(str(ones.lora_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    zero = train(tiny_config(tiny_model, face_dataset, tmp_path / "zero", steps=2,
+                             image_weights={s: 0.0 for s in stems}))
+    ups = [v for k, v in load_file(str(zero.lora_path)).items() if k.endswith("lora_up.weight")]
+    assert ups and all(torch.count_nonzero(v) == 0 for v in ups)
+    assert zero.final_loss == 0.0
+    half = train(tiny_config(tiny_model, face_dataset, tmp_path / "half", steps=1,
+                             image_weights={s: 0.5 for s in stems}))
+    assert half.first_loss == pytest.approx(plain.first_loss * 0.5, rel=1e-4)
+    with pytest.raises(ConfigError, match="image_weights.*'nobody'"):
+        train(tiny_config(tiny_model, face_dataset, tmp_path / "bad", image_weights={"nobody": 2.0}))

@@ -42,9 +42,17 @@ class TrainConfig(JobConfig):
                                                                    "stays promptable beyond the captions (0.05-0.1 is usual).")
     caption_dropout_to: Literal["class", "empty"] = Field("class", description="What a dropped caption becomes: the class "
                                                                              "prompt, or the empty caption.")
+    image_weights: dict[str, float] = Field(default_factory=dict, description="Per-image weight of the loss, by image "
+                                                                            "file stem (a photo's stem also weighs its "
+                                                                            "wider crops): e.g. 2.0 for the best "
+                                                                            "likeness, 0.5 for a weaker photo; others 1.")
     shuffle_tags: bool = Field(False, description="Shuffle the comma-separated tags of each caption at every step, the "
                                                   "first tag (the subject's) kept first; captions are then encoded each step.")
     resolution: int = Field(512, ge=64, le=2048, description="Training resolution in px (divisible by 8).")
+    aspect_buckets: bool = Field(True, description="Train images that are not square (wider crops, kohya folders) at "
+                                                   "their nearest aspect-ratio bucket of about resolution^2 pixels "
+                                                   "(SDXL's buckets at 1024), one bucket per batch; off: every image "
+                                                   "is centre-cropped to a square.")
     # LoRA
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
@@ -168,6 +176,9 @@ class TrainConfig(JobConfig):
                              "rows; use quantize_base 'int8', 'nf4' or 'off'")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
+        bad = {k: v for k, v in self.image_weights.items() if not (0.0 <= v <= 100.0)}
+        if bad:
+            raise ValueError(f"image_weights: weights must be between 0 and 100, got {bad}")
         fam.check_config(self)
         return self
 
@@ -204,6 +215,11 @@ class TrainConfig(JobConfig):
             raise self.field_error("dataset", str(exc)) from None
         if not items:
             raise self.field_error("dataset", f"'{self.dataset}' holds no accepted image")
+        stems = {it.image.stem for it in items}
+        unknown = sorted(k for k in self.image_weights if k not in stems)
+        if unknown:
+            raise self.field_error("image_weights", f"no image of dataset '{self.dataset}' has the stem "
+                                                    f"{', '.join(map(repr, unknown[:5]))}")
         self.check_consent()
 
     def dataset_consent(self) -> dict | None:
@@ -230,7 +246,8 @@ PRESETS: dict[str, dict] = {
     "balanced": dict(learning_rate=1e-4, steps=800, rank=16, alpha=16, prior_preservation=True,
                      prior_loss_weight=1.0, lr_scheduler="constant"),
     "identity-strong": dict(learning_rate=2e-4, steps=1200, rank=32, alpha=32, prior_preservation=True,
-                            prior_loss_weight=0.5, lr_scheduler="constant"),
+                            prior_loss_weight=0.5, lr_scheduler="constant", masked_loss=True,
+                            background_weight=0.3),
     "prompt-strong": dict(learning_rate=5e-5, steps=400, rank=8, alpha=8, prior_preservation=True,
                           prior_loss_weight=1.0, lr_scheduler="cosine", warmup_steps=40),
     "underfit": dict(learning_rate=1e-5, steps=200, rank=8, alpha=8),

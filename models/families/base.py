@@ -44,6 +44,8 @@ class Family:
     uses_attention_processors = True  # diffusers' attention processors (SDPA / sliced) apply
     keeps_text_encoders = True  # False: deleted once every caption is encoded
     resolution_multiple = 8
+    bucket_multiple = 64  # the side step of its aspect-ratio buckets (core.buckets)
+    size_conditioning = False  # the denoiser takes each image's original size and crop (SDXL's time ids)
     separate_files: tuple[str, ...] = ()  # extra files a single-file base needs (TrainConfig fields)
     pipeline_index: tuple[str, dict] = ("", {})  # model_index.json of the folders Persona writes
 

@@ -17,6 +17,7 @@ from .sd15 import SD15
 class SDXL(SD15):
     name = "sdxl"
     supports_dreambooth = False
+    size_conditioning = True
     kohya_version = "sdxl_base_v1-0"
     architecture = "stable-diffusion-xl-v1-base"
     te_prefixes = ["lora_te1", "lora_te2"]
@@ -61,15 +62,17 @@ class SDXL(SD15):
 
     @staticmethod
     def time_ids(resolution: int, batch: int, device) -> torch.Tensor:
-        """Size/crop conditioning: original size, crop top-left, target size. Training images
-        are centre-cropped squares resized to the training resolution."""
+        """Size/crop conditioning of square images: original size, crop top-left, target size
+        (bucketed images carry their own, ``cond['time_ids']``)."""
         row = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
         return row.repeat(batch, 1).to(device)
 
     def predict(self, comps, model, latents, cond, gen, cfg, dtype):
         noisy, target, timesteps, weight = ddpm_noise(comps, latents, gen, cfg)
-        added = {"text_embeds": cond["text_embeds"].to(dtype),
-                 "time_ids": self.time_ids(cfg.resolution, latents.shape[0], latents.device).to(dtype)}
+        time_ids = cond.get("time_ids")
+        if time_ids is None:
+            time_ids = self.time_ids(cfg.resolution, latents.shape[0], latents.device)
+        added = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": time_ids.to(dtype)}
         pred = model(noisy.to(dtype), timesteps, cond["encoder_hidden_states"].to(dtype),
                      added_cond_kwargs=added).sample
         return Prediction(pred, target, noisy, timesteps, weight)

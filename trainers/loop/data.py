@@ -1,7 +1,7 @@
-"""Phase 2 of a run, data and caches: the dataset's images and captions, the class images of
-prior preservation, the latent and text-embedding caches (after which the VAE and the text
-encoders leave the device, or are deleted where the family says so), the identity loss, and
-the batches each step samples.
+"""Phase 2 of a run, data and caches: the dataset's images and captions grouped into
+aspect-ratio buckets, the class images of prior preservation, the latent and text-embedding
+caches (after which the VAE and the text encoders leave the device, or are deleted where the
+family says so), the identity loss, and the batches each step samples (all from one bucket).
 """
 from __future__ import annotations
 
@@ -12,29 +12,44 @@ import torch
 
 from ..memory import techniques as memory
 from .captions import dropout_caption, step_caption
-from .prior import class_images, load_images
+from .prior import class_images, load_sized
 
 
 @dataclass
 class Examples:
-    """What a step samples from: latents (or pixels) and prompt embeddings (or prompts)."""
+    """What a step samples from, images of one size: latents (or pixels) and prompt
+    embeddings (or prompts)."""
 
     count: int
+    size: tuple[int, int] = (0, 0)  # (width, height) in pixels
+    time_ids: torch.Tensor | None = None  # [N, 6] SDXL size conditioning of each image
     latent_mean: torch.Tensor | None = None
     latent_std: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     weights: torch.Tensor | None = None  # [N, 1, h, w] per-latent-pixel loss weights (masked_loss)
+    image_weights: torch.Tensor | None = None  # [N] each image's loss weight (image_weights)
 
 
 @dataclass
+class Batch:
+    """One micro-step's samples: instance images first, then as many class images."""
+
+    latents: torch.Tensor
+    cond: dict[str, torch.Tensor]
+    pixel_weight: torch.Tensor | None  # masked_loss
+    image_weight: torch.Tensor | None  # [B] image_weights (class images: 1)
+    group: int  # the bucket
+
+@dataclass
 class TrainingData:
-    instance: Examples
-    classes: Examples | None  # prior preservation
-    identity: object | None  # the identity loss (identity_loss_weight > 0)
+    instance: list[Examples]  # one per bucket
+    classes: dict[tuple[int, int], Examples] | None  # prior preservation: at each bucket's size
+    identity: object | None  # the identity loss (identity_loss_weight > 0), on the square bucket
     validation_cond: dict | None  # cached conditioning of the validation prompts (families without encoders)
     class_images_generated: int = 0
+    identity_group: int = -1  # the bucket the identity loss applies to (the square face crops)
 
 
 def _encode_latent_dist(vae, pixels: torch.Tensor, device, dtype, slicing: bool):
@@ -58,11 +73,14 @@ def encode_cached(s, prompts: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None) -> Examples:
+def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None,
+             time_ids: torch.Tensor | None = None) -> Examples:
     cfg = s.cfg
-    data = Examples(count=len(pixels), prompts=prompts)
+    size = (pixels.shape[-1], pixels.shape[-2])
+    data = Examples(count=len(pixels), size=size, time_ids=time_ids, prompts=prompts)
     if cfg.cache_latents != "off":
-        cache_file = cache_dir / "latents.safetensors" if cache_dir else None
+        name = "latents.safetensors" if size == (cfg.resolution, cfg.resolution) else f"latents-{size[0]}x{size[1]}.safetensors"
+        cache_file = cache_dir / name if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             from safetensors.torch import load_file
 
@@ -85,42 +103,74 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
     return data
 
 
+def bucket_groups(items, cfg, family) -> dict[tuple[int, int], list[int]]:
+    """Item indices by the size they train at: their nearest aspect-ratio bucket
+    (``aspect_buckets``), else the square resolution. Square images are always square."""
+    from PIL import Image
+
+    from ...core.buckets import nearest_bucket
+
+    square = (cfg.resolution, cfg.resolution)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, it in enumerate(items):
+        size = square
+        if cfg.aspect_buckets:
+            with Image.open(it.image) as im:
+                if im.width != im.height:
+                    size = nearest_bucket(im.width, im.height, cfg.resolution, family.bucket_multiple)
+        groups.setdefault(size, []).append(i)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] != square, kv[0])))
+
+
 def prepare_data(s) -> TrainingData:
     from ...faces.dataset import read_dataset
 
     cfg, comps = s.cfg, s.comps
     items = read_dataset(cfg.dataset)
-    pixels = load_images([it.image for it in items], cfg.resolution)
     if cfg.caption_source == "dataset":
         prompts = [it.caption or cfg.fill(cfg.instance_prompt) for it in items]
     else:
         prompts = [cfg.fill(cfg.instance_prompt)] * len(items)
-    generated, class_pixels = 0, None
+    groups = bucket_groups(items, cfg, s.family)
+    loaded = {size: load_sized([items[i].image for i in idx], size) for size, idx in groups.items()}
+    generated, class_paths = 0, None
     cache_root = cfg.class_cache_dir()
     if cfg.prior_preservation:
         with s.accelerator.main_process_first():  # one process fills the shared cache
-            paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
-                                            cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root,
-                                            s.device)
-        class_pixels = load_images(paths, cfg.resolution)
+            class_paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
+                                                  cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root,
+                                                  s.device)
     for module in [comps.vae, *comps.text_encoders]:
         memory.cast_frozen(module, s.dtype)
-    instance = examples(s, pixels, prompts, s.run_dir / "cache" if cfg.cache_latents == "disk" else None)
-    if cfg.masked_loss:
-        instance.weights = loss_weights(items, cfg, s.family.latent_shape(comps, cfg.resolution)[1:])
-    classes = None
-    if class_pixels is not None:
-        class_cache = (cache_root / "latents" / s.digest) if cfg.cache_latents == "disk" else None
-        classes = examples(s, class_pixels, [cfg.fill(cfg.class_prompt)] * len(class_pixels), class_cache)
-    identity = None
+    disk = s.run_dir / "cache" if cfg.cache_latents == "disk" else None
+    instance, classes = [], ({} if class_paths else None)
+    for size, idx in groups.items():
+        pixels, time_ids = loaded[size]
+        group = examples(s, pixels, [prompts[i] for i in idx], disk, time_ids)
+        if cfg.image_weights:
+            group.image_weights = torch.tensor([image_weight(items[i], cfg.image_weights) for i in idx])
+        if cfg.masked_loss:
+            group.weights = loss_weights([items[i] for i in idx], cfg, size, s.family.latent_shape(comps, cfg.resolution))
+        instance.append(group)
+        if class_paths:
+            class_pixels, class_ids = load_sized(class_paths, size)
+            class_cache = (cache_root / "latents" / s.digest) if disk else None
+            classes[size] = examples(s, class_pixels, [cfg.fill(cfg.class_prompt)] * len(class_pixels),
+                                     class_cache, class_ids)
+    identity, identity_group = None, -1
     if cfg.identity_loss_weight > 0:
         from .identity_loss import build_identity_loss
 
-        identity = build_identity_loss(cfg, items, pixels, s.device)
+        square = (cfg.resolution, cfg.resolution)
+        if square not in groups:
+            raise cfg.field_error("identity_loss_weight", "needs square face crops in the dataset (the identity "
+                                                          "loss decodes the face box of the square images)")
+        identity_group = list(groups).index(square)
+        identity = build_identity_loss(cfg, [items[i] for i in groups[square]], loaded[square][0], s.device)
     if cfg.cache_latents != "off" and identity is None:  # the identity loss decodes with the VAE
         memory.offload(comps.vae)
     validation_cond = None
-    if instance.embeddings:
+    if instance[0].embeddings:
         if not s.family.keeps_text_encoders:  # never resident while training
             if cfg.validate_every:
                 validation_cond = encode_cached(s, [cfg.fill(p) for p in cfg.validation_prompts])
@@ -129,12 +179,18 @@ def prepare_data(s) -> TrainingData:
         else:
             for te in comps.text_encoders:
                 memory.offload(te)
-    return TrainingData(instance, classes, identity, validation_cond, generated)
+    return TrainingData(instance, classes, identity, validation_cond, generated, identity_group)
 
 
-def loss_weights(items, cfg, size: tuple[int, int]) -> torch.Tensor:
-    """Each image's face mask at the latent size (area-averaged), as background_weight outside
-    the face rising to 1 inside it."""
+def image_weight(item, weights: dict[str, float]) -> float:
+    """An image's weight: by its file stem, else (a wider crop) by its photo's stem, else 1."""
+    stem = item.image.stem
+    return float(weights.get(stem, weights.get(stem.split("__")[0], 1.0)))
+
+
+def loss_weights(items, cfg, size: tuple[int, int], square_latent: tuple[int, int, int]) -> torch.Tensor:
+    """Each image's face mask (cropped like the image to ``size``, (w, h)) at the latent size
+    (area-averaged), as background_weight outside the face rising to 1 inside it."""
     import numpy as np
     from PIL import Image
 
@@ -142,12 +198,19 @@ def loss_weights(items, cfg, size: tuple[int, int]) -> torch.Tensor:
     if missing:
         raise cfg.field_error("masked_loss", f"needs a mask for every image (persona prepare writes them); "
                                              f"none for {missing[:3]}")
+    from ...core.buckets import cover_crop
+
+    w, h = size
     masks = []
     for it in items:
         with Image.open(it.mask) as im:
-            im = im.convert("L").resize((cfg.resolution, cfg.resolution), Image.Resampling.BILINEAR)
+            im = im.convert("L")
+            scale, left, top = cover_crop(im.width, im.height, size)
+            im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
+                           Image.Resampling.BILINEAR).crop((left, top, left + w, top + h))
             masks.append(np.asarray(im, np.float32) / 255.0)
-    m = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks))[:, None], size)
+    factor = cfg.resolution // square_latent[1]
+    m = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks))[:, None], (h // factor, w // factor))
     return cfg.background_weight + (1.0 - cfg.background_weight) * m
 
 
@@ -171,20 +234,33 @@ def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_capti
         ctx = torch.enable_grad() if cfg.train_text_encoder else torch.no_grad()
         with ctx:
             cond = s.family.encode(comps, prompts, s.device, cfg)
+    if s.family.size_conditioning and data.time_ids is not None:
+        cond["time_ids"] = data.time_ids[idx]
     return latents.to(s.device), {k: v.to(s.device) for k, v in cond.items()}
 
 
-def step_batch(s, data: TrainingData, gen: torch.Generator):
-    """The micro-batch of one micro-step: instance samples, then as many class samples; and
-    the per-pixel loss weights (None without masked_loss; class images weigh 1 everywhere)."""
+def step_batch(s, data: TrainingData, gen: torch.Generator) -> Batch:
+    """The micro-batch of one micro-step, from one bucket (drawn in proportion to the images
+    it holds): instance samples, then as many class samples, with the per-pixel loss weights
+    (None without masked_loss) and the per-image ones (None without image_weights); class
+    images weigh 1."""
     cfg = s.cfg
-    idx = torch.randint(0, data.instance.count, (cfg.batch_size,), generator=gen)
-    latents, cond = batch(s, data.instance, idx, gen, vary_captions=True)
-    weights = data.instance.weights[idx] if data.instance.weights is not None else None
+    g = 0
+    if len(data.instance) > 1:
+        counts = torch.tensor([float(e.count) for e in data.instance])
+        g = int(torch.multinomial(counts, 1, generator=gen))
+    group = data.instance[g]
+    idx = torch.randint(0, group.count, (cfg.batch_size,), generator=gen)
+    latents, cond = batch(s, group, idx, gen, vary_captions=True)
+    weights = group.weights[idx] if group.weights is not None else None
+    per_image = group.image_weights[idx] if group.image_weights is not None else None
     if data.classes is not None:
-        cidx = torch.randint(0, data.classes.count, (cfg.batch_size,), generator=gen)
-        c_lat, c_cond = batch(s, data.classes, cidx, gen)
+        classes = data.classes[group.size]
+        cidx = torch.randint(0, classes.count, (cfg.batch_size,), generator=gen)
+        c_lat, c_cond = batch(s, classes, cidx, gen)
         latents, cond = torch.cat([latents, c_lat]), {k: torch.cat([cond[k], c_cond[k]]) for k in cond}
         if weights is not None:
             weights = torch.cat([weights, torch.ones_like(weights[:1]).expand(len(cidx), -1, -1, -1)])
-    return latents, cond, weights
+        if per_image is not None:
+            per_image = torch.cat([per_image, torch.ones(len(cidx))])
+    return Batch(latents, cond, weights, per_image, g)

@@ -49,18 +49,28 @@ def class_images(components, prompt: str, count: int, resolution: int, seed: int
     return paths, len(todo)
 
 
-def load_images(paths: list[Path], resolution: int) -> torch.Tensor:
-    """Images as a [N, 3, R, R] tensor in -1..1 (centre-cropped and resized to R)."""
+def load_images(paths: list[Path], size: int | tuple[int, int]) -> torch.Tensor:
+    """Images as a [N, 3, H, W] tensor in -1..1, each scaled to cover ``size`` (R, or (W, H))
+    and centre-cropped to it."""
+    return load_sized(paths, size)[0]
+
+
+def load_sized(paths: list[Path], size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`load_images` and each image's SDXL size conditioning ``[N, 6]``: original
+    (height, width), crop (top, left) in the scaled image, target (height, width)."""
     import numpy as np
 
-    out = []
+    from ...core.buckets import cover_crop
+
+    w, h = (size, size) if isinstance(size, int) else size
+    out, ids = [], []
     for p in paths:
         with Image.open(p) as im:
             im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side))
-            if side != resolution:
-                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            scale, left, top = cover_crop(im.width, im.height, (w, h))
+            ids.append([im.height, im.width, top, left, h, w])
+            if (im.width, im.height) != (w, h):
+                sw, sh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
+                im = im.resize((sw, sh), Image.Resampling.LANCZOS).crop((left, top, left + w, top + h))
             out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    return torch.stack(out).float() / 127.5 - 1.0
+    return torch.stack(out).float() / 127.5 - 1.0, torch.tensor(ids, dtype=torch.float32)

@@ -70,10 +70,11 @@ def adapter_groups(model, lr: float, loraplus_ratio: float = 1.0) -> list[dict]:
     return [g for g in ({"params": rest, "lr": lr}, {"params": up, "lr": lr * loraplus_ratio}) if g["params"]]
 
 
-def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: torch.Tensor | None = None):
+def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: torch.Tensor | None = None,
+            image_weight: torch.Tensor | None = None):
     """The batch loss: per-sample MSE (a weighted mean over pixels when ``pixel_weight`` is
-    given, shaped like the prediction or broadcastable to it), Min-SNR weights, instance mean
-    plus ``prior_weight`` times the class images' mean."""
+    given, shaped like the prediction or broadcastable to it), Min-SNR weights, each image's
+    ``image_weight``, instance mean plus ``prior_weight`` times the class images' mean."""
     per_pixel = F.mse_loss(p.pred.float(), p.target.float(), reduction="none")
     dims = tuple(range(1, per_pixel.ndim))
     if pixel_weight is None:
@@ -83,6 +84,8 @@ def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: t
         per_sample = (per_pixel * w).sum(dim=dims) / w.sum(dim=dims).clamp(min=1e-8)
     if p.weight is not None:
         per_sample = per_sample * p.weight
+    if image_weight is not None:
+        per_sample = per_sample * image_weight.to(per_sample.device, per_sample.dtype)
     instance = per_sample[:n_instance].mean()
     parts = {"loss_instance": instance}
     loss = instance
@@ -94,7 +97,8 @@ def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: t
 
 
 def forward_backward(comps, model, latents, cond, gen, cfg, dtype, autocast, accumulation: int = 1,
-                     extra_loss=None, backward=None, pixel_weight: torch.Tensor | None = None):
+                     extra_loss=None, backward=None, pixel_weight: torch.Tensor | None = None,
+                     image_weight: torch.Tensor | None = None):
     """One micro-step: the family's prediction under ``autocast``, the loss (plus what
     ``extra_loss(prediction, loss, parts)`` adds: the identity term), then ``backward`` of
     ``loss / accumulation`` (default ``Tensor.backward``; the loop passes accelerate's, which scales
@@ -103,7 +107,7 @@ def forward_backward(comps, model, latents, cond, gen, cfg, dtype, autocast, acc
     with autocast:
         p = fam.predict(comps, model, latents, cond, gen, cfg, dtype)
         weight = fam.pixel_weight(pixel_weight, p.pred) if pixel_weight is not None else None
-        loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight, weight)
+        loss, parts = loss_of(p, cfg.batch_size, cfg.prior_loss_weight, weight, image_weight)
         if extra_loss is not None:
             loss, parts = extra_loss(p, loss, parts)
     (backward or torch.Tensor.backward)(loss / accumulation)

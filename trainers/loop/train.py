@@ -80,10 +80,11 @@ def _step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Genera
     return torch.Generator("cpu").manual_seed((seed * 1_000_003 + step * 1009 + micro * 31 + rank) % (2 ** 63))
 
 
-def _identity_term(s: Session, data: TrainingData, step: int):
-    """``extra_loss`` of the micro-step: the identity loss on the instance samples."""
+def _identity_term(s: Session, data: TrainingData, step: int, group: int):
+    """``extra_loss`` of the micro-step: the identity loss on the instance samples (of the
+    square face crops' bucket)."""
     cfg = s.cfg
-    if data.identity is None or step % cfg.identity_every:
+    if data.identity is None or step % cfg.identity_every or group != data.identity_group:
         return None
 
     def add(p, loss, parts):
@@ -129,13 +130,14 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             for micro in range(cfg.gradient_accumulation):
                 gen = _step_generator(cfg.seed, step, micro, s.rank)
                 torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
-                latents, cond, weights = step_batch(s, data, gen)
+                b = step_batch(s, data, gen)
                 sync = micro == cfg.gradient_accumulation - 1
                 no_sync = acc.no_sync(denoiser_ddp) if not sync and acc.num_processes > 1 else nullcontext()
                 with no_sync:
-                    loss, parts = forward_backward(comps, denoiser_ddp, latents, cond, gen, cfg, s.dtype,
+                    loss, parts = forward_backward(comps, denoiser_ddp, b.latents, b.cond, gen, cfg, s.dtype,
                                                    acc.autocast(), cfg.gradient_accumulation,
-                                                   _identity_term(s, data, step), acc.backward, weights)
+                                                   _identity_term(s, data, step, b.group), acc.backward,
+                                                   b.pixel_weight, b.image_weight)
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation

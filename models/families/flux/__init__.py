@@ -28,6 +28,7 @@ class Flux(Family):
     uses_attention_processors = False
     keeps_text_encoders = False
     resolution_multiple = 16  # 2x2 patches of 8x latents
+    bucket_multiple = 16
     separate_files = ("clip_l", "t5", "vae")
     kohya_version = "flux1"
     architecture = "flux-1-dev"
