@@ -33,13 +33,19 @@ def _image(comfy, entry) -> np.ndarray:
     return np.asarray(Image.open(comfy.output_dir / info.get("subfolder", "") / info["filename"]), np.float64)
 
 
-def test_kohya_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_lora):
+def _install(comfy, model, lora, name: str) -> list[str]:
+    """The model under models/diffusers/persona-sd15 and the LoRA under models/loras/<name>;
+    returns the LoRA's keys."""
     target = comfy.models / "diffusers" / "persona-sd15"
     if not target.exists():
-        target.symlink_to(sd15_model, target_is_directory=True)
-    shutil.copy(sd15_lora, comfy.models / "loras" / "persona_sd15_test.safetensors")
-    with safe_open(str(sd15_lora), "pt") as f:
-        keys = list(f.keys())
+        target.symlink_to(model, target_is_directory=True)
+    shutil.copy(lora, comfy.models / "loras" / name)
+    with safe_open(str(lora), "pt") as f:
+        return list(f.keys())
+
+
+def test_kohya_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_lora):
+    keys = _install(comfy, sd15_model, sd15_lora, "persona_sd15_test.safetensors")
     assert any(k.startswith("lora_te_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
 
     log_before = len(comfy.log())
@@ -94,12 +100,8 @@ def sd15_dora_lora(sd15_model, face_dataset, tmp_path_factory):
 
 
 def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_dora_lora):
-    target = comfy.models / "diffusers" / "persona-sd15"
-    if not target.exists():
-        target.symlink_to(sd15_model, target_is_directory=True)
-    shutil.copy(sd15_dora_lora, comfy.models / "loras" / "persona_sd15_dora.safetensors")
-    with safe_open(str(sd15_dora_lora), "pt") as f:
-        scales = [k for k in f.keys() if k.endswith(".dora_scale")]
+    keys = _install(comfy, sd15_model, sd15_dora_lora, "persona_sd15_dora.safetensors")
+    scales = [k for k in keys if k.endswith(".dora_scale")]
     assert any(k.startswith("lora_te_") for k in scales) and any(k.startswith("lora_unet_") for k in scales)
     log_before = len(comfy.log())
     with_lora = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 1.0, "dora_on"))
