@@ -42,6 +42,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     try:
         cfg = PrepareConfig.from_file(args.config) if args.config else PrepareConfig()
+        if args.holdout is not None:
+            held = [h.strip() for h in args.holdout.split(",") if h.strip()]
+            cfg = PrepareConfig.from_dict({**cfg.to_json(), "holdout": int(held[0]) if len(held) == 1
+                                           and held[0].isdigit() else held}, source="--holdout")
         consent = read_consent(args.consent) if args.consent else None
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -81,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     try:
-        photos, errors = load_folder(args.reference, max_side=1024)
+        photos, errors, reference_set = _reference_photos(args.reference, args.reference_set, load_folder)
         if not photos:
             raise ValueError(f"--reference: no readable photo in '{args.reference}'")
         settings = GateSettings(threshold=args.threshold, max_attempts=args.max_attempts,
@@ -112,6 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     report = {"gate": result.to_json(), "base_model": args.base_model, "lora": args.lora,
               "base_model_random_weights": generator.random_weights,
+              "reference_set": reference_set, "references": len(photos),
               "skipped_references": [str(e) for e in errors]}
     final = result.best_image
     if args.enhance:
@@ -139,7 +144,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if result.passed else 3
 
 
+def _reference_photos(folder: str, which: str, load_folder):
+    """The gate's reference photos: a folder of photos, or of a Persona dataset its face crops:
+    the held-out ones ('holdout'; 'auto' when it holds any out), the training ones, or all."""
+    from ..faces.dataset import read_dataset, read_manifest
+
+    if read_manifest(folder) is None:
+        return (*load_folder(folder, max_side=1024), "folder")
+    held = read_dataset(folder, holdout=True)
+    if which == "auto":
+        which = "holdout" if held else "train"
+    if which == "holdout" and not held:
+        raise ValueError(f"--reference-set: dataset '{folder}' holds no photo out (persona prepare --holdout)")
+    items = {"holdout": held, "train": read_dataset(folder), "all": read_dataset(folder) + held}[which]
+    from ..faces.photos import load_photo
+
+    return [load_photo(it.image, max_side=1024) for it in items if it.kind == "face"], [], which
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
     from ..faces.photos import load_folder
     from ..metrics.report import evaluate, expand_prompts, metrics_table, steps_table, write_report
 
@@ -153,6 +178,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 2
         print(steps_table(results))
         print(f"\nplot: {chart}")
+        best = Path(args.run) / "best" / "best.json"
+        if best.is_file():
+            pick = json.loads(best.read_text())
+            print(f"best checkpoint: step {pick['step']} (score {pick['score']}; rule: {pick['rule']}): "
+                  f"{', '.join(pick['files']) or 'step recorded'}")
+        else:
+            print("best checkpoint: none picked (train with validate_every > 0 and an identity embedder)")
         return 0
     if not (args.generated and args.reference):
         print("error: give --generated and --reference, or --run RUN_DIR", file=sys.stderr)
@@ -160,18 +192,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         generated, gen_errors = load_folder(args.generated, max_side=1024)
         references, ref_errors = load_folder(args.reference, max_side=1024)
+        holdout, held_errors = load_folder(args.holdout, max_side=1024) if args.holdout else ([], [])
         prompts = None
         if args.prompts:  # one prompt, or one per image in file-name order
             prompts = expand_prompts(Path(args.prompts).read_text(encoding="utf-8").splitlines(), len(generated))
         rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
-                        embedder=args.embedder)
+                        embedder=args.embedder, holdout=[p.pixels for p in holdout] or None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     json_path, _ = write_report(rows, args.out, {"generated": args.generated, "reference": args.reference,
-                                                 "skipped_files": [str(e) for e in gen_errors + ref_errors]})
+                                                 "holdout": args.holdout,
+                                                 "skipped_files": [str(e) for e in gen_errors + ref_errors + held_errors]})
     print(metrics_table(rows))
     print(f"\nreport: {json_path} and report.csv")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..core.tables import text_table
+    from ..faces.calibration import calibrate, save
+    from ..faces.identity import EMBEDDERS, get_embedder
+
+    try:
+        cal = calibrate(args.people_dir, get_embedder(args.embedder))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text_table(["embedder", "threshold", "equal error rate", "genuine pairs", "impostor pairs", "built-in"],
+                     [(cal.embedder, cal.threshold, cal.equal_error_rate, cal.genuine_pairs, cal.impostor_pairs,
+                       EMBEDDERS[cal.embedder].builtin_threshold)]))
+    for line in cal.skipped:
+        print(f"skipped: {line}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(cal.to_json(), indent=2) + "\n")
+    if args.save:
+        print(f"saved: {save(cal)} (the gate's calibrated threshold for {cal.embedder} from now on)")
     return 0
 
 
@@ -292,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="PrepareConfig as JSON or YAML")
     p.add_argument("--consent", metavar="FILE",
                    help="the subject's consent record (YAML/JSON: subject, consented_by, date, uses, document)")
+    p.add_argument("--holdout", metavar="N|STEM,...",
+                   help="hold photos out of training to measure identity on: a count, or photo stems")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a LoRA from a dataset (TrainConfig as JSON/YAML)")
@@ -304,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="a Persona / kohya LoRA .safetensors")
     p.add_argument("--lora-strength", type=float, default=1.0)
     p.add_argument("--lora-strength-step", type=float, default=0.0, help="added to the strength at each new attempt")
-    p.add_argument("--reference", required=True, help="folder of photos of the subject")
+    p.add_argument("--reference", required=True, help="folder of photos of the subject, or a Persona dataset")
+    p.add_argument("--reference-set", choices=["auto", "holdout", "train", "all"], default="auto",
+                   help="a dataset's photos the gate compares with: its held-out photos (auto: when it has "
+                        "any), the training photos, or all")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="")
     p.add_argument("--embedder", choices=BACKENDS, default="dlib")
@@ -324,11 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="measure generated images against reference photos")
     p.add_argument("--generated", help="folder of generated images")
     p.add_argument("--reference", help="folder of reference photos")
-    p.add_argument("--run", help="a training run: its validation samples at each step against its dataset")
+    p.add_argument("--run", help="a training run: its validation samples at each step against its dataset "
+                                 "(and its held-out photos), and the best checkpoint it picked")
+    p.add_argument("--holdout", help="folder of photos of the subject held out of training: identity on them "
+                                     "and the copy-paste score")
     p.add_argument("--prompts", help="text file: one prompt, or one per generated image")
     p.add_argument("--embedder", choices=BACKENDS, default="dlib")
     p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="an identity threshold from your own photos of several people",
+                       description="PEOPLE_DIR holds one folder of photos per person. Prints the equal-error "
+                                   "threshold of same-person against different-person pairs.")
+    p.add_argument("people_dir")
+    p.add_argument("--embedder", choices=BACKENDS, default="dlib")
+    p.add_argument("--out", help="write the calibration as JSON here")
+    p.add_argument("--save", action="store_true",
+                   help="use it from now on wherever a threshold of 0 means calibrated (the identity gate)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("fetch-weights", help="download every pretrained weights file into the Persona cache")
     p.add_argument("--mirror", help="a base URL that serves the files by name, instead of their original addresses")

@@ -77,6 +77,10 @@ class PrepareConfig(JobConfig):
         description="Text appended to the caption of each kind of wider crop.")
     mask_feather: float = Field(0.08, ge=0.0, le=1.0, description="Face mask edge softness, fraction of the face width.")
     image_format: Literal["png", "jpg"] = Field("png", description="File format of the dataset images.")
+    holdout: int | list[str] = Field(0, description="Photos held out of training, to measure identity on photos the "
+                                                    "model never saw: a count (the last N accepted photos by name) or "
+                                                    "a list of photo stems. Aligned like the others, marked in the "
+                                                    "manifest, never trained on.")
 
     @model_validator(mode="after")
     def _caption_model_given(self):
@@ -97,6 +101,14 @@ class PrepareConfig(JobConfig):
 
     _resolution = field_validator("resolution")(classmethod(lambda cls, v: divisible_by_8(v)))
 
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"a count of photos (0 or more) or a list of stems, got {value}")
+        return value
+
     def processing_digest(self) -> str:
-        """Hash of every field that changes an output file: a changed one reprocesses all."""
-        return self.digest()
+        """Hash of every field that changes an output file: a changed one reprocesses all
+        (which photos are held out changes no file)."""
+        return self.digest(set(type(self).model_fields) - {"holdout"})

@@ -65,8 +65,8 @@ class PrepareResult:
         return [e for e in self.entries if e["status"] == "rejected"]
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
-        return [(Path(e["source"]).name, e["status"], e.get("reason") or e.get("caption", ""))
-                for e in self.entries]
+        return [(Path(e["source"]).name, "held out" if e.get("holdout") else e["status"],
+                 e.get("reason") or e.get("caption", "")) for e in self.entries]
 
 
 def _stems(photos: list[Path]) -> dict[Path, str]:
@@ -205,6 +205,10 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
     todo = []
     reused = 0
     stems = _stems(photos)
+    if isinstance(cfg.holdout, list):  # before any photo is processed
+        unknown = [s for s in cfg.holdout if s not in set(stems.values())]
+        if unknown:
+            raise ValueError(f"holdout: no photo in '{photos_dir}' has the stem {', '.join(map(repr, unknown))}")
     for i, path in enumerate(photos):
         sha = file_sha256(path)
         old = old_entries.get(str(path))
@@ -247,6 +251,7 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
     if progress:
         progress(len(photos), len(photos), "")
 
+    mark_holdout(entries, cfg.holdout)
     current = {str(p) for p in photos}
     removed = [src for src in old_entries if src not in current]
     for src in removed:
@@ -260,7 +265,8 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
         **({"consent": consent or previous["consent"]} if (consent or previous.get("consent")) else {}),
         "summary": {"photos": len(entries),
                     "accepted": sum(e["status"] == "accepted" for e in entries),
-                    "rejected": sum(e["status"] == "rejected" for e in entries)},
+                    "rejected": sum(e["status"] == "rejected" for e in entries),
+                    "held_out": sum(bool(e.get("holdout")) for e in entries)},
         "photos": entries,
     }
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
@@ -276,6 +282,28 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
     return result
 
 
+def mark_holdout(entries: list[dict], holdout: int | list[str]) -> None:
+    """Mark the held-out photos (``"holdout": true``): the last ``holdout`` accepted photos by
+    stem, or the accepted photos with the listed stems. At least one photo stays to train on."""
+    accepted = sorted((e for e in entries if e["status"] == "accepted"), key=lambda e: e["stem"])
+    if isinstance(holdout, int):
+        chosen = {e["stem"] for e in accepted[len(accepted) - holdout:]} if holdout else set()
+    else:
+        stems = {e["stem"] for e in accepted}
+        unknown = [s for s in holdout if s not in stems]
+        if unknown:
+            raise ValueError(f"holdout: {', '.join(map(repr, unknown))} is not an accepted photo's stem "
+                             f"(accepted: {', '.join(sorted(stems))})")
+        chosen = set(holdout)
+    if accepted and len(chosen) >= len(accepted):
+        raise ValueError(f"holdout: holding out {len(chosen)} of {len(accepted)} accepted photos leaves none to "
+                         f"train on")
+    for e in entries:
+        e.pop("holdout", None)
+        if e["stem"] in chosen:
+            e["holdout"] = True
+
+
 @dataclass
 class DatasetItem:
     image: Path
@@ -285,11 +313,12 @@ class DatasetItem:
     kind: str = "face"  # or the wider crop's kind (head_shoulders, half_body)
 
 
-def read_dataset(dataset_dir: str | Path) -> list[DatasetItem]:
-    """The accepted items of a dataset directory (manifest order), for the trainer.
+def read_dataset(dataset_dir: str | Path, holdout: bool = False) -> list[DatasetItem]:
+    """The accepted items of a dataset directory (manifest order) that train, or with
+    ``holdout`` the held-out photos (their face crops only), which never train.
 
     A folder without a manifest is read in the plain kohya way: every image with its
-    same-stem .txt caption (missing caption: empty string).
+    same-stem .txt caption (missing caption: empty string); it holds nothing out.
     """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -298,15 +327,15 @@ def read_dataset(dataset_dir: str | Path) -> list[DatasetItem]:
     items = []
     if manifest is not None:
         for e in manifest["photos"]:
-            if e["status"] != "accepted":
+            if e["status"] != "accepted" or bool(e.get("holdout")) != holdout:
                 continue
             caption = (dataset_dir / e["caption_file"]).read_text(encoding="utf-8").strip()
             items.append(DatasetItem(dataset_dir / e["image"], caption, dataset_dir / e["mask"],
                                      e.get("aligned_landmarks")))
-            for c in e.get("crops", []):
+            for c in ([] if holdout else e.get("crops", [])):
                 text = (dataset_dir / c["caption_file"]).read_text(encoding="utf-8").strip()
                 items.append(DatasetItem(dataset_dir / c["image"], text, dataset_dir / c["mask"], None, c["kind"]))
-    else:
+    elif not holdout:
         from .photos import PHOTO_EXTENSIONS
 
         for p in sorted(dataset_dir.iterdir()):

@@ -1,7 +1,8 @@
 """Identity embedders behind one interface: ``embed(images) -> unit vectors``.
 
 Each backend has a calibrated threshold on the cosine similarity of its unit vectors
-("same person" at or above it):
+("same person" at or above it); ``persona calibrate --save`` replaces it with one derived
+from the user's own photos (``faces.calibration``). The built-in ones and their evidence:
 
 - ``dlib``: dlib's ResNet (128-d) from face-recognition-models, offline. dlib's own rule is
   a Euclidean distance of 0.6 between raw descriptors (norm ~1.43), which is a cosine of
@@ -50,8 +51,14 @@ class Embeddings:
 
 class IdentityEmbedder:
     name: str = ""
-    threshold: float = 0.5
+    builtin_threshold: float = 0.5  # documented in the module docstring
     dim: int = 0
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold: the user's own (``persona calibrate --save``) when there
+        is one, else the built-in one."""
+        return calibrated_threshold(self.name)
 
     def __init__(self, detector: FaceDetector | None = None):
         self.detector = detector or FaceDetector()
@@ -69,7 +76,7 @@ class IdentityEmbedder:
 
 class DlibEmbedder(IdentityEmbedder):
     name = "dlib"
-    threshold = 0.91
+    builtin_threshold = 0.91
     dim = 128
 
     def __init__(self, detector: FaceDetector | None = None):
@@ -110,7 +117,7 @@ class FacenetEmbedder(IdentityEmbedder):
     code paths (tests, benchmarks); its scores mean nothing and a warning says so."""
 
     name = "facenet"
-    threshold = 0.4
+    builtin_threshold = 0.4
     dim = 512
 
     def __init__(self, detector: FaceDetector | None = None, weights: str = "vggface2", device: str = "cpu"):
@@ -184,7 +191,7 @@ class ArcFaceEmbedder(IdentityEmbedder):
     landmarks onto the standard 112 px ArcFace template, as insightface does."""
 
     name = "arcface"
-    threshold = 0.35
+    builtin_threshold = 0.35
     dim = 512
 
     def __init__(self, detector: FaceDetector | None = None, model_path: str | None = None):
@@ -227,7 +234,7 @@ class ClipImageEmbedder(IdentityEmbedder):
     objects): every image 'has' the subject, so nothing is faceless."""
 
     name = "clip"
-    threshold = 0.85
+    builtin_threshold = 0.85
 
     def __init__(self, model_name: str = "ViT-B-32", weights: str = "laion2b"):
         from ..core.clip_models import load_clip
@@ -255,14 +262,18 @@ BACKENDS = tuple(EMBEDDERS)  # the one list of embedder names (CLI choices, node
 
 
 def calibrated_threshold(name: str) -> float:
-    """The embedder's calibrated identity threshold (cosine), without loading it."""
+    """The embedder's calibrated identity threshold (cosine), without loading it: the one
+    ``persona calibrate --save`` derived from the user's photos, else the built-in one."""
+    from .calibration import saved_threshold
+
     if name not in EMBEDDERS:
         raise ValueError(f"identity embedder: unknown '{name}' ({', '.join(BACKENDS)})")
-    return EMBEDDERS[name].threshold
+    saved = saved_threshold(name)
+    return EMBEDDERS[name].builtin_threshold if saved is None else saved
 
 
 def thresholds_text() -> str:
-    return ", ".join(f"{n} {c.threshold:.2f}" for n, c in EMBEDDERS.items())
+    return ", ".join(f"{n} {calibrated_threshold(n):.2f}" for n in EMBEDDERS)
 
 
 @functools.lru_cache(maxsize=6)
@@ -338,3 +349,23 @@ def identity_scores(embedder: IdentityEmbedder, images: Sequence[np.ndarray],
         raise ValueError("reference: the reference batch is empty")
     emb = embedder.embed(images)
     return Reference(embedder.embed(references)).scores(emb, mode), emb.found
+
+
+def copy_paste(generated: Embeddings, training: Embeddings, holdout: Embeddings) -> np.ndarray:
+    """The copy-paste score of each generated image, NaN where it has no face; every
+    reference needs a face.
+
+    Scoring a generated face against the photos a LoRA trained on rewards copying: a model that
+    pastes one training photo scores highest. Two measures separate likeness from copying (after
+    WithAnyone, 2025):
+
+    - **held-out identity** (``Reference(holdout).scores``): the cosine of a generated face to the
+      mean embedding of photos of the subject held out of training (``persona prepare --holdout``);
+    - **copy-paste score** (this function) of a generated face ``g``: ``max_t cos(g, t) - max_h cos(g, h)``, its
+      similarity to the nearest *training* photo minus its similarity to the nearest *held-out*
+      photo. A face that resembles the person equally well in every photo scores about 0 (a
+      little above, as training photos are closer to each other in pose and light); a copy of a
+      training photo scores high (its cosine to that photo is 1); a face nearer the unseen photos
+      scores below 0. Reported as the mean over the generated images that have a face.
+    """
+    return Reference(training).scores(generated, "max") - Reference(holdout).scores(generated, "max")

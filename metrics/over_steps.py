@@ -30,14 +30,18 @@ def evaluate_run(run_dir: str | Path, embedder: str = "dlib") -> tuple[dict[int,
     if not samples:
         raise FileNotFoundError(f"--run: '{run_dir}/samples' holds no validation images "
                                 f"(train with validate_every > 0)")
-    references = [np.asarray(Image.open(it.image).convert("RGB")) for it in read_dataset(cfg["dataset"])]
+    def photos(holdout: bool):
+        return [np.asarray(Image.open(it.image).convert("RGB")) for it in read_dataset(cfg["dataset"], holdout)
+                if it.kind == "face"]
+
+    references, holdout = photos(False), photos(True)
     fill = lambda t: t.replace("{token}", cfg["token"]).replace("{class}", cfg["class_noun"])
     prompts = [fill(p) for p in cfg["validation_prompts"] for _ in cfg["validation_seeds"]]
     results = {}
     for step in sorted(samples):
         images = [np.asarray(Image.open(p).convert("RGB")) for p in samples[step]]
         results[step] = evaluate(images, references, prompts if len(prompts) == len(images) else None,
-                                 embedder=embedder)
+                                 embedder=embedder, holdout=holdout or None)
     out = run_dir / "metrics"
     out.mkdir(exist_ok=True)
     (out / "steps.json").write_text(json.dumps(

@@ -49,7 +49,10 @@ def _resize_all(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
 
 def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
              prompts: Sequence[str] | None = None, embedder: str = "dlib", lpips_net: str = "alex",
-             size: int = 256) -> list[Row]:
+             size: int = 256, holdout: Sequence[np.ndarray] | None = None) -> list[Row]:
+    """Every metric of ``generated`` against the subject's ``references`` (the training
+    photos); with ``holdout`` (photos held out of training) also identity on those and the
+    copy-paste score (``metrics.copy_paste``)."""
     from ..faces.identity import get_embedder, scores_from
     from .ssim import ssim, to_tensor
 
@@ -75,6 +78,8 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
         rows.append(Row("subject fidelity (max)", float(np.nanmean(best)), "best matching reference, averaged"))
         rows.append(Row("subject fidelity (mean)", float(np.nanmean(mean)), "mean over references, averaged"))
         rows.append(Row("identity stability (std)", float(valid.std()), "std across prompts and seeds"))
+        if holdout:
+            rows.extend(_holdout_rows(emb, gen_emb, ref_emb, holdout))
     else:
         for name in ("identity cosine (mean)", "face distance score"):
             rows.append(Row(name, None, status="skipped: no face in any generated image"))
@@ -107,6 +112,20 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
     rows.extend(_distribution_rows(gen, ref))
     rows.append(q_global(rows, lpips_net))
     return rows
+
+
+def _holdout_rows(emb, gen_emb, ref_emb, holdout) -> list[Row]:
+    from ..faces.identity import copy_paste, scores_from
+
+    held = emb.embed(holdout)
+    if not all(held.found):
+        return [Row("identity cosine (held-out)", None, status="skipped: no face in a held-out photo")]
+    on_holdout = scores_from(gen_emb, held)
+    cp = copy_paste(gen_emb, ref_emb, held)
+    return [Row("identity cosine (held-out)", float(np.nanmean(on_holdout)),
+                f"{emb.name}, {len(holdout)} photos never trained on"),
+            Row("copy-paste score", float(np.nanmean(cp)),
+                "nearest training photo minus nearest held-out photo (cosine); high: copying")]
 
 
 def _distribution_rows(gen, ref) -> list[Row]:

@@ -119,6 +119,8 @@ class PersonaBuildDataset:
                                         "The subject's consent record (YAML/JSON: subject, consented_by, date, uses, "
                                         "document), inside ComfyUI's input folder; kept in the dataset's manifest."}),
             **widgets(PrepareConfig, ["wider_crops"]),
+            "holdout": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip": "Photos held out of training (the "
+                                "last N accepted by name) to measure identity on photos the LoRA never saw."}),
             "caption_model": ("STRING", {"default": "", "tooltip": PrepareConfig.model_fields["caption_model"].description
                                          + " A folder inside ComfyUI's models folder, e.g. LLM/Florence-2-base."}),
         }}

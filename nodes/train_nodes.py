@@ -18,7 +18,7 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
            "prior_loss_weight", "snr_gamma", "seed", "checkpoint_every"]
 # optional inputs, after the required ones so that saved workflows keep their widget values
 _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", "ema", "ema_decay",
-         "use_dora", "loraplus_lr_ratio", "aspect_buckets"]
+         "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every"]
 NONE = "(none)"
 # the separate files of a single-file FLUX base: TrainConfig field -> ComfyUI folder
 SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
@@ -30,11 +30,14 @@ class PersonaTrain:
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("PERSONA_LORA", "IMAGE", "STRING")
-    RETURN_NAMES = ("lora", "loss_chart", "lora_file")
+    RETURN_TYPES = ("PERSONA_LORA", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("lora", "loss_chart", "lora_file", "best_lora_file")
     OUTPUT_TOOLTIPS = ("The trained LoRA (file, token, class, config).",
                        "Training loss and learning rate against step.",
-                       "The LoRA's file name under models/loras, as LoraLoader lists it.")
+                       "The LoRA's file name under models/loras, as LoraLoader lists it.",
+                       "The best validation step's LoRA by identity (held-out photos when the dataset has "
+                       "them; validate_every in a config), as LoraLoader lists it; the final LoRA when "
+                       "validation did not run.")
     DESCRIPTION = ("Train a LoRA on a Persona dataset. Runs in a separate process (a crash or "
                    "out-of-memory cannot stop ComfyUI), frees ComfyUI's loaded models first, "
                    "resumes an interrupted run, and reuses a finished one with the same inputs.")
@@ -110,7 +113,13 @@ class PersonaTrain:
         text = (f"{'reused finished run' if outcome.cached else 'trained'}: {rel}\n"
                 f"steps {outcome.summary.get('steps')}, loss {outcome.summary.get('first_loss')} -> "
                 f"{outcome.summary.get('final_loss')}")
-        return {"ui": {"text": [text]}, "result": (lora, images_to_tensor([chart]), rel)}
+        best_rel = rel
+        if outcome.summary.get("best"):
+            best_rel = f"persona/{name}_best.safetensors"
+            shutil.copy2(outcome.summary["best"], loras_dir() / best_rel)
+            text += f"\nbest by identity: step {outcome.summary.get('best_step')} -> {best_rel}"
+        lora["best_path"] = str(loras_dir() / best_rel)
+        return {"ui": {"text": [text]}, "result": (lora, images_to_tensor([chart]), rel, best_rel)}
 
 
 class PersonaApplyLora:

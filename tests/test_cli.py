@@ -13,7 +13,8 @@ from comfyui_persona.app.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["demo", "eval", "fetch-weights", "generate", "prepare", "queue", "train", "verify"]
+    assert sorted(sub.choices) == ["calibrate", "demo", "eval", "fetch-weights", "generate", "prepare", "queue",
+                                   "train", "verify"]
 
 
 def test_console_script_is_installed():
@@ -89,6 +90,17 @@ def test_generate_writes_attempts_and_scores(tiny_model, face_dataset, tmp_path,
     for name in ("best.png", "attempt-01.png", "attempt-02.png", "enhanced.png"):
         assert Image.open(tmp_path / "out" / name).size == (64, 64)
     assert report["enhance"][0]["applied"] is False
+    assert report["reference_set"] == "folder" and report["references"] == 1
+    # a Persona dataset as the reference: its training photos (it holds none out), or refused
+    code = main(["generate", "--base-model", str(tiny_model), "--lora", str(lora), "--reference", str(face_dataset),
+                 "--prompt", "a photo of sks person", "--max-attempts", "1", "--steps", "1", "--size", "64",
+                 "--out", str(tmp_path / "out2")])
+    report = json.loads((tmp_path / "out2" / "generate.json").read_text())
+    assert code == 3 and report["reference_set"] == "train" and report["references"] == 4
+    capsys.readouterr()
+    assert main(["generate", "--base-model", str(tiny_model), "--lora", str(lora), "--reference", str(face_dataset),
+                 "--reference-set", "holdout", "--prompt", "x", "--out", str(tmp_path / "out3")]) == 2
+    assert "holds no photo out" in capsys.readouterr().err
 
 
 def test_generate_rejects_a_bad_threshold_and_a_faceless_reference(tiny_model, tmp_path, coffee, capsys):
@@ -173,3 +185,42 @@ def test_eval_of_a_training_run_plots_metrics_against_step(tiny_model, face_data
     faceless = {r["metric"]: r["value"] for r in steps["2"]}["faceless images"]
     assert faceless == 2.0  # random weights draw no faces
     assert Image.open(run / "metrics" / "metrics_vs_step.png").size[0] > 500
+    assert "best checkpoint: none picked" in out  # validation_identity off: nothing to pick by
+
+
+def test_prepare_holds_out_eval_reports_copy_paste_and_the_run_shows_its_pick(tiny_model, tmp_path, astronaut,
+                                                                             grace_hopper, capsys):
+    from comfyui_persona.faces.samples import write_subject_photos
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    write_subject_photos(tmp_path / "photos", count=4)
+    config = tmp_path / "prepare.json"
+    config.write_text(json.dumps({"resolution": 64}))
+    assert main(["prepare", str(tmp_path / "photos"), str(tmp_path / "ds"), "--config", str(config),
+                 "--holdout", "1"]) == 0
+    assert "held out" in capsys.readouterr().out
+    # a generated image that is a training photo itself: a copy
+    train_photo = next(p for p in sorted((tmp_path / "ds").glob("*.png")))
+    held = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    held_image = next(e["image"] for e in held["photos"] if e.get("holdout"))
+    gen, ref, hold = tmp_path / "gen", tmp_path / "ref", tmp_path / "hold"
+    for d in (gen, ref, hold):
+        d.mkdir()
+    Image.open(train_photo).save(gen / "copy.png")
+    Image.fromarray(grace_hopper).save(gen / "other.png")
+    for p in (tmp_path / "ds").glob("*.png"):
+        if p.name != held_image:
+            Image.open(p).save(ref / p.name)
+    Image.open(tmp_path / "ds" / held_image).save(hold / "h.png")
+    assert main(["eval", "--generated", str(gen), "--reference", str(ref), "--holdout", str(hold),
+                 "--out", str(tmp_path / "out")]) == 0
+    report = {m["metric"]: m for m in json.loads((tmp_path / "out" / "report.json").read_text())["metrics"]}
+    assert report["identity cosine (held-out)"]["value"] is not None
+    assert report["copy-paste score"]["value"] > 0  # the copy is nearer its training photo
+    run = tmp_path / "run"
+    train(tiny_config(tiny_model, tmp_path / "ds", run, steps=2, validate_every=1, validation_steps=2))
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "best checkpoint: step 1" in out and "best/lora.safetensors" in out

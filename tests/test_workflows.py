@@ -142,6 +142,12 @@ def test_train_workflow_runs(prepared, tmp_path, capsys):
                  "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     assert (prepared.models / "loras" / "persona" / "wf2_lora.safetensors").is_file()
+    # one photo held out; validation at the last step picks the best LoRA by held-out identity
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert "best by identity: step 3" in history["outputs"]["2"]["text"][0]
+    assert (prepared.models / "loras" / "persona" / "wf2_lora_best.safetensors").is_file()
+    manifest = json.loads((prepared.output_dir / "persona" / "datasets" / "wf2" / "manifest.json").read_text())
+    assert manifest["summary"]["held_out"] == 1
 
 
 def test_train_workflow_saved_before_the_optional_widgets_runs(prepared, tmp_path, capsys):

@@ -37,4 +37,5 @@ def summary(result) -> dict:
     return {"run_dir": str(result.run_dir), "lora": str(result.lora_path) if result.lora_path else None,
             "steps": result.steps_done, "first_loss": result.first_loss, "final_loss": result.final_loss,
             "peak_memory_mb": round(result.peak_memory_mb, 1), "resumed_from": result.resumed_from,
-            "stopped": result.stopped, "ema": str(result.ema_path) if result.ema_path else None}
+            "stopped": result.stopped, "ema": str(result.ema_path) if result.ema_path else None,
+            "best": str(result.best_path) if result.best_path else None, "best_step": result.best_step}

@@ -24,25 +24,29 @@ def log_plan(s, result) -> None:
         "not measured (CPU: no allocator peak; the benchmark measures live tensors)"}})
 
 
-def export(s, result, denoiser, text_encoders, weights: str = "raw", suffix: str = "") -> Path:
+def export(s, result, denoiser, text_encoders, weights: str = "raw", suffix: str = "",
+           folder: Path | None = None) -> Path:
     """Write the trained weights now in the models (``weights``: 'raw' or 'ema', recorded in
     the metadata) as ``lora<suffix>.safetensors`` + ``diffusers_lora<suffix>/`` (LoRA), or
-    ``model<suffix>/`` + ``model<suffix>.safetensors`` (DreamBooth). Returns the main file."""
+    ``model<suffix>/`` + ``model<suffix>.safetensors`` (DreamBooth), in ``folder`` (default:
+    the run directory; another folder leaves the result's paths alone). Returns the main file."""
     from ..outputs.export import export_dreambooth, save_kohya_lora, save_peft_lora
 
     cfg, comps = s.cfg, s.comps
     meta = {**lora_metadata(s, result), "persona.weights": weights}
+    main = folder is None and not suffix
+    folder = folder or s.run_dir
     if cfg.method == "lora":
-        path = save_kohya_lora(s.run_dir / f"lora{suffix}.safetensors", lora_state(denoiser),
+        path = save_kohya_lora(folder / f"lora{suffix}.safetensors", lora_state(denoiser),
                                [lora_state(t) for t in text_encoders], cfg.alpha, meta,
                                family=cfg.family, model=denoiser)
-        folder = save_peft_lora(s.run_dir / f"diffusers_lora{suffix}", denoiser, text_encoders, cfg.family)
-        if not suffix:
-            result.lora_path, result.diffusers_lora_dir = path, folder
+        peft_folder = save_peft_lora(folder / f"diffusers_lora{suffix}", denoiser, text_encoders, cfg.family)
+        if main:
+            result.lora_path, result.diffusers_lora_dir = path, peft_folder
         return path
-    folder, path = export_dreambooth(s.run_dir, comps, denoiser, comps.text_encoder, meta, name=f"model{suffix}")
-    if not suffix:
-        result.model_dir, result.checkpoint_path = folder, path
+    model_dir, path = export_dreambooth(folder, comps, denoiser, comps.text_encoder, meta, name=f"model{suffix}")
+    if main:
+        result.model_dir, result.checkpoint_path = model_dir, path
     return path
 
 

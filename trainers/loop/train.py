@@ -25,6 +25,7 @@ import torch
 
 from ..config import TrainConfig
 from ..memory import techniques as memory
+from ..outputs.best import Best, selection_score
 from ..outputs.checkpoint import save_checkpoint
 from ..outputs.run_dir import append_log
 from .data import TrainingData, prepare_data, step_batch
@@ -61,6 +62,8 @@ class TrainResult:
     resumed_from: int = 0
     class_images_generated: int = 0
     ema_path: Path | None = None  # ema_export 'beside': the EMA LoRA (or DreamBooth checkpoint)
+    best_path: Path | None = None  # best/lora.safetensors: the best validation step by identity
+    best_step: int | None = None
     model_dir: Path | None = None  # DreamBooth: diffusers folder
     checkpoint_path: Path | None = None  # DreamBooth: single-file checkpoint
     records: list[dict] = field(default_factory=list)
@@ -123,6 +126,9 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                          class_images_generated=data.class_images_generated)
     memory.reset_peak_memory(s.device)
     params = [p for g in groups for p in g["params"]]
+    best = Best(s.run_dir)
+    if best.step is not None and (best.folder / "lora.safetensors").is_file():
+        result.best_step, result.best_path = best.step, best.folder / "lora.safetensors"
     try:
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -171,7 +177,7 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                                 s.digest, cfg.keep_checkpoints, {"ema": ema.state()} if ema else None)
             if s.main and cfg.validate_every and (step % cfg.validate_every == 0 or last):
                 with ema.applied() if ema else nullcontext():
-                    _validate(s, data, step, cb)
+                    _validate(s, data, step, cb, best, result, "ema" if ema else "raw")
             if stopping and not last:
                 raise TrainingStopped(f"stopped at step {step}")
     except TrainingStopped:
@@ -194,10 +200,23 @@ def _record(s: Session, step: int, parts_sum: dict, lr: float, seconds: float, h
             "samples_per_s": round(cfg.batch_size * cfg.gradient_accumulation * acc.num_processes / seconds, 3)}
 
 
-def _validate(s: Session, data: TrainingData, step: int, cb: Callbacks) -> None:
+def _validate(s: Session, data: TrainingData, step: int, cb: Callbacks, best: Best, result: TrainResult,
+              weights: str) -> None:
+    """Validation samples and their identity; a new best step by identity is exported to best/."""
+    from .finish import export
     from .validation import validate
 
     info = validate(s.comps, s.cfg, s.run_dir, step, s.device, s.dtype, data.validation_cond)
+    info["selection_score"] = selection_score(info)
+    if best.consider(step, info):
+        files = []
+        if s.cfg.method == "lora":
+            trained = s.comps.text_encoders if s.cfg.train_text_encoder else []
+            files.append(export(s, result, s.comps.denoiser, trained, weights, folder=best.folder))
+            result.best_path = files[0]
+        best.write(info, files)
+        result.best_step = step
+        info["best"] = True
     append_log(s.run_dir, {"step": step, "validation": info})
     if cb.on_validation:
         cb.on_validation(step, Path(info["grid"]), info)

@@ -57,15 +57,36 @@ def validate(comps, cfg, run_dir: Path, step: int, device, dtype, cached: dict |
 
 
 def identity_of(images: list[np.ndarray], cfg) -> dict:
-    """Identity score of each validation image against the dataset photos (NaN: no face)."""
+    """Identity score of each validation image against the dataset's face photos (NaN: no
+    face) and, when the dataset holds photos out, against those and the copy-paste score."""
     from ...faces.dataset import read_dataset
-    from ...faces.identity import get_embedder, identity_scores
+    from ...faces.identity import Reference, copy_paste, get_embedder
 
     embedder = get_embedder(cfg.validation_identity)
-    refs = [np.asarray(Image.open(it.image).convert("RGB")) for it in read_dataset(cfg.dataset)]
-    scores, found = identity_scores(embedder, images, refs)
-    valid = scores[~np.isnan(scores)]
-    return {"identity": [None if np.isnan(v) else round(float(v), 4) for v in scores],
-            "identity_mean": round(float(valid.mean()), 4) if len(valid) else None,
-            "faceless": int(sum(not f for f in found)), "identity_embedder": embedder.name,
+
+    def photos(holdout: bool):
+        return [np.asarray(Image.open(it.image).convert("RGB")) for it in read_dataset(cfg.dataset, holdout)
+                if it.kind == "face"]
+
+    emb = embedder.embed(images)
+    train_emb = embedder.embed(photos(False))
+    scores = Reference(train_emb).scores(emb)
+    info = {"identity": _rounded(scores), "identity_mean": _mean(scores),
+            "faceless": int(sum(not f for f in emb.found)), "identity_embedder": embedder.name,
             "identity_threshold": embedder.threshold}
+    held = photos(True)
+    if held:
+        held_emb = embedder.embed(held)
+        on_holdout = Reference(held_emb).scores(emb)
+        info.update(identity_holdout=_rounded(on_holdout), identity_holdout_mean=_mean(on_holdout),
+                    copy_paste_mean=_mean(copy_paste(emb, train_emb, held_emb)))
+    return info
+
+
+def _rounded(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else round(float(v), 4) for v in values]
+
+
+def _mean(values: np.ndarray) -> float | None:
+    valid = values[~np.isnan(values)]
+    return round(float(valid.mean()), 4) if len(valid) else None
