@@ -6,7 +6,7 @@ pair's score is the cosine of the embedder's unit vectors. Sweeping the threshol
 ROC (false accepts among impostor pairs, false rejects among genuine pairs); the calibrated
 threshold is the equal-error point, where the two rates meet (the mean of the two scores
 around the crossing). Saved with ``--save``, it replaces the embedder's built-in threshold
-wherever a threshold of 0 means "calibrated" (the identity gate, the enhancement guard,
+wherever a threshold of 0 means "calibrated" (the identity gate, the metrics' pass rate,
 validation), until the file is deleted.
 """
 from __future__ import annotations
