@@ -144,6 +144,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if result.passed else 3
 
 
+def dreambench_seeds() -> int:
+    from ..metrics.dreambench import SEEDS_PER_PROMPT
+
+    return SEEDS_PER_PROMPT
+
+
 def _reference_photos(folder: str, which: str, load_folder):
     """The gate's reference photos: a folder of photos, or of a Persona dataset its face crops:
     the held-out ones ('holdout'; 'auto' when it holds any out), the training ones, or all."""
@@ -168,6 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..faces.photos import load_folder
     from ..metrics.report import evaluate, expand_prompts, metrics_table, steps_table, write_report
 
+    if args.protocol == "dreambench":
+        return _dreambench(args)
     if args.run:
         from ..metrics.over_steps import evaluate_run
 
@@ -230,6 +238,58 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(cal.to_json(), indent=2) + "\n")
     if args.save:
         print(f"saved: {save(cal)} (the gate's calibrated threshold for {cal.embedder} from now on)")
+    return 0
+
+
+def _dreambench(args: argparse.Namespace) -> int:
+    """The DreamBench protocol for one subject: its 25 prompts x seeds, then DINO, CLIP-I, CLIP-T."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from ..faces.photos import load_folder
+    from ..metrics import dreambench
+
+    if not (args.base_model and args.lora and args.reference):
+        print("error: --protocol dreambench needs --base-model, --lora and --reference", file=sys.stderr)
+        return 2
+    try:
+        from ..generation.diffusers_backend import DiffusersGenerator
+        from ..trainers.outputs.export import read_lora_metadata
+
+        meta = read_lora_metadata(args.lora)
+        token = args.token or meta.get("persona.token") or "sks"
+        class_noun = args.class_noun or meta.get("persona.class") or "person"
+        family = json.loads(meta.get("persona.config", "{}")).get("family", "sd15")
+        pairs = dreambench.prompts(token, class_noun, args.prompt_set)[:args.limit or None]
+        references, ref_errors = _reference_photos(args.reference, "auto", load_folder)[:2]
+        if not references:
+            raise ValueError(f"--reference: no readable photo in '{args.reference}'")
+        generator = DiffusersGenerator(args.base_model, args.lora, family=family)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images, plain = [], []
+    for i, (prompt, without_token) in enumerate(pairs):
+        for seed in range(args.seeds):
+            image = generator({"prompt": prompt, "seed": seed, "steps": args.steps, "cfg": args.cfg,
+                               "width": args.size, "height": args.size})
+            Image.fromarray(image).save(out / "images" / f"{i:02d}-{seed}.png")
+            images.append(image)
+            plain.append(without_token)
+        print(f"prompt {i + 1}/{len(pairs)}: {prompt}", file=sys.stderr, flush=True)
+    scores = dreambench.score(images, [p.pixels for p in references], plain)
+    report = {"protocol": "dreambench", "token": token, "class": class_noun, "prompts": [p for p, _ in pairs],
+              "seeds": list(range(args.seeds)), "base_model": args.base_model, "lora": args.lora,
+              "base_model_random_weights": generator.random_weights, **scores.to_json()}
+    (out / "dreambench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(scores.table())
+    for note in scores.notes:
+        print(note)
+    print(f"\nimages and dreambench.json in {out}")
     return 0
 
 
@@ -391,6 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(and its held-out photos), and the best checkpoint it picked")
     p.add_argument("--holdout", help="folder of photos of the subject held out of training: identity on them "
                                      "and the copy-paste score")
+    p.add_argument("--protocol", choices=["dreambench"],
+                   help="dreambench: generate the benchmark's 25 prompts for the subject's class with fixed seeds "
+                        "(--base-model, --lora, --reference) and report DINO, CLIP-I and CLIP-T in its form")
+    p.add_argument("--base-model", help="dreambench: the base model")
+    p.add_argument("--lora", help="dreambench: the subject's LoRA (its token and class are read from it)")
+    p.add_argument("--token", help="dreambench: the identifier token (default: the LoRA's)")
+    p.add_argument("--class-noun", help="dreambench: the class noun (default: the LoRA's)")
+    p.add_argument("--prompt-set", choices=["auto", "live", "object"], default="auto",
+                   help="dreambench: live subjects (people, pets) or objects; auto decides by class")
+    p.add_argument("--seeds", type=int, default=dreambench_seeds(), help="dreambench: images per prompt (4)")
+    p.add_argument("--limit", type=int, default=0, help="dreambench: only the first N prompts (0: all 25)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--size", type=int, default=512)
     p.add_argument("--prompts", help="text file: one prompt, or one per generated image")
     p.add_argument("--embedder", choices=BACKENDS, default="dlib")
     p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")

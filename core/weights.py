@@ -59,6 +59,14 @@ INCEPTION = WeightsFile("inception_v3_google-0cc3c7bd.pth", "inception",
                         "Inception-v3 ImageNet weights (FID/KID features)", torch_hub=True)
 
 
+DINO_VITS16 = WeightsFile("dino_deitsmall16_pretrain.pth", "dino",
+                          "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+                          "DINO ViT-S/16 self-supervised weights (DreamBench's DINO score)", torch_hub=True)
+DINOV2_VITS14 = WeightsFile("dinov2_vits14_pretrain.pth", "dino",
+                            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+                            "DINOv2 ViT-S/14 self-supervised weights", torch_hub=True)
+
+
 class WeightsNotFound(FileNotFoundError):
     pass
 
@@ -106,7 +114,7 @@ def find_first(specs: tuple[WeightsFile, ...]) -> Path:
 def all_weights() -> list[WeightsFile]:
     """Every weights file a Persona feature can use (the registry of fetch-weights)."""
     return [FACENET_VGGFACE2, CLIP_B32, LPIPS_BACKBONES["alex"], LPIPS_BACKBONES["vgg"], INCEPTION,
-            *ARCFACE_MODELS]
+            DINO_VITS16, DINOV2_VITS14, *ARCFACE_MODELS]
 
 
 def fetch(spec: WeightsFile, mirror: str | None = None, timeout: float = 60.0) -> Path:

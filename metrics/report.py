@@ -104,6 +104,8 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
     except (FileNotFoundError, ImportError) as exc:
         rows.append(skipped(f"LPIPS to references ({lpips_net})", exc))
         rows.append(skipped("diversity (pairwise LPIPS)", exc))
+    # DINO subject fidelity (DreamBench)
+    rows.extend(_dino_rows(generated, references))
     # CLIP text-image score and image-image fidelity (reference 001/002)
     try:
         rows.extend(_clip_rows(generated, references, prompts))
@@ -111,6 +113,19 @@ def evaluate(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
         rows.append(skipped("CLIP score", exc))
     rows.extend(_distribution_rows(gen, ref))
     rows.append(q_global(rows, lpips_net))
+    return rows
+
+
+def _dino_rows(generated, references) -> list[Row]:
+    from .dino import LABELS, dino_model, fidelity
+
+    rows = []
+    for kind, label in LABELS.items():
+        try:
+            rows.append(Row(label, fidelity(dino_model(kind), generated, references),
+                            "mean CLS cosine over generated x reference pairs"))
+        except (FileNotFoundError, ImportError) as exc:
+            rows.append(skipped(label, exc))
     return rows
 
 
