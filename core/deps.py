@@ -20,6 +20,7 @@ _INSTALL_HINTS: dict[str, tuple[str, str]] = {
                     "pip install PyWavelets && pip install --no-deps invisible-watermark==0.2.0"),
     "c2pa": ("c2pa-python", "pip install c2pa-python"),
     "open_clip": ("open-clip-torch", "pip install open-clip-torch"),
+    "timm": ("timm", "pip install timm"),
     "diffusers": ("diffusers", "pip install 'comfyui-persona[train]'"),
     "transformers": ("transformers", "pip install 'comfyui-persona[train]'"),
     "accelerate": ("accelerate", "pip install 'comfyui-persona[train]'"),
