@@ -217,6 +217,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..studies.sweep import main_sweep
+
+    return main_sweep(args.config, args.jobs)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
@@ -469,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", choices=BACKENDS, default="dlib")
     p.add_argument("--out", default="runs/eval", help="where report.json and report.csv go")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="a study: train every run of a sweep (or the regimes), measure and compare them",
+                       description="SWEEP.yaml: base (TrainConfig fields), axes (a grid) or variants (a list) or "
+                                   "study: regimes, evaluation (prompts, seeds). A killed sweep started again "
+                                   "skips finished runs and resumes the interrupted one.")
+    p.add_argument("config", help="the SweepConfig (YAML or JSON)")
+    p.add_argument("--jobs", type=int, help="runs trained at once (default: the config's jobs)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("calibrate", help="an identity threshold from your own photos of several people",
                        description="PEOPLE_DIR holds one folder of photos per person. Prints the equal-error "

@@ -14,7 +14,7 @@ def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert sorted(sub.choices) == ["calibrate", "demo", "eval", "fetch-weights", "generate", "prepare", "queue",
-                                   "train", "verify"]
+                                   "sweep", "train", "verify"]
 
 
 def test_console_script_is_installed():

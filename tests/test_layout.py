@@ -17,7 +17,7 @@ NOT_CODE = {"tests", "bench", "scripts", "web", "workflows", "docs", "configs", 
             "test-artifacts"}
 # lower numbers are lower layers; a module may import its own package and lower layers
 LAYERS = {"core": 0, "models": 1, "faces": 1, "comfy_client": 1, "provenance": 1, "trainers": 2, "metrics": 2,
-          "generation": 3, "nodes": 4, "app": 4}
+          "generation": 3, "studies": 3, "nodes": 4, "app": 4}
 # same-layer packages that may use each other, with the reason
 SIDEWAYS = {("trainers", "faces"), ("metrics", "faces")}  # training data and identity scores are faces'
 COMFY_MODULES = {"folder_paths", "comfy", "comfy_extras", "server", "execution", "nodes"}

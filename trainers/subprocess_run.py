@@ -61,7 +61,9 @@ def cached_run(run_dir: Path, key: str) -> RunOutcome | None:
 
 def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None,
                         should_cancel: Callable[[], bool] | None = None,
-                        poll_seconds: float = 0.5) -> RunOutcome:
+                        poll_seconds: float = 0.5, env: dict[str, str] | None = None) -> RunOutcome:
+    """Train ``cfg`` in a child process (``env``: extra environment, e.g. the GPU it may use);
+    a finished run with the same dataset and config is reused, an interrupted one resumed."""
     cfg.check_paths()
     key = run_key(cfg)
     run_dir = Path(cfg.output_dir)
@@ -79,7 +81,7 @@ def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | Non
     args = ["--resume", str(run_dir)] if resume else [str(config_file)]
     proc = subprocess.Popen([sys.executable, str(CHILD), *args, "--json-events"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     stderr_tail: list[str] = []
 
     def drain_stderr():

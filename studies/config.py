@@ -1,0 +1,57 @@
+"""SweepConfig: the one config of a study (CLI, tests; a YAML or JSON file).
+
+A base TrainConfig (``base``, optionally a ``preset`` over it), then the runs: a grid over
+``axes`` (every combination of the listed values of any TrainConfig field, presets included
+as the axis ``preset``), or an explicit list of ``variants`` (each a set of fields, with an
+optional ``name``), or ``study: regimes``, the underfit / balanced / overfit presets of the
+DreamBooth reproduction study on the same data and prompts. Every run trains into
+``output_dir/<run name>`` and samples ``evaluation.prompts`` x ``evaluation.seeds`` at its last
+step; those images are measured against the dataset (and its held-out photos).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..core.config import JobConfig
+
+REGIMES = ["underfit", "balanced", "overfit"]
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of {token} {class}",
+                                                        "a photo of {token} {class} on the beach"],
+                               description="Prompts sampled at each run's last step ({token}/{class} filled in).")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Seeds of each prompt.")
+    steps: int = Field(20, ge=1, le=500, description="Sampling steps.")
+    embedder: Literal["dlib", "facenet", "arcface", "clip"] = Field("dlib", description="Identity embedder.")
+
+
+class SweepConfig(JobConfig):
+    version: Literal[1] = Field(1, description="Config format version.")
+    study: Literal["sweep", "regimes"] = Field("sweep", description="'sweep': axes or variants; 'regimes': the "
+                                                                   "underfit / balanced / overfit presets.")
+    base: dict[str, Any] = Field(..., description="TrainConfig fields every run shares (base_model, dataset, ...).")
+    preset: str | None = Field(None, description="A training preset applied over base.")
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="Grid: TrainConfig field -> values.")
+    variants: list[dict[str, Any]] = Field(default_factory=list, description="Explicit runs: fields (and a name).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Fields set on every run after its preset "
+                                                                        "and axes (e.g. fewer steps for a quick look).")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="How every run is measured.")
+    output_dir: str = Field("runs/sweep", min_length=1, description="Where the runs and the tables go.")
+    jobs: int = Field(1, ge=1, le=64, description="Runs trained at once (processes).")
+    gpus: list[int] = Field(default_factory=list, description="GPU indices the jobs take in turn "
+                                                              "(CUDA_VISIBLE_DEVICES); empty: as the system has it.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_runs(self):
+        if self.study == "regimes" and (self.axes or self.variants):
+            raise ValueError("study: 'regimes' defines its own runs; leave axes and variants empty")
+        if self.study == "sweep" and bool(self.axes) == bool(self.variants):
+            raise ValueError("axes/variants: a sweep needs axes (a grid) or variants (a list), one of them")
+        for name, values in self.axes.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"axes.{name}: a non-empty list of values")
+        return self
