@@ -45,7 +45,7 @@ def test_manifest_lists_every_input_once_with_reasons(photos, tmp_path):
     assert mask.shape == (256, 256) and mask.max() == 255 and mask.min() == 0
     assert 0 < (mask > 0).mean() < 0.6  # a face-sized region, with soft edges
     assert ((mask > 10) & (mask < 245)).sum() > 100
-    assert manifest["summary"] == {"photos": 3, "accepted": 2, "rejected": 1}
+    assert manifest["summary"] == {"photos": 3, "accepted": 2, "rejected": 1, "held_out": 0}
     assert [e["stem"] for e in result.accepted] == ["astronaut", "hopper"]
     assert [e["reason"] for e in result.rejected] == ["no face"]
     assert [i.image.name for i in read_dataset(tmp_path / "ds")] == ["astronaut.png", "hopper.png"]
