@@ -26,7 +26,8 @@ class Evaluation(BaseModel):
                                description="Prompts sampled at each run's last step ({token}/{class} filled in).")
     seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Seeds of each prompt.")
     steps: int = Field(20, ge=1, le=500, description="Sampling steps.")
-    embedder: Literal["dlib", "facenet", "arcface", "clip"] = Field("dlib", description="Identity embedder.")
+    embedder: Literal["dlib", "facenet"] = Field("dlib", description="Identity embedder (the ones training "
+                                                                     "validation scores with).")
 
 
 class SweepConfig(JobConfig):

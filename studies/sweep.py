@@ -67,7 +67,7 @@ def plan(cfg: SweepConfig) -> list[Run]:
         preset = variant.pop("preset", cfg.preset)
         out = Path(cfg.output_dir) / name
         base = {**cfg.base, "output_dir": str(out), "validation_prompts": ev.prompts, "validation_seeds": ev.seeds,
-                "validation_steps": ev.steps, "validation_identity": ev.embedder if ev.embedder != "clip" else "off"}
+                "validation_steps": ev.steps, "validation_identity": ev.embedder}
         fields = with_preset(base, preset, {**variant, **cfg.overrides})
         fields["validate_every"] = fields.get("steps", TrainConfig.model_fields["steps"].default)
         config = TrainConfig.from_dict(fields, source=f"sweep run '{name}'")
