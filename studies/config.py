@@ -4,7 +4,9 @@ A base TrainConfig (``base``, optionally a ``preset`` over it), then the runs: a
 ``axes`` (every combination of the listed values of any TrainConfig field, presets included
 as the axis ``preset``), or an explicit list of ``variants`` (each a set of fields, with an
 optional ``name``), or ``study: regimes``, the underfit / balanced / overfit presets of the
-DreamBooth reproduction study on the same data and prompts. Every run trains into
+DreamBooth reproduction study on the same data and prompts, or ``study: tokens``, the token
+ablation of the FLUX/LoRA study: the same data captioned ``a photo of <token> <class>`` for
+each token, and ``a photo of <class>`` with no identifier. Every run trains into
 ``output_dir/<run name>`` and samples ``evaluation.prompts`` x ``evaluation.seeds`` at its last
 step; those images are measured against the dataset (and its held-out photos).
 """
@@ -32,8 +34,13 @@ class Evaluation(BaseModel):
 
 class SweepConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
-    study: Literal["sweep", "regimes"] = Field("sweep", description="'sweep': axes or variants; 'regimes': the "
-                                                                   "underfit / balanced / overfit presets.")
+    study: Literal["sweep", "regimes", "tokens"] = Field(
+        "sweep", description="'sweep': axes or variants; 'regimes': the underfit / balanced / overfit presets; "
+                             "'tokens': the same data trained with each identifier in tokens, and with the class "
+                             "noun alone (no identifier).")
+    tokens: list[str] = Field(default_factory=lambda: ["sks", "vrelk"],
+                              description="study 'tokens': the identifiers compared (a rare token such as sks, a "
+                                          "made-up word, the person's name); a class-only run is always added.")
     base: dict[str, Any] = Field(..., description="TrainConfig fields every run shares (base_model, dataset, ...).")
     preset: str | None = Field(None, description="A training preset applied over base.")
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="Grid: TrainConfig field -> values.")
@@ -48,8 +55,10 @@ class SweepConfig(JobConfig):
 
     @model_validator(mode="after")
     def _one_kind_of_runs(self):
-        if self.study == "regimes" and (self.axes or self.variants):
-            raise ValueError("study: 'regimes' defines its own runs; leave axes and variants empty")
+        if self.study in ("regimes", "tokens") and (self.axes or self.variants):
+            raise ValueError(f"study: '{self.study}' defines its own runs; leave axes and variants empty")
+        if self.study == "tokens" and not all(t.strip() and " " not in t.strip() for t in self.tokens):
+            raise ValueError("tokens: one word each (the class-only run is added by the study)")
         if self.study == "sweep" and bool(self.axes) == bool(self.variants):
             raise ValueError("axes/variants: a sweep needs axes (a grid) or variants (a list), one of them")
         for name, values in self.axes.items():

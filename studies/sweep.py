@@ -47,10 +47,24 @@ def _name(changes: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:100]
 
 
+def token_variants(cfg: SweepConfig) -> list[dict]:
+    """The token ablation: every image captioned with each identifier, then with the class alone
+    (the class noun stands in the token's place, so prompts name no identifier)."""
+    class_noun = cfg.base.get("class_noun", TrainConfig.model_fields["class_noun"].default)
+    runs = [{"name": f"token={t}", "token": t, "caption_source": "instance_prompt",
+             "instance_prompt": "a photo of {token} {class}"} for t in cfg.tokens]
+    runs.append({"name": "class-only", "token": class_noun, "caption_source": "instance_prompt",
+                 "instance_prompt": "a photo of {token}",
+                 "validation_prompts": [p.replace("{token} {class}", "{token}") for p in cfg.evaluation.prompts]})
+    return runs
+
+
 def plan(cfg: SweepConfig) -> list[Run]:
     """Every run's validated TrainConfig (a ConfigError names the run and the field)."""
     if cfg.study == "regimes":
         variants = [{"name": r, "preset": r} for r in REGIMES]
+    elif cfg.study == "tokens":
+        variants = token_variants(cfg)
     elif cfg.axes:
         keys = list(cfg.axes)
         variants = [dict(zip(keys, combo)) for combo in itertools.product(*cfg.axes.values())]

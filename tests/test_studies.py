@@ -111,3 +111,19 @@ def test_the_regimes_study_trains_underfit_balanced_and_overfit_on_the_same_data
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
     assert [r["run"] for r in rows] == ["underfit", "balanced", "overfit"]
     assert [r["differs"] for r in rows] == ["preset=underfit", "preset=balanced", "preset=overfit"]
+
+
+def test_the_token_study_trains_each_identifier_and_the_class_alone(tiny_model, face_dataset, tmp_path):
+    data = _sweep(tmp_path, tiny_model, face_dataset, study="tokens", tokens=["sks", "vrelk"])
+    runs = plan(SweepConfig.from_dict(data))
+    assert [r.name for r in runs] == ["token=sks", "token=vrelk", "class-only"]
+    captions = [r.config.fill(r.config.instance_prompt) for r in runs]
+    assert captions == ["a photo of sks person", "a photo of vrelk person", "a photo of person"]
+    assert runs[2].config.fill(runs[2].config.validation_prompts[0]) == "a photo of person"
+    assert all(r.config.caption_source == "instance_prompt" for r in runs)
+    with pytest.raises(ConfigError, match="tokens"):
+        SweepConfig.from_dict({**data, "tokens": ["two words"]})
+    assert main(["sweep", str(_write(tmp_path / "tokens.yaml", data))]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
+    assert [r["run"] for r in rows] == ["token=sks", "token=vrelk", "class-only"]
+    assert all(float(r["final_loss"]) > 0 for r in rows)
