@@ -217,6 +217,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_loras(args: argparse.Namespace) -> int:
+    from ..trainers.outputs.merge import merge_files
+
+    strengths = args.strength or [1.0] * len(args.loras)
+    try:
+        path = merge_files(args.loras, strengths, args.out, args.method, args.rank)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged {len(args.loras)} LoRAs ({args.method}) into {path}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..studies.sweep import main_sweep
 
@@ -483,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the SweepConfig (YAML or JSON)")
     p.add_argument("--jobs", type=int, help="runs trained at once (default: the config's jobs)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("merge-loras", help="several subject LoRAs in one file (concatenated, or SVD-merged to a rank)")
+    p.add_argument("loras", nargs="+", help="kohya LoRA files")
+    p.add_argument("--strength", type=float, nargs="+", help="one per LoRA (default 1 each)")
+    p.add_argument("--method", choices=["concat", "svd"], default="concat",
+                   help="concat: exact, rank = sum of ranks; svd: the sum cut to --rank")
+    p.add_argument("--rank", type=int, help="svd: the merged rank")
+    p.add_argument("--out", required=True, help="the merged .safetensors")
+    p.set_defaults(func=cmd_merge_loras)
 
     p = sub.add_parser("calibrate", help="an identity threshold from your own photos of several people",
                        description="PEOPLE_DIR holds one folder of photos per person. Prints the equal-error "

@@ -13,8 +13,8 @@ from comfyui_persona.app.cli import build_parser, main
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["calibrate", "demo", "eval", "fetch-weights", "generate", "prepare", "queue",
-                                   "sweep", "train", "verify"]
+    assert sorted(sub.choices) == ["calibrate", "demo", "eval", "fetch-weights", "generate", "merge-loras", "prepare",
+                                   "queue", "sweep", "train", "verify"]
 
 
 def test_console_script_is_installed():

@@ -114,3 +114,47 @@ def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_mod
     without = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 0.0, "dora_off"))
     difference = np.abs(_image(comfy, with_lora) - _image(comfy, without)).mean()
     assert difference > 0.5, difference
+
+
+@pytest.fixture(scope="session")
+def sd15_second_lora(sd15_model, face_dataset, tmp_path_factory):
+    """A second subject's LoRA (another seed and token) on the SD1.5-shaped model."""
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.loop import train
+
+    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset), token="vrelk",
+                      output_dir=str(tmp_path_factory.mktemp("sd15_second") / "run"), resolution=64,
+                      steps=2, rank=4, alpha=4, learning_rate=5e-2, checkpoint_every=0, seed=7)
+    return train(cfg).lora_path
+
+
+def test_two_subject_loras_chained_and_merged_load_fully_in_comfyui(comfy, sd15_model, sd15_lora, sd15_second_lora,
+                                                                   tmp_path):
+    """Two LoraLoaders in a row (each with its strength), and the two merged into one file
+    (concatenated): every key applied, and the merged file draws what the chain draws."""
+    from comfyui_persona.app.cli import main
+
+    _install(comfy, sd15_model, sd15_lora, "persona_subject_a.safetensors")
+    _install(comfy, sd15_model, sd15_second_lora, "persona_subject_b.safetensors")
+    merged = tmp_path / "persona_subjects_ab.safetensors"
+    assert main(["merge-loras", str(sd15_lora), str(sd15_second_lora), "--strength", "1.0", "0.7",
+                 "--out", str(merged)]) == 0
+    _install(comfy, sd15_model, merged, "persona_subjects_ab.safetensors")
+    chained = _graph("persona-sd15", "persona_subject_a.safetensors", 1.0, "two_chained")
+    chained["9"] = {"class_type": "LoraLoader", "inputs": {"model": ["2", 0], "clip": ["2", 1],
+                                                           "lora_name": "persona_subject_b.safetensors",
+                                                           "strength_model": 0.7, "strength_clip": 0.7}}
+    chained["3"]["inputs"]["clip"] = chained["4"]["inputs"]["clip"] = ["9", 1]
+    chained["3"]["inputs"]["text"] = "a photo of sks person and vrelk person at a table"
+    chained["6"]["inputs"]["model"] = ["9", 0]
+    one_file = _graph("persona-sd15", "persona_subjects_ab.safetensors", 1.0, "two_merged")
+    one_file["3"]["inputs"]["text"] = chained["3"]["inputs"]["text"]
+    base = _graph("persona-sd15", "persona_subject_a.safetensors", 0.0, "two_none")
+    base["3"]["inputs"]["text"] = chained["3"]["inputs"]["text"]
+    log_before = len(comfy.log())
+    results = [comfy.run_prompt(g) for g in (chained, one_file, base)]
+    assert all(r["status"]["status_str"] == "success" for r in results), [r["status"] for r in results]
+    assert re.findall(r"lora key not loaded: (\S+)", comfy.log()[log_before:]) == []
+    a, b, none = (_image(comfy, r) for r in results)
+    assert np.abs(a - none).mean() > 0.5
+    assert np.abs(a - b).mean() < 0.2 * np.abs(a - none).mean()  # the merged file applies the same sum
