@@ -300,7 +300,7 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
 
 
 def test_the_template_browser_lists_the_ui_workflows_only(comfy):
-    """Current ComfyUI lists a pack's workflows/ folder as templates: the five canvas graphs with
+    """Current ComfyUI lists a pack's workflows/ folder as templates: the canvas graphs with
     readable titles and a thumbnail each, never their API-format twins (in workflows/api/)."""
     import urllib.error
 
