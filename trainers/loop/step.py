@@ -19,7 +19,10 @@ def add_lora(model, cfg, targets: list[str]) -> None:
     config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=targets, init_lora_weights="gaussian",
                              use_dora=getattr(cfg, "use_dora", False))
-    model.add_adapter(config)
+    if type(model).__module__.startswith("diffusers"):
+        model.add_adapter(config)  # diffusers' bookkeeping, which its pipelines use
+    else:  # text encoders: peft itself (transformers' add_adapter may ask for a newer peft)
+        peft.inject_adapter_in_model(config, model, adapter_name="default")
     restore_adapter_precision(model)
 
 
