@@ -231,9 +231,18 @@ def cmd_merge_loras(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..studies.sweep import main_sweep
+    from ..core.config import ConfigError
+    from ..studies.sweep import load_and_check, run_sweep
 
-    return main_sweep(args.config, args.jobs)
+    try:
+        cfg, _runs = load_and_check(args.config, args.jobs)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = run_sweep(cfg, log=lambda line: print(line, flush=True))
+    print(data["table"])
+    print(f"\nbest: {data['best']} ({data['rule']}); tables and charts in {cfg.output_dir}")
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +29,8 @@ from typing import Callable
 
 from ..trainers.config import TrainConfig, with_preset
 from .config import REGIMES, SweepConfig
+
+log_ = logging.getLogger(__name__)
 
 COLUMNS = ["run", "differs", "seconds", "peak_memory_mb", "final_loss", "identity", "identity_holdout",
            "copy_paste", "clip_t", "diversity", "q_global", "score"]
@@ -123,8 +125,9 @@ def _measure(run: Run, cfg: SweepConfig, seconds: float, summary: dict) -> dict:
             "run_dir": str(run_dir)}
 
 
-def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict:
-    """Train and measure every run; returns {'runs': [...], 'best': ...} (also written)."""
+def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_.info) -> dict:
+    """Train and measure every run; returns {'runs': [...], 'best': ...} (also written).
+    ``log`` gets one line per event, prefixed with the run's name (the CLI prints them)."""
     from ..trainers.subprocess_run import train_in_subprocess
 
     runs = plan(cfg)
@@ -224,24 +227,16 @@ def chart(axis: str, results: list[dict], path: Path) -> Path:
     return path
 
 
-def main_sweep(path: str, jobs: int | None = None) -> int:
-    from ..core.config import ConfigError
-
-    try:
-        cfg = SweepConfig.from_file(path)
-        if jobs:
-            cfg = cfg.model_copy(update={"jobs": jobs})
-        runs = plan(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    for run in runs:  # the file system checks too, before anything trains
+def load_and_check(path: str, jobs: int | None = None) -> tuple[SweepConfig, list[Run]]:
+    """The sweep file and every run's config, checked (fields and files) before anything trains;
+    a ConfigError or ValueError names the run and the field."""
+    cfg = SweepConfig.from_file(path)
+    if jobs:
+        cfg = cfg.model_copy(update={"jobs": jobs})
+    runs = plan(cfg)
+    for run in runs:
         try:
             run.config.check_paths()
-        except (ConfigError, ValueError) as exc:
-            sys.stderr.write(f"error: sweep run '{run.name}': {exc}\n")
-            return 2
-    data = run_sweep(cfg)
-    print(data["table"])
-    print(f"\nbest: {data['best']} ({data['rule']}); tables and charts in {cfg.output_dir}")
-    return 0
+        except ValueError as exc:
+            raise ValueError(f"sweep run '{run.name}': {exc}") from None
+    return cfg, runs
