@@ -47,6 +47,7 @@ def build_family_model(folder: str | Path, family: str, size: str = "tiny", seed
     """Write a diffusers folder of ``family`` at ``size`` with random weights (see architectures)."""
     diffusers = require("diffusers", "Building a model from config")
     from .architectures import instantiate
+    from .components import write_model_marker
     from .families import get_family
 
     folder = Path(folder)
@@ -65,7 +66,6 @@ def build_family_model(folder: str | Path, family: str, size: str = "tiny", seed
     name, parts = fam.pipeline_index
     (tmp / "model_index.json").write_text(json.dumps(
         {"_class_name": name, "_diffusers_version": diffusers.__version__, **parts}, indent=2))
-    (tmp / "persona_model.json").write_text(json.dumps({"random_weights": True, "size": size, "seed": seed,
-                                                        "family": family}))
+    write_model_marker(tmp, random_weights=True, size=size, seed=seed, family=family)
     tmp.rename(folder)
     return folder

@@ -66,10 +66,24 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+MODEL_MARKER = "persona_model.json"
+
+
+def write_model_marker(folder: Path, **fields) -> None:
+    """Record in a model folder Persona built how its weights came to be (``random_weights``,
+    ``size``, ``family``, ...)."""
+    (Path(folder) / MODEL_MARKER).write_text(json.dumps(fields))
+
+
+def folder_marker(folder: Path) -> dict:
+    """What :func:`write_model_marker` recorded in ``folder`` ({} for any other folder)."""
+    marker = Path(folder) / MODEL_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
 def folder_random_weights(folder: Path) -> bool:
     """True for a folder written by ``models.build`` (random weights: mechanics, not quality)."""
-    marker = Path(folder) / "persona_model.json"
-    return bool(marker.is_file() and json.loads(marker.read_text()).get("random_weights", False))
+    return bool(folder_marker(folder).get("random_weights", False))
 
 
 def file_random_weights(path: Path) -> bool:

@@ -57,8 +57,15 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     assert all(info["status"] == "ok" for info in summary.values()), summary
     assert (tmp_path / "demo" / "metrics" / "report.json").is_file()
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "## Metrics" in report and "random weights" in report
-    assert "RANDOM weights" in out
+    assert "## Metrics" in report and "tiny model" in report and "not image quality" in report
+    assert "models/weights/tiny_faces" in out
+    # the default path draws a face: the gate scores it, enhancement and identity metrics run on it
+    generate = summary["generate"]
+    assert generate["faceless"] < generate["attempts"], generate
+    assert not any("no face found" in step for step in summary["enhance"]["steps"]), summary["enhance"]
+    rows = {r["metric"]: r for r in json.loads((tmp_path / "demo" / "metrics" / "report.json").read_text())["metrics"]}
+    assert rows["identity cosine (mean)"]["value"] is not None
+    assert rows["identity cosine to another person (control)"]["value"] is not None
     assert (tmp_path / "demo" / "report.md").is_file()
     # every image the demo made carries Persona's watermark and record
     assert main(["verify", *map(str, sorted((tmp_path / "demo" / "generate").glob("*.png")))]) == 0

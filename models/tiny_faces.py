@@ -1,0 +1,94 @@
+"""The demo's default model: the tiny SD1.x architecture with shipped weights that draw faces.
+
+A tiny model with random weights decodes noise, so a generation from it has no face for the
+identity gate, the enhancement steps or any identity metric. The weights in
+``models/weights/tiny_faces`` (about 5 MB, fp16) were trained by
+``scripts/train_tiny_faces.py`` from photos that ship in installed packages, at 64 px:
+
+- the **VAE** reconstructs images (crops of scikit-image's photos and the aligned faces);
+- the **UNet** draws the aligned faces of the two sample people, scikit-image's astronaut and
+  matplotlib's Grace Hopper, for ``a photo of a person`` (a face prior of two people); a LoRA
+  trained on one of them teaches it which one ``sks person`` is;
+- the **text encoder** is the random tiny CLIP the UNet was trained with, shipped so that the
+  pair stays matched whatever a future library does to random initialisation.
+
+It shows that every stage runs on real signal, not quality: it knows two faces at 64 px.
+``tiny_faces.json`` beside the weights records how they were made.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_faces"
+RESOLUTION = 64  # px, what it was trained at and samples best at
+CAPTION = "a photo of a person"
+_PARTS = {"unet": "unet.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
+_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+          "text_encoder": "model.safetensors"}
+
+
+def info() -> dict:
+    """What ``tiny_faces.json`` records (the training data, steps, losses, scaling factor)."""
+    path = WEIGHTS / "tiny_faces.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tiny face model: '{path}' is missing; run scripts/train_tiny_faces.py")
+    return json.loads(path.read_text())
+
+
+def save_weights(folder: Path, unet, vae, text_encoder, meta: dict) -> None:
+    """Write the three models' weights (fp16) and ``meta`` to ``folder``."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+        if name == "text_encoder":  # the classic key prefix, as models.build writes CLIP
+            tensors = {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in tensors.items()}
+        save_file(tensors, str(folder / _PARTS[name]), metadata={"format": "pt"})
+    (folder / "tiny_faces.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def install_face_vae(folder: str | Path) -> None:
+    """Put the shipped face VAE into a tiny model folder of a 4-channel family (SD1.x, SDXL),
+    in place of its random one: samples of a denoiser trained on it decode to faces."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    if config.get("latent_channels") != 4 or list(config.get("block_out_channels", [])) != [16, 32]:
+        raise ValueError(f"face VAE: '{folder}' is not a tiny 4-channel model (the face VAE is the tiny SD1.x VAE)")
+    shipped = load_file(str(WEIGHTS / _PARTS["vae"]))
+    save_file({k: v.float() for k, v in shipped.items()}, str(folder / "vae" / _FILES["vae"]), metadata={"format": "pt"})
+    config["scaling_factor"] = info()["scaling_factor"]
+    (folder / "vae" / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_tiny_faces_model(folder: str | Path) -> Path:
+    """A diffusers folder of the tiny SD1.x model with the shipped face weights (built once)."""
+    from safetensors.torch import load_file, save_file
+
+    from .build import build_model
+    from .components import write_model_marker
+
+    folder = Path(folder)
+    meta = info()
+    if (folder / "model_index.json").is_file():
+        return folder
+    tmp = build_model(folder.with_name(folder.name + ".building"), "tiny")
+    for part, name in _PARTS.items():
+        shipped = load_file(str(WEIGHTS / name))
+        target = tmp / part / _FILES[part]
+        built = load_file(str(target))
+        if set(shipped) != set(built) or any(shipped[k].shape != built[k].shape for k in built):
+            raise ValueError(f"tiny face model: '{WEIGHTS / name}' does not match the tiny {part} architecture")
+        save_file({k: v.float() for k, v in shipped.items()}, str(target), metadata={"format": "pt"})
+    config = json.loads((tmp / "vae" / "config.json").read_text())
+    config["scaling_factor"] = meta["scaling_factor"]
+    (tmp / "vae" / "config.json").write_text(json.dumps(config, indent=2))
+    write_model_marker(tmp, random_weights=False, size="tiny", family="sd15", weights="tiny_faces")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
