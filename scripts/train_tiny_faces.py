@@ -12,7 +12,7 @@ script gives it the two things it needs, from data that ships in installed packa
    captions dropped to empty. It draws one of those two faces for most prompts: a face prior
    of two people, on which the demo's LoRA learns which of them ``sks person`` is.
 
-Deterministic on a CPU (seeded), about 10 minutes on two cores. Writes fp16 safetensors of
+Deterministic on a CPU (seeded), about 15 minutes on two cores. Writes fp16 safetensors of
 the two models plus ``tiny_faces.json`` (the VAE's latent scaling factor, the data, the steps)::
 
     .venv/bin/python scripts/train_tiny_faces.py [--out models/weights/tiny_faces]
@@ -97,7 +97,7 @@ def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
         loss.backward()
         opt.step()
         sched.step()
-        l1 = float(loss_l1)
+        l1 = float(loss_l1.detach())
         if step % 200 == 0 or step == steps - 1:
             print(f"vae step {step}: L1 {l1:.4f}", flush=True)
     return l1
