@@ -73,6 +73,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _subject_photos(specs: list[str], load_folder) -> tuple[dict, list]:
+    """``--subject NAME=FOLDER`` values -> ({name: photos}, unreadable files)."""
+    subjects, errors = {}, []
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ValueError(f"--subject: NAME=FOLDER expected, got '{spec}'")
+        photos, skipped = load_folder(folder.strip(), max_side=1024)
+        if not photos:
+            raise ValueError(f"--subject {name.strip()}: no readable photo in '{folder.strip()}'")
+        subjects[name.strip()] = [p.pixels for p in photos]
+        errors += skipped
+    if len(subjects) < 2:
+        raise ValueError(f"--subject: two or more subjects expected, got {len(subjects)}")
+    return subjects, errors
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import json
 
@@ -84,15 +101,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..provenance.record import ProvenanceConfig, Record, lora_info
 
     out = Path(args.out)
+    loras = args.lora or []
     try:
-        photos, errors, reference_set = _reference_photos(args.reference, args.reference_set, load_folder)
-        if not photos:
-            raise ValueError(f"--reference: no readable photo in '{args.reference}'")
+        subjects = None
+        if args.subject:
+            if args.enhance:
+                raise ValueError("--enhance: the enhancement steps check one subject's identity; not with --subject")
+            subjects, errors = _subject_photos(args.subject, load_folder)
+            photos, reference_set = [], "subjects"
+        elif not args.reference:
+            raise ValueError("--reference: the subject's photos (or --subject NAME=FOLDER for each of several)")
+        else:
+            photos, errors, reference_set = _reference_photos(args.reference, args.reference_set, load_folder)
+            if not photos:
+                raise ValueError(f"--reference: no readable photo in '{args.reference}'")
+        strengths = args.lora_strength or [1.0]
+        if len(strengths) not in (1, len(loras)):
+            raise ValueError(f"--lora-strength: one value, or one per --lora ({len(loras)}), got {len(strengths)}")
         settings = GateSettings(threshold=args.threshold, max_attempts=args.max_attempts,
-                                lora_strength_step=args.lora_strength_step)
+                                lora_strength_step=args.lora_strength_step if len(strengths) == 1 else 0.0)
         settings.validate()
         embedder = get_embedder(args.embedder)
-        generator = DiffusersGenerator(args.base_model, args.lora)
+        generator = DiffusersGenerator(args.base_model, loras)
         provenance = ProvenanceConfig.from_env(**({"watermark": False} if args.no_watermark else {}))
     except (ValueError, FileNotFoundError, NoFaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -100,7 +130,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     references = [p.pixels for p in photos]
     base = {"prompt": args.prompt, "negative": args.negative, "seed": args.seed, "steps": args.steps,
-            "cfg": args.cfg, "width": args.size, "height": args.size, "lora_strength": args.lora_strength}
+            "cfg": args.cfg, "width": args.size, "height": args.size, "lora_strength": strengths[0],
+            **({"lora_strengths": strengths} if len(strengths) > 1 else {})}
 
     def on_attempt(attempt, _image):
         score = "no face" if attempt.score is None else f"{attempt.score:.4f}"
@@ -108,13 +139,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
               + (" PASS" if attempt.passed else ""), flush=True)
 
     try:
-        record = Record(model=generator.model, lora=lora_info(args.lora), prompt=args.prompt)
+        # the record (and watermark) name the first LoRA; generate.json lists them all
+        record = Record(model=generator.model, lora=lora_info(loras[0] if loras else None), prompt=args.prompt)
         result = generate_to_folder(generator, embedder, references, base, settings, out, on_attempt,
-                                    record, provenance)
+                                    record, provenance, subjects=subjects)
     except NoFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = {"gate": result.to_json(), "base_model": args.base_model, "lora": args.lora,
+    report = {"gate": result.to_json(), "base_model": args.base_model, "lora": loras[0] if loras else None,
+              "loras": loras, "subjects": list(subjects or {}),
               "base_model_random_weights": generator.random_weights,
               "reference_set": reference_set, "references": len(photos),
               "skipped_references": [str(e) for e in errors]}
@@ -194,24 +227,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             print("best checkpoint: none picked (train with validate_every > 0 and an identity embedder)")
         return 0
-    if not (args.generated and args.reference):
-        print("error: give --generated and --reference, or --run RUN_DIR", file=sys.stderr)
+    if not (args.generated and (args.reference or args.subject)):
+        print("error: give --generated and --reference (or --subject NAME=FOLDER twice or more), "
+              "or --run RUN_DIR", file=sys.stderr)
         return 2
     try:
-        generated, gen_errors = load_folder(args.generated, max_side=1024)
-        references, ref_errors = load_folder(args.reference, max_side=1024)
-        holdout, held_errors = load_folder(args.holdout, max_side=1024) if args.holdout else ([], [])
-        prompts = None
-        if args.prompts:  # one prompt, or one per image in file-name order
-            prompts = expand_prompts(Path(args.prompts).read_text(encoding="utf-8").splitlines(), len(generated))
-        rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
-                        embedder=args.embedder, holdout=[p.pixels for p in holdout] or None)
+        generated, errors = load_folder(args.generated, max_side=1024)
+        rows = []
+        if args.reference:
+            references, ref_errors = load_folder(args.reference, max_side=1024)
+            holdout, held_errors = load_folder(args.holdout, max_side=1024) if args.holdout else ([], [])
+            errors += ref_errors + held_errors
+            prompts = None
+            if args.prompts:  # one prompt, or one per image in file-name order
+                prompts = expand_prompts(Path(args.prompts).read_text(encoding="utf-8").splitlines(), len(generated))
+            rows = evaluate([p.pixels for p in generated], [p.pixels for p in references], prompts,
+                            embedder=args.embedder, holdout=[p.pixels for p in holdout] or None)
+        if args.subject:
+            from ..metrics.group import group_rows
+
+            subjects, subject_errors = _subject_photos(args.subject, load_folder)
+            errors += subject_errors
+            rows += group_rows([p.pixels for p in generated], subjects, embedder=args.embedder)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     json_path, _ = write_report(rows, args.out, {"generated": args.generated, "reference": args.reference,
-                                                 "holdout": args.holdout,
-                                                 "skipped_files": [str(e) for e in gen_errors + ref_errors + held_errors]})
+                                                 "holdout": args.holdout, "subjects": args.subject,
+                                                 "skipped_files": [str(e) for e in errors]})
     print(metrics_table(rows))
     print(f"\nreport: {json_path} and report.csv")
     return 0
@@ -449,10 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="identity-gated generation (+ identity-safe enhancement)",
                        description="Exit code 0: the gate passed; 3: it did not (the best attempt is kept); 2: bad input.")
     p.add_argument("--base-model", required=True, help="diffusers folder or single-file .safetensors")
-    p.add_argument("--lora", help="a Persona / kohya LoRA .safetensors")
-    p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--lora", action="append", help="a Persona / kohya LoRA .safetensors (again for each further "
+                                                   "subject's LoRA: applied together)")
+    p.add_argument("--lora-strength", type=float, action="append",
+                   help="the LoRA strength (1.0): one value for every LoRA, or one per --lora in order")
     p.add_argument("--lora-strength-step", type=float, default=0.0, help="added to the strength at each new attempt")
-    p.add_argument("--reference", required=True, help="folder of photos of the subject, or a Persona dataset")
+    p.add_argument("--reference", help="folder of photos of the subject, or a Persona dataset")
+    p.add_argument("--subject", action="append", metavar="NAME=FOLDER",
+                   help="a picture of several subjects: each one's photos (twice or more, in place of "
+                        "--reference); the group gate matches faces to subjects and passes when every subject "
+                        "is there and no face resembles two")
     p.add_argument("--reference-set", choices=["auto", "holdout", "train", "all"], default="auto",
                    help="a dataset's photos the gate compares with: its held-out photos (auto: when it has "
                         "any), the training photos, or all")
@@ -479,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(and its held-out photos), and the best checkpoint it picked")
     p.add_argument("--holdout", help="folder of photos of the subject held out of training: identity on them "
                                      "and the copy-paste score")
+    p.add_argument("--subject", action="append", metavar="NAME=FOLDER",
+                   help="pictures of several subjects: each subject's reference photos (give it twice or more); "
+                        "adds per-subject identity and presence, identity leakage and strangers")
     p.add_argument("--protocol", choices=["dreambench"],
                    help="dreambench: generate the benchmark's 25 prompts for the subject's class with fixed seeds "
                         "(--base-model, --lora, --reference) and report DINO, CLIP-I and CLIP-T in its form")

@@ -1,5 +1,6 @@
 """The headless generator: a diffusers pipeline from any base model Persona trains on,
-with a Persona (kohya-format) LoRA at an adjustable strength."""
+with Persona (kohya-format) LoRAs at adjustable strengths: one subject's, or several
+subjects' at once (one adapter each, applied together)."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,8 @@ ADAPTER = "persona"
 
 
 class DiffusersGenerator:
-    def __init__(self, base_model: str | Path, lora: str | Path | None = None, family: str = "sd15",
-                 device: str | None = None):
+    def __init__(self, base_model: str | Path, lora: str | Path | list[str | Path] | None = None,
+                 family: str = "sd15", device: str | None = None):
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
         from ..models.loading import load_components
@@ -31,17 +32,27 @@ class DiffusersGenerator:
         self.random_weights = comps.random_weights
         self.model = {"name": Path(comps.source).name, "hash": comps.model_hash,
                       "random_weights": comps.random_weights}
-        self.has_lora = False
-        if lora:
-            lora = Path(lora)
-            if not lora.is_file():
-                raise FileNotFoundError(f"lora: '{lora}' does not exist")
-            self.pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name=ADAPTER)
-            self.has_lora = True
+        loras = [Path(p) for p in (lora if isinstance(lora, (list, tuple)) else [lora] if lora else [])]
+        self.adapters: list[str] = []
+        for i, path in enumerate(loras):
+            if not path.is_file():
+                raise FileNotFoundError(f"lora: '{path}' does not exist")
+            name = ADAPTER if i == 0 else f"{ADAPTER}_{i + 1}"
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            self.adapters.append(name)
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(self.adapters)
 
     def __call__(self, params: dict) -> np.ndarray:
-        if self.has_lora:
-            self.pipe.set_adapters([ADAPTER], adapter_weights=[float(params.get("lora_strength", 1.0))])
+        """One image. ``lora_strength`` applies to every LoRA; ``lora_strengths`` (one per
+        LoRA, in the order given) overrides it."""
+        if self.adapters:
+            strengths = params.get("lora_strengths") or [params.get("lora_strength", 1.0)] * len(self.adapters)
+            if len(strengths) != len(self.adapters):
+                raise ValueError(f"lora_strengths: {len(strengths)} values for {len(self.adapters)} LoRAs")
+            self.pipe.set_adapters(self.adapters, adapter_weights=[float(v) for v in strengths])
         gen = torch.Generator("cpu").manual_seed(int(params["seed"]))
         out = self.pipe(params["prompt"], negative_prompt=params.get("negative") or None,
                         height=int(params["height"]), width=int(params["width"]),

@@ -13,13 +13,15 @@ import numpy as np
 
 from ..provenance.record import ProvenanceConfig, Record
 from ..provenance.save import save_image
-from .gate import Attempt, GateResult, GateSettings, gated_generate
+from .gate import Attempt, GateResult, GateSettings, gated_generate, gated_generate_group
 
 
 def generate_to_folder(generate: Callable[[dict], np.ndarray], embedder, references: Sequence[np.ndarray],
                        base_params: dict, settings: GateSettings, out: str | Path,
                        on_attempt: Callable[[Attempt, np.ndarray], None] | None = None,
-                       record: Record | None = None, provenance: ProvenanceConfig | None = None) -> GateResult:
+                       record: Record | None = None, provenance: ProvenanceConfig | None = None,
+                       subjects: dict[str, Sequence[np.ndarray]] | None = None) -> GateResult:
+    """``subjects`` ({name: photos}, two or more): the group gate instead of ``references``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = record or Record(prompt=str(base_params.get("prompt", "")))
@@ -31,7 +33,11 @@ def generate_to_folder(generate: Callable[[dict], np.ndarray], embedder, referen
         if on_attempt:
             on_attempt(attempt, image)
 
-    result = gated_generate(generate, embedder, references, base_params, settings, save)
+    if subjects:
+        result = gated_generate_group(generate, embedder, list(subjects.values()), base_params, settings,
+                                      names=list(subjects), on_attempt=save)
+    else:
+        result = gated_generate(generate, embedder, references, base_params, settings, save)
     best = result.attempts[result.best_index - 1]
     save_image(result.best_image, out / "best.png",
                replace(record, seed=best.params.get("seed"), gate=result.to_json()), provenance)

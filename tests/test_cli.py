@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from comfyui_persona.app.cli import build_parser, main
@@ -73,6 +74,49 @@ def test_demo_runs_the_available_stages_and_names_the_missing_ones(tmp_path, cap
     for stage, info in summary.items():
         if info["status"] == "missing":
             assert stage in out
+
+
+def test_generate_applies_several_loras_and_gates_several_subjects(tiny_model, face_dataset, tmp_path, astronaut,
+                                                                  grace_hopper, capsys):
+    import numpy as np
+
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+    from comfyui_persona.models.tiny_faces import build_tiny_faces_model
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    # LoRAs trained on the random tiny model fit the tiny face model: the same architecture
+    first = train(tiny_config(tiny_model, face_dataset, tmp_path / "a", steps=2)).lora_path
+    second = train(tiny_config(tiny_model, face_dataset, tmp_path / "b", steps=2, seed=1, learning_rate=0.05)).lora_path
+    model = build_tiny_faces_model(tmp_path / "faces-model")
+    params = {"prompt": "a photo of sks person", "seed": 3, "steps": 4, "cfg": 3.0, "width": 64, "height": 64}
+    both = DiffusersGenerator(model, [first, second])
+    alone = DiffusersGenerator(model, first)(params)
+    assert np.array_equal(both({**params, "lora_strengths": [1.0, 0.0]}), alone)
+    assert np.abs(both({**params, "lora_strengths": [1.0, 1.0]}).astype(int) - alone).mean() > 1
+    with pytest.raises(ValueError, match="lora_strengths"):
+        both({**params, "lora_strengths": [1.0]})
+    folders = {}
+    for name, photo in (("eileen", astronaut), ("grace", grace_hopper)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        Image.fromarray(photo).save(folders[name] / "a.png")
+    args = ["generate", "--base-model", str(model), "--lora", str(first), "--lora", str(second), "--lora-strength",
+            "1.0", "--lora-strength", "0.5", "--subject", f"eileen={folders['eileen']}", "--subject",
+            f"grace={folders['grace']}", "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "20",
+            "--cfg", "3", "--size", "64", "--out", str(tmp_path / "group")]
+    assert main(args) == 3  # the tiny model draws one person at a time: a subject is always missing
+    report = json.loads((tmp_path / "group" / "generate.json").read_text())
+    assert report["subjects"] == ["eileen", "grace"] and len(report["loras"]) == 2
+    for attempt in report["gate"]["attempts"]:
+        assert attempt["params"]["lora_strengths"] == [1.0, 0.5]
+        assert attempt["reason"] == "faceless" or attempt["reason"].startswith("missing")
+        assert set(attempt["subjects"]["subjects"]) == {"eileen", "grace"}
+    capsys.readouterr()
+    assert main(args[:7] + ["--lora-strength", "1", "--lora-strength", "1", "--lora-strength", "1"] + args[11:]) == 2
+    assert "one per --lora" in capsys.readouterr().err
+    assert main(args + ["--enhance", "sharpen"]) == 2
+    assert "not with --subject" in capsys.readouterr().err
 
 
 def test_generate_writes_attempts_and_scores(tiny_model, face_dataset, tmp_path, astronaut, capsys):
