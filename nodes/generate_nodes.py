@@ -73,41 +73,107 @@ class PersonaIdentityGatedSampler:
                 sampler_name, scheduler, denoise, embedder, threshold, max_attempts, cfg_schedule,
                 steps_schedule, reference_mode):
         from ..faces.identity import get_embedder
-        from ..generation.gate import GateSettings, gated_generate
+        from ..generation.gate import gated_generate
 
-        settings = GateSettings(threshold=threshold or None, max_attempts=max_attempts,
-                                cfg_schedule=_floats(cfg_schedule, "cfg_schedule"),
-                                steps_schedule=[int(v) for v in _floats(steps_schedule, "steps_schedule")],
-                                reference_mode=reference_mode)
-        settings.validate()
-        latent = {k: v for k, v in latent_image.items()}
-        latent["samples"] = latent_image["samples"][:1]
-        latents: dict[int, dict] = {}
+        settings = _gate_settings(threshold, max_attempts, cfg_schedule, steps_schedule, reference_mode)
+        embed = get_embedder(embedder)
+        refs = tensor_to_images(reference)
+        return _sample_behind_gate(
+            lambda generate, base, on_attempt: gated_generate(generate, embed, refs, base, settings, on_attempt,
+                                                              interrupt_requested),
+            settings, model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name, scheduler,
+            denoise)
 
-        def generate(params):
-            out = ksampler(model, params["seed"], params["steps"], params["cfg"], sampler_name, scheduler,
-                           positive, negative, latent, denoise)
-            latents[params["seed"]] = out
-            return tensor_to_images(vae.decode(out["samples"]))[0]
 
-        bar = Progress(max_attempts)
-        result = gated_generate(generate, get_embedder(embedder), tensor_to_images(reference),
-                                {"seed": seed, "steps": steps, "cfg": cfg}, settings,
-                                on_attempt=lambda a, _im: bar.update(a.index, max_attempts),
-                                should_cancel=interrupt_requested)
-        best_params = result.attempts[result.best_index - 1].params
-        report = json.dumps(result.to_json(), indent=2)
-        # every image leaves the node with Persona's watermark (seed of its attempt)
-        marked = [mark_generated(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
-        attempts = images_to_tensor(marked)
-        used = "calibrated" if settings.threshold is None else "given"
-        summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
-                   f"{len(result.attempts)}, threshold {result.threshold} ({used}, {result.embedder})\n" +
-                   "\n".join(f"#{a.index} seed {a.params['seed']}: "
-                             f"{a.score if a.score is not None else 'no face'}" for a in result.attempts))
-        return {"ui": {"text": [summary]},
-                "result": (images_to_tensor([marked[result.best_index - 1]]), attempts, report,
-                           latents[best_params["seed"]])}
+def _gate_settings(threshold, max_attempts, cfg_schedule, steps_schedule, reference_mode="mean_reference"):
+    from ..generation.gate import GateSettings
+
+    settings = GateSettings(threshold=threshold or None, max_attempts=max_attempts,
+                            cfg_schedule=_floats(cfg_schedule, "cfg_schedule"),
+                            steps_schedule=[int(v) for v in _floats(steps_schedule, "steps_schedule")],
+                            reference_mode=reference_mode)
+    settings.validate()
+    return settings
+
+
+def _attempt_line(a) -> str:
+    text = f"#{a.index} seed {a.params['seed']}: {a.score if a.score is not None else 'no face'}"
+    if a.subjects:
+        text += " (" + ", ".join(f"{n} {'missing' if v is None else v}" for n, v in a.subjects["subjects"].items()) + ")"
+    return text + (f" {a.reason}" if a.reason and a.score is not None else "")
+
+
+def _sample_behind_gate(run_gate, settings, model, positive, negative, latent_image, vae, seed, steps, cfg,
+                        sampler_name, scheduler, denoise):
+    """ComfyUI's KSampler as the gate's ``generate``; the node outputs of a gate result."""
+    latent = {k: v for k, v in latent_image.items()}
+    latent["samples"] = latent_image["samples"][:1]
+    latents: dict[int, dict] = {}
+
+    def generate(params):
+        out = ksampler(model, params["seed"], params["steps"], params["cfg"], sampler_name, scheduler,
+                       positive, negative, latent, denoise)
+        latents[params["seed"]] = out
+        return tensor_to_images(vae.decode(out["samples"]))[0]
+
+    bar = Progress(settings.max_attempts)
+    result = run_gate(generate, {"seed": seed, "steps": steps, "cfg": cfg},
+                      lambda a, _im: bar.update(a.index, settings.max_attempts))
+    best_params = result.attempts[result.best_index - 1].params
+    report = json.dumps(result.to_json(), indent=2)
+    # every image leaves the node with Persona's watermark (seed of its attempt)
+    marked = [mark_generated(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
+    attempts = images_to_tensor(marked)
+    used = "calibrated" if settings.threshold is None else "given"
+    summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
+               f"{len(result.attempts)}, threshold {result.threshold} ({used}, {result.embedder})\n" +
+               "\n".join(_attempt_line(a) for a in result.attempts))
+    return {"ui": {"text": [summary]},
+            "result": (images_to_tensor([marked[result.best_index - 1]]), attempts, report,
+                       latents[best_params["seed"]])}
+
+
+class PersonaGroupGatedSampler(PersonaIdentityGatedSampler):
+    """KSampler behind a gate for several subjects in one picture (one LoRA each)."""
+
+    OUTPUT_TOOLTIPS = ("The attempt whose weakest subject scores highest.", "Every attempt, in order.",
+                       "JSON: each attempt's parameters, per-subject scores, missing subjects and leaking faces.",
+                       "The latent of the best attempt.")
+    DESCRIPTION = ("Every face is matched to a subject one to one (the optimal assignment of identity scores); "
+                   "an attempt passes when each subject's face reaches the threshold and no face resembles two "
+                   "subjects (identity leakage). Use with two or more LoRAs chained, or a merged one.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        base = super().INPUT_TYPES()["required"]
+        required = {k: v for k, v in base.items() if k not in ("reference", "reference_mode")}
+        required["reference"] = ("IMAGE", {"tooltip": "Photo(s) of the first subject."})
+        required["reference_2"] = ("IMAGE", {"tooltip": "Photo(s) of the second subject."})
+        required["names"] = ("STRING", {"default": "subject_1, subject_2", "tooltip":
+                                        "Comma-separated names of the subjects, in reference order (report only)."})
+        required["allow_leakage"] = ("BOOLEAN", {"default": False, "tooltip":
+                                                 "Pass an attempt even when a face resembles two subjects."})
+        return {"required": required,
+                "optional": {"reference_3": ("IMAGE", {"tooltip": "Photo(s) of a third subject."}),
+                             "reference_4": ("IMAGE", {"tooltip": "Photo(s) of a fourth subject."})}}
+
+    def execute(self, model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name, scheduler,
+                denoise, embedder, threshold, max_attempts, cfg_schedule, steps_schedule, reference, reference_2,
+                names, allow_leakage, reference_3=None, reference_4=None):
+        from ..faces.identity import get_embedder
+        from ..generation.gate import gated_generate_group
+
+        settings = _gate_settings(threshold, max_attempts, cfg_schedule, steps_schedule)
+        subjects = [tensor_to_images(r) for r in (reference, reference_2, reference_3, reference_4) if r is not None]
+        labels = [n.strip() for n in names.split(",") if n.strip()]
+        if len(labels) != len(subjects):
+            raise ValueError(f"names: {len(labels)} names ('{names}') for {len(subjects)} connected references")
+        embed = get_embedder(embedder)
+        return _sample_behind_gate(
+            lambda generate, base, on_attempt: gated_generate_group(
+                generate, embed, subjects, base, settings, labels, allow_leakage, on_attempt, interrupt_requested),
+            settings, model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name, scheduler,
+            denoise)
 
 
 class _EnhanceNode:
@@ -241,6 +307,7 @@ class PersonaFaceRefine(_EnhanceNode):
 
 NODES = {
     "PersonaIdentityGatedSampler": (PersonaIdentityGatedSampler, "Persona Identity-Gated Sampler"),
+    "PersonaGroupGatedSampler": (PersonaGroupGatedSampler, "Persona Group-Gated Sampler (several subjects)"),
     "PersonaSharpen": (PersonaSharpen, "Persona Sharpen (identity-safe)"),
     "PersonaColorMatch": (PersonaColorMatch, "Persona Color Match (identity-safe)"),
     "PersonaPhotoFinish": (PersonaPhotoFinish, "Persona Photo Finish (identity-safe)"),

@@ -125,17 +125,30 @@ def _measure(run: Run, cfg: SweepConfig, seconds: float, summary: dict) -> dict:
             "run_dir": str(run_dir)}
 
 
-def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_.info) -> dict:
+def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_.info,
+              progress: Callable[[int, int], None] | None = None,
+              should_cancel: Callable[[], bool] | None = None) -> dict:
     """Train and measure every run; returns {'runs': [...], 'best': ...} (also written).
-    ``log`` gets one line per event, prefixed with the run's name (the CLI prints them)."""
+    ``log`` gets one line per event, prefixed with the run's name (the CLI prints them);
+    ``progress(finished runs, runs)`` after each run; ``should_cancel`` stops the training
+    child (``TrainingCancelled``; the sweep resumes on the next call)."""
     from ..trainers.subprocess_run import train_in_subprocess
 
     runs = plan(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
+    finished = [0]
 
     def one(index: int, run: Run) -> dict:
+        result = _one(index, run)
+        with lock:
+            finished[0] += 1
+            if progress:
+                progress(finished[0], len(runs))
+        return result
+
+    def _one(index: int, run: Run) -> dict:
         run_dir = Path(run.config.output_dir)
         done = run_dir / "result.json"
         if done.is_file():
@@ -153,7 +166,7 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_.info) -> dict:
         env = {"CUDA_VISIBLE_DEVICES": str(cfg.gpus[index % len(cfg.gpus)])} if cfg.gpus else None
         log(f"[{run.name}] training ({', '.join(f'{k}={v}' for k, v in run.changes.items()) or 'base'})")
         start = time.perf_counter()
-        outcome = train_in_subprocess(run.config, on_event, env=env)
+        outcome = train_in_subprocess(run.config, on_event, should_cancel, env=env)
         result = _measure(run, cfg, time.perf_counter() - start, outcome.summary)
         done.write_text(json.dumps(result, indent=2) + "\n")
         log(f"[{run.name}] done: score {result['score']}")
@@ -233,10 +246,15 @@ def load_and_check(path: str, jobs: int | None = None) -> tuple[SweepConfig, lis
     cfg = SweepConfig.from_file(path)
     if jobs:
         cfg = cfg.model_copy(update={"jobs": jobs})
+    return cfg, load_checked(cfg)
+
+
+def load_checked(cfg: SweepConfig) -> list[Run]:
+    """Every run's config of ``cfg``, checked (fields and files) before anything trains."""
     runs = plan(cfg)
     for run in runs:
         try:
             run.config.check_paths()
         except ValueError as exc:
             raise ValueError(f"sweep run '{run.name}': {exc}") from None
-    return cfg, runs
+    return runs

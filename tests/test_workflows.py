@@ -60,10 +60,13 @@ def test_node_types_exist_and_links_connect_matching_types(info, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, name):
+def test_ui_workflow_loads_in_the_canvas(comfy, astronaut, grace_hopper, name):
     from browser_helpers import run_graph
 
-    Image.fromarray(astronaut).save(comfy.input_dir / "persona_reference.png")  # what Load Image shows
+    # what the Load Image nodes show
+    for file, photo in (("persona_reference.png", astronaut), ("persona_subject_a.png", astronaut),
+                        ("persona_subject_b.png", grace_hopper)):
+        Image.fromarray(photo).save(comfy.input_dir / file)
 
     result = run_graph(comfy.url, _ui(name), f"workflow-{name}-{comfy.host}")
     assert result["missing"] == [] and result["errors"] == [], result
@@ -297,6 +300,52 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
     table = history["outputs"]["30"]["text"][0]
     assert "identity_strong" in table and "prompt_strong" in table
     assert history["outputs"]["31"]["images"]
+
+
+def test_two_subject_workflow_runs_with_two_loras_and_regional_prompts(prepared, astronaut, grace_hopper, tmp_path,
+                                                                         capsys):
+    Image.fromarray(astronaut).save(prepared.input_dir / "persona_subject_a.png")
+    Image.fromarray(grace_hopper).save(prepared.input_dir / "persona_subject_b.png")
+    for name in ("subject_a", "subject_b"):
+        shutil.copy(prepared.models / "loras" / "persona" / "persona_subject_sd15.safetensors",
+                    prepared.models / "loras" / "persona" / f"{name}.safetensors")
+    sets = ["1.ckpt_name=\"persona-sd15.safetensors\"", "12.width=128", "12.height=64", "6.width=64", "6.height=64",
+            "8.width=64", "8.height=64", "8.x=64", "15.steps=2", "15.max_attempts=2", "15.sampler_name=\"euler\"",
+            "15.scheduler=\"normal\"", "15.names=\"eileen, grace\""]
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 8 - Two subjects in one picture.api.json"),
+                 "--server", prepared.url, "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["outputs"]["16"]["images"]
+    summary = history["outputs"]["15"]["text"][0]
+    # the random-weight test model draws no face: both attempts fail as faceless, with new seeds
+    assert summary.startswith("FAILED") and "#1 seed 0: no face" in summary and "#2 seed 1" in summary
+    saved = list((prepared.output_dir / "persona").glob("two_subjects*.png"))
+    assert saved and Image.open(saved[0]).size == (128, 64)
+
+
+def test_sweep_workflow_trains_every_run_and_hands_the_best_lora_to_comfyui(prepared, tmp_path, capsys):
+    sets = ["1.resolution=64", "1.dataset_name=\"wf9\"", "1.holdout=1", "2.base_model=\"persona-tiny\"",
+            "2.runs=\"learning_rate: [0.001, 0.005]\"", "2.preset=\"custom\"", "2.sweep_name=\"wf9\"",
+            "2.overrides=\"{steps: 2, resolution: 64, rank: 4, alpha: 4, mixed_precision: 'no', checkpoint_every: 1}\"",
+            "2.prompts=\"a photo of {token} {class}\"", "2.seeds=\"0\"", "2.eval_steps=2"]
+    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 9 - A small sweep.api.json"),
+                 "--server", prepared.url, "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["outputs"]["3"]["images"]  # the chart of the learning-rate axis
+    text = history["outputs"]["2"]["text"][0]
+    assert "learning_rate=0.001" in text and "learning_rate=0.005" in text and "best: learning_rate=0.001" in text
+    assert "[learning_rate=0.005] done" in text
+    assert (prepared.models / "loras" / "persona" / "wf9_best.safetensors").is_file()
+    sweep = prepared.output_dir / "persona" / "sweeps" / "wf9"
+    assert (sweep / "sweep.csv").is_file() and (sweep / "chart-learning_rate.png").is_file()
+    # queued again: both runs finished before, nothing trains
+    assert main(["queue", str(REPO / "workflows" / "api" / "Persona 9 - A small sweep.api.json"),
+                 "--server", prepared.url, "--out", str(tmp_path / "again"),
+                 *sum([["--set", s] for s in sets + ["2.eval_steps=3"]], [])]) == 0
+    again = json.loads((tmp_path / "again" / "history.json").read_text())["outputs"]["2"]["text"][0]
+    assert again.count("finished before, skipped") == 2
 
 
 def test_the_template_browser_lists_the_ui_workflows_only(comfy):
