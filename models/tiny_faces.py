@@ -13,6 +13,8 @@ identity gate, the enhancement steps or any identity metric. The weights in
   pair stays matched whatever a future library does to random initialisation.
 
 It shows that every stage runs on real signal, not quality: it knows two faces at 64 px.
+``vae_flux.safetensors`` is the 16-channel tiny FLUX VAE trained the same way, for FLUX's
+memorisation test (``install_face_vae``).
 ``tiny_faces.json`` beside the weights records how they were made.
 """
 from __future__ import annotations
@@ -52,18 +54,39 @@ def save_weights(folder: Path, unet, vae, text_encoder, meta: dict) -> None:
 
 
 def install_face_vae(folder: str | Path) -> None:
-    """Put the shipped face VAE into a tiny model folder of a 4-channel family (SD1.x, SDXL),
-    in place of its random one: samples of a denoiser trained on it decode to faces."""
+    """Put the shipped face VAE into a tiny model folder in place of its random one: the tiny
+    SD1.x VAE for the 4-channel families (SD1.x, SDXL), the 16-channel one for FLUX
+    (``scripts/train_tiny_faces.py --flux-vae``). Samples of a denoiser trained on it decode
+    to faces."""
     from safetensors.torch import load_file, save_file
 
     folder = Path(folder)
     config = json.loads((folder / "vae" / "config.json").read_text())
-    if config.get("latent_channels") != 4 or list(config.get("block_out_channels", [])) != [16, 32]:
-        raise ValueError(f"face VAE: '{folder}' is not a tiny 4-channel model (the face VAE is the tiny SD1.x VAE)")
-    shipped = load_file(str(WEIGHTS / _PARTS["vae"]))
+    channels = config.get("latent_channels")
+    if channels not in (4, 16) or list(config.get("block_out_channels", [])) != [16, 32]:
+        raise ValueError(f"face VAE: '{folder}' is not a tiny SD1.x, SDXL or FLUX model")
+    meta = info() if channels == 4 else info().get("flux_vae")
+    if meta is None:
+        raise FileNotFoundError(f"face VAE: no 16-channel VAE in '{WEIGHTS}'; run scripts/train_tiny_faces.py --flux-vae")
+    shipped = load_file(str(WEIGHTS / (_PARTS["vae"] if channels == 4 else "vae_flux.safetensors")))
     save_file({k: v.float() for k, v in shipped.items()}, str(folder / "vae" / _FILES["vae"]), metadata={"format": "pt"})
-    config["scaling_factor"] = info()["scaling_factor"]
+    config["scaling_factor"] = meta["scaling_factor"]
+    if channels == 16:
+        config["shift_factor"] = meta["shift_factor"]
     (folder / "vae" / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def save_flux_vae(folder: Path, vae, meta: dict) -> None:
+    """Write the 16-channel tiny FLUX face VAE (fp16) and record ``meta`` as ``flux_vae`` in
+    ``tiny_faces.json``."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in vae.state_dict().items()}
+    save_file(tensors, str(folder / "vae_flux.safetensors"), metadata={"format": "pt"})
+    record = json.loads((folder / "tiny_faces.json").read_text())
+    record["flux_vae"] = meta
+    (folder / "tiny_faces.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def build_tiny_faces_model(folder: str | Path) -> Path:

@@ -13,9 +13,13 @@ script gives it the two things it needs, from data that ships in installed packa
    of two people, on which the demo's LoRA learns which of them ``sks person`` is.
 
 Deterministic on a CPU (seeded), about 15 minutes on two cores. Writes fp16 safetensors of
-the two models plus ``tiny_faces.json`` (the VAE's latent scaling factor, the data, the steps)::
+the models plus ``tiny_faces.json`` (the VAE's latent scaling factor, the data, the steps)::
 
     .venv/bin/python scripts/train_tiny_faces.py [--out models/weights/tiny_faces]
+
+``--flux-vae`` trains only the 16-channel tiny FLUX VAE the same way (``vae_flux.safetensors``,
+about 9 minutes; its scaling and shift factors go into ``tiny_faces.json``), on which the FLUX
+memorisation test trains.
 """
 from __future__ import annotations
 
@@ -103,13 +107,39 @@ def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
     return l1
 
 
+def train_flux_vae(out: Path, steps: int) -> None:
+    """The tiny FLUX VAE (16 latent channels) trained like the SD1.x one; its scaling and shift
+    factors normalise the aligned faces' latents to zero mean and unit spread."""
+    from comfyui_persona.models.tiny_faces import save_flux_vae
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        faces = aligned_faces(Path(tmp))
+        face_images = [np.asarray(Image.open(p).convert("RGB")) for ps in faces.values() for p in ps]
+    vae = instantiate("flux", "tiny", tokenizers=False, text_encoders=False).vae
+    l1 = train_vae(vae, face_images, steps)
+    with torch.no_grad():
+        x = torch.stack([_tensor(np.asarray(Image.fromarray(i).resize((RESOLUTION,) * 2, Image.Resampling.LANCZOS)))
+                         for i in face_images])
+        latents = vae.encode(x).latent_dist.mean
+    meta = {"vae_steps": steps, "vae_l1": round(l1, 4), "shift_factor": round(float(latents.mean()), 5),
+            "scaling_factor": round(1.0 / float(latents.std()), 5), "seconds": round(time.perf_counter() - start)}
+    save_flux_vae(out, vae, meta)
+    print(json.dumps(meta, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "models" / "weights" / "tiny_faces"))
     ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--unet-steps", type=int, default=1500)
+    ap.add_argument("--flux-vae", action="store_true",
+                    help="only the 16-channel tiny FLUX VAE (vae_flux.safetensors), for FLUX's memorisation test")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.flux_vae:
+        train_flux_vae(Path(args.out), args.vae_steps)
+        return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

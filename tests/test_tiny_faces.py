@@ -27,6 +27,7 @@ def test_the_shipped_weights_are_small_and_say_how_they_were_made(model):
     assert info["people"] == {"astronaut": 8, "hopper": 4} and info["unet_steps"] >= 1000
     total = sum(p.stat().st_size for p in tiny_faces.WEIGHTS.glob("*.safetensors"))
     assert total < 8 * 2 ** 20, total
+    assert (tiny_faces.WEIGHTS / "vae_flux.safetensors").is_file() and info["flux_vae"]["vae_l1"] < 0.05
     marker = json.loads((model / "persona_model.json").read_text())
     assert marker["random_weights"] is False and marker["weights"] == "tiny_faces"
     vae = json.loads((model / "vae" / "config.json").read_text())
