@@ -13,15 +13,6 @@ from .host import (Progress, base_model_path, base_models, check_interrupt, free
 CATEGORY = "Persona/train"
 
 
-def _yaml(text: str, name: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{name}: not valid YAML ({' '.join(str(exc).split())})") from None
-
-
 class PersonaSweep:
     """Train and measure several runs on one dataset, one table, the best LoRA picked."""
 
@@ -71,30 +62,15 @@ class PersonaSweep:
         import numpy as np
         from PIL import Image
 
-        from ..studies.config import SweepConfig
+        from ..studies.config import sweep_from_text
         from ..studies.sweep import load_checked, run_sweep
 
         name = safe_name(sweep_name, "sweep_name")
-        spec = _yaml(runs, "runs") if study == "sweep" else None
-        if study == "sweep" and not isinstance(spec, (dict, list)):
-            raise ValueError("runs: a YAML mapping (field: [values]) or a list of runs, for study 'sweep'")
-        extra = _yaml(overrides, "overrides") or {}
-        if not isinstance(extra, dict):
-            raise ValueError("overrides: a YAML mapping of training fields")
-        try:
-            seed_list = [int(s) for s in seeds.replace(";", ",").split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"seeds: comma-separated integers, got '{seeds}'") from None
         out = output_dir() / "persona" / "sweeps" / name
-        cfg = SweepConfig.from_dict({
-            "study": study, "preset": None if preset == "custom" else preset,
-            "base": {"base_model": str(base_model_path(base_model)), "dataset": dataset["path"],
-                     "token": dataset["token"], "class_noun": dataset["class_noun"]},
-            **({"axes": spec} if isinstance(spec, dict) else {"variants": spec} if spec else {}),
-            "tokens": [t.strip() for t in tokens.split(",") if t.strip()], "overrides": extra,
-            "evaluation": {"prompts": [p for p in prompts.splitlines() if p.strip()], "seeds": seed_list,
-                           "steps": eval_steps, "embedder": embedder},
-            "output_dir": str(out)}, source="Persona Sweep")
+        cfg = sweep_from_text(
+            {"base_model": str(base_model_path(base_model)), "dataset": dataset["path"], "token": dataset["token"],
+             "class_noun": dataset["class_noun"]}, study, runs, None if preset == "custom" else preset, overrides,
+            tokens, prompts, seeds, eval_steps, embedder, str(out))
         planned = load_checked(cfg)
         free_models()
         bar = Progress(len(planned))

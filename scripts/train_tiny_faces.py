@@ -136,7 +136,6 @@ def main() -> None:
     ap.add_argument("--flux-vae", action="store_true",
                     help="only the 16-channel tiny FLUX VAE (vae_flux.safetensors), for FLUX's memorisation test")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.flux_vae:
         train_flux_vae(Path(args.out), args.vae_steps)
         return

@@ -65,3 +65,35 @@ class SweepConfig(JobConfig):
             if not isinstance(values, list) or not values:
                 raise ValueError(f"axes.{name}: a non-empty list of values")
         return self
+
+
+def sweep_from_text(base: dict[str, Any], study: str, runs: str, preset: str | None, overrides: str, tokens: str,
+                    prompts: str, seeds: str, steps: int, embedder: str, output_dir: str) -> SweepConfig:
+    """A SweepConfig from the text fields of a form (the Persona Sweep node): ``runs`` and
+    ``overrides`` are YAML (for study 'sweep', a mapping field -> values is a grid, a list of
+    mappings the variants), ``tokens`` and ``seeds`` comma-separated, ``prompts`` one per line."""
+    import yaml
+
+    def parse(text: str, name: str):
+        try:
+            return yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{name}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+    spec = parse(runs, "runs") if study == "sweep" else None
+    if study == "sweep" and not isinstance(spec, (dict, list)):
+        raise ValueError("runs: a YAML mapping (field: [values]) or a list of runs, for study 'sweep'")
+    extra = parse(overrides, "overrides") or {}
+    if not isinstance(extra, dict):
+        raise ValueError("overrides: a YAML mapping of training fields")
+    try:
+        seed_list = [int(v) for v in seeds.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"seeds: comma-separated integers, got '{seeds}'") from None
+    return SweepConfig.from_dict({
+        "study": study, "preset": preset, "base": base,
+        **({"axes": spec} if isinstance(spec, dict) else {"variants": spec} if spec else {}),
+        "tokens": [t.strip() for t in tokens.split(",") if t.strip()], "overrides": extra,
+        "evaluation": {"prompts": [line for line in prompts.splitlines() if line.strip()], "seeds": seed_list,
+                       "steps": steps, "embedder": embedder},
+        "output_dir": output_dir}, source="Persona Sweep")

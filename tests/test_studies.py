@@ -127,3 +127,22 @@ def test_the_token_study_trains_each_identifier_and_the_class_alone(tiny_model, 
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
     assert [r["run"] for r in rows] == ["token=sks", "token=vrelk", "class-only"]
     assert all(float(r["final_loss"]) > 0 for r in rows)
+
+
+def test_a_sweep_from_the_canvas_text_fields(tiny_model, face_dataset, tmp_path):
+    from comfyui_persona.studies.config import sweep_from_text
+
+    base = {"base_model": str(tiny_model), "dataset": str(face_dataset)}
+    common = dict(preset=None, overrides="steps: 2", tokens="sks", prompts="a photo of {token} {class}\n\n",
+                  seeds="0; 1", steps=2, embedder="dlib", output_dir=str(tmp_path / "s"))
+    grid = sweep_from_text(base, "sweep", "rank: [2, 4]", **common)
+    assert grid.axes == {"rank": [2, 4]} and grid.evaluation.seeds == [0, 1] and grid.overrides == {"steps": 2}
+    assert grid.evaluation.prompts == ["a photo of {token} {class}"]
+    listed = sweep_from_text(base, "sweep", "- {name: small, rank: 2}\n- {rank: 8}", **common)
+    assert [r.name for r in plan(listed)] == ["small", "rank=8"]
+    assert plan(sweep_from_text(base, "regimes", "ignored: [1]", **common))[0].name == "underfit"
+    for runs, message in (("rank: [2", "runs: not valid YAML"), ("just text", "runs: a YAML mapping")):
+        with pytest.raises(ValueError, match=message):
+            sweep_from_text(base, "sweep", runs, **common)
+    with pytest.raises(ValueError, match="seeds"):
+        sweep_from_text(base, "sweep", "rank: [2]", **{**common, "seeds": "0, x"})

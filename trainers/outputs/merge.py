@@ -20,9 +20,6 @@ from typing import Literal
 
 import torch
 
-SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
-
-
 def modules(tensors: dict[str, torch.Tensor], source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """{module: (down, up, scale alpha/rank)} of a kohya LoRA."""
     if any(k.endswith(".dora_scale") for k in tensors):
