@@ -124,6 +124,24 @@ class TrainConfig(JobConfig):
     cache_latents: Literal["off", "memory", "disk"] = Field("memory", description="Encode the dataset once; the VAE leaves the device.")
     cache_text_embeddings: bool = Field(True, description="Encode captions once; the text encoder leaves the device (when not trained).")
     grad_set_to_none: bool = Field(True, description="Free gradients between steps instead of zeroing them.")
+    checkpoint_blocks: int = Field(0, ge=0, le=1000, description="Selective checkpointing: with gradient_checkpointing, "
+                                   "recompute only the first N of the denoiser's repeated blocks (0: all of them).")
+    fused_backward: bool = Field(False, description="Step the optimizer for each trained tensor inside the backward pass "
+                                 "and free its gradient at once (no full set of gradients alive); max_grad_norm then "
+                                 "clips each tensor's gradient by its own norm.")
+    full_bf16: bool = Field(False, description="Keep the trained weights in bf16 (half the memory of fp32 master "
+                            "weights) and apply each update with stochastic rounding; needs mixed_precision 'bf16'.")
+    stream_blocks: int = Field(0, ge=0, le=1000, description="Keep the frozen weights of the last N of the denoiser's "
+                               "repeated blocks in (pinned) CPU memory and stream each to the device one block ahead, "
+                               "in the forward and the backward pass (0: off).")
+    compile: Literal["off", "blocks"] = Field("off", description="'blocks': torch.compile each repeated block of the "
+                                              "denoiser (regional compilation: short compile, cache reused across "
+                                              "runs); falls back to eager with a log line where unsupported.")
+    cuda_graphs: bool = Field(False, description="With compile 'blocks': capture the compiled blocks in CUDA graphs "
+                              "(static shapes: cached latents and embeddings); CUDA only, else a log line.")
+    fused_optimizer: bool = Field(False, description="AdamW's single-kernel (fused) implementation; a log line where "
+                                  "the device has none.")
+    channels_last: bool = Field(False, description="Convolutional denoisers (UNets) in channels-last memory format.")
     quantize_base: Literal["off", "fp8", "int8", "nf4"] = Field(
         "off", description="Store the frozen denoiser's linear weights quantized (fp8: e4m3 with per-row scales; "
                            "int8/nf4: bitsandbytes); compute stays in the mixed-precision dtype.")
@@ -176,6 +194,22 @@ class TrainConfig(JobConfig):
                              "rows; use quantize_base 'int8', 'nf4' or 'off'")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
+        if self.full_bf16 and self.mixed_precision != "bf16":
+            raise ValueError("full_bf16: bf16 trained weights need mixed_precision 'bf16'")
+        if self.fused_backward and self.mixed_precision == "fp16":
+            raise ValueError("fused_backward: fp16 needs a loss scaler, which unscales all gradients before one "
+                             "step; use mixed_precision 'bf16' or 'no'")
+        if self.cuda_graphs and self.compile == "off":
+            raise ValueError("cuda_graphs: the graphs capture the compiled blocks; set compile 'blocks'")
+        if self.checkpoint_blocks and not self.gradient_checkpointing:
+            raise ValueError("checkpoint_blocks: selects which blocks gradient checkpointing recomputes; set "
+                             "gradient_checkpointing true (or checkpoint_blocks 0)")
+        if self.stream_blocks and (self.method != "lora" or self.use_dora):
+            raise ValueError("stream_blocks: only frozen weights are streamed: it needs method 'lora' without "
+                             "use_dora (DoRA reads the base weight outside the streamed layers)")
+        if self.stream_blocks and self.quantize_base != "off":
+            raise ValueError(f"stream_blocks: streamed blocks keep their full-precision weights in CPU memory; "
+                             f"use quantize_base 'off' (not '{self.quantize_base}') or stream_blocks 0")
         bad = {k: v for k, v in self.image_weights.items() if not (0.0 <= v <= 100.0)}
         if bad:
             raise ValueError(f"image_weights: weights must be between 0 and 100, got {bad}")

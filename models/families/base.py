@@ -121,6 +121,34 @@ class Family:
         """A per-latent-pixel weight ``[B, 1, h, w]`` in the layout of the prediction."""
         return weight.to(pred.device)
 
+    # --- memory and speed policy ---------------------------------------------------------------
+    convolutional = True  # channels-last memory format applies
+
+    def repeated_blocks(self, model) -> list[torch.nn.Module]:
+        """The denoiser's repeated blocks, the unit of selective checkpointing, block streaming
+        and regional compilation, the ones whose activations are largest first (selective
+        checkpointing takes the first N). UNets: every resnet and transformer block, the
+        highest-resolution level first (``down_blocks[0]`` and ``up_blocks[-1]``), then the next."""
+        from diffusers.models.attention import BasicTransformerBlock
+        from diffusers.models.resnet import ResnetBlock2D
+
+        kinds = (BasicTransformerBlock, ResnetBlock2D)
+        inner = model.module if hasattr(model, "module") else model
+        levels = len(inner.down_blocks)
+        found = []
+        for name, m in inner.named_modules():
+            if not isinstance(m, kinds):
+                continue
+            parts = name.split(".")
+            if parts[0] == "down_blocks":
+                level = int(parts[1])
+            elif parts[0] == "up_blocks":
+                level = levels - 1 - int(parts[1])
+            else:
+                level = levels  # the mid block, lowest resolution
+            found.append((level, len(found), m))
+        return [m for _, _, m in sorted(found, key=lambda t: (t[0], t[1]))]
+
     def latent_shape(self, comps, resolution: int) -> tuple[int, int, int]:
         factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
         return (comps.vae.config.latent_channels, resolution // factor, resolution // factor)

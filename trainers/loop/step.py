@@ -27,9 +27,12 @@ def add_lora(model, cfg, targets: list[str]) -> None:
 
 
 def make_trainable(comps, cfg, device, dtype) -> list[dict]:
-    """Quantize (optionally), place and cast the frozen denoiser, add what trains, and switch
-    on checkpointing and the attention kernel. Returns the optimizer's parameter groups."""
+    """Quantize (optionally), place and cast the frozen denoiser, add what trains, stream
+    blocks, switch on checkpointing, the attention kernel and the speed switches. Returns the
+    optimizer's parameter groups."""
+    from ..memory.blocks import checkpoint_first, stream_last
     from ..memory.quantize import quantize_linears
+    from ..speed.switches import apply_speed_switches
 
     fam = get_family(comps.family)
     model = comps.denoiser
@@ -38,7 +41,9 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
         if cfg.method != "lora":
             raise ValueError("quantize_base: a quantized base needs method 'lora' (its weights are frozen)")
         quantize_linears(model, cfg.quantize_base, dtype if dtype != torch.float32 else torch.bfloat16)
-    model.to(device)
+    streaming = cfg.stream_blocks > 0
+    if not streaming:  # streamed weights never reach the device whole
+        model.to(device)
     memory.cast_frozen(model, dtype)
     if cfg.method == "lora":
         add_lora(model, cfg, cfg.lora_targets)
@@ -55,11 +60,33 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
             memory.trainable_to_fp32(te)
             if cfg.gradient_checkpointing:
                 te.gradient_checkpointing_enable()
-    memory.trainable_to_fp32(model)
-    memory.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+    if not cfg.full_bf16:
+        memory.trainable_to_fp32(model)
+    blocks = fam.repeated_blocks(model) if (cfg.checkpoint_blocks or streaming or cfg.compile != "off") else []
+    if cfg.gradient_checkpointing and cfg.checkpoint_blocks:
+        if cfg.checkpoint_blocks > len(blocks):
+            raise ValueError(f"checkpoint_blocks: {cfg.checkpoint_blocks} is more than the denoiser's "
+                             f"{len(blocks)} repeated blocks")
+        memory.set_gradient_checkpointing(model, False)
+        checkpoint_first(blocks, cfg.checkpoint_blocks)
+    else:
+        memory.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
     if fam.uses_attention_processors:
         memory.set_attention(model, cfg.attention)
+    streamer = stream_last(blocks, cfg.stream_blocks, device, model) if streaming else None
+    if streaming:
+        model.to(device)  # everything but the streamed weights
+    model._persona_streamer = streamer
+    apply_speed_switches(model, fam, cfg, device, skip=tuple(streamer.blocks) if streamer else ())
     return groups
+
+
+def release_streaming(model) -> None:
+    """Stop block streaming of ``model`` (the end of a run), if it streams."""
+    streamer = getattr(model, "_persona_streamer", None)
+    if streamer is not None:
+        streamer.close()
+        model._persona_streamer = None
 
 
 def adapter_groups(model, lr: float, loraplus_ratio: float = 1.0) -> list[dict]:

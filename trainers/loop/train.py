@@ -25,6 +25,7 @@ import torch
 
 from ..config import TrainConfig
 from ..memory import techniques as memory
+from ..memory.per_tensor import per_tensor_of
 from ..outputs.best import Best, selection_score
 from ..outputs.checkpoint import save_checkpoint
 from ..outputs.run_dir import append_log
@@ -33,7 +34,7 @@ from .ema import EMA
 from .finish import finish
 from .resume import resume as restore, trainable_state
 from .setup import Session, setup
-from .step import forward_backward, make_trainable
+from .step import forward_backward, make_trainable, release_streaming
 
 
 class TrainingStopped(Exception):
@@ -110,10 +111,11 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     trained = [comps.denoiser] + (comps.text_encoders if cfg.train_text_encoder else [])
     for model in trained:
         model.train()
-    optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+    optimizer = memory.build_optimizer(groups, cfg, s.device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
     prepared = acc.prepare(*trained, optimizer)
+    per_tensor = per_tensor_of(optimizer)
     denoiser_ddp, optimizer, te_ddp = prepared[0], prepared[-1], list(prepared[1:-1])
     ema = EMA(trainable_state(comps, cfg), cfg.ema_decay, cfg.ema_every, cfg.ema_on_cpu) if cfg.ema else None
     start_step = restore(s, optimizer, lr_scheduler, ema) if resume else 0
@@ -138,6 +140,8 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                 torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
                 b = step_batch(s, data, gen)
                 sync = micro == cfg.gradient_accumulation - 1
+                if per_tensor is not None:  # fused backward: the tensors step in the last micro-step
+                    per_tensor.armed = sync
                 no_sync = acc.no_sync(denoiser_ddp) if not sync and acc.num_processes > 1 else nullcontext()
                 with no_sync:
                     loss, parts = forward_backward(comps, denoiser_ddp, b.latents, b.cond, gen, cfg, s.dtype,
@@ -147,7 +151,7 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation
-            if cfg.max_grad_norm > 0:
+            if cfg.max_grad_norm > 0 and not cfg.fused_backward:  # fused: clipped per tensor in backward
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
             lr_used = lr_scheduler.get_last_lr()[0]
             optimizer.step()
@@ -182,6 +186,7 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                 raise TrainingStopped(f"stopped at step {step}")
     except TrainingStopped:
         result.stopped = True
+    release_streaming(comps.denoiser)
     finish(s, result, acc.unwrap_model(denoiser_ddp), [acc.unwrap_model(t) for t in te_ddp], ema)
     return result
 

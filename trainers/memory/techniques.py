@@ -109,10 +109,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2 ** 20
 
 
-def make_optimizer(groups: list[dict], name: str, weight_decay: float):
-    """``adamw``, ``adamw8bit`` (bitsandbytes) or ``adafactor`` (transformers)."""
+def make_optimizer(groups: list[dict], name: str, weight_decay: float, fused: bool = False):
+    """``adamw`` (``fused``: its single-kernel implementation), ``adamw8bit`` (bitsandbytes) or
+    ``adafactor`` (transformers)."""
     if name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, **({"fused": True} if fused else {}))
     if name == "adamw8bit":
         from ...core.deps import require
 
@@ -124,6 +125,39 @@ def make_optimizer(groups: list[dict], name: str, weight_decay: float):
         return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
                          weight_decay=weight_decay)
     raise ValueError(f"optimizer: unknown '{name}'")
+
+
+def fused_optimizer_unsupported(device: torch.device) -> str | None:
+    """Why AdamW's fused kernel is not used on ``device`` (None: it is)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    if device.type not in _get_fused_kernels_supported_devices():
+        return f"AdamW has no fused kernel on {device.type}"
+    return None
+
+
+def build_optimizer(groups: list[dict], cfg, device: torch.device, make=None):
+    """The run's optimizer over ``groups``: ``cfg.optimizer`` (``make(groups)`` instead when
+    given: the simulation's stand-ins), one tensor at a time when ``fused_backward`` or
+    ``full_bf16`` asks (:mod:`.per_tensor`)."""
+    from .per_tensor import PerTensorOptimizer
+
+    if make is None:
+        fused = False
+        if cfg.fused_optimizer:
+            why = fused_optimizer_unsupported(device) if cfg.optimizer == "adamw" else \
+                f"only AdamW has a fused kernel, not {cfg.optimizer}"
+            if why:
+                log.warning("fused_optimizer: %s; the optimizer runs unfused", why)
+            fused = why is None
+
+        def make(gs):
+            return make_optimizer(gs, cfg.optimizer, cfg.weight_decay, fused)
+
+    if cfg.fused_backward or cfg.full_bf16:
+        return PerTensorOptimizer(groups, make, fused=cfg.fused_backward, max_grad_norm=cfg.max_grad_norm,
+                                  stochastic_rounding=cfg.full_bf16, seed=cfg.seed)
+    return make(groups)
 
 
 def resolve_device(name: str) -> torch.device:

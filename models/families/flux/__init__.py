@@ -202,6 +202,13 @@ class Flux(Family):
                                                      dtype=dtype),
                 "pooled_projections": torch.zeros(batch, c.pooled_projection_dim, device=device, dtype=dtype)}
 
+    convolutional = False
+
+    def repeated_blocks(self, model):
+        """The 19 double-stream and 38 single-stream blocks (at FLUX.1's size), in order."""
+        inner = model.module if hasattr(model, "module") else model
+        return [*inner.transformer_blocks, *inner.single_transformer_blocks]
+
     # --- sampling -------------------------------------------------------------------------
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")

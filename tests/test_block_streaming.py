@@ -1,0 +1,116 @@
+"""Per-block memory switches (trainers/memory/blocks.py): a streamed step gives the same
+weights as an in-memory step (SD1.x and FLUX, with and without checkpointing), streamed
+weights are away between uses, selective checkpointing recomputes only some blocks, and the
+planner's simulation sees both."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_persona.trainers.config import TrainConfig
+from comfyui_persona.trainers.loop import Callbacks, train
+
+from trainer_helpers import tiny_config
+
+
+def _run(model, dataset, out, **fields):
+    kept, seen = {}, {"placeholders": [], "fetches": []}
+
+    def on_log(record):
+        streamer = kept["denoiser"]._persona_streamer
+        if streamer is not None:  # between steps: every streamed weight is away from the device
+            seen["placeholders"].append(all(p.numel() == 0 for ps in streamer._params for p in ps))
+            seen["fetches"].append(streamer.fetches)
+
+    result = train(tiny_config(model, dataset, out, **fields),
+                   Callbacks(on_start=lambda info: kept.update(info), on_log=on_log))
+    lora = {k: v.detach().clone() for k, v in kept["denoiser"].state_dict().items() if "lora_" in k}
+    return result, lora, seen
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_a_streamed_step_gives_the_in_memory_weights(family, tiny_model, tiny_flux, face_dataset, tmp_path):
+    model = tiny_model if family == "sd15" else tiny_flux
+    base = dict(family=family, steps=3)
+    plain, expected, _ = _run(model, face_dataset, tmp_path / "plain", **base)
+    assert expected
+    for i, fields in enumerate([dict(stream_blocks=3),
+                                dict(stream_blocks=3, gradient_checkpointing=True),
+                                dict(stream_blocks=2, gradient_checkpointing=True, checkpoint_blocks=2)]):
+        result, got, seen = _run(model, face_dataset, tmp_path / f"streamed{i}", **base, **fields)
+        assert [r["loss"] for r in result.records] == [r["loss"] for r in plain.records], fields
+        for k in expected:
+            assert torch.equal(expected[k], got[k]), (fields, k)
+        assert seen["placeholders"] == [True] * 3, fields
+        # each streamed block comes in for its forward and again for its backward, every step
+        per_step = [b - a for a, b in zip([0] + seen["fetches"], seen["fetches"])]
+        assert all(n >= 2 * fields["stream_blocks"] for n in per_step), (fields, per_step)
+
+
+def test_an_unfetched_weight_fails_loudly():
+    from comfyui_persona.trainers.memory.blocks import BlockStreamer
+
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4)).requires_grad_(False)
+    streamer = BlockStreamer([block], "cpu")
+    assert block[0].weight.numel() == 0
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(torch.ones(1, 4), block[0].weight)
+    out = block(torch.ones(1, 4))  # through the block's hooks: fetched, used, evicted
+    assert out.shape == (1, 4) and block[0].weight.numel() == 0
+    streamer.close()
+    assert block[0].weight.shape == (4, 4)
+
+
+def _saved_bytes(model, dataset, tmp_path, **fields) -> int:
+    """Bytes autograd keeps for backward over one training step (outside checkpointed blocks,
+    whose own hooks keep only their inputs)."""
+    total = {"n": 0}
+
+    def pack(t):
+        total["n"] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        train(tiny_config(model, dataset, tmp_path / f"run{len(fields)}{fields.get('checkpoint_blocks', 0)}",
+                          steps=1, **fields))
+    return total["n"]
+
+
+def test_selective_checkpointing_saves_between_none_and_all(tiny_model, face_dataset, tmp_path):
+    none = _saved_bytes(tiny_model, face_dataset, tmp_path)
+    some = _saved_bytes(tiny_model, face_dataset, tmp_path, gradient_checkpointing=True, checkpoint_blocks=3)
+    everything = _saved_bytes(tiny_model, face_dataset, tmp_path, gradient_checkpointing=True)
+    assert everything < some < none, (everything, some, none)
+
+
+def test_the_simulation_sees_streaming_and_selective_checkpointing():
+    from comfyui_persona.trainers.memory.simulate import simulate_peak
+
+    def peak(**fields):
+        cfg = TrainConfig(base_model="x", dataset="y", family="sd15", resolution=64, mixed_precision="bf16", **fields)
+        return simulate_peak("sd15", cfg, size="tiny")
+
+    plain = peak()
+    # the tiny UNet has 12 blocks; streamed blocks hold no weights on the device but while they
+    # run (two at a time: one computing, one arriving)
+    assert peak(stream_blocks=11) < peak(stream_blocks=6) < plain
+    ckpt_all = peak(gradient_checkpointing=True)
+    ckpt_three = peak(gradient_checkpointing=True, checkpoint_blocks=3)
+    assert ckpt_all < ckpt_three < plain, (ckpt_all, ckpt_three, plain)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(stream_blocks=2, method="dreambooth"), "stream_blocks: only frozen weights are streamed"),
+    (dict(stream_blocks=2, use_dora=True), "stream_blocks: only frozen weights are streamed"),
+    (dict(stream_blocks=2, quantize_base="fp8"), "stream_blocks: streamed blocks keep their full-precision"),
+    (dict(checkpoint_blocks=2), "checkpoint_blocks: selects which blocks"),
+    (dict(cuda_graphs=True), "cuda_graphs: the graphs capture the compiled blocks"),
+])
+def test_config_refuses_what_cannot_work(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(base_model="m", dataset="d", **fields)
+
+
+def test_more_blocks_than_the_model_has_is_a_clear_error(tiny_model, face_dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"stream_blocks: 999 is more than the denoiser's \d+ repeated blocks"):
+        train(tiny_config(tiny_model, face_dataset, tmp_path / "run", stream_blocks=999))
