@@ -2,12 +2,17 @@
 weights (no download): (a) no memory technique, (b) techniques added one at a time (the
 ablation of reference 000, Fig. 7d), (c) the planner's choice for VRAM budgets.
 
-Each row trains a few optimizer steps through the trainer's own setup and step code
-(``trainers.memory_sim.run_steps``) on random latents and zero conditioning, i.e. with the
-caches of the real loop; rows without the caches keep the VAE and text encoders on the
-device and run them every step. Peak = ``torch.cuda.max_memory_allocated`` on a GPU; on a
-CPU (``--tiny``) the live-tensor meter, the same quantity without the allocator's rounding.
-Prints a Markdown table and writes JSON.
+Each row trains optimizer steps through the trainer's own setup and step code
+(``trainers.memory.simulate.run_steps``) on random latents and zero conditioning, i.e. with
+the caches of the real loop; rows without the caches keep the VAE and text encoders on the
+device and run them every step. Per row: ``--warmup`` steps (default 3) are excluded, then
+``--repeats`` x ``--steps`` steps are timed (GPU default 3 x 20); the row reports the median
+step time, its spread (the range of the repeats' medians over the median), peak allocated
+(``torch.cuda.max_memory_allocated``; on a CPU, ``--tiny``, the live-tensor meter, the same
+quantity without the allocator's rounding), peak reserved, and model-FLOPs utilisation: the
+step's FLOPs counted by ``torch.utils.flop_counter`` (``trainers.speed.utilisation``) over
+the median time and the device's named peak bf16 FLOP/s. Prints a Markdown table and
+writes JSON.
 
     python bench/train_memory.py                      # GPU: real sizes, budgets 8/12/16/24 GB
     python bench/train_memory.py --tiny --json t.json # CPU: tiny models in a minute or two
@@ -17,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -56,17 +59,26 @@ def config(family, method, resolution, switches, rank=16):
                        t5_max_length=512, **switches)
 
 
-def measure(family, size, cfg, device, steps) -> dict:
+def measure(family, size, cfg, device, args) -> dict:
+    import statistics
+
     from comfyui_persona.models.architectures import instantiate
     from comfyui_persona.trainers.memory.simulate import LiveTensorMeter, run_steps
 
     keep_text = not cfg.cache_text_embeddings or cfg.train_text_encoder
     comps = None
     try:
-        comps = instantiate(family, size, device=device, tokenizers=False, text_encoders=keep_text)
+        comps = instantiate(family, size, device=device if cfg.stream_blocks == 0 else "cpu", tokenizers=False,
+                            text_encoders=keep_text)
         meter = LiveTensorMeter() if device == "cpu" else None
-        out = run_steps(comps, cfg, device, steps=steps, meter=meter)
-        return {"peak_mb": out["peak_bytes"] / 2 ** 20, "steps_per_s": 1 / out["seconds_per_step"], "error": None}
+        out = run_steps(comps, cfg, device, steps=args.warmup + args.steps * args.repeats, meter=meter,
+                        warmup=args.warmup)
+        times = out["step_seconds"]
+        groups = [statistics.median(times[i * args.steps:(i + 1) * args.steps]) for i in range(args.repeats)]
+        median = statistics.median(times)
+        return {"peak_mb": out["peak_bytes"] / 2 ** 20, "steps_per_s": 1 / median, "error": None,
+                "reserved_mb": out["reserved_bytes"] / 2 ** 20 if out["reserved_bytes"] is not None else None,
+                "seconds_per_step": median, "spread": (max(groups) - min(groups)) / median}
     except torch.cuda.OutOfMemoryError:
         return {"peak_mb": None, "steps_per_s": None, "error": "out of memory"}
     finally:
@@ -76,13 +88,24 @@ def measure(family, size, cfg, device, steps) -> dict:
             torch.cuda.empty_cache()
 
 
+def _utilisation(cfg, size, m, peak) -> dict:
+    from comfyui_persona.trainers.speed.utilisation import step_flops, utilisation
+
+    if not m.get("seconds_per_step"):
+        return {"tflops": None, "mfu": None}
+    return utilisation(step_flops(cfg, None, size), m["seconds_per_step"], peak)
+
+
 def run(args) -> dict:
     import importlib.util
 
     from comfyui_persona.trainers.memory.planner import PlanError, plan, predicted_peak_mb
 
+    from comfyui_persona.trainers.speed.utilisation import device_peak
+
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     size = "tiny" if args.tiny else "real"
+    peak, peak_name = device_peak(device)
     bnb = importlib.util.find_spec("bitsandbytes") is not None and device == "cuda"
     rows = []
     for family in args.families:
@@ -91,11 +114,9 @@ def run(args) -> dict:
             baseline = None
             for label, switches in ablation(family, method, bnb):
                 cfg = config(family, method, res, switches)
-                try:
-                    predicted = predicted_peak_mb(cfg, switches, None, size)
-                except NotImplementedError:  # half-precision full fine-tune: not simulated
-                    predicted = None
-                m = measure(family, size, cfg, device, args.steps)
+                predicted = predicted_peak_mb(cfg, switches, None, size, device)
+                m = measure(family, size, cfg, device, args)
+                m.update(_utilisation(cfg, size, m, peak))
                 if baseline is None:
                     baseline = m
                 rows.append(_row(family, method, res, label, switches, predicted, m, baseline, None))
@@ -105,7 +126,7 @@ def run(args) -> dict:
             if args.tiny:  # budgets across the tiny model's own range, from leanest to no technique
                 from comfyui_persona.trainers.memory.planner import candidates, leanest
 
-                lean = predicted_peak_mb(plan_cfg, leanest(candidates(plan_cfg, device, bnb)), None, size)
+                lean = predicted_peak_mb(plan_cfg, leanest(candidates(plan_cfg, device, bnb)), None, size, device)
                 top = max(r["predicted_peak_mb"] or 0 for r in rows[-len(ablation(family, method, bnb)):])
                 budgets = [(lean * 1.001 + (top - lean) * f) / 1024 for f in (0.0, 0.35, 0.7, 1.05)]
             for gb in budgets:
@@ -118,11 +139,12 @@ def run(args) -> dict:
                     _print_progress(rows[-1])
                     continue
                 cfg = p.apply(plan_cfg)
-                m = measure(family, size, cfg, device, args.steps)
+                m = measure(family, size, cfg, device, args)
+                m.update(_utilisation(cfg, size, m, peak))
                 rows.append(_row(family, method, res, label, p.switches, p.predicted_peak_mb, m, baseline, gb))
                 _print_progress(rows[-1])
-    info = {"device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)",
-            "size": size, "torch": torch.__version__, "steps_per_row": args.steps, "bitsandbytes": bnb}
+    info = {"device": peak_name, "size": size, "torch": torch.__version__, "warmup": args.warmup,
+            "steps_per_row": args.steps, "repeats": args.repeats, "bitsandbytes": bnb}
     return {"info": info, "rows": rows}
 
 
@@ -133,6 +155,8 @@ def _row(family, method, res, label, switches, predicted, m, baseline, budget_gb
     target = TARGETS_GB.get((family, method))
     return {"family": family, "method": method, "resolution": res, "config": label, "switches": switches,
             "predicted_peak_mb": predicted, "peak_mb": m["peak_mb"], "steps_per_s": m["steps_per_s"],
+            "reserved_mb": m.get("reserved_mb"), "spread": m.get("spread"), "tflops": m.get("tflops"),
+            "mfu": m.get("mfu"),
             "speed_vs_a": speed, "error": m["error"], "budget_gb": budget_gb,
             "within_budget": (m["peak_mb"] <= budget_gb * 1024) if (budget_gb and m["peak_mb"] is not None) else None,
             "target_gb": target}
@@ -149,18 +173,26 @@ def _print_progress(row):
 
 
 def table(result: dict) -> str:
-    lines = [f"Device: {result['info']['device']}; sizes: {result['info']['size']}; torch {result['info']['torch']}; "
-             f"{result['info']['steps_per_row']} steps per row; bitsandbytes: {result['info']['bitsandbytes']}", "",
-             "| family | method | px | configuration | predicted peak | measured peak | steps/s | speed vs (a) | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    i = result["info"]
+    lines = [f"Device: {i['device']}; sizes: {i['size']}; torch {i['torch']}; {i['warmup']} warm-up steps excluded, "
+             f"{i['repeats']} x {i['steps_per_row']} steps timed per row; bitsandbytes: {i['bitsandbytes']}", "",
+             "| family | method | px | configuration | predicted peak | peak allocated | peak reserved | steps/s "
+             "(median) | spread | speed vs (a) | TFLOP/s | MFU | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         note = r["error"] or ""
         if r["within_budget"] is not None:
             note = "within budget" if r["within_budget"] else "OVER BUDGET"
+        if r["predicted_peak_mb"] and r["peak_mb"]:
+            note += f" (measured/predicted {r['peak_mb'] / r['predicted_peak_mb']:.2f})"
         sps = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else "-"
         speed = f"{r['speed_vs_a']:.2f}x" if r["speed_vs_a"] else "-"
+        spread = f"{r['spread']:.0%}" if r.get("spread") is not None else "-"
+        tflops = f"{r['tflops']:.2f}" if r.get("tflops") is not None else "-"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         lines.append(f"| {r['family']} | {r['method']} | {r['resolution']} | {r['config']} | "
-                     f"{_fmt_mb(r['predicted_peak_mb'])} | {_fmt_mb(r['peak_mb'])} | {sps} | {speed} | {note} |")
+                     f"{_fmt_mb(r['predicted_peak_mb'])} | {_fmt_mb(r['peak_mb'])} | {_fmt_mb(r.get('reserved_mb'))} | "
+                     f"{sps} | {spread} | {speed} | {tflops} | {mfu} | {note.strip()} |")
     return "\n".join(lines)
 
 
@@ -168,12 +200,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (seconds per row)")
     ap.add_argument("--families", type=lambda s: s.split(","), default=["sd15", "sdxl", "flux"])
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default 6; 2 with --tiny)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 20; 4 with --tiny)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of the timed steps (default 3; 1 with --tiny)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     ap.add_argument("--resolution", type=int, default=0, help="override the resolution of every family")
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[8, 12, 16, 24])
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
-    args.steps = args.steps or (2 if args.tiny else 6)
+    args.steps = args.steps or (4 if args.tiny else 20)
+    args.repeats = args.repeats or (1 if args.tiny else 3)
     result = run(args)
     text = table(result)
     print(text)

@@ -115,3 +115,15 @@ def tiny_flux():
     from comfyui_persona.models.build import build_family_model
 
     return build_family_model(CACHE / "models" / "tiny-flux-v1", "flux", "tiny", seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only where torch sees a CUDA device (scripts/test_gpu.sh)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: no CUDA device here (scripts/test_gpu.sh runs these on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -111,3 +111,86 @@ def test_memory_plan_node_runs_in_the_real_server(comfy):
     assert "Memory plan for sd15 lora @ 512px" in text and "budget 4.00 GB" in text
     peak = float(text.split("predicted peak: ")[1].split(" GB")[0])
     assert 1.0 < peak <= 4.0  # the UNet's bf16 weights alone are 1.6 GiB
+
+
+def test_candidates_include_streaming_checkpointing_and_compilation(tmp_path, monkeypatch):
+    """On a CUDA target with Triton every candidate compiles its blocks; a LoRA budget that
+    full checkpointing cannot meet is met by streaming blocks; partial checkpointing appears."""
+    from comfyui_persona.trainers.memory.planner import candidates, leanest, predicted_peak_mb
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
+    cfg = _cfg("sd15", mixed_precision="bf16")
+    assert {c["compile"] for c in candidates(cfg, "cuda", bnb=False, compile_ok=True)} == {"blocks"}
+    assert {c["compile"] for c in candidates(cfg, "cpu", bnb=False, compile_ok=False)} == {"off"}
+    dreambooth = {(c["mixed_precision"], c["full_bf16"], c["fused_backward"])
+                  for c in candidates(_cfg("sd15", method="dreambooth"), "cpu", bnb=False, compile_ok=False)}
+    assert {("no", False, False), ("bf16", False, True), ("bf16", True, True)} <= dreambooth
+    roomy = plan(cfg, 100.0, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    everything = roomy.predicted_peak_mb  # the fastest candidate fits 100 MB
+    cands = candidates(cfg, "cpu", bnb=False, compile_ok=False)
+    lean = leanest(cands)  # fp8 base, every block checkpointed, Adafactor, fused backward
+    stream_all = {**leanest([c for c in cands if c["quantize_base"] == "off"]), "stream_blocks": 12}
+    lean_peak = predicted_peak_mb(cfg, lean, None, "tiny", "cpu")
+    streamed_peak = predicted_peak_mb(cfg, stream_all, None, "tiny", "cpu")
+    assert streamed_peak < lean_peak  # the tiny UNet's weights are most of its memory
+    streamed = plan(cfg, streamed_peak * 1.01, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    assert streamed.switches["stream_blocks"] > 0 and streamed.predicted_peak_mb <= streamed_peak * 1.01
+    tried = plan(cfg, everything * 0.9, "cpu", None, "tiny", bnb=False, compile_ok=False).tried
+    partial = {t["checkpoint_blocks"] for t in tried if t["gradient_checkpointing"]}
+    assert partial - {0}, tried
+
+
+@pytest.mark.parametrize("family, method", [("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")])
+def test_the_planner_never_picks_a_plan_predicted_over_budget(tmp_path, monkeypatch, family, method):
+    """Across budgets from the leanest plan's to no technique's: the plan's prediction fits,
+    and no faster candidate it simulated was predicted to fit."""
+    from comfyui_persona.trainers.memory.planner import speed_of
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
+    cfg = _cfg(family, method=method)
+    for budget in (4.0, 6.0, 9.0, 14.0, 20.0, 40.0):
+        try:
+            p = plan(cfg, budget, "cpu", None, "tiny", bnb=False, compile_ok=False)
+        except PlanError:
+            continue
+        assert p.predicted_peak_mb <= budget, (budget, p.switches)
+        for t in p.tried:
+            if t["predicted_peak_mb"] <= budget:
+                switches = {k: v for k, v in t.items() if k != "predicted_peak_mb"}
+                assert speed_of(switches, 1, p.blocks) <= p.relative_speed + 1e-9, (budget, t, p.switches)
+
+
+def test_a_repeated_plan_is_read_from_the_cache(tmp_path, monkeypatch):
+    """Plans are cached by architecture, config and budget: the second asks for no simulation."""
+    import comfyui_persona.trainers.memory.simulate as simulate
+    from comfyui_persona.trainers.memory import planner
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
+    cfg = _cfg("sdxl", mixed_precision="bf16")
+    first = plan(cfg, 12.0, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    assert (tmp_path / "whole_plans.json").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached plan was simulated again")
+
+    monkeypatch.setattr(simulate, "simulate", refuse)
+    planner._MEMO.clear()
+    again = plan(cfg, 12.0, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    assert again.switches == first.switches and again.predicted_peak_mb == first.predicted_peak_mb
+    with pytest.raises(AssertionError, match="simulated again"):  # another budget is a new plan
+        plan(cfg, 11.0, "cpu", None, "tiny", bnb=False, compile_ok=False)
+
+
+def test_full_fine_tunes_are_simulated_in_every_precision(tmp_path, monkeypatch):
+    from comfyui_persona.trainers.memory.simulate import simulate_peak
+
+    def peak(**fields):
+        return simulate_peak("sd15", TrainConfig(base_model="x", dataset="y", family="sd15", method="dreambooth",
+                                                 resolution=64, **fields), size="tiny")
+
+    fp32, mixed = peak(), peak(mixed_precision="bf16")
+    bf16_weights = peak(mixed_precision="bf16", full_bf16=True)
+    fused = peak(mixed_precision="bf16", full_bf16=True, fused_backward=True, optimizer="adafactor")
+    assert fused < bf16_weights < fp32 and mixed > 0
+    # bf16 weights and gradients: the optimizer step's weights + gradients halve
+    assert bf16_weights < 0.9 * fp32

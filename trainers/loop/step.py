@@ -26,10 +26,10 @@ def add_lora(model, cfg, targets: list[str]) -> None:
     restore_adapter_precision(model)
 
 
-def make_trainable(comps, cfg, device, dtype) -> list[dict]:
+def make_trainable(comps, cfg, device, dtype, recompute_context=None) -> list[dict]:
     """Quantize (optionally), place and cast the frozen denoiser, add what trains, stream
     blocks, switch on checkpointing, the attention kernel and the speed switches. Returns the
-    optimizer's parameter groups."""
+    optimizer's parameter groups. ``recompute_context``: see ``set_gradient_checkpointing``."""
     from ..memory.blocks import checkpoint_first, stream_last
     from ..memory.quantize import quantize_linears
     from ..speed.switches import apply_speed_switches
@@ -68,9 +68,9 @@ def make_trainable(comps, cfg, device, dtype) -> list[dict]:
             raise ValueError(f"checkpoint_blocks: {cfg.checkpoint_blocks} is more than the denoiser's "
                              f"{len(blocks)} repeated blocks")
         memory.set_gradient_checkpointing(model, False)
-        checkpoint_first(blocks, cfg.checkpoint_blocks)
+        checkpoint_first(blocks, cfg.checkpoint_blocks, recompute_context)
     else:
-        memory.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+        memory.set_gradient_checkpointing(model, cfg.gradient_checkpointing, recompute_context)
     if fam.uses_attention_processors:
         memory.set_attention(model, cfg.attention)
     streamer = stream_last(blocks, cfg.stream_blocks, device, model) if streaming else None

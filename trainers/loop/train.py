@@ -14,6 +14,7 @@ The UI stays out: progress, log records, validation results and cancellation go 
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
+from ..speed.utilisation import utilisation
 from ..memory import techniques as memory
 from ..memory.per_tensor import per_tensor_of
 from ..outputs.best import Best, selection_score
@@ -35,6 +37,8 @@ from .finish import finish
 from .resume import resume as restore, trainable_state
 from .setup import Session, setup
 from .step import forward_backward, make_trainable, release_streaming
+
+log = logging.getLogger(__name__)
 
 
 class TrainingStopped(Exception):
@@ -116,6 +120,7 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                                  num_training_steps=cfg.steps)
     prepared = acc.prepare(*trained, optimizer)
     per_tensor = per_tensor_of(optimizer)
+    speed = _speed_reference(s)
     denoiser_ddp, optimizer, te_ddp = prepared[0], prepared[-1], list(prepared[1:-1])
     ema = EMA(trainable_state(comps, cfg), cfg.ema_decay, cfg.ema_every, cfg.ema_on_cpu) if cfg.ema else None
     start_step = restore(s, optimizer, lr_scheduler, ema) if resume else 0
@@ -162,7 +167,7 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             if not math.isfinite(parts_sum["loss"]):
                 raise FloatingPointError(f"loss became {parts_sum['loss']} at step {step}; "
                                          f"lower learning_rate or use bf16 instead of fp16")
-            record = _record(s, step, parts_sum, lr_used, time.perf_counter() - t0, data.classes is not None)
+            record = _record(s, step, parts_sum, lr_used, time.perf_counter() - t0, data.classes is not None, speed)
             result.records.append(record)
             result.first_loss = result.first_loss if result.first_loss is not None else record["loss"]
             result.final_loss = record["loss"]
@@ -191,7 +196,23 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     return result
 
 
-def _record(s: Session, step: int, parts_sum: dict, lr: float, seconds: float, has_classes: bool) -> dict:
+def _speed_reference(s: Session) -> dict:
+    """The model FLOPs of one step and the device's peak, for each log line's utilisation."""
+    from ..speed.utilisation import device_peak, step_flops
+
+    peak, name = device_peak(s.device)
+    try:
+        flops = step_flops(s.cfg, s.cfg.base_model, "real")
+    except (RuntimeError, ValueError, NotImplementedError) as exc:  # a model the counter cannot run
+        log.warning("speed: FLOPs per step not counted (%s); the log has no utilisation", exc)
+        flops = None
+    if flops:
+        log.info("speed: %.3f TFLOP per step; device %s", flops / 1e12, name)
+    return {"flops": flops, "peak": peak, "device": name}
+
+
+def _record(s: Session, step: int, parts_sum: dict, lr: float, seconds: float, has_classes: bool,
+            speed: dict | None = None) -> dict:
     """One log.jsonl line (the mean over processes in data-parallel training)."""
     cfg, acc = s.cfg, s.accelerator
     if acc.num_processes > 1:
@@ -202,7 +223,8 @@ def _record(s: Session, step: int, parts_sum: dict, lr: float, seconds: float, h
             "batch": {"instance": cfg.batch_size, "class": cfg.batch_size if has_classes else 0},
             "lr": lr, "peak_memory_mb": round(memory.peak_memory_mb(s.device), 1),
             "step_seconds": round(seconds, 4), "processes": acc.num_processes,
-            "samples_per_s": round(cfg.batch_size * cfg.gradient_accumulation * acc.num_processes / seconds, 3)}
+            "samples_per_s": round(cfg.batch_size * cfg.gradient_accumulation * acc.num_processes / seconds, 3),
+            **utilisation((speed or {}).get("flops"), seconds, (speed or {}).get("peak"))}
 
 
 def _validate(s: Session, data: TrainingData, step: int, cb: Callbacks, best: Best, result: TrainResult,

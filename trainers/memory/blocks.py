@@ -27,6 +27,7 @@ for LoRA training on an unquantized base.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import types
@@ -41,9 +42,12 @@ log = logging.getLogger(__name__)
 
 # --- selective checkpointing -----------------------------------------------------------------
 
-def checkpoint_first(blocks: list[torch.nn.Module], n: int) -> list[torch.nn.Module]:
-    """Recompute the first ``n`` of ``blocks`` in backward (non-reentrant checkpointing).
+def checkpoint_first(blocks: list[torch.nn.Module], n: int, recompute_context=None) -> list[torch.nn.Module]:
+    """Recompute the first ``n`` of ``blocks`` in backward (non-reentrant checkpointing;
+    ``recompute_context``: a context manager factory entered around each recomputation).
     Returns the wrapped blocks; :func:`uncheckpoint` undoes it."""
+    extra = {} if recompute_context is None else {
+        "context_fn": lambda: (contextlib.nullcontext(), recompute_context())}
     wrapped = []
     for block in blocks[:n]:
         if getattr(block, "_persona_checkpointed", False):
@@ -53,7 +57,7 @@ def checkpoint_first(blocks: list[torch.nn.Module], n: int) -> list[torch.nn.Mod
         @functools.wraps(original)
         def forward(*args, _original=original, **kwargs):
             if torch.is_grad_enabled():
-                return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                return checkpoint(_original, *args, use_reentrant=False, **extra, **kwargs)
             return _original(*args, **kwargs)
 
         block.forward = forward
@@ -158,6 +162,9 @@ class BlockStreamer:
             gb = sum(t.numel() * t.element_size() for t in self._host.values()) / 2 ** 30
             log.info("stream_blocks: %d blocks, %.2f GB of frozen weights in %s memory, streamed to %s",
                      len(self.blocks), gb, "pinned CPU" if cuda else "host", self.device)
+
+    def host_tensors(self) -> list[torch.Tensor]:
+        return list(self._host.values())
 
     def _placeholder(self, p: torch.Tensor) -> torch.Tensor:
         return torch.empty(0, dtype=p.dtype, device=self.device)

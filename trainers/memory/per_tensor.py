@@ -75,15 +75,18 @@ class PerTensorOptimizer(torch.optim.Optimizer):
                 if fused:
                     self._hooks.append(p.register_post_accumulate_grad_hook(self._on_gradient))
         if stochastic_rounding:
-            self._generator = torch.Generator(self._order[0].device if self._order else "cpu").manual_seed(seed)
+            device = self._order[0].device if self._order else torch.device("cpu")
+            if device.type != "meta":  # the simulation rounds nothing
+                self._generator = torch.Generator(device).manual_seed(seed)
 
     # -- stepping -------------------------------------------------------------------------
     def _on_gradient(self, p: torch.nn.Parameter) -> None:
         if self.armed:
-            self._step_one(p)
+            self.step_tensor(p)
 
     @torch.no_grad()
-    def _step_one(self, p: torch.nn.Parameter) -> None:
+    def step_tensor(self, p: torch.nn.Parameter) -> None:
+        """Step ``p`` with its gradient and free the gradient."""
         if p.grad is None:
             return
         inner, group, proxy = self._inner[p]
@@ -111,7 +114,7 @@ class PerTensorOptimizer(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         if not self.fused:
             for p in self._order:
-                self._step_one(p)
+                self.step_tensor(p)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -9,6 +9,7 @@ is the planner's prediction, at no memory and little time even for FLUX's 12B pa
 """
 from __future__ import annotations
 
+import statistics
 import time
 import weakref
 from contextlib import nullcontext
@@ -16,7 +17,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from . import techniques as memory
 from ...models.families import get_family
@@ -44,6 +46,10 @@ class LiveTensorMeter(TorchDispatchMode):
 
     def _free(self, key: int) -> None:
         self.live -= self._sizes.pop(key, 0)
+
+    def forget(self, tensor: torch.Tensor) -> None:
+        """Stop counting ``tensor``'s storage (it lives in another memory)."""
+        self._free(id(tensor.untyped_storage()))
 
     def add_module(self, module: torch.nn.Module | None) -> None:
         if module is None:
@@ -139,21 +145,106 @@ def _pack_linears(module, bits):
             _pack_linears(child, bits)
 
 
+class MetaAutocast(TorchFunctionMode):
+    """Autocast's memory on ``meta`` tensors, where ``torch.autocast`` does not run: the inputs
+    of matrix products and convolutions are cast to ``dtype``, each trained fp32 weight once per
+    forward (autocast's cast cache; the copies stay alive while backward needs them).
+    Recomputation inside backward (gradient checkpointing) runs uncast, so a checkpointed half-
+    precision prediction errs high, never low."""
+
+    _LOW = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.addmm, torch.mm,
+            torch.Tensor.__matmul__, torch.Tensor.matmul, torch.einsum}
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __enter__(self):
+        self._cache = {}
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._cache = {}
+        return super().__exit__(*exc)
+
+    def _cast(self, t):
+        if not (isinstance(t, torch.Tensor) and t.dtype == torch.float32):
+            return t
+        if t.is_leaf and t.requires_grad:
+            if id(t) not in self._cache:
+                self._cache[id(t)] = t.to(self.dtype)
+            return self._cache[id(t)]
+        return t.to(self.dtype)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._LOW:
+            args, kwargs = tree_map(self._cast, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+class _Meta8bitAdamW(torch.optim.Optimizer):
+    """bitsandbytes' 8-bit AdamW on ``meta``: two one-byte states per weight, made at the first
+    step as bitsandbytes makes them (bitsandbytes layers and optimizers cannot live on meta)."""
+
+    def __init__(self, groups, lr):
+        super().__init__(groups, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if "state" not in self.state[p]:
+                    self.state[p]["state"] = torch.empty(2 * p.numel(), dtype=torch.uint8, device=p.device)
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def _meta_optimizer(cfg):
+    """What a plain optimizer keeps on a GPU, on ``meta``: AdamW in its multi-tensor (foreach)
+    form, as PyTorch picks it for CUDA tensors (its temporaries are as large as all the trained
+    weights at once; on meta PyTorch would pick the one-tensor form), 8-bit AdamW's states."""
+    def make(groups):
+        if cfg.optimizer == "adamw8bit":
+            return _Meta8bitAdamW(groups, cfg.learning_rate)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, foreach=True)
+        return memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+    return make
+
+
+def _prime_optimizer(optimizer, groups, cfg) -> None:
+    """The optimizer's states as a first step leaves them, through that step's own peak: every
+    gradient present at once for a plain step, one at a time for a fused backward pass."""
+    from .per_tensor import per_tensor_of
+
+    params = [p for g in groups for p in g["params"]]
+    fused = per_tensor_of(optimizer)
+    if fused is not None and fused.fused:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+            fused.step_tensor(p)
+        return
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+
+
 def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None = None,
-              seed: int = 0) -> dict:
+              seed: int = 0, prime: bool = False, fused_attention: bool = True, warmup: int = 1) -> dict:
     """Train ``steps`` optimizer steps on random latents and zero conditioning with the memory
     switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
-    (the meter's, or CUDA's allocator peak) and seconds per step after the first."""
+    (the meter's, or CUDA's allocator peak; CUDA's reserved peak too), the median seconds per
+    step after ``warmup`` steps, and those steps' times."""
     device = torch.device(device)
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
     meta = device.type == "meta"
-    if meta and cfg.method != "lora" and dtype != torch.float32:
-        raise NotImplementedError(
-            "memory simulation: a full fine-tune in half precision runs under autocast, which has no "
-            "meta-device implementation; full fine-tunes are planned in fp32")
     meter_ctx = meter if meter is not None else nullcontext()
-    attention_ctx = FusedAttentionOnMeta() if meta else nullcontext()
+    attention_ctx = FusedAttentionOnMeta() if meta and fused_attention else nullcontext()
     resident = [comps.denoiser]
     if cfg.cache_latents == "off" or cfg.identity_loss_weight > 0:
         resident.append(comps.vae)
@@ -171,30 +262,38 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
             _pack_linears(comps.denoiser, 4 if cfg.quantize_base == "nf4" else 8)
             cfg = cfg.model_copy(update={"quantize_base": "off"})
         memory.place_frozen(resident[1:], device, dtype)
-        groups = make_trainable(comps, cfg, device, dtype)
+        half_meta = meta and dtype != torch.float32
+        groups = make_trainable(comps, cfg, device, dtype,
+                                (lambda: MetaAutocast(dtype)) if half_meta else None)
         ema = None
         if cfg.ema and not cfg.ema_on_cpu:  # the fp32 shadow of every trained tensor
             ema = EMA({str(i): p for i, p in enumerate(p for g in groups for p in g["params"])}, cfg.ema_decay)
         if meter is not None:
             for m in resident:
                 meter.add_module(m)
+            streamer = getattr(comps.denoiser, "_persona_streamer", None)
+            for t in (streamer.host_tensors() if streamer is not None else []):
+                meter.forget(t)  # streamed weights live in CPU memory
             meter.reset_peak()  # the loop prepares (quantizes) the base before it reaches the GPU
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        if meta and cfg.optimizer == "adamw8bit":  # two uint8 states per parameter, no bnb on meta
-            optimizer = torch.optim.SGD(groups, lr=cfg.learning_rate)
-            for g in groups:
-                for p in g["params"]:
-                    state = torch.empty(2 * p.numel(), dtype=torch.uint8, device=device)
-                    optimizer.state[p]["sim"] = state
-                    if meter is not None:
-                        meter.add(state)
+        if meta:
+            optimizer = memory.build_optimizer(groups, cfg, device, make=_meta_optimizer(cfg))
         else:
-            optimizer = memory.make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+            optimizer = memory.build_optimizer(groups, cfg, device)
+        if prime:  # one measured step then sees the states a second step would
+            _prime_optimizer(optimizer, groups, cfg)
+            if ema is not None:
+                ema.update(1)
         comps.denoiser.train()
-        autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "cpu")
-                    and dtype != torch.float32 else nullcontext())
+        if dtype == torch.float32:
+            autocast = nullcontext()
+        elif meta:
+            autocast = MetaAutocast(dtype)
+        else:
+            autocast = torch.autocast(device.type, dtype=dtype)
         times = []
+        loss = None
         shape = fam.latent_shape(comps, cfg.resolution)
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -215,13 +314,14 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                 add = None
                 if extra is not None and cfg.train_text_encoder:  # the encoders' graph joins the loss
                     add = lambda p, loss, parts, e=extra: (loss + 0 * e, parts)  # noqa: E731
-                forward_backward(comps, comps.denoiser, latents, cond, gen, cfg, dtype, autocast,
-                                 cfg.gradient_accumulation, add)
+                loss, _ = forward_backward(comps, comps.denoiser, latents, cond, gen, cfg, dtype, autocast,
+                                           cfg.gradient_accumulation, add)
                 del latents, cond, extra
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
-            if ema is not None:
-                ema.update(1)
+            if not (prime and meta):  # primed: that step's peak is already counted
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
+                if ema is not None:
+                    ema.update(1)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -231,17 +331,43 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = 0
-    later = times[1:] or times
-    return {"peak_bytes": int(peak), "seconds_per_step": sum(later) / len(later), "steps": steps}
+    later = times[warmup:] or times
+    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
+    last = float(loss) if steps and not meta else None  # the one host sync, after the steps
+    return {"peak_bytes": int(peak), "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
+            "step_seconds": later, "steps": steps, "loss": last}
 
 
-def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "real") -> int:
-    """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run."""
+_ARCHITECTURES: dict[tuple, object] = {}
+
+
+def architecture(family: str, base_model: str | None = None, size: str = "real"):
+    """The meta-device components of a model (built once per process; copy before changing)."""
     from ...models.architectures import meta_components
+
+    key = (family, str(base_model), size)
+    if key not in _ARCHITECTURES:
+        _ARCHITECTURES[key] = meta_components(family, base_model, size)
+    return _ARCHITECTURES[key]
+
+
+def simulate(family: str, cfg, base_model: str | None = None, size: str = "real") -> dict:
+    """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run (one step
+    after the optimizer's states are made as a step makes them, on a copy of the
+    architecture), and the number of trained parameters: ``{"peak_bytes", "trainable"}``."""
+    import copy
 
     # hosts may call this under inference mode / no_grad (ComfyUI runs nodes so): a training
     # step needs autograd
     with torch.inference_mode(False), torch.enable_grad():
-        comps = meta_components(family, base_model, size)
+        comps = copy.deepcopy(architecture(family, base_model, size))
         meter = LiveTensorMeter()
-        return run_steps(comps, cfg, "meta", steps=2, meter=meter)["peak_bytes"]
+        out = run_steps(comps, cfg, "meta", steps=1, meter=meter, prime=True)
+        trainable = sum(p.numel() for m in [comps.denoiser, *comps.text_encoders] if m is not None
+                        for p in m.parameters() if p.requires_grad)
+        return {"peak_bytes": out["peak_bytes"], "trainable": trainable}
+
+
+def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "real") -> int:
+    """Predicted peak bytes of training ``cfg`` on a GPU (see :func:`simulate`)."""
+    return simulate(family, cfg, base_model, size)["peak_bytes"]

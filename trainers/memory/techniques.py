@@ -1,6 +1,7 @@
 """Memory techniques as small named functions, each switchable from TrainConfig."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -56,9 +57,19 @@ def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def set_gradient_checkpointing(unet, enabled: bool) -> None:
+def set_gradient_checkpointing(unet, enabled: bool, recompute_context=None) -> None:
+    """Diffusers' checkpointing of every block; ``recompute_context``: a context manager
+    factory entered around each recomputation (the simulation's autocast)."""
     if enabled:
-        unet.enable_gradient_checkpointing()
+        if recompute_context is None:
+            unet.enable_gradient_checkpointing()
+        else:
+            import functools
+
+            from torch.utils.checkpoint import checkpoint
+
+            unet.enable_gradient_checkpointing(functools.partial(
+                checkpoint, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recompute_context())))
     elif getattr(unet, "is_gradient_checkpointing", False):
         unet.disable_gradient_checkpointing()
 

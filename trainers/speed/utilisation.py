@@ -1,0 +1,82 @@
+"""Speed as model-FLOPs utilisation (MFU): the FLOPs of one optimizer step over the time it
+took and the device's peak.
+
+- **FLOPs per step** are counted by ``torch.utils.flop_counter.FlopCounterMode`` over the
+  trainer's own step (``simulate.run_steps``: forward, backward, every micro-step) on the
+  ``meta`` device, with gradient checkpointing and streaming off: model FLOPs, not the
+  recomputation checkpointing adds, so a configuration that recomputes shows as less
+  utilised. Counted once per architecture and config, in seconds, without the GPU.
+- **The peak** is the device's dense bf16 tensor-core FLOP/s from its data sheet
+  (:data:`PEAK_BF16_TFLOPS`, matched on the CUDA device name), named in every report;
+  ``PERSONA_PEAK_TFLOPS`` sets it for other devices. A CPU has no such figure: there the
+  achieved TFLOP/s are reported and MFU is left empty.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PEAK_BF16_TFLOPS = {  # dense (no sparsity), from the vendors' data sheets
+    "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.5,
+    "H100": 756.5, "A100": 312.0, "L40S": 362.05, "L4": 121.0, "RTX 4090": 165.2, "RTX 3090": 71.0,
+}
+PEAK_ENV = "PERSONA_PEAK_TFLOPS"
+
+
+def device_peak(device) -> tuple[float | None, str]:
+    """(peak bf16 FLOP/s or None, the device's name and where the figure comes from)."""
+    device = torch.device(device)
+    if os.environ.get(PEAK_ENV):
+        tflops = float(os.environ[PEAK_ENV])
+        return tflops * 1e12, f"{_name(device)} ({tflops:g} TFLOP/s from {PEAK_ENV})"
+    name = _name(device)
+    if device.type == "cuda":
+        for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # the most specific match
+            if key.lower() in name.lower():
+                return PEAK_BF16_TFLOPS[key] * 1e12, f"{name} ({PEAK_BF16_TFLOPS[key]:g} TFLOP/s dense bf16)"
+    return None, f"{name} (peak unknown: set {PEAK_ENV})"
+
+
+def _name(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+
+
+_FLOPS: dict[str, float] = {}
+
+
+def step_flops(cfg, base_model: str | None = None, size: str = "real") -> float:
+    """Model FLOPs of one optimizer step of ``cfg`` (see the module's text)."""
+    import copy
+    import json
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..memory.simulate import architecture, run_steps
+
+    counted = cfg.model_copy(update={"gradient_checkpointing": False, "checkpoint_blocks": 0, "stream_blocks": 0,
+                                     "compile": "off", "cuda_graphs": False, "fused_optimizer": False})
+    key = json.dumps([cfg.family, str(base_model), size, counted.digest()])
+    if key not in _FLOPS:
+        with torch.inference_mode(False), torch.enable_grad():
+            comps = copy.deepcopy(architecture(cfg.family, base_model, size))
+            counter = FlopCounterMode(display=False)
+            with counter:
+                run_steps(comps, counted, "meta", steps=1, fused_attention=False)
+        _FLOPS[key] = float(counter.get_total_flops())
+    return _FLOPS[key]
+
+
+def utilisation(flops: float | None, seconds: float, peak: float | None) -> dict:
+    """The log fields: achieved TFLOP/s and MFU (None where a figure is missing)."""
+    if not flops or seconds <= 0:
+        return {"tflops": None, "mfu": None}
+    achieved = flops / seconds
+    return {"tflops": round(achieved / 1e12, 4), "mfu": round(achieved / peak, 4) if peak else None}
