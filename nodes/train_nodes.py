@@ -18,7 +18,8 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
            "prior_loss_weight", "snr_gamma", "seed", "checkpoint_every"]
 # optional inputs, after the required ones so that saved workflows keep their widget values
 _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", "ema", "ema_decay",
-         "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every"]
+         "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every", "checkpoint_blocks", "fused_backward",
+         "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last"]
 NONE = "(none)"
 # the separate files of a single-file FLUX base: TrainConfig field -> ComfyUI folder
 SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU lane: the `gpu`-marked tests (real-size SD1.5, SDXL and FLUX with random weights:
 # every benchmark configuration and every plan for 8/12/16/24 GB, FLUX's former crash cases,
-# streaming, the fused backward pass and compiled blocks), then the training benchmark, whose
+# streaming, the fused backward pass and compiled blocks), then FLUX's attention on each SDPA
+# backend (bench/flux_attention_backends.py) and the training benchmark, whose
 # table goes to test-artifacts/gpu/benchmark.md (paste it into docs/benchmarks.md).
 #
 # Uses the machine's own CUDA build of torch: the virtual environment (.venv-gpu) sees the
@@ -33,5 +34,6 @@ mkdir -p "$OUT"
 status=0
 "$VENV/bin/python" -m pytest -c tests/pytest.ini --rootdir tests tests/test_gpu_lane.py tests/test_fused_backward.py \
   tests/test_block_streaming.py -m gpu -v -p no:cacheprovider --junitxml "$OUT/gpu-tests.xml" "$@" || status=$?
+"$VENV/bin/python" bench/flux_attention_backends.py | tee "$OUT/flux_attention_backends.md" || status=$?
 "$VENV/bin/python" bench/train_memory.py --json "$OUT/benchmark.json" | tee "$OUT/benchmark.md" || status=$?
 exit $status
