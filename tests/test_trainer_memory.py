@@ -56,6 +56,9 @@ def test_gradient_checkpointing_saves_fewer_activations(tiny_model):
     {"cache_text_embeddings": False},
     {"vae_slicing": False, "vae_tiling": True},
     {"grad_set_to_none": False},
+    {"fused_optimizer": True},
+    {"channels_last": True},
+    {"compile": "blocks", "cuda_graphs": True},  # no CUDA here: eager, with a log line
 ], ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_switch_keeps_the_loss(tiny_model, face_dataset, tmp_path, baseline, fields):
     result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", **fields))
@@ -171,3 +174,26 @@ def test_vae_slicing_and_tiling_switches(tiny_model):
     assert torch.allclose(whole, sliced, atol=1e-5)
     memory.configure_vae(vae, slicing=False, tiling=True)
     assert vae.use_tiling and not vae.use_slicing
+
+
+def test_speed_switches_fall_back_with_a_log_line_where_unsupported(tiny_model, face_dataset, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=1, compile="blocks", cuda_graphs=True))
+    text = caplog.text
+    assert "compile: compile needs a CUDA device (this run is on cpu); the blocks run eagerly (and without CUDA " \
+           "graphs)" in text
+
+
+def test_the_loss_is_read_only_on_logged_steps(tiny_model, face_dataset, tmp_path):
+    """log_every 3 over 7 steps: lines for steps 1, 3, 6 and 7, each with the mean step time
+    since the line before, samples/s and the step's FLOPs over that time."""
+    import json
+
+    result = train(tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=7, log_every=3))
+    assert [r["step"] for r in result.records] == [1, 3, 6, 7]
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert [l["step"] for l in lines] == [1, 3, 6, 7]
+    for line in lines:
+        assert line["step_seconds"] > 0 and line["tflops"] > 0 and line["mfu"] is None  # a CPU has no named peak

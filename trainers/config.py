@@ -163,7 +163,8 @@ class TrainConfig(JobConfig):
                                           description="Fixed validation prompts.")
     validation_seeds: list[int] = Field(default_factory=lambda: [0], description="Fixed validation seeds.")
     validation_steps: int = Field(20, ge=1, le=500, description="Sampling steps of validation images.")
-    log_every: int = Field(1, ge=1, description="Write a log.jsonl line every N steps.")
+    log_every: int = Field(1, ge=1, description="Write a log.jsonl line every N steps (and the first and last); the "
+                           "loss is read from the device only then, so the steps between run without a host sync.")
 
     _resolution = field_validator("resolution")(classmethod(lambda cls, v: divisible_by_8(v)))
 

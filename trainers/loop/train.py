@@ -137,9 +137,10 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     if best.step is not None and (best.folder / "lora.safetensors").is_file():
         result.best_step, result.best_path = best.step, best.folder / "lora.safetensors"
     try:
+        since, t_since = start_step, time.perf_counter()
         for step in range(start_step + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            parts_sum: dict[str, float] = {}
+            # the loss stays on the device until a logged step reads it: no host sync in between
+            parts_sum: dict[str, torch.Tensor] = {}
             for micro in range(cfg.gradient_accumulation):
                 gen = _step_generator(cfg.seed, step, micro, s.rank)
                 torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
@@ -153,9 +154,9 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                                                    acc.autocast(), cfg.gradient_accumulation,
                                                    _identity_term(s, data, step, b.group), acc.backward,
                                                    b.pixel_weight, b.image_weight)
-                parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / cfg.gradient_accumulation
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v.item() / cfg.gradient_accumulation
+                for k, v in {"loss": loss, **parts}.items():
+                    v = v.float() / cfg.gradient_accumulation
+                    parts_sum[k] = parts_sum[k] + v if k in parts_sum else v
             if cfg.max_grad_norm > 0 and not cfg.fused_backward:  # fused: clipped per tensor in backward
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
             lr_used = lr_scheduler.get_last_lr()[0]
@@ -164,22 +165,26 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
             optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
             if ema is not None:
                 ema.update(step)
-            if not math.isfinite(parts_sum["loss"]):
-                raise FloatingPointError(f"loss became {parts_sum['loss']} at step {step}; "
-                                         f"lower learning_rate or use bf16 instead of fp16")
-            record = _record(s, step, parts_sum, lr_used, time.perf_counter() - t0, data.classes is not None, speed)
-            result.records.append(record)
-            result.first_loss = result.first_loss if result.first_loss is not None else record["loss"]
-            result.final_loss = record["loss"]
             result.steps_done = step
             last = step == cfg.steps
-            if s.main:
-                if step % cfg.log_every == 0 or last:
+            if step % cfg.log_every == 0 or last or step == start_step + 1:
+                values = {k: v.item() for k, v in parts_sum.items()}  # the host waits for the device here
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(f"loss became {values['loss']} at step {step}; "
+                                             f"lower learning_rate or use bf16 instead of fp16")
+                now = time.perf_counter()
+                record = _record(s, step, values, lr_used, (now - t_since) / (step - since),
+                                 data.classes is not None, speed)
+                since, t_since = step, now
+                result.records.append(record)
+                result.first_loss = result.first_loss if result.first_loss is not None else record["loss"]
+                result.final_loss = record["loss"]
+                if s.main:
                     append_log(s.run_dir, record)
-                if cb.on_log:
-                    cb.on_log(record)
-                if cb.on_progress:
-                    cb.on_progress(step, cfg.steps)
+                    if cb.on_log:
+                        cb.on_log(record)
+            if s.main and cb.on_progress:
+                cb.on_progress(step, cfg.steps)
             stopping = bool(cb.should_stop and cb.should_stop())
             if s.main and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or stopping):
                 save_checkpoint(s.run_dir, step, trainable_state(comps, cfg), optimizer, lr_scheduler,
