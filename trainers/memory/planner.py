@@ -29,8 +29,9 @@ streaming is simulated, then (when it does not fit) all blocks checkpointed, and
 checkpointed blocks that fit are found by interpolating between the two (the blocks with the
 largest activations come first, so the interpolation is conservative) and confirmed by a
 simulation; a LoRA that does not fit even so streams blocks on top, found the same way. The search stops when no remaining candidate can be faster than the best plan
-found, or after :data:`MAX_SIMULATIONS` (the best found so far, or the leanest, is the
-plan: a bounded search, deterministic). A candidate that cannot fit even with everything checkpointed rules out every
+found, or after :data:`MAX_SIMULATIONS` new simulations (then the faster of the best found
+and the leanest plan is the plan: a bounded search, deterministic for a given cache); a
+checkpointing plan is last compared with the leanest plan without checkpointing. A candidate that cannot fit even with everything checkpointed rules out every
 candidate that keeps at least as much. Every predicted peak is memoised (per architecture,
 config and switches, on disk), and so is every finished plan (per architecture, config,
 budget and what the machine offers): a repeated plan costs a file read.
@@ -69,7 +70,7 @@ MEASURED = ("mixed_precision", "checkpoint_all")
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 VERSION = 3
-MAX_SIMULATIONS = 4  # after the leanest plan: a first SDXL or FLUX plan in under 30 s on 2 CPU cores
+MAX_SIMULATIONS = 5  # new ones, after the leanest plan: a first SDXL or FLUX plan in about 30 s on 2 CPU cores
 
 
 class PlanError(ConfigError):
@@ -317,10 +318,14 @@ class _Search:
         self.cfg, self.budget, self.device, self.base_model, self.size = cfg, budget_mb, device, base_model, size
         self.total = cfg.batch_size * cfg.gradient_accumulation
         self.tried: list[dict] = []
+        self.simulations = 0  # new ones: a peak memoised by an earlier plan costs nothing
         self.trainable = 0
         self.blocks = repeated_block_count(cfg.family, base_model, size)
 
     def peak(self, c: dict) -> float:
+        key = _key(self.cfg, _arch_id(self.cfg.family, self.base_model, self.size), _switch_key(c))
+        if key not in _MEMO and key not in _read_json(_cache_file()):
+            self.simulations += 1
         p = predicted_peak_mb(self.cfg, c, self.base_model, self.size, self.device)
         self.trainable = _simulated(self.cfg, c, self.base_model, self.size)["trainable"]
         self.tried.append({**c, "predicted_peak_mb": round(p, 1)})
@@ -330,7 +335,10 @@ class _Search:
         """An upper bound on the speed of any variant of ``c`` from an evaluated candidate that
         differs only in per-parameter switches (optimizer, fused backward, bf16 weights): its
         peaks less at most what ``c`` saves per trained parameter. None: no such candidate."""
-        same = ("mixed_precision", "quantize_base", "batch_size")
+        # a full fine-tune's peak is its optimizer step (weights, gradients, states), whatever
+        # the compute precision; a LoRA's is its activations, which the precision changes
+        same = ("quantize_base", "batch_size") if self.cfg.method != "lora" else \
+            ("mixed_precision", "quantize_base", "batch_size")
         for r, p0, p_all in evaluated:
             if any(r[k] != c[k] for k in same):
                 continue
@@ -366,7 +374,7 @@ class _Search:
         return self._with(c, kind, n_max), hi_peak
 
     def spent(self) -> bool:
-        return len(self.tried) > MAX_SIMULATIONS
+        return self.simulations > MAX_SIMULATIONS
 
     def _with(self, c: dict, kind: str, n: int) -> dict:
         if kind == "checkpoint":
@@ -448,8 +456,13 @@ def _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> Plan:
         for option in options:
             if best is None or s.speed(option[0]) > s.speed(best[0]):
                 best = option
-    if best is None:  # only the leanest fits
+    if best is None or s.speed(lean) > s.speed(best[0]):  # the bounded search found nothing faster
         best = (lean, lean_peak)
+    light = {**lean, "gradient_checkpointing": False, "checkpoint_blocks": 0}  # the lightest, recomputing nothing
+    if best[0].get("gradient_checkpointing") and s.speed(light) > s.speed(best[0]):
+        p_light = s.peak(light)
+        if p_light <= budget_mb:
+            best = (light, p_light)
     switches, peak = best
     return Plan(cfg.family, cfg.method, cfg.resolution, s.total, budget_mb, switches, peak, s.speed(switches),
                 s.tried, s.blocks)
