@@ -27,7 +27,6 @@ for LoRA training on an unquantized base.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import types
@@ -35,7 +34,8 @@ import types
 import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten
-from torch.utils.checkpoint import checkpoint
+
+from .techniques import checkpoint_function
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,9 @@ log = logging.getLogger(__name__)
 # --- selective checkpointing -----------------------------------------------------------------
 
 def checkpoint_first(blocks: list[torch.nn.Module], n: int, recompute_context=None) -> list[torch.nn.Module]:
-    """Recompute the first ``n`` of ``blocks`` in backward (non-reentrant checkpointing;
-    ``recompute_context``: a context manager factory entered around each recomputation).
-    Returns the wrapped blocks; :func:`uncheckpoint` undoes it."""
-    extra = {} if recompute_context is None else {
-        "context_fn": lambda: (contextlib.nullcontext(), recompute_context())}
+    """Recompute the first ``n`` of ``blocks`` in backward (``recompute_context``: see
+    ``techniques.checkpoint_function``). Returns the wrapped blocks."""
+    run = checkpoint_function(recompute_context)
     wrapped = []
     for block in blocks[:n]:
         if getattr(block, "_persona_checkpointed", False):
@@ -57,20 +55,13 @@ def checkpoint_first(blocks: list[torch.nn.Module], n: int, recompute_context=No
         @functools.wraps(original)
         def forward(*args, _original=original, **kwargs):
             if torch.is_grad_enabled():
-                return checkpoint(_original, *args, use_reentrant=False, **extra, **kwargs)
+                return run(_original, *args, **kwargs)
             return _original(*args, **kwargs)
 
         block.forward = forward
         block._persona_checkpointed = True
         wrapped.append(block)
     return wrapped
-
-
-def uncheckpoint(blocks: list[torch.nn.Module]) -> None:
-    for block in blocks:
-        if getattr(block, "_persona_checkpointed", False):
-            del block.forward
-            del block._persona_checkpointed
 
 
 # --- block streaming -------------------------------------------------------------------------
@@ -106,10 +97,11 @@ class _StreamedConv2d(torch.autograd.Function):
 
 
 def _streamed_forward(self, x):
-    fn = _StreamedConv2d if isinstance(self, torch.nn.Conv2d) else _StreamedLinear
+    """A streamed layer's forward: through the custom function when autograd records, else
+    the layer's own forward (no graph keeps the weight)."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return fn.apply(x, self)
-    return fn.forward(types.SimpleNamespace(), x, self)  # no graph: a plain call
+        return (_StreamedConv2d if isinstance(self, torch.nn.Conv2d) else _StreamedLinear).apply(x, self)
+    return type(self).forward(self, x)
 
 
 def _frozen_layers(block: torch.nn.Module) -> list[torch.nn.Module]:

@@ -66,7 +66,6 @@ SPEED = {
     "compile": {"off": 1.0, "blocks": 1.3},
     "fused_optimizer": {False: 1.0, True: 1.03},
 }
-MEASURED = ("mixed_precision", "checkpoint_all")
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 VERSION = 3
@@ -279,11 +278,13 @@ def _switch_key(switches: dict) -> dict:
     return {k: v for k, v in switches.items() if k not in ("compile", "fused_optimizer", "cuda_graphs")}
 
 
-def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> dict:
-    """``{"peak_mb", "trainable"}`` of the simulation, memoised in memory and on disk."""
+def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[dict, bool]:
+    """(``{"peak_mb", "trainable"}`` of the simulation, whether it had to run now): memoised
+    in memory and on disk."""
     from .simulate import simulate
 
     key = _key(cfg, _arch_id(cfg.family, base_model, size), _switch_key(switches))
+    fresh = False
     if key not in _MEMO:
         cache = _cache_file()
         stored = _read_json(cache)
@@ -294,14 +295,15 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> dict:
             out = simulate(cfg.family, type(cfg)(**data), base_model, size)
             stored[key] = {"peak_mb": out["peak_bytes"] / 2 ** 20, "trainable": out["trainable"]}
             _write_json(cache, stored)
+            fresh = True
         _MEMO[key] = stored[key]
-    return _MEMO[key]
+    return _MEMO[key], fresh
 
 
 def predicted_peak_mb(cfg, switches: dict, base_model: str | None = None, size: str = "real",
                       device="cuda") -> float:
     """Predicted peak (MiB) of ``cfg`` with ``switches``, calibrated for the target device."""
-    return calibrate(_simulated(cfg, switches, base_model, size)["peak_mb"], _cuda_target(device, size, base_model))
+    return calibrate(_simulated(cfg, switches, base_model, size)[0]["peak_mb"], _cuda_target(device, size, base_model))
 
 
 def repeated_block_count(family: str, base_model: str | None, size: str) -> int:
@@ -323,11 +325,10 @@ class _Search:
         self.blocks = repeated_block_count(cfg.family, base_model, size)
 
     def peak(self, c: dict) -> float:
-        key = _key(self.cfg, _arch_id(self.cfg.family, self.base_model, self.size), _switch_key(c))
-        if key not in _MEMO and key not in _read_json(_cache_file()):
-            self.simulations += 1
-        p = predicted_peak_mb(self.cfg, c, self.base_model, self.size, self.device)
-        self.trainable = _simulated(self.cfg, c, self.base_model, self.size)["trainable"]
+        result, fresh = _simulated(self.cfg, c, self.base_model, self.size)
+        self.simulations += fresh
+        self.trainable = result["trainable"]
+        p = calibrate(result["peak_mb"], _cuda_target(self.device, self.size, self.base_model))
         self.tried.append({**c, "predicted_peak_mb": round(p, 1)})
         return p
 

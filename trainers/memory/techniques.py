@@ -57,19 +57,24 @@ def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def checkpoint_function(recompute_context=None):
+    """Non-reentrant ``torch.utils.checkpoint.checkpoint``; ``recompute_context``: a context
+    manager factory entered around each recomputation (the simulation's autocast)."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    extra = {} if recompute_context is None else {
+        "context_fn": lambda: (contextlib.nullcontext(), recompute_context())}
+    return functools.partial(checkpoint, use_reentrant=False, **extra)
+
+
 def set_gradient_checkpointing(unet, enabled: bool, recompute_context=None) -> None:
-    """Diffusers' checkpointing of every block; ``recompute_context``: a context manager
-    factory entered around each recomputation (the simulation's autocast)."""
+    """Diffusers' checkpointing of every block (``recompute_context``: see
+    :func:`checkpoint_function`)."""
     if enabled:
-        if recompute_context is None:
-            unet.enable_gradient_checkpointing()
-        else:
-            import functools
-
-            from torch.utils.checkpoint import checkpoint
-
-            unet.enable_gradient_checkpointing(functools.partial(
-                checkpoint, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recompute_context())))
+        unet.enable_gradient_checkpointing(None if recompute_context is None
+                                           else checkpoint_function(recompute_context))
     elif getattr(unet, "is_gradient_checkpointing", False):
         unet.disable_gradient_checkpointing()
 
