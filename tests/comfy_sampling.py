@@ -1,0 +1,175 @@
+"""Sample a denoiser with ComfyUI's own code, in a process of its own (run with the test
+Python, the ComfyUI root on ``sys.path``): ``python comfy_sampling.py request.json``.
+
+What runs is ComfyUI's: its UNet / FLUX implementation, its model sampling (prediction type,
+noise schedule, timestep scaling, FLUX's shift through its ModelSamplingFlux node), its SDXL
+size conditioning, its KSampler, and its LoRA loader (``load_lora_for_models``). ComfyUI
+detects only the published model sizes, so the request tells it the test size where its code
+fixes a published value: the attention heads and rotary axes, the GroupNorm group count, the
+width of SDXL's size embedding, the VAE's latent scale. The weights must load with no key
+missing or left over, and every LoRA key must be applied.
+
+Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux), ``denoiser`` (safetensors:
+LDM UNet keys, a single-file checkpoint, or FLUX in diffusers or BFL layout), ``lora`` (or
+null), ``config`` (unet_config entries to set), ``norm_groups``, ``size_embedding``,
+``latent_format`` ({scale_factor, shift_factor}), ``conditioning`` (safetensors with
+``positive``/``negative`` and ``positive_pooled``/``negative_pooled``), ``extra`` (conditioning
+entries: SDXL sizes, FLUX guidance), ``latent`` ([B, C, H, W]), ``seeds`` (one sample each),
+``steps``, ``cfg``, ``sampler``, ``scheduler``, ``out`` (safetensors, key ``samples``: the
+latents in the VAE's space, as ComfyUI's KSampler returns them, one per seed). Writes ``out``
+and prints one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+class _Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def main(path: str) -> dict:
+    req = json.loads(open(path).read())
+    sys.path.insert(0, req["comfyui"])
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.sample
+    import comfy.sd
+    import comfy.supported_models as supported
+    import comfy.utils
+
+    caught = _Warnings()
+    logging.getLogger().addHandler(caught)
+
+    sd = comfy.utils.load_torch_file(req["denoiser"])
+    prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in sd) else ""
+    if req["family"] == "flux" and "x_embedder.weight" in sd:  # diffusers layout: ComfyUI's own conversion
+        sd = comfy.model_detection.convert_diffusers_mmdit(sd, "")
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux}[req["family"]](unet_config)
+    model_config.unet_config.update(req.get("config") or {})
+    model_config.set_inference_dtype(torch.float32, None)
+    groups = req.get("norm_groups")
+    if groups:
+        base = comfy.ops.disable_weight_init
+
+        class Ops(base):
+            class GroupNorm(base.GroupNorm):
+                def __init__(self, *a, **k):
+                    if "num_groups" in k:
+                        k["num_groups"] = groups
+                    else:
+                        a = (groups, *a[1:])
+                    super().__init__(*a, **k)
+
+        model_config.custom_operations = Ops
+    for name, value in (req.get("latent_format") or {}).items():
+        setattr(model_config.latent_format, name, value)
+    model = model_config.get_model(sd, "")
+    if req.get("size_embedding"):
+        from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+
+        model.embedder = Timestep(req["size_embedding"])
+    # every weight present, none left over (ComfyUI builds its layers uninitialised)
+    model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(dict(sd)), strict=True)
+    model.diffusion_model.float()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    lora_keys = 0
+    if req.get("lora"):
+        import comfy.lora
+
+        lora = comfy.utils.load_torch_file(req["lora"], safe_load=True)
+        lora_keys = sum(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in lora)
+        patcher, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)
+    if req["family"] == "flux":
+        from comfy_extras.nodes_model_advanced import ModelSamplingFlux
+
+        b, c, h, w = req["latent"]  # the node counts image tokens from pixels of an 8x VAE
+        patcher = ModelSamplingFlux().patch(patcher, 1.15, 0.5, w * 8, h * 8)[0]
+
+    tensors = load_file(req["conditioning"])
+    extra = req.get("extra") or {}
+
+    def cond(name):
+        info = dict(extra)
+        if f"{name}_pooled" in tensors:
+            info["pooled_output"] = tensors[f"{name}_pooled"]
+        return [[tensors[name], info]]
+
+    latent = comfy.sample.fix_empty_latent_channels(patcher, torch.zeros(req["latent"]))
+    samples = []
+    for seed in req["seeds"]:  # as a KSampler queued once per seed
+        noise = comfy.sample.prepare_noise(latent, seed)
+        samples.append(comfy.sample.sample(patcher, noise, req["steps"], req["cfg"], req["sampler"], req["scheduler"],
+                                           cond("positive"), cond("negative"), latent, denoise=1.0,
+                                           disable_pbar=True, seed=seed))
+    save_file({"samples": torch.cat(samples).float().contiguous()}, req["out"])
+    not_loaded = [m for m in caught.messages if "lora key not loaded" in m or "NOT LOADED" in m]
+    patches = len(patcher.patches) if req.get("lora") else 0
+    plain = (int, float, str, list)
+    return {"unet_config": {k: v for k, v in model_config.unet_config.items() if isinstance(v, plain)},
+            "lora_keys": lora_keys, "patched_weights": patches, "not_loaded": not_loaded,
+            "model_sampling": type(patcher.get_model_object("model_sampling")).__name__}
+
+
+def sample_with_comfyui(workdir, conditioning: dict, **request):
+    """Run this script on the current ComfyUI (``comfy_server.current_comfyui_source``; the
+    test is skipped with the reason when there is none) and return its latents and what it
+    reports. ``conditioning`` holds the tensors named above."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from comfy_server import HostUnavailable, current_comfyui_source
+
+    try:
+        root = current_comfyui_source()
+    except HostUnavailable as e:
+        pytest.skip(str(e))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous() for k, v in conditioning.items()}, str(workdir / "cond.safetensors"))
+    request = {"comfyui": str(root), "conditioning": str(workdir / "cond.safetensors"),
+               "out": str(workdir / "samples.safetensors"), **request}
+    (workdir / "request.json").write_text(json.dumps(request, indent=2))
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(workdir / "request.json")],
+                          cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (workdir / "comfyui.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"ComfyUI sampling failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return load_file(str(workdir / "samples.safetensors"))["samples"], json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def decode(vae, latents):
+    """ComfyUI's latents (in the VAE's space) as uint8 RGB images, decoded by the model's VAE
+    (the test-size VAE's GroupNorm is not ComfyUI's fixed 32 groups)."""
+    import torch
+
+    with torch.no_grad():
+        images = vae.decode(latents.to(vae.dtype)).sample.float()
+    return [((im.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for im in images]
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))
