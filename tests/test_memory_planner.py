@@ -33,6 +33,52 @@ def test_meta_simulation_predicts_the_measured_cpu_peak():
         assert 0 <= (predicted - measured) / measured < 0.25, (family, predicted, measured)
 
 
+def test_remembered_meta_results_change_no_simulated_peak():
+    """The simulation replays an operator it has seen with the same metadata instead of running
+    its meta kernel again (PyTorch computes many in Python): the peaks are the kernels' own."""
+    from comfyui_persona.trainers.memory import simulate as sim
+
+    remembered = sim._META_OUTPUTS
+    cases = [("sd15", "tiny", dict(method="dreambooth", mixed_precision="bf16", full_bf16=True, fused_backward=True,
+                                   optimizer="adamw8bit")),
+             ("sd15", "real", dict(gradient_checkpointing=True, checkpoint_blocks=5, mixed_precision="bf16")),
+             ("sdxl", "tiny", dict(gradient_checkpointing=True, mixed_precision="bf16")),
+             ("flux", "tiny", dict(quantize_base="nf4", mixed_precision="bf16", gradient_checkpointing=True)),
+             ("flux", "tiny", dict(mixed_precision="bf16", stream_blocks=2))]
+    for family, size, fields in cases:
+        cfg = _cfg(family, **fields)
+        remembered.enabled = False
+        try:
+            kernels = sim.simulate(family, cfg, size=size)
+        finally:
+            remembered.enabled = True
+        hits = remembered.hits
+        first, again = sim.simulate(family, cfg, size=size), sim.simulate(family, cfg, size=size)
+        assert first == again == kernels, (family, fields, kernels, first, again)
+        assert remembered.hits > hits
+    assert remembered.hits > remembered.misses
+
+
+def test_replayed_operators_keep_views_and_in_place_writes_exact():
+    from comfyui_persona.trainers.memory.simulate import LiveTensorMeter
+
+    meter = LiveTensorMeter()
+    with meter:
+        x = torch.empty(64, 32, device="meta")
+        w = torch.nn.Parameter(torch.empty(32, 32, device="meta"))
+        for _ in range(3):  # the first call runs the kernels, the others replay them
+            live = meter.live
+            z = x * 2
+            y = torch.nn.functional.linear(z, w)  # two fresh results, counted
+            assert y.shape == (64, 32) and y.stride() == (32, 1) and meter.live - live == 2 * 64 * 32 * 4
+            live = meter.live
+            assert x.mul_(3) is x and x.view(2048).shape == (2048,) and x.t().stride() == (1, 32)
+            assert meter.live == live  # in place and views: no new storage
+            mean, var = torch.var_mean(x, dim=0)
+            assert mean.shape == var.shape == (32,)
+            del z, y, mean, var
+
+
 def test_checkpointing_lowers_the_simulated_peak_of_the_real_sdxl():
     from comfyui_persona.trainers.memory.simulate import simulate_peak
 
