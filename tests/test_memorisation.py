@@ -69,18 +69,23 @@ def _big(image):
     return np.asarray(Image.fromarray(image).resize((256, 256), Image.Resampling.LANCZOS))
 
 
-def test_samples_after_memorising_one_face_are_that_face(memorised):
+def _likeness(samples, face_path):
+    """Each sample's dlib identity cosine to the training face (None: no face found) and SSIM."""
     from comfyui_persona.faces.identity import Reference, get_embedder
     from comfyui_persona.metrics.ssim import ssim, to_tensor
 
-    family, _model, face_path, _result, paths = memorised
     face = np.asarray(Image.open(face_path).convert("RGB").resize((64, 64)))
     emb = get_embedder("dlib")
     reference = Reference(emb.embed([_big(face)]))
+    return ([reference.score(emb, _big(s)) for s in samples],
+            [float(ssim(to_tensor([s]), to_tensor([face]))[0]) for s in samples])
+
+
+def test_samples_after_memorising_one_face_are_that_face(memorised):
+    family, _model, face_path, _result, paths = memorised
     samples = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     assert len(samples) == 3
-    scores = [reference.score(emb, _big(s)) for s in samples]
-    similar = [float(ssim(to_tensor([s]), to_tensor([face]))[0]) for s in samples]
+    scores, similar = _likeness(samples, face_path)
     print(f"{family}: identity {scores}, SSIM {similar}")
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces found, identity 0.93 / 0.91, SSIM 0.46-0.69;
@@ -177,8 +182,6 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
 
     from comfy_sampling import decode, sample_with_comfyui
 
-    from comfyui_persona.faces.identity import Reference, get_embedder
-    from comfyui_persona.metrics.ssim import ssim, to_tensor
     from comfyui_persona.models.families import get_family
     from comfyui_persona.models.loading import load_components
 
@@ -195,14 +198,10 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     assert info["lora_keys"] >= 20 and info["patched_weights"] == info["lora_keys"], info
     assert info["not_loaded"] == [], info["not_loaded"]
 
-    face = np.asarray(Image.open(face_path).convert("RGB").resize((64, 64)))
-    emb = get_embedder("dlib")
-    reference = Reference(emb.embed([_big(face)]))
     samples = decode(comps.vae, latents)
     for i, s in enumerate(samples):
         Image.fromarray(s).save(tmp_path / f"comfyui-{i}.png")
-    scores = [reference.score(emb, _big(s)) for s in samples]
-    similar = [float(ssim(to_tensor([s]), to_tensor([face]))[0]) for s in samples]
+    scores, similar = _likeness(samples, face_path)
     print(f"{family} in ComfyUI: identity {scores}, SSIM {similar}")
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces, identity 0.93 / 0.93, SSIM 0.52-0.83;

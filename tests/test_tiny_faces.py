@@ -55,27 +55,35 @@ def test_the_vae_reconstructs_an_aligned_sample_face(model, face_dataset):
     assert Reference(emb.embed([big[1]])).score(emb, big[0]) > emb.threshold
 
 
-def test_diffusers_samples_of_the_shipped_model_are_the_faces_it_was_trained_on(model, astronaut, grace_hopper,
-                                                                                face_dataset):
+def _learned_faces(images, people, face_dataset):
+    """(faces found, each one's best identity cosine to the two people, its SSIM to the nearest
+    aligned training photo) for 64 px samples."""
     from comfyui_persona.faces.identity import Reference, get_embedder
-    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
     from comfyui_persona.metrics.ssim import ssim, to_tensor
 
-    generator = DiffusersGenerator(model)
     emb = get_embedder("dlib")
-    people = [Reference(emb.embed([p])) for p in (astronaut, grace_hopper)]
+    references = [Reference(emb.embed([p])) for p in people]
     training = to_tensor([np.asarray(Image.open(p).convert("RGB").resize((64, 64)))
                           for p in sorted(face_dataset.glob("*.png"))])
     found, best, similar = 0, [], []
-    for seed in range(8):
-        image = generator({"prompt": tiny_faces.CAPTION, "seed": seed, "steps": 20, "cfg": 3.0,
-                           "width": 64, "height": 64})
+    for image in images:
         big = np.asarray(Image.fromarray(image).resize((256, 256), Image.Resampling.LANCZOS))
-        scores = [r.score(emb, big) for r in people]
+        scores = [r.score(emb, big) for r in references]
         if scores[0] is not None:
             found += 1
             best.append(max(scores))
             similar.append(float(ssim(to_tensor([image] * len(training)), training).max()))
+    return found, best, similar
+
+
+def test_diffusers_samples_of_the_shipped_model_are_the_faces_it_was_trained_on(model, astronaut, grace_hopper,
+                                                                                face_dataset):
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+
+    generator = DiffusersGenerator(model)
+    images = [generator({"prompt": tiny_faces.CAPTION, "seed": seed, "steps": 20, "cfg": 3.0,
+                         "width": 64, "height": 64}) for seed in range(8)]
+    found, best, similar = _learned_faces(images, (astronaut, grace_hopper), face_dataset)
     print(f"faces {found}/8, identity {best}, SSIM to the nearest aligned astronaut {similar}")
     assert found >= 3, found  # 4 of 8 when the weights were made; a wrong objective or export finds none
     # each face found is one of the two people it learned (dlib's same-person cosine is 0.91)
@@ -90,8 +98,6 @@ def test_comfyui_samples_of_the_exported_checkpoint_are_the_faces_it_learned(mod
     import torch
     from comfy_sampling import decode, sample_with_comfyui
 
-    from comfyui_persona.faces.identity import Reference, get_embedder
-    from comfyui_persona.metrics.ssim import ssim, to_tensor
     from comfyui_persona.models.families import get_family
     from comfyui_persona.models.loading import load_components
     from comfyui_persona.models.single_file import save_single_file
@@ -108,19 +114,10 @@ def test_comfyui_samples_of_the_exported_checkpoint_are_the_faces_it_learned(mod
         latent=[1, 4, 32, 32], seeds=list(range(8)), steps=20, cfg=3.0, sampler="euler", scheduler="normal")
     assert info["model_sampling"] == "ModelSampling" and info["unet_config"]["num_heads"] == 8, info
 
-    emb = get_embedder("dlib")
-    people = [Reference(emb.embed([p])) for p in (astronaut, grace_hopper)]
-    training = to_tensor([np.asarray(Image.open(p).convert("RGB").resize((64, 64)))
-                          for p in sorted(face_dataset.glob("*.png"))])
-    found, best, similar = 0, [], []
-    for i, image in enumerate(decode(comps.vae, latents)):
+    images = decode(comps.vae, latents)
+    for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"comfyui-{i}.png")
-        big = np.asarray(Image.fromarray(image).resize((256, 256), Image.Resampling.LANCZOS))
-        scores = [r.score(emb, big) for r in people]
-        if scores[0] is not None:
-            found += 1
-            best.append(max(scores))
-            similar.append(float(ssim(to_tensor([image] * len(training)), training).max()))
+    found, best, similar = _learned_faces(images, (astronaut, grace_hopper), face_dataset)
     print(f"ComfyUI: faces {found}/8, identity {best}, SSIM to the nearest aligned astronaut {similar}")
     assert found >= 2, found  # 3 of 8 when written (seeds 0, 5, 6); a wrong objective or export finds none
     assert np.mean(best) > 0.88, best
