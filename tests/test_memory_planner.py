@@ -162,6 +162,7 @@ def test_memory_plan_node_runs_in_the_real_server(comfy):
 def test_candidates_include_streaming_checkpointing_and_compilation(tmp_path, monkeypatch):
     """On a CUDA target with Triton every candidate compiles its blocks; a LoRA budget that
     full checkpointing cannot meet is met by streaming blocks; partial checkpointing appears."""
+    from comfyui_persona.trainers.memory import planner
     from comfyui_persona.trainers.memory.planner import candidates, leanest, predicted_peak_mb
 
     monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
@@ -184,6 +185,13 @@ def test_candidates_include_streaming_checkpointing_and_compilation(tmp_path, mo
     tried = plan(cfg, everything * 0.9, "cpu", None, "tiny", bnb=False, compile_ok=False).tried
     partial = {t["checkpoint_blocks"] for t in tried if t["gradient_checkpointing"]}
     assert partial - {0}, tried
+    # with room for some blocks in GPU memory, not every block is streamed, even when the
+    # bounded search stops at once and the leanest plan (every block streamed) is the plan
+    monkeypatch.setattr(planner, "MAX_SIMULATIONS", -1)
+    unstreamed_peak = predicted_peak_mb(cfg, {**stream_all, "stream_blocks": 0}, None, "tiny", "cpu")
+    budget = (streamed_peak + unstreamed_peak) / 2
+    some = plan(cfg, budget, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    assert some.switches["stream_blocks"] < 12 and some.predicted_peak_mb <= budget, some.tried
 
 
 @pytest.mark.parametrize("family, method", [("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")])

@@ -30,7 +30,8 @@ checkpointed blocks that fit are found by interpolating between the two (the blo
 largest activations come first, so the interpolation is conservative) and confirmed by a
 simulation; a LoRA that does not fit even so streams blocks on top, found the same way. The search stops when no remaining candidate can be faster than the best plan
 found, or after :data:`MAX_SIMULATIONS` new simulations (then the faster of the best found
-and the leanest plan is the plan: a bounded search, deterministic for a given cache); a
+and the leanest plan is the plan: a bounded search, deterministic for a given cache; a plan
+that streams every block then streams only as many as the budget needs); a
 checkpointing plan is last compared with the leanest plan without checkpointing. A candidate that cannot fit even with everything checkpointed rules out every
 candidate that keeps at least as much. Every predicted peak is memoised (per architecture,
 config and switches, on disk), and so is every finished plan (per architecture, config,
@@ -69,7 +70,7 @@ SPEED = {
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 VERSION = 3
-MAX_SIMULATIONS = 5  # new ones, after the leanest plan: a first SDXL or FLUX plan in about 30 s on 2 CPU cores
+MAX_SIMULATIONS = 5  # new ones, after the leanest plan: a first SDXL or FLUX plan in under 30 s on 2 CPU cores
 
 
 class PlanError(ConfigError):
@@ -356,16 +357,18 @@ class _Search:
     def speed(self, c: dict) -> float:
         return speed_of(c, self.total, self.blocks)
 
-    def fewest(self, c: dict, kind: str, lo_peak: float, hi_peak: float) -> tuple[dict, float] | None:
+    def fewest(self, c: dict, kind: str, lo_peak: float, hi_peak: float,
+               bounded: bool = True) -> tuple[dict, float] | None:
         """The fewest checkpointed (``kind`` checkpoint) or streamed blocks of ``c`` that fit,
         between none (``lo_peak``) and all (``hi_peak``, which fits): interpolated, confirmed
-        by a simulation, else halfway to all, else all."""
+        by a simulation, else halfway to all, else all. ``bounded``: within the search's
+        simulation bound."""
         n_max = self.blocks
         if lo_peak <= hi_peak:
             return None
         n = max(1, min(n_max, math.ceil(n_max * (lo_peak - self.budget) / (lo_peak - hi_peak))))
         for _ in range(2):
-            if n >= n_max or self.spent():
+            if n >= n_max or (bounded and self.spent()):
                 break
             trial = self._with(c, kind, n)
             p = self.peak(trial)
@@ -459,6 +462,9 @@ def _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> Plan:
                 best = option
     if best is None or s.speed(lean) > s.speed(best[0]):  # the bounded search found nothing faster
         best = (lean, lean_peak)
+    if best[0].get("stream_blocks") == s.blocks:  # every block streamed: only as many as the budget needs
+        unstreamed = {**best[0], "stream_blocks": 0}
+        best = s.fewest(unstreamed, "stream", s.peak(unstreamed), best[1], bounded=False) or best
     light = {**lean, "gradient_checkpointing": False, "checkpoint_blocks": 0}  # the lightest, recomputing nothing
     if best[0].get("gradient_checkpointing") and s.speed(light) > s.speed(best[0]):
         p_light = s.peak(light)
