@@ -4,6 +4,11 @@ the plan cache), for VRAM budgets from 4 to 24 GB. Prints a Markdown table.
 
     python bench/plan_time.py                 # SD1.5, SDXL, FLUX
     python bench/plan_time.py --families sdxl --budgets 8
+    python bench/plan_time.py --cold          # every row in a new process with an empty cache
+
+Without ``--cold`` the rows run in one process, and a plan may reuse the simulations of the
+plans above it (the first row of each model is cold). With ``--cold`` each row starts from
+nothing: the architecture built, every simulation run.
 """
 from __future__ import annotations
 
@@ -15,40 +20,65 @@ import time
 CASES = {"sd15": [("lora", 512), ("dreambooth", 512)], "sdxl": [("lora", 1024)], "flux": [("lora", 1024)]}
 
 
+HEADER = ("| model | budget | first plan | simulations | again | plan | predicted peak | predicted speed |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", type=lambda s: s.split(","), default=list(CASES))
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[4, 6, 8, 12, 24])
+    ap.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these (lora, dreambooth)")
+    ap.add_argument("--cold", action="store_true", help="each row in a new process with an empty plan cache")
     args = ap.parse_args(argv)
     os.environ["PERSONA_CACHE"] = tempfile.mkdtemp(prefix="persona-plan-time-")  # a cold cache
+    where = "every row cold (a new process, an empty plan cache)" if args.cold else "cold plan cache"
+    print(f"{os.cpu_count()} CPU threads; {where}; bitsandbytes and Triton assumed on the target GPU\n")
+    print(HEADER)
+    for family, method, res, gb in _rows(args):
+        print(_cold_row(family, method, gb) if args.cold else _row(family, method, res, gb), flush=True)
+    return 0
+
+
+def _rows(args):
+    for family in args.families:
+        for method, res in CASES[family]:
+            if not args.methods or method in args.methods:
+                for gb in args.budgets:
+                    yield family, method, res, gb
+
+
+def _row(family: str, method: str, res: int, gb: float) -> str:
     from comfyui_persona.trainers.config import TrainConfig
     from comfyui_persona.trainers.memory.planner import PlanError, plan
 
-    print(f"{os.cpu_count()} CPU threads; cold plan cache; bitsandbytes and Triton assumed on the target GPU\n")
-    print("| model | budget | first plan | simulations | again | plan | predicted peak | predicted speed |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for family in args.families:
-        for method, res in CASES[family]:
-            for gb in args.budgets:
-                cfg = TrainConfig(base_model="(benchmark)", dataset="(benchmark)", family=family, method=method,
-                                  resolution=res, memory="auto")
-                t0 = time.perf_counter()
-                try:
-                    p = plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
-                except PlanError:
-                    print(f"| {family} {method} @{res} | {gb:g} GB | {time.perf_counter() - t0:.1f} s | - | - | "
-                          f"nothing fits | - | - |")
-                    continue
-                first = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
-                again = time.perf_counter() - t0
-                keep = {k: v for k, v in p.switches.items() if v not in (False, 0, "off") and k not in
-                        ("cache_latents", "cache_text_embeddings", "batch_size", "gradient_accumulation")}
-                text = ", ".join(f"{k}={v}" for k, v in keep.items())
-                print(f"| {family} {method} @{res} | {gb:g} GB | {first:.1f} s | {len(p.tried)} | {again:.3f} s | "
-                      f"{text} | {p.predicted_peak_mb / 1024:.2f} GB | {p.relative_speed:.2f}x |", flush=True)
-    return 0
+    cfg = TrainConfig(base_model="(benchmark)", dataset="(benchmark)", family=family, method=method,
+                      resolution=res, memory="auto")
+    t0 = time.perf_counter()
+    try:
+        p = plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
+    except PlanError:
+        took = time.perf_counter() - t0
+        return f"| {family} {method} @{res} | {gb:g} GB | {took:.1f} s | - | - | nothing fits | - | - |"
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
+    again = time.perf_counter() - t0
+    keep = {k: v for k, v in p.switches.items() if v not in (False, 0, "off") and k not in
+            ("cache_latents", "cache_text_embeddings", "batch_size", "gradient_accumulation")}
+    text = ", ".join(f"{k}={v}" for k, v in keep.items())
+    return (f"| {family} {method} @{res} | {gb:g} GB | {first:.1f} s | {len(p.tried)} | {again:.3f} s | "
+            f"{text} | {p.predicted_peak_mb / 1024:.2f} GB | {p.relative_speed:.2f}x |")
+
+
+def _cold_row(family: str, method: str, gb: float) -> str:
+    """The row planned in a new process, with its own empty cache."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--families", family, "--methods", method, "--budgets", f"{gb:g}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith(f"| {family} ")][0]
 
 
 if __name__ == "__main__":
