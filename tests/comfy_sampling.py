@@ -88,7 +88,6 @@ def main(path: str) -> dict:
         model.embedder = Timestep(req["size_embedding"])
     # every weight present, none left over (ComfyUI builds its layers uninitialised)
     model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(dict(sd)), strict=True)
-    model.diffusion_model.float()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     lora_keys = 0
@@ -101,7 +100,7 @@ def main(path: str) -> dict:
     if req["family"] == "flux":
         from comfy_extras.nodes_model_advanced import ModelSamplingFlux
 
-        b, c, h, w = req["latent"]  # the node counts image tokens from pixels of an 8x VAE
+        h, w = req["latent"][-2:]  # the node counts image tokens from pixels of an 8x VAE
         patcher = ModelSamplingFlux().patch(patcher, 1.15, 0.5, w * 8, h * 8)[0]
 
     tensors = load_file(req["conditioning"])

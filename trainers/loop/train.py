@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
-from ..speed.utilisation import utilisation
 from ..memory import techniques as memory
 from ..memory.per_tensor import per_tensor_of
 from ..outputs.best import Best, selection_score
 from ..outputs.checkpoint import save_checkpoint
 from ..outputs.run_dir import append_log
+from ..speed.utilisation import device_peak, step_flops, utilisation
 from .data import TrainingData, prepare_data, step_batch
 from .ema import EMA
 from .finish import finish
@@ -203,8 +203,6 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
 
 def _speed_reference(s: Session) -> dict:
     """The model FLOPs of one step and the device's peak, for each log line's utilisation."""
-    from ..speed.utilisation import device_peak, step_flops
-
     peak, name = device_peak(s.device)
     try:
         flops = step_flops(s.cfg, s.cfg.base_model, "real")
