@@ -1,0 +1,125 @@
+"""Regional compilation (``compile: blocks``, trainers/speed/switches.py) traced by the real
+Dynamo and AOTAutograd on CPU, with ``aot_eager`` (AOTAutograd's forward and backward graphs
+run by eager kernels; Inductor's GPU kernels need CUDA, and the GPU lane runs those): every
+repeated block of the published SD1.5, SDXL and FLUX denoisers gets a compiled graph, none
+falls back to eager at Dynamo's recompile limit, and LoRA training through the compiled
+blocks follows the eager run step for step."""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from comfy_server import REPO
+
+
+def _config(family, resolution, **fields):
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_memory
+
+    return train_memory.config(family, "lora", resolution, fields, rank=4)
+
+
+def _trainable(family, size, cfg, device):
+    from comfyui_persona.models.architectures import instantiate, meta_components
+    from comfyui_persona.trainers.loop.step import make_trainable
+
+    comps = meta_components(family, None, size) if device == "meta" else \
+        instantiate(family, size, tokenizers=False, text_encoders=False)
+    groups = make_trainable(comps, cfg, torch.device(device), torch.float32)
+    return comps, groups
+
+
+def _predict(comps, cfg, device, gen, steps=1, optimizer=None):
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.loop.step import forward_backward
+
+    fam = get_family(comps.family)
+    shape = fam.latent_shape(comps, cfg.resolution)
+    losses = []
+    for _ in range(steps):
+        latents = torch.randn((1, *shape), generator=gen).to(device)
+        cond = fam.dummy_condition(comps, 1, torch.device(device), torch.float32, cfg)
+        if optimizer is None:  # the forward pass only: what Dynamo guards on
+            fam.predict(comps, comps.denoiser, latents, cond, gen, cfg, torch.float32)
+            continue
+        loss, _ = forward_backward(comps, comps.denoiser, latents, cond, gen, cfg, torch.float32, nullcontext())
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("family, resolution", [("sd15", 512), ("sdxl", 1024), ("flux", 1024)])
+def test_every_block_of_the_published_denoisers_is_compiled(family, resolution):
+    """At the published sizes, on the meta device: each block class comes in many shapes (SD1.5's
+    resnet blocks in 15), more than Dynamo's default limit of 8 graphs per code object, past
+    which blocks would silently run eagerly."""
+    from torch._dynamo.utils import counters
+
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.speed.switches import compile_blocks
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # runs each traced graph as it is
+        graphs.append(gm)
+        return gm.forward
+
+    cfg = _config(family, resolution)
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        torch._dynamo.reset()
+        counters.clear()
+        comps, _ = _trainable(family, "real", cfg, "meta")
+        blocks = get_family(family).repeated_blocks(comps.denoiser)
+        assert compile_blocks(blocks, backend=counting_backend) == len(blocks)
+        assert torch._dynamo.config.recompile_limit >= len(blocks)
+        _predict(comps, cfg, "meta", torch.Generator().manual_seed(0))
+        frames = dict(counters["frames"])
+        breaks = dict(counters["graph_break"])
+        torch._dynamo.reset()
+    # every frame Dynamo saw became a graph: none was left to eager at the limit
+    assert frames["total"] == frames["ok"], frames
+    assert not breaks, breaks
+    # blocks of one class and shape share a graph: fewer graphs than blocks, more than classes
+    assert 2 <= len(graphs) < len(blocks), (len(graphs), len(blocks))
+
+
+@pytest.mark.parametrize("family, fields", [
+    ("sd15", {}),
+    ("sd15", {"gradient_checkpointing": True}),
+    ("sdxl", {}),
+    ("flux", {"gradient_checkpointing": True}),
+], ids=["sd15", "sd15-checkpointing", "sdxl", "flux-checkpointing"])
+def test_lora_training_through_compiled_blocks_follows_the_eager_run(family, fields):
+    """Tiny random-weight models: the LoRA layers and attention processors inside the blocks
+    trace without a graph break, and 4 steps give the eager losses and weights (within 1e-6)."""
+    from torch._dynamo.utils import counters
+
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.memory.techniques import build_optimizer
+    from comfyui_persona.trainers.speed.switches import compile_blocks
+
+    cfg = _config(family, 64, **fields).model_copy(update={"learning_rate": 1e-3})
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        comps, groups = _trainable(family, "tiny", cfg, "cpu")
+        if compiled:
+            compile_blocks(get_family(family).repeated_blocks(comps.denoiser), backend="aot_eager")
+        optimizer = build_optimizer(groups, cfg, torch.device("cpu"))
+        losses = _predict(comps, cfg, "cpu", torch.Generator().manual_seed(0), steps=4, optimizer=optimizer)
+        lora = {n: p.detach().clone() for n, p in comps.denoiser.named_parameters() if p.requires_grad}
+        runs.append((losses, lora, dict(counters["graph_break"]), dict(counters["aot_autograd"])))
+    torch._dynamo.reset()
+    (eager, eager_lora, _, _), (losses, lora, breaks, aot) = runs
+    assert not breaks, breaks
+    assert aot.get("ok", 0) >= 1, aot  # the blocks went through AOTAutograd (forward and backward)
+    assert losses == pytest.approx(eager, abs=1e-6), (losses, eager)
+    assert lora.keys() == eager_lora.keys() and lora
+    for name, p in lora.items():
+        assert torch.allclose(p, eager_lora[name], atol=1e-6), name
+    assert any(p.abs().max() > 0 for n, p in lora.items() if "lora_B" in n)  # trained: B starts at zero
