@@ -105,6 +105,8 @@ def test_the_simulation_sees_streaming_and_selective_checkpointing():
     (dict(stream_blocks=2, quantize_base="fp8"), "stream_blocks: streamed blocks keep their full-precision"),
     (dict(checkpoint_blocks=2), "checkpoint_blocks: selects which blocks"),
     (dict(cuda_graphs=True), "cuda_graphs: the graphs capture the compiled blocks"),
+    (dict(compile="blocks", cuda_graphs=True, gradient_accumulation=2), "cuda_graphs: gradients made inside"),
+    (dict(compile="blocks", cuda_graphs=True, grad_set_to_none=False), "cuda_graphs: gradients made inside"),
 ])
 def test_config_refuses_what_cannot_work(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -138,7 +138,7 @@ class TrainConfig(JobConfig):
                                               "denoiser (regional compilation: short compile, cache reused across "
                                               "runs); falls back to eager with a log line where unsupported.")
     cuda_graphs: bool = Field(False, description="With compile 'blocks': capture the compiled blocks in CUDA graphs "
-                              "(static shapes: cached latents and embeddings); CUDA only, else a log line.")
+                              "(static shapes: cached latents and embeddings; gradient_accumulation 1); CUDA only, else a log line.")
     fused_optimizer: bool = Field(False, description="AdamW's single-kernel (fused) implementation; a log line where "
                                   "the device has none.")
     channels_last: bool = Field(False, description="Convolutional denoisers (UNets) in channels-last memory format.")
@@ -202,6 +202,12 @@ class TrainConfig(JobConfig):
                              "step; use mixed_precision 'bf16' or 'no'")
         if self.cuda_graphs and self.compile == "off":
             raise ValueError("cuda_graphs: the graphs capture the compiled blocks; set compile 'blocks'")
+        if self.cuda_graphs and (self.gradient_accumulation > 1 or not self.grad_set_to_none):
+            # a gradient made by a captured backward lives in the graphs' memory pool, which the
+            # next forward pass (the next micro-step, or sampling) takes back
+            raise ValueError("cuda_graphs: gradients made inside CUDA graphs cannot be kept past the step that "
+                             "made them; use gradient_accumulation 1 and grad_set_to_none true (or a larger "
+                             "batch_size instead of accumulation), or cuda_graphs false")
         if self.checkpoint_blocks and not self.gradient_checkpointing:
             raise ValueError("checkpoint_blocks: selects which blocks gradient checkpointing recomputes; set "
                              "gradient_checkpointing true (or checkpoint_blocks 0)")
