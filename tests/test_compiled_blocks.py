@@ -123,3 +123,19 @@ def test_lora_training_through_compiled_blocks_follows_the_eager_run(family, fie
     for name, p in lora.items():
         assert torch.allclose(p, eager_lora[name], atol=1e-6), name
     assert any(p.abs().max() > 0 for n, p in lora.items() if "lora_B" in n)  # trained: B starts at zero
+
+
+def test_the_benchmark_step_gives_the_same_loss_curve_twice():
+    """The GPU lane compares compiled and eager loss curves from ``run_steps``: on the same
+    model it draws the same data and noise, so two runs give one curve (here compile falls
+    back to eager, with its log line)."""
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.trainers.memory.simulate import run_steps
+
+    curves = []
+    for extra in ({}, {"compile": "blocks"}):
+        comps = instantiate("sd15", "tiny", tokenizers=False, text_encoders=False)
+        out = run_steps(comps, _config("sd15", 64, **extra), "cpu", steps=5)
+        assert len(out["losses"]) == 5 and out["loss"] == out["losses"][-1]
+        curves.append(out["losses"])
+    assert curves[0] == curves[1] and len(set(curves[0])) == 5, curves

@@ -4,7 +4,8 @@ configuration of the benchmark and every plan for 8/12/16/24 GB trains a few ste
 finite loss, no CUDA error, and a measured peak within -10 % / +5 % of its prediction and never
 over its budget; FLUX's configurations that once raised "illegal memory access" run without
 ``CUDA_LAUNCH_BLOCKING``; streaming, the fused backward pass and compiled blocks train with the
-peak their plan predicted."""
+peak their plan predicted; compiled blocks, with and without CUDA graphs, give the eager run's
+first 50 losses within 1e-3."""
 from __future__ import annotations
 
 import gc
@@ -122,3 +123,19 @@ def test_streamed_fused_and_compiled_runs_hold_their_prediction(family, fields, 
     method = fields.pop("method", "lora")
     cfg = bench.config(family, method, RESOLUTION[family], fields)
     _check(_train(family, cfg), predicted_peak_mb(cfg, fields, None, "real", "cuda"), budget_gb * 1024)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_compiled_runs_follow_the_eager_loss_curve(family):
+    """The first 50 losses of compiled blocks, and of compiled blocks in CUDA graphs, equal the
+    eager run's within 1e-3 (same weights, data and noise)."""
+    bench = _bench()
+    curves = {}
+    for name, extra in (("eager", {}), ("compiled", dict(compile="blocks")),
+                        ("cuda-graphs", dict(compile="blocks", cuda_graphs=True))):
+        cfg = bench.config(family, "lora", RESOLUTION[family], dict(mixed_precision="bf16", **extra))
+        curves[name] = _train(family, cfg, steps=50)["losses"]
+    assert len(curves["eager"]) == 50 and all(math.isfinite(x) for x in curves["eager"])
+    for name in ("compiled", "cuda-graphs"):
+        worst = max(abs(a - b) for a, b in zip(curves[name], curves["eager"]))
+        assert len(curves[name]) == 50 and worst <= 1e-3, (name, worst, curves[name][:5], curves["eager"][:5])

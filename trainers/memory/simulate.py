@@ -347,7 +347,8 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     """Train ``steps`` optimizer steps on random latents and zero conditioning with the memory
     switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
     (the meter's, or CUDA's allocator peak; CUDA's reserved peak too), the median seconds per
-    step after ``warmup`` steps, and those steps' times."""
+    step after ``warmup`` steps, those steps' times, and every step's loss (read from the
+    device once, after the last step)."""
     device = torch.device(device)
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
@@ -403,6 +404,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
             autocast = torch.autocast(device.type, dtype=dtype)
         times = []
         loss = None
+        step_losses = []
         shape = fam.latent_shape(comps, cfg.resolution)
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -426,6 +428,8 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                 loss, _ = forward_backward(comps, comps.denoiser, latents, cond, gen, cfg, dtype, autocast,
                                            cfg.gradient_accumulation, add)
                 del latents, cond, extra
+            if not meta:
+                step_losses.append(loss)
             if not (prime and meta):  # primed: that step's peak is already counted
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
@@ -442,9 +446,9 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         peak = 0
     later = times[warmup:] or times
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
-    last = float(loss) if steps and not meta else None  # the one host sync, after the steps
+    losses = [float(x) for x in torch.stack(step_losses).cpu()] if steps and not meta else []  # the one host sync
     return {"peak_bytes": int(peak), "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
-            "step_seconds": later, "steps": steps, "loss": last}
+            "step_seconds": later, "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
 
 
 _ARCHITECTURES: dict[tuple, object] = {}
