@@ -91,8 +91,9 @@ def test_every_block_of_the_published_denoisers_is_compiled(family, resolution):
     ("sd15", {}),
     ("sd15", {"gradient_checkpointing": True}),
     ("sdxl", {}),
+    ("sdxl", {"gradient_checkpointing": True, "checkpoint_blocks": 3}),
     ("flux", {"gradient_checkpointing": True}),
-], ids=["sd15", "sd15-checkpointing", "sdxl", "flux-checkpointing"])
+], ids=["sd15", "sd15-checkpointing", "sdxl", "sdxl-selective-checkpointing", "flux-checkpointing"])
 def test_lora_training_through_compiled_blocks_follows_the_eager_run(family, fields):
     """Tiny random-weight models: the LoRA layers and attention processors inside the blocks
     trace without a graph break, and 4 steps give the eager losses and weights (within 1e-6)."""
@@ -139,3 +140,38 @@ def test_the_benchmark_step_gives_the_same_loss_curve_twice():
         assert len(out["losses"]) == 5 and out["loss"] == out["losses"][-1]
         curves.append(out["losses"])
     assert curves[0] == curves[1] and len(set(curves[0])) == 5, curves
+
+
+def test_cuda_graphs_are_kept_only_where_checkpointing_is_inside_the_compiled_blocks():
+    """Diffusers' checkpointing of every block recomputes a compiled block from outside it,
+    which CUDA graph trees cannot record: those runs compile without graphs. Selective
+    checkpointing wraps the block's own forward, so its compiled graph holds the checkpoint."""
+    from torch._dynamo.utils import counters
+
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.speed.switches import compile_blocks, graphs_unsupported
+
+    graphed = dict(compile="blocks", cuda_graphs=True)
+    assert "154306" in graphs_unsupported(_config("sdxl", 64, gradient_checkpointing=True, **graphed))
+    assert graphs_unsupported(_config("sdxl", 64, gradient_checkpointing=True, checkpoint_blocks=3, **graphed)) is None
+    assert graphs_unsupported(_config("sdxl", 64, **graphed)) is None
+
+    holds_checkpoint = []
+
+    def backend(gm, example_inputs):
+        holds_checkpoint.append(any("checkpoint" in str(n.target) for n in gm.graph.nodes))
+        return gm.forward
+
+    cfg = _config("sdxl", 64, gradient_checkpointing=True, checkpoint_blocks=3)
+    torch._dynamo.reset()
+    counters.clear()
+    comps, groups = _trainable("sdxl", "tiny", cfg, "cpu")
+    blocks = get_family("sdxl").repeated_blocks(comps.denoiser)
+    compile_blocks(blocks, backend=backend)
+    _predict(comps, cfg, "cpu", torch.Generator().manual_seed(0), steps=1,
+             optimizer=torch.optim.SGD([p for g in groups for p in g["params"]], lr=0.0))
+    breaks = dict(counters["graph_break"])
+    torch._dynamo.reset()
+    assert not breaks, breaks
+    # the checkpointed blocks' graphs hold their checkpoint, the others' do not
+    assert any(holds_checkpoint) and not all(holds_checkpoint), holds_checkpoint

@@ -138,7 +138,8 @@ class TrainConfig(JobConfig):
                                               "denoiser (regional compilation: short compile, cache reused across "
                                               "runs); falls back to eager with a log line where unsupported.")
     cuda_graphs: bool = Field(False, description="With compile 'blocks': capture the compiled blocks in CUDA graphs "
-                              "(static shapes: cached latents and embeddings; gradient_accumulation 1); CUDA only, else a log line.")
+                              "(static shapes: cached latents and embeddings; gradient_accumulation 1; with gradient_checkpointing "
+                              "only selective checkpoint_blocks); CUDA only, else a log line.")
     fused_optimizer: bool = Field(False, description="AdamW's single-kernel (fused) implementation; a log line where "
                                   "the device has none.")
     channels_last: bool = Field(False, description="Convolutional denoisers (UNets) in channels-last memory format.")

@@ -61,12 +61,30 @@ def apply_speed_switches(model: torch.nn.Module, family, cfg, device: torch.devi
         _use_persona_compile_cache()
         skipped = {id(m) for m in skip}
         blocks = [b for b in family.repeated_blocks(model) if id(b) not in skipped]
+        graphs = cfg.cuda_graphs
+        if graphs and (why := graphs_unsupported(cfg)):
+            log.warning("cuda_graphs: %s; the blocks are compiled without graphs", why)
+            graphs = False
         # reduce-overhead: Inductor's kernels replayed as CUDA graphs
-        applied["compiled_blocks"] = compile_blocks(blocks, mode="reduce-overhead" if cfg.cuda_graphs else None)
-        applied["cuda_graphs"] = cfg.cuda_graphs
-        log.info("compile: %d blocks compiled%s", applied["compiled_blocks"],
-                 " with CUDA graphs" if cfg.cuda_graphs else "")
+        applied["compiled_blocks"] = compile_blocks(blocks, mode="reduce-overhead" if graphs else None)
+        applied["cuda_graphs"] = graphs
+        log.info("compile: %d blocks compiled%s", applied["compiled_blocks"], " with CUDA graphs" if graphs else "")
     return applied
+
+
+def graphs_unsupported(cfg) -> str | None:
+    """Why the compiled blocks of ``cfg`` cannot be captured in CUDA graphs (None: they can).
+
+    Diffusers' gradient checkpointing calls each block from outside it: the compiled block
+    then runs again inside backward, where CUDA graph trees see tensors freed while recording
+    that are alive while replaying, and fail (PyTorch issue 154306). Selective checkpointing
+    (``checkpoint_blocks``) wraps the block's own forward, so the checkpoint is inside the
+    compiled region and Inductor recomputes within the captured backward."""
+    if cfg.gradient_checkpointing and not cfg.checkpoint_blocks:
+        return ("gradient checkpointing of every block recomputes each compiled block from outside it, which "
+                "CUDA graph trees cannot record (PyTorch issue 154306); checkpoint_blocks N (selective "
+                "checkpointing, inside the compiled region) keeps the graphs")
+    return None
 
 
 
