@@ -92,8 +92,9 @@ def test_every_block_of_the_published_denoisers_is_compiled(family, resolution):
     ("sd15", {"gradient_checkpointing": True}),
     ("sdxl", {}),
     ("sdxl", {"gradient_checkpointing": True, "checkpoint_blocks": 3}),
+    ("sdxl", {"quantize_base": "fp8"}),
     ("flux", {"gradient_checkpointing": True}),
-], ids=["sd15", "sd15-checkpointing", "sdxl", "sdxl-selective-checkpointing", "flux-checkpointing"])
+], ids=["sd15", "sd15-checkpointing", "sdxl", "sdxl-selective-checkpointing", "sdxl-fp8-base", "flux-checkpointing"])
 def test_lora_training_through_compiled_blocks_follows_the_eager_run(family, fields):
     """Tiny random-weight models: the LoRA layers and attention processors inside the blocks
     trace without a graph break, and 4 steps give the eager losses and weights (within 1e-6)."""
