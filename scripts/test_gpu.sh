@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU lane: the `gpu`-marked tests (real-size SD1.5, SDXL and FLUX with random weights:
 # every benchmark configuration and every plan for 8/12/16/24 GB, FLUX's former crash cases,
-# streaming, the fused backward pass and compiled blocks), then FLUX's attention on each SDPA
+# streaming, the fused backward pass, compiled blocks and host-sync-free steps), then FLUX's attention on each SDPA
 # backend (bench/flux_attention_backends.py) and the training benchmark, whose
 # table goes to test-artifacts/gpu/benchmark.md (paste it into docs/benchmarks.md).
 #

@@ -5,7 +5,8 @@ finite loss, no CUDA error, and a measured peak within -10 % / +5 % of its predi
 over its budget; FLUX's configurations that once raised "illegal memory access" run without
 ``CUDA_LAUNCH_BLOCKING``; streaming, the fused backward pass and compiled blocks train with the
 peak their plan predicted; compiled blocks, with and without CUDA graphs, give the eager run's
-first 50 losses within 1e-3."""
+first 50 losses within 1e-3; the training loop's steps between log lines never make the host
+wait for the GPU."""
 from __future__ import annotations
 
 import gc
@@ -141,3 +142,28 @@ def test_compiled_runs_follow_the_eager_loss_curve(family):
     for name in ("compiled", "cuda-graphs"):
         worst = max(abs(a - b) for a, b in zip(curves[name], curves["eager"]))
         assert len(curves[name]) == 50 and worst <= 1e-3, (name, worst, curves[name][:5], curves["eager"][:5])
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_training_steps_between_log_lines_never_wait_for_the_gpu(family, tiny_model, tiny_sdxl, tiny_flux,
+                                                                 face_dataset, tmp_path):
+    """The loop's own steps, not logged, run under PyTorch's sync debug mode "error": any host
+    synchronisation (a copy from pageable memory, ``.item()``, a data-dependent shape) raises."""
+    from comfyui_persona.trainers.loop import Callbacks, train
+
+    from trainer_helpers import tiny_config
+
+    model = {"sd15": tiny_model, "sdxl": tiny_sdxl, "flux": tiny_flux}[family]
+    steps = 6
+
+    def on_progress(step, total):  # strict from the end of step 1 to the end of step 5
+        torch.cuda.set_sync_debug_mode("error" if step < steps - 1 else "default")
+
+    try:
+        result = train(tiny_config(model, face_dataset, tmp_path / "run", family=family, steps=steps, device="cuda",
+                                   mixed_precision="bf16", log_every=100, max_grad_norm=1.0),
+                       Callbacks(on_progress=on_progress))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [r["step"] for r in result.records] == [1, steps]
+    assert all(math.isfinite(r["loss"]) for r in result.records)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ...core.deps import require
+from ...core.transfer import to_device
 from ..components import Components
 
 
@@ -119,7 +120,7 @@ class Family:
 
     def pixel_weight(self, weight: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """A per-latent-pixel weight ``[B, 1, h, w]`` in the layout of the prediction."""
-        return weight.to(pred.device)
+        return to_device(weight, pred.device)
 
     # --- memory and speed policy ---------------------------------------------------------------
     convolutional = True  # channels-last memory format applies
@@ -186,9 +187,9 @@ def ddpm_noise(comps, latents, gen, cfg):
     noise = torch.randn(latents.shape, generator=gen)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
-    noise = noise.to(latents.device)
+    noise = to_device(noise, latents.device)
     T = comps.scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, T, (latents.shape[0],), generator=gen).to(latents.device)
+    timesteps = to_device(torch.randint(0, T, (latents.shape[0],), generator=gen), latents.device)
     noisy = comps.scheduler.add_noise(latents, noise, timesteps)
     v_pred = comps.scheduler.config.prediction_type == "v_prediction"
     target = comps.scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise

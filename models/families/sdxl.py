@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ...core.deps import require
+from ...core.transfer import to_device
 from ..components import Components, require_diffusers_folder
 from .base import Prediction, ddpm_noise, tokens
 from .sd15 import SD15
@@ -65,7 +66,7 @@ class SDXL(SD15):
         """Size/crop conditioning of square images: original size, crop top-left, target size
         (bucketed images carry their own, ``cond['time_ids']``)."""
         row = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
-        return row.repeat(batch, 1).to(device)
+        return to_device(row.repeat(batch, 1), device)
 
     def predict(self, comps, model, latents, cond, gen, cfg, dtype):
         noisy, target, timesteps, weight = ddpm_noise(comps, latents, gen, cfg)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.transfer import to_device
 from ..memory import techniques as memory
 from .captions import dropout_caption, step_caption
 from .prior import class_images, load_sized
@@ -236,7 +237,7 @@ def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_capti
             cond = s.family.encode(comps, prompts, s.device, cfg)
     if s.family.size_conditioning and data.time_ids is not None:
         cond["time_ids"] = data.time_ids[idx]
-    return latents.to(s.device), {k: v.to(s.device) for k, v in cond.items()}
+    return to_device(latents, s.device), {k: to_device(v, s.device) for k, v in cond.items()}
 
 
 def step_batch(s, data: TrainingData, gen: torch.Generator) -> Batch:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..memory import techniques as memory
+from ...core.transfer import to_device
 from ...models.families import Prediction, get_family
 
 
@@ -115,7 +116,7 @@ def loss_of(p: Prediction, n_instance: int, prior_weight: float, pixel_weight: t
     if p.weight is not None:
         per_sample = per_sample * p.weight
     if image_weight is not None:
-        per_sample = per_sample * image_weight.to(per_sample.device, per_sample.dtype)
+        per_sample = per_sample * to_device(image_weight, per_sample.device, per_sample.dtype)
     instance = per_sample[:n_instance].mean()
     parts = {"loss_instance": instance}
     loss = instance

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ....core.deps import require
+from ....core.transfer import to_device
 from ...components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
     require_diffusers_folder
 from ..base import Family, Prediction, clip_config, peft_pairs, tokens
@@ -152,17 +153,17 @@ class Flux(Family):
 
     @staticmethod
     def ids(batch, h, w, txt_len, device, dtype):
-        img = torch.zeros(h // 2, w // 2, 3)
-        img[..., 1] += torch.arange(h // 2)[:, None]
-        img[..., 2] += torch.arange(w // 2)[None, :]
-        return img.reshape(-1, 3).to(device, dtype), torch.zeros(txt_len, 3, device=device, dtype=dtype)
+        img = torch.zeros(h // 2, w // 2, 3, device=device)  # made where it is used: no host copy
+        img[..., 1] += torch.arange(h // 2, device=device)[:, None]
+        img[..., 2] += torch.arange(w // 2, device=device)[None, :]
+        return img.reshape(-1, 3).to(dtype), torch.zeros(txt_len, 3, device=device, dtype=dtype)
 
     def predict(self, comps, model, latents, cond, gen, cfg, dtype):
         b, c, h, w = latents.shape
         if h % 2 or w % 2:
             raise ValueError(f"resolution: FLUX packs 2x2 latent patches; {cfg.resolution} px gives an odd latent size")
-        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-        sigma = self.sigmas(b, gen, cfg.timestep_shift, (h // 2) * (w // 2)).to(latents.device)
+        noise = to_device(torch.randn(latents.shape, generator=gen), latents.device)
+        sigma = to_device(self.sigmas(b, gen, cfg.timestep_shift, (h // 2) * (w // 2)), latents.device)
         s = sigma.view(b, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
         target = self.pack(noise - latents)
@@ -193,7 +194,7 @@ class Flux(Family):
     def pixel_weight(self, weight, pred):
         """Packed like the latents: each 2x2 patch's four weights, repeated per channel."""
         channels = pred.shape[-1] // 4
-        return self.pack(weight.expand(-1, channels, -1, -1)).to(pred.device)
+        return to_device(self.pack(weight.expand(-1, channels, -1, -1)), pred.device)
 
     def dummy_condition(self, comps, batch, device, dtype, cfg=None):
         c = comps.denoiser.config
