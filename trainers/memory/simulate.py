@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from . import techniques as memory
+from ...core.transfer import to_device
 from ...models.families import get_family
 from ..loop.ema import EMA
 from ..loop.step import forward_backward, make_trainable
@@ -347,8 +348,9 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     """Train ``steps`` optimizer steps on random latents and zero conditioning with the memory
     switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
     (the meter's, or CUDA's allocator peak; CUDA's reserved peak too), the median seconds per
-    step after ``warmup`` steps, those steps' times, and every step's loss (read from the
-    device once, after the last step)."""
+    step after ``warmup`` steps, those steps' times (on CUDA between events recorded at the
+    step boundaries: the host never waits inside the steps), and every step's loss (read from
+    the device once, after the last step)."""
     device = torch.device(device)
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
@@ -406,10 +408,13 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         loss = None
         step_losses = []
         shape = fam.latent_shape(comps, cfg.resolution)
+        # CUDA: steps timed by events at their boundaries, on the GPU's clock, so the host
+        # queues each step while the GPU runs the one before, as in training
+        marks = [_timing_event()] if device.type == "cuda" else []
         for _ in range(steps):
             t0 = time.perf_counter()
             for _ in range(cfg.gradient_accumulation):
-                latents = torch.randn((micro, *shape), generator=gen).to(device)
+                latents = to_device(torch.randn((micro, *shape), generator=gen), device)
                 cond = fam.dummy_condition(comps, micro, device, dtype, cfg)
                 extra = None
                 with autocast:
@@ -435,9 +440,13 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                 optimizer.zero_grad(set_to_none=cfg.grad_set_to_none)
                 if ema is not None:
                     ema.update(1)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+            if marks:
+                marks.append(_timing_event())
+            else:
+                times.append(time.perf_counter() - t0)
+    if marks:
+        torch.cuda.synchronize()
+        times = [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]
     if meter is not None:
         peak = meter.peak
     elif device.type == "cuda":
@@ -449,6 +458,12 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     losses = [float(x) for x in torch.stack(step_losses).cpu()] if steps and not meta else []  # the one host sync
     return {"peak_bytes": int(peak), "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
             "step_seconds": later, "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
+
+
+def _timing_event():
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 _ARCHITECTURES: dict[tuple, object] = {}
