@@ -102,7 +102,7 @@ def test_plans_are_deterministic_and_refuse_clearly(tmp_path, monkeypatch):
         plan(cfg, 1.0, "cpu", None, "tiny", bnb=False)
 
 
-def test_benchmark_tiny_mode_prints_the_table_and_plans_stay_within_budget(tmp_path, monkeypatch):
+def test_benchmark_tiny_mode_prints_the_table_and_plans_stay_within_budget(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import train_memory
@@ -120,9 +120,21 @@ def test_benchmark_tiny_mode_prints_the_table_and_plans_stay_within_budget(tmp_p
         assert r["peak_mb"] <= r["predicted_peak_mb"]
     for family, method in (("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")):
         ablation = [r for r in rows if (r["family"], r["method"]) == (family, method) and not r["config"].startswith("(c)")]
+        ablation = [r for r in ablation if r["kind"] == "memory"]
         assert ablation[0]["config"].startswith("(a)")
         assert ablation[-1]["peak_mb"] < 0.5 * ablation[0]["peak_mb"]  # all techniques together
         assert all(r["steps_per_s"] > 0 for r in ablation)
+    # the speed switches one at a time from bf16 with the caches (SD1.5 and SDXL LoRA); on a CPU
+    # compilation and graphs fall back to eager, so only the batch changes what a step holds
+    speed = [r for r in rows if r["kind"] == "speed"]
+    assert [r["config"] for r in speed] == ["(s) bf16 with the caches", "+ fused AdamW", "+ channels-last",
+                                            "+ compiled blocks", "+ CUDA graphs", "+ 4 images per step"]
+    assert all(r["family"] == "sd15" and r["method"] == "lora" and r["error"] is None for r in speed)
+    assert speed[0]["speed_vs_a"] == 1.0 and speed[-1]["batch"] == 4
+    assert speed[-1]["samples_per_s"] == pytest.approx(4 * speed[-1]["steps_per_s"])
+    assert speed[-1]["peak_mb"] > 2 * speed[-2]["peak_mb"]  # four images' activations
+    printed = capsys.readouterr().out
+    assert "| samples/s |" in printed and "| warm-up s |" in printed and "| + CUDA graphs |" in printed
 
 
 def test_memory_auto_plans_a_real_run_and_logs_the_prediction(tiny_model, face_dataset, tmp_path, monkeypatch):

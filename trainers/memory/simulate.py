@@ -349,8 +349,9 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
     (the meter's, or CUDA's allocator peak; CUDA's reserved peak too), the median seconds per
     step after ``warmup`` steps, those steps' times (on CUDA between events recorded at the
-    step boundaries: the host never waits inside the steps), and every step's loss (read from
-    the device once, after the last step)."""
+    step boundaries: the host never waits inside the steps), the warm-up steps' seconds (what
+    compilation costs shows there), and every step's loss (read from the device once, after
+    the last step)."""
     device = torch.device(device)
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
@@ -457,7 +458,8 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     losses = [float(x) for x in torch.stack(step_losses).cpu()] if steps and not meta else []  # the one host sync
     return {"peak_bytes": int(peak), "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
-            "step_seconds": later, "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
+            "step_seconds": later, "warmup_seconds": sum(times[:warmup]) if len(times) > warmup else 0.0,
+            "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
 
 
 def _timing_event():
