@@ -102,6 +102,29 @@ def test_plans_are_deterministic_and_refuse_clearly(tmp_path, monkeypatch):
         plan(cfg, 1.0, "cpu", None, "tiny", bnb=False)
 
 
+def test_every_candidate_applies_to_the_config_it_plans_for():
+    """A plan turns on what the config allows: CUDA graphs asked for stay only where the blocks
+    are compiled and the batch is one micro-step (a captured backward's gradients cannot wait
+    for the next micro-step)."""
+    from comfyui_persona.trainers.memory.planner import Plan, candidates
+
+    cfg = _cfg("sd15", batch_size=2, compile="blocks", cuda_graphs=True)
+    for compile_ok in (True, False):
+        cands = candidates(cfg, "cuda", bnb=False, compile_ok=compile_ok)
+        assert {c["gradient_accumulation"] for c in cands} == {1, 2}
+        for c in cands:
+            assert c["cuda_graphs"] == (compile_ok and c["gradient_accumulation"] == 1), c
+            applied = Plan("sd15", "lora", 64, 2, 1024.0, c, 1.0, 1.0).apply(cfg)  # validates, or raises
+            assert applied.cuda_graphs == c["cuda_graphs"] and applied.memory == "manual"
+    assert all("cuda_graphs" not in c for c in candidates(_cfg("sd15"), "cuda", bnb=False, compile_ok=True))
+    # a plan cached for the same config without graphs is not the one reused for it with graphs
+    from comfyui_persona.trainers.memory.planner import plan
+
+    plain = plan(_cfg("sd15", batch_size=2, compile="blocks"), 100.0, "cpu", None, "tiny", bnb=False, compile_ok=True)
+    graphed = plan(cfg, 100.0, "cpu", None, "tiny", bnb=False, compile_ok=True)
+    assert "cuda_graphs" not in plain.switches and graphed.switches["cuda_graphs"] is True
+
+
 def test_benchmark_tiny_mode_prints_the_table_and_plans_stay_within_budget(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(REPO / "bench"))

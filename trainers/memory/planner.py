@@ -159,14 +159,17 @@ def candidates(cfg, device, bnb: bool | None = None, compile_ok: bool | None = N
             for quant in quants:
                 for opt in optimizers:
                     for micro in micros:
-                        out.append({"mixed_precision": precision, "full_bf16": full_bf16,
-                                    "gradient_checkpointing": False, "checkpoint_blocks": 0,
-                                    "stream_blocks": 0, "fused_backward": fused,
-                                    "quantize_base": quant, "optimizer": opt, "batch_size": micro,
-                                    "gradient_accumulation": total // micro, "cache_latents": "memory",
-                                    "cache_text_embeddings": True,
-                                    "compile": "blocks" if compile_ok else "off",
-                                    "fused_optimizer": compile_ok and opt == "adamw" and not fused})
+                        c = {"mixed_precision": precision, "full_bf16": full_bf16,
+                             "gradient_checkpointing": False, "checkpoint_blocks": 0,
+                             "stream_blocks": 0, "fused_backward": fused,
+                             "quantize_base": quant, "optimizer": opt, "batch_size": micro,
+                             "gradient_accumulation": total // micro, "cache_latents": "memory",
+                             "cache_text_embeddings": True,
+                             "compile": "blocks" if compile_ok else "off",
+                             "fused_optimizer": compile_ok and opt == "adamw" and not fused}
+                        if cfg.cuda_graphs:  # kept where they can run: compiled blocks, one micro-step
+                            c["cuda_graphs"] = compile_ok and micro == total
+                        out.append(c)
     return sorted(out, key=lambda c: -speed_of(c, total))
 
 
@@ -390,7 +393,8 @@ def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
     return _key(cfg, _arch_id(cfg.family, base_model, size),
                 {"plan": True, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
-                 "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model)})
+                 "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
+                 **({"graphs": True} if cfg.cuda_graphs else {})})  # graphs asked for: kept where they run
 
 
 def plan(cfg, budget_mb: float, device="cuda", base_model: str | None = None, size: str = "real",
