@@ -83,7 +83,8 @@ def config(family, method, resolution, switches, rank=16):
                        t5_max_length=512, **switches)
 
 
-def measure(family, size, cfg, device, args) -> dict:
+def measure(family, size, cfg, device, args, peak) -> dict:
+    """One row's measurement, with its model-FLOPs utilisation against ``peak`` (FLOP/s)."""
     import statistics
 
     from comfyui_persona.models.architectures import instantiate
@@ -100,10 +101,11 @@ def measure(family, size, cfg, device, args) -> dict:
         times = out["step_seconds"]
         groups = [statistics.median(times[i * args.steps:(i + 1) * args.steps]) for i in range(args.repeats)]
         median = statistics.median(times)
-        return {"peak_mb": out["peak_bytes"] / 2 ** 20, "steps_per_s": 1 / median, "error": None,
-                "reserved_mb": out["reserved_bytes"] / 2 ** 20 if out["reserved_bytes"] is not None else None,
-                "seconds_per_step": median, "spread": (max(groups) - min(groups)) / median,
-                "warmup_s": out["warmup_seconds"]}
+        m = {"peak_mb": out["peak_bytes"] / 2 ** 20, "steps_per_s": 1 / median, "error": None,
+             "reserved_mb": out["reserved_bytes"] / 2 ** 20 if out["reserved_bytes"] is not None else None,
+             "seconds_per_step": median, "spread": (max(groups) - min(groups)) / median,
+             "warmup_s": out["warmup_seconds"]}
+        return {**m, **_utilisation(cfg, size, m, peak)}
     except torch.cuda.OutOfMemoryError:
         return {"peak_mb": None, "steps_per_s": None, "error": "out of memory"}
     finally:
@@ -140,8 +142,7 @@ def run(args) -> dict:
             for label, switches in ablation(family, method, bnb):
                 cfg = config(family, method, res, switches)
                 predicted = predicted_peak_mb(cfg, switches, None, size, device)
-                m = measure(family, size, cfg, device, args)
-                m.update(_utilisation(cfg, size, m, peak))
+                m = measure(family, size, cfg, device, args, peak)
                 if baseline is None:
                     baseline = m
                 rows.append(_row(family, method, res, label, switches, predicted, m, baseline, None))
@@ -163,27 +164,32 @@ def run(args) -> dict:
                                                                                "error": str(exc)}, baseline, gb)})
                     _print_progress(rows[-1])
                     continue
-                cfg = p.apply(plan_cfg)
-                m = measure(family, size, cfg, device, args)
-                m.update(_utilisation(cfg, size, m, peak))
+                m = measure(family, size, p.apply(plan_cfg), device, args, peak)
                 rows.append(_row(family, method, res, label, p.switches, p.predicted_peak_mb, m, baseline, gb))
                 _print_progress(rows[-1])
             if method == "lora" and family in SPEED_AT_971D0C8:
-                reference = None
-                for label, switches in speed_ablation(family):
-                    cfg = config(family, method, res, switches)
-                    m = measure(family, size, cfg, device, args)
-                    m.update(_utilisation(cfg, size, m, peak))
-                    reference = reference or m
-                    rows.append(_row(family, method, res, label, switches, predicted_peak_mb(cfg, switches, None, size,
-                                                                                             device),
-                                     m, reference, None, cfg.batch_size, "speed"))
-                    if not args.tiny and rows[-1]["steps_per_s"] and cfg.batch_size == 1:
-                        rows[-1]["vs_971d0c8"] = rows[-1]["steps_per_s"] / SPEED_AT_971D0C8[family]
-                    _print_progress(rows[-1])
+                rows += _speed_rows(family, res, size, device, args, peak)
     info = {"device": peak_name, "size": size, "torch": torch.__version__, "warmup": args.warmup,
             "steps_per_row": args.steps, "repeats": args.repeats, "bitsandbytes": bnb}
     return {"info": info, "rows": rows}
+
+
+def _speed_rows(family, res, size, device, args, peak) -> list[dict]:
+    """The (s) rows: each speed switch added to bf16 with the caches, against the first row and,
+    on a GPU at batch 1, against the steps/s measured at 971d0c8."""
+    from comfyui_persona.trainers.memory.planner import predicted_peak_mb
+
+    rows, reference = [], None
+    for label, switches in speed_ablation(family):
+        cfg = config(family, "lora", res, switches)
+        m = measure(family, size, cfg, device, args, peak)
+        reference = reference or m
+        predicted = predicted_peak_mb(cfg, switches, None, size, device)
+        rows.append(_row(family, "lora", res, label, switches, predicted, m, reference, None, cfg.batch_size, "speed"))
+        if not args.tiny and m["steps_per_s"] and cfg.batch_size == 1:
+            rows[-1]["vs_971d0c8"] = m["steps_per_s"] / SPEED_AT_971D0C8[family]
+        _print_progress(rows[-1])
+    return rows
 
 
 def _row(family, method, res, label, switches, predicted, m, baseline, budget_gb, batch=1, kind=None) -> dict:

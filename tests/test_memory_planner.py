@@ -106,7 +106,7 @@ def test_every_candidate_applies_to_the_config_it_plans_for():
     """A plan turns on what the config allows: CUDA graphs asked for stay only where the blocks
     are compiled and the batch is one micro-step (a captured backward's gradients cannot wait
     for the next micro-step)."""
-    from comfyui_persona.trainers.memory.planner import Plan, candidates
+    from comfyui_persona.trainers.memory.planner import Plan, candidates, plan
 
     cfg = _cfg("sd15", batch_size=2, compile="blocks", cuda_graphs=True)
     for compile_ok in (True, False):
@@ -118,8 +118,6 @@ def test_every_candidate_applies_to_the_config_it_plans_for():
             assert applied.cuda_graphs == c["cuda_graphs"] and applied.memory == "manual"
     assert all("cuda_graphs" not in c for c in candidates(_cfg("sd15"), "cuda", bnb=False, compile_ok=True))
     # a plan cached for the same config without graphs is not the one reused for it with graphs
-    from comfyui_persona.trainers.memory.planner import plan
-
     plain = plan(_cfg("sd15", batch_size=2, compile="blocks"), 100.0, "cpu", None, "tiny", bnb=False, compile_ok=True)
     graphed = plan(cfg, 100.0, "cpu", None, "tiny", bnb=False, compile_ok=True)
     assert "cuda_graphs" not in plain.switches and graphed.switches["cuda_graphs"] is True

@@ -87,7 +87,6 @@ def graphs_unsupported(cfg) -> str | None:
     return None
 
 
-
 # graphs a compiled block may need for one set of shapes: the training step, and sampling
 # (validation) with and without classifier-free guidance's doubled batch
 GRAPHS_PER_SHAPE = 4
