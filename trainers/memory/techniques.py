@@ -19,14 +19,31 @@ def freeze(module: torch.nn.Module) -> None:
 _KEEP = {torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8}
 
 
+ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator gives every tensor it allocates
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in memory of its own that starts at an :data:`ALIGNMENT` boundary.
+
+    Weights read from a .safetensors file are views into the file's buffer at whatever offset
+    the header left (8-byte aligned, often not 64): CPU matrix kernels take another code path
+    for such data than for the copy a block stream or a cast makes, and round differently, so
+    the same weights would give results that differ in the last bits (a streamed and an
+    in-memory run would not agree). Device memory is always aligned."""
+    if t.device.type == "cpu" and t.numel() and t.data_ptr() % ALIGNMENT:
+        return t.clone()
+    return t
+
+
 def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast the frozen (requires_grad=False) parameters and buffers to ``dtype``; quantized
-    weights (8-bit storage) and their scales stay as they are."""
+    """Cast the frozen (requires_grad=False) parameters and buffers to ``dtype``, each in
+    aligned memory of its own (:func:`aligned`); quantized weights (8-bit storage) and their
+    scales stay as they are."""
     for m in module.modules():
         quantized = any(t.dtype in _KEEP for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
         for p in m.parameters(recurse=False):
             if not p.requires_grad and p.dtype not in _KEEP and p.is_floating_point():
-                p.data = p.data.to(dtype)
+                p.data = aligned(p.data.to(dtype))
         if quantized:
             continue
         for name, buf in m.named_buffers(recurse=False):
