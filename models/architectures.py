@@ -21,8 +21,11 @@ _CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num
                   projection_dim=32, hidden_act="quick_gelu")
 _VAE_REAL = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
-_VAE_TINY = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                 up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=128)
+# the tiny VAE downsamples 4x (a 64 px image is a 16x16 latent), so that the tiny denoisers
+# work on few positions: test-size training stays fast on a CPU (the shipped face VAE, which
+# the demo and the memorisation tests install, is a 2x one: models.tiny_faces)
+_VAE_TINY = dict(block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8, sample_size=128)
 
 ARCHITECTURES: dict[tuple[str, str], dict] = {
     ("sd15", "tiny"): dict(

@@ -27,6 +27,9 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_faces"
 RESOLUTION = 64  # px, what it was trained at and samples best at
 CAPTION = "a photo of a person"
 _PARTS = {"unet": "unet.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
+# the shipped face VAEs' geometry: two blocks, a 64 px image is a 32x32 latent
+FACE_VAE = {"block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2}
 _FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
           "text_encoder": "model.safetensors"}
 
@@ -63,8 +66,9 @@ def install_face_vae(folder: str | Path) -> None:
     folder = Path(folder)
     config = json.loads((folder / "vae" / "config.json").read_text())
     channels = config.get("latent_channels")
-    if channels not in (4, 16) or list(config.get("block_out_channels", [])) != [16, 32]:
+    if channels not in (4, 16) or list(config.get("block_out_channels", []))[:1] != [16]:
         raise ValueError(f"face VAE: '{folder}' is not a tiny SD1.x, SDXL or FLUX model")
+    config.update(FACE_VAE)  # the face VAE's own geometry (2x), whatever the tiny one is
     meta = info() if channels == 4 else info().get("flux_vae")
     if meta is None:
         raise FileNotFoundError(f"face VAE: no 16-channel VAE in '{WEIGHTS}'; run scripts/train_tiny_faces.py --flux-vae")
