@@ -40,6 +40,21 @@ def load_trainable(comps, tensors: dict[str, torch.Tensor]) -> None:
                 own[k].copy_(v)
 
 
+def check_resumable(cfg) -> None:
+    """The run of ``cfg`` has a checkpoint that loads and was written by this config: checked
+    before any model loads, so a missing or broken one is reported at once."""
+    from pathlib import Path
+
+    from ..config import TrainConfig
+
+    run_dir = Path(cfg.output_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise TrainConfig.field_error("checkpoint_every", f"cannot resume: '{run_dir}' has no checkpoint yet "
+                                      f"(checkpoint_every={cfg.checkpoint_every}); start the run again instead")
+    load_checkpoint(ckpt, cfg.digest(), ("ema",) if cfg.ema else ())
+
+
 def resume(s, optimizer, lr_scheduler, ema=None) -> int:
     """Restore the run's last checkpoint (and the EMA it holds); returns the step it was
     written at."""

@@ -34,7 +34,7 @@ from ..speed.utilisation import device_peak, step_flops, utilisation
 from .data import TrainingData, prepare_data, step_batch
 from .ema import EMA
 from .finish import finish
-from .resume import resume as restore, trainable_state
+from .resume import check_resumable, resume as restore, trainable_state
 from .setup import Session, setup
 from .step import forward_backward, make_trainable, release_streaming
 
@@ -79,6 +79,8 @@ def train(cfg: TrainConfig, callbacks: Callbacks | None = None, resume: bool = F
     """Train ``cfg`` into ``cfg.output_dir``; with ``resume``, continue from its last checkpoint."""
     cb = callbacks or Callbacks()
     cfg.check_paths()  # every config error surfaces before any model loads
+    if resume:
+        check_resumable(cfg)  # and a missing or broken checkpoint
     s = setup(cfg, resume)
     data = prepare_data(s)
     return train_steps(s, data, cb, resume)
