@@ -225,6 +225,15 @@ def _cache_file(name: str = "plans.json") -> Path:
     return cache_root() / name
 
 
+def read_cache(name: str) -> dict:
+    """A JSON memo in the cache root (empty when absent or unreadable)."""
+    return _read_json(_cache_file(name))
+
+
+def write_cache(name: str, data: dict) -> None:
+    _write_json(_cache_file(name), data)
+
+
 def _read_json(path: Path) -> dict:
     if path.is_file():
         try:
@@ -235,8 +244,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    import os
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write at once
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
 
@@ -253,7 +264,7 @@ def _key(cfg, arch: str, extra: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _arch_id(family: str, base_model: str | None, size: str) -> str:
+def arch_id(family: str, base_model: str | None, size: str) -> str:
     folder = Path(base_model) if base_model else None
     if folder is not None and (folder / "model_index.json").is_file():
         parts = []
@@ -287,7 +298,7 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[
     in memory and on disk."""
     from .simulate import simulate
 
-    key = _key(cfg, _arch_id(cfg.family, base_model, size), _switch_key(switches))
+    key = _key(cfg, arch_id(cfg.family, base_model, size), _switch_key(switches))
     fresh = False
     if key not in _MEMO:
         cache = _cache_file()
@@ -390,7 +401,7 @@ class _Search:
 
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
-    return _key(cfg, _arch_id(cfg.family, base_model, size),
+    return _key(cfg, arch_id(cfg.family, base_model, size),
                 {"plan": True, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),

@@ -50,27 +50,51 @@ def _name(device: torch.device) -> str:
 
 
 _FLOPS: dict[str, float] = {}
+# what changes the model FLOPs of a step: the architecture (with base_model and size) and these
+# fields; precision, optimizer, quantized storage and the memory switches do not (the counter
+# counts matrix products and convolutions, not elementwise work)
+FLOP_FIELDS = ("family", "method", "resolution", "batch_size", "gradient_accumulation", "rank", "target_modules",
+               "train_text_encoder", "use_dora", "prior_preservation", "cache_latents", "cache_text_embeddings",
+               "shuffle_tags", "identity_loss_weight", "t5_max_length", "guidance")
+
+
+def _flops_key(cfg, base_model, size) -> str:
+    import json
+
+    from ..memory.planner import arch_id
+
+    fields = {f: getattr(cfg, f) for f in FLOP_FIELDS}
+    return json.dumps([arch_id(cfg.family, base_model, size), fields, cfg.lora_targets], sort_keys=True, default=str)
 
 
 def step_flops(cfg, base_model: str | None = None, size: str = "real") -> float:
-    """Model FLOPs of one optimizer step of ``cfg`` (see the module's text)."""
+    """Model FLOPs of one optimizer step of ``cfg`` (see the module's text); remembered per
+    architecture and the fields that change them, in memory and in the cache root, so a run
+    of a known shape does not count again."""
     import copy
-    import json
+    import hashlib
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..memory.planner import read_cache, write_cache
     from ..memory.simulate import architecture, run_steps
 
-    counted = cfg.model_copy(update={"gradient_checkpointing": False, "checkpoint_blocks": 0, "stream_blocks": 0,
-                                     "compile": "off", "cuda_graphs": False, "fused_optimizer": False})
-    key = json.dumps([cfg.family, str(base_model), size, counted.digest()])
+    key = hashlib.sha256(_flops_key(cfg, base_model, size).encode()).hexdigest()[:24]
     if key not in _FLOPS:
-        with torch.inference_mode(False), torch.enable_grad():
-            comps = copy.deepcopy(architecture(cfg.family, base_model, size))
-            counter = FlopCounterMode(display=False)
-            with counter:
-                run_steps(comps, counted, "meta", steps=1, fused_attention=False)
-        _FLOPS[key] = float(counter.get_total_flops())
+        stored = read_cache("flops.json")
+        if key not in stored:
+            counted = cfg.model_copy(update={"gradient_checkpointing": False, "checkpoint_blocks": 0,
+                                             "stream_blocks": 0, "compile": "off", "cuda_graphs": False,
+                                             "fused_optimizer": False})
+            with torch.inference_mode(False), torch.enable_grad():
+                comps = copy.deepcopy(architecture(cfg.family, base_model, size))
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    run_steps(comps, counted, "meta", steps=1, fused_attention=False)
+            stored = read_cache("flops.json")
+            stored[key] = float(counter.get_total_flops())
+            write_cache("flops.json", stored)
+        _FLOPS[key] = stored[key]
     return _FLOPS[key]
 
 
