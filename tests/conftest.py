@@ -1,11 +1,27 @@
-"""Shared fixtures: real photos that ship in packages, and a real ComfyUI server."""
+"""Shared fixtures: real photos that ship in packages, test-size models built once, and real
+ComfyUI servers (one boot per host and test session).
+
+Under pytest-xdist (``scripts/test.sh`` runs two workers) every server test of a host runs on
+one worker (its ``xdist_group``), so each host boots once; models are built once into the test
+cache under a lock that also keeps two workers from building at the same time; each worker
+computes on one thread (``OMP_NUM_THREADS``, set by ``scripts/test.sh``)."""
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
 
-from comfy_server import CACHE, HOSTS, ComfyServer, HostUnavailable
+from built import built_once, heavy_build, model_dir
+from comfy_server import HOSTS, NEWEST, ComfyServer, HostUnavailable
+
+
+def pytest_configure(config):
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +48,11 @@ def coffee() -> np.ndarray:
 @pytest.fixture(scope="session", params=HOSTS)
 def comfy(request, tmp_path_factory) -> ComfyServer:
     """A real ComfyUI server with the pack installed, once per host and test session: every
-    test that uses it runs on the 2024 ComfyUI and on the current one (see comfy_server)."""
+    test that uses it runs on the 2024 ComfyUI and on the newest one (hosts.py)."""
     try:
-        server = ComfyServer.create(tmp_path_factory.mktemp(f"comfy-{request.param}"),
-                                    f"comfyui-{request.param}", host=request.param)
+        with heavy_build(f"host-{request.param}"):  # unpacking and provisioning, once
+            server = ComfyServer.create(tmp_path_factory.mktemp(f"comfy-{request.param}"),
+                                        f"comfyui-{request.param}", host=request.param)
     except HostUnavailable as exc:
         pytest.skip(f"{request.param}: {exc}")
     server.start()
@@ -44,60 +61,93 @@ def comfy(request, tmp_path_factory) -> ComfyServer:
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-    """A tiny SD1.x-shaped diffusers model (random weights, real CLIP tokenizer)."""
-    from comfy_server import CACHE
-    from comfyui_persona.models.build import build_model
+def comfy_today(tmp_path_factory) -> ComfyServer:
+    """The newest host serving today's frontend (hosts.TODAY_FRONTEND) instead of its own."""
+    from hosts import TODAY_FRONTEND, frontend_root
 
-    return build_model(CACHE / "models" / "tiny-sd-v1", "tiny", seed=0)
+    try:
+        with heavy_build(f"host-{NEWEST}"):
+            server = ComfyServer.create(tmp_path_factory.mktemp("comfy-today"), "comfyui-today-frontend",
+                                        host=NEWEST, frontend=frontend_root(TODAY_FRONTEND))
+    except HostUnavailable as exc:
+        pytest.skip(f"{NEWEST}: {exc}")
+    server.start()
+    server.frontend_version = TODAY_FRONTEND
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def queue_left_clean(comfy):
+    """For tests that queue a long training: whatever happens, the server's queue is cleared,
+    the run interrupted and this server's training children ended when the test ends."""
+    yield comfy
+    comfy.cancel_everything()
 
 
 @pytest.fixture(scope="session")
-def face_dataset(tmp_path_factory):
-    """4 photos of the astronaut through the real face pipeline, at 64 px."""
+def tiny_model():
+    """A tiny SD1.x-shaped diffusers model (random weights, real CLIP tokenizer)."""
+    from comfyui_persona.models.build import build_model
+
+    with heavy_build("tiny-sd"):
+        return build_model(model_dir("tiny-sd"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def face_dataset():
+    """4 photos of the astronaut through the real face pipeline, at 64 px (prepared once per
+    code version; tests only read it)."""
     from comfyui_persona.faces.config import PrepareConfig
     from comfyui_persona.faces.dataset import prepare_dataset
     from comfyui_persona.faces.samples import write_subject_photos
 
-    root = tmp_path_factory.mktemp("face_dataset")
-    write_subject_photos(root / "photos", count=4)
-    result = prepare_dataset(root / "photos", root / "dataset", PrepareConfig(resolution=64))
-    assert len(result.accepted) == 4
-    return root / "dataset"
+    def build(root):
+        write_subject_photos(root / "photos", count=4)
+        result = prepare_dataset(root / "photos", root / "dataset", PrepareConfig(resolution=64))
+        assert len(result.accepted) == 4
+
+    return built_once("face-dataset", build) / "dataset"
 
 
 @pytest.fixture(scope="session")
 def sd15_model():
     """The full SD1.5 architecture with random weights (ComfyUI detects it as SD1.5).
     Built once into the test cache (about 35 s and 4 GB)."""
-    from comfy_server import CACHE
     from comfyui_persona.models.build import build_model
 
-    return build_model(CACHE / "models" / "sd15-random", "sd15", seed=0)
+    with heavy_build("sd15-random"):
+        return build_model(model_dir("sd15-random"), "sd15", seed=0)
 
 
 @pytest.fixture(scope="session")
-def sd15_lora(sd15_model, face_dataset, tmp_path_factory):
-    """A LoRA (UNet + text encoder) trained for 2 steps on the SD1.5-shaped model."""
+def sd15_lora(sd15_model, face_dataset):
+    """A LoRA (UNet + text encoder) trained for 2 steps on the SD1.5-shaped model (once per
+    code version)."""
     from comfyui_persona.trainers.config import TrainConfig
     from comfyui_persona.trainers.loop import train
 
-    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset),
-                      output_dir=str(tmp_path_factory.mktemp("sd15_lora") / "run"), resolution=64,
-                      steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
-                      text_encoder_lr=5e-2, checkpoint_every=0)
-    return train(cfg).lora_path
+    def build(folder):
+        cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset), output_dir=str(folder / "run"),
+                          resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
+                          text_encoder_lr=5e-2, checkpoint_every=0)
+        train(cfg)
+
+    return built_once("sd15-lora", build) / "run" / "lora.safetensors"
 
 
 @pytest.fixture(scope="session")
-def sd15_single_file(sd15_model, tmp_path_factory):
-    """The SD1.5-shaped model as one original-layout .safetensors (as in models/checkpoints)."""
+def sd15_single_file(sd15_model):
+    """The SD1.5-shaped model as one original-layout .safetensors (as in models/checkpoints),
+    written once per code version."""
     from comfyui_persona.models.loading import load_components
     from comfyui_persona.models.single_file import save_single_file
 
-    comps = load_components("sd15", sd15_model)
-    return save_single_file(tmp_path_factory.mktemp("ckpt") / "persona-sd15.safetensors",
-                            comps.denoiser, comps.vae, comps.text_encoder)
+    def build(folder):
+        comps = load_components("sd15", sd15_model)
+        save_single_file(folder / "persona-sd15.safetensors", comps.denoiser, comps.vae, comps.text_encoder)
+
+    return built_once("sd15-single-file", build) / "persona-sd15.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +155,8 @@ def tiny_sdxl():
     """An SDXL-shaped model (two text encoders, size/crop conditioning) with random weights."""
     from comfyui_persona.models.build import build_family_model
 
-    return build_family_model(CACHE / "models" / "tiny-sdxl-v1", "sdxl", "tiny", seed=0)
+    with heavy_build("tiny-sdxl"):
+        return build_family_model(model_dir("tiny-sdxl"), "sdxl", "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +165,36 @@ def tiny_flux():
     VAE) with random weights."""
     from comfyui_persona.models.build import build_family_model
 
-    return build_family_model(CACHE / "models" / "tiny-flux-v1", "flux", "tiny", seed=0)
+    with heavy_build("tiny-flux"):
+        return build_family_model(model_dir("tiny-flux"), "flux", "tiny", seed=0)
+
+
+def _worker_group(item) -> str:
+    """The tests that must share a worker: those of one ComfyUI host (it boots once), and
+    those of one module-scoped fixture value (it is made once), i.e. the module's tests per
+    parameter of its module-scoped fixtures; every other test is its own unit."""
+    spec = getattr(item, "callspec", None)
+    params = spec.params if spec is not None else {}
+    if "comfy" in params:
+        return f"host-{params['comfy']}"
+    if "comfy_today" in item.fixturenames:
+        return "host-today-frontend"
+    defs = item._fixtureinfo.name2fixturedefs
+    module_params = sorted(f"{name}={params[name]}" for name in params
+                           if name in defs and defs[name][-1].scope == "module")
+    uses_module_fixture = any(d[-1].scope == "module" for name, d in defs.items() if name in item.fixturenames)
+    if module_params or uses_module_fixture:
+        return "::".join([item.module.__name__, *module_params])
+    return item.nodeid
 
 
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests run only where torch sees a CUDA device (scripts/test_gpu.sh)."""
+    """Server tests of one host share a worker (``xdist_group``: the host boots once); ``gpu``
+    tests run only where torch sees a CUDA device (scripts/test_gpu.sh)."""
     import torch
 
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="gpu: no CUDA device here (scripts/test_gpu.sh runs these on a GPU machine)")

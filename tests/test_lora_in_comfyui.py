@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
+from built import built_once
+
 pytestmark = pytest.mark.server
 
 
@@ -87,16 +89,18 @@ def test_single_file_base_trains_and_comfyui_checkpoint_loader_applies_the_lora(
 
 
 @pytest.fixture(scope="session")
-def sd15_dora_lora(sd15_model, face_dataset, tmp_path_factory):
-    """A DoRA LoRA trained with LoRA+ (2 steps) on the SD1.5-shaped model, text encoder included."""
+def sd15_dora_lora(sd15_model, face_dataset):
+    """A DoRA LoRA trained with LoRA+ (2 steps) on the SD1.5-shaped model, text encoder included
+    (once per code version)."""
     from comfyui_persona.trainers.config import TrainConfig
     from comfyui_persona.trainers.loop import train
 
-    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset),
-                      output_dir=str(tmp_path_factory.mktemp("sd15_dora") / "run"), resolution=64,
-                      steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
-                      text_encoder_lr=5e-2, checkpoint_every=0, use_dora=True, loraplus_lr_ratio=16)
-    return train(cfg).lora_path
+    def build(folder):
+        train(TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset), output_dir=str(folder / "run"),
+                          resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
+                          text_encoder_lr=5e-2, checkpoint_every=0, use_dora=True, loraplus_lr_ratio=16))
+
+    return built_once("sd15-dora-lora", build) / "run" / "lora.safetensors"
 
 
 def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_dora_lora):
@@ -117,15 +121,18 @@ def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_mod
 
 
 @pytest.fixture(scope="session")
-def sd15_second_lora(sd15_model, face_dataset, tmp_path_factory):
-    """A second subject's LoRA (another seed and token) on the SD1.5-shaped model."""
+def sd15_second_lora(sd15_model, face_dataset):
+    """A second subject's LoRA (another seed and token) on the SD1.5-shaped model (once per code
+    version)."""
     from comfyui_persona.trainers.config import TrainConfig
     from comfyui_persona.trainers.loop import train
 
-    cfg = TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset), token="vrelk",
-                      output_dir=str(tmp_path_factory.mktemp("sd15_second") / "run"), resolution=64,
-                      steps=2, rank=4, alpha=4, learning_rate=5e-2, checkpoint_every=0, seed=7)
-    return train(cfg).lora_path
+    def build(folder):
+        train(TrainConfig(base_model=str(sd15_model), dataset=str(face_dataset), token="vrelk",
+                          output_dir=str(folder / "run"), resolution=64, steps=2, rank=4, alpha=4,
+                          learning_rate=5e-2, checkpoint_every=0, seed=7))
+
+    return built_once("sd15-second-lora", build) / "run" / "lora.safetensors"
 
 
 def test_two_subject_loras_chained_and_merged_load_fully_in_comfyui(comfy, sd15_model, sd15_lora, sd15_second_lora,

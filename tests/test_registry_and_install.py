@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
 
-from comfy_server import CACHE, REPO
+from comfy_server import REPO
 
 KEPT = ("torch", "torchvision", "numpy", "pillow")
 
@@ -35,13 +34,11 @@ def test_install_py_leaves_torch_numpy_and_pillow_alone():
 
 
 def test_the_registry_validator_accepts_the_pack():
-    """comfy-cli lives in a small environment of its own (it brings uv, typer, ruff, ...)."""
-    env_dir = CACHE / "comfy-cli-venv"
-    comfy = env_dir / "bin" / "comfy"
-    if not comfy.is_file():
-        venv.create(env_dir, with_pip=True)
-        subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "comfy-cli", "ruff"],
-                       check=True, timeout=600)
+    """comfy-cli lives in a small environment of its own (hosts.comfy_cli)."""
+    from hosts import comfy_cli
+
+    comfy = comfy_cli()
+    env_dir = comfy.parent.parent
     out = subprocess.run([str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO,
                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
                          env={**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}"})

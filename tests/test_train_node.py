@@ -65,7 +65,7 @@ def test_train_node_writes_a_lora_that_loraloader_lists(prepared):
     assert (comfy.models / "loras" / "persona" / "persona_node_test_copy.safetensors").is_file()
 
 
-def test_cancel_stops_the_child_and_the_server_stays_up(prepared):
+def test_cancel_stops_the_child_and_the_server_stays_up(prepared, queue_left_clean):
     comfy = prepared
     messages = comfy.watch("persona-train-progress")
     status, body = comfy.post("/prompt", {"prompt": _graph("persona_cancel_test", steps=5000,
@@ -98,26 +98,23 @@ def test_cancel_stops_the_child_and_the_server_stays_up(prepared):
     assert comfy.get("/system_stats")
 
 
-def test_a_training_child_killed_like_an_oom_leaves_the_server_serving(prepared):
+def test_a_training_child_killed_like_an_oom_leaves_the_server_serving(prepared, queue_left_clean):
     """The kernel's out-of-memory killer ends a process with SIGKILL: the node reports the
-    failure with the child's last output, and the server goes on serving."""
-    import signal
-
-    import psutil
-
+    failure with the child's last output, and the server goes on serving. The child killed is
+    this server's own (by parent process id), never another server's that looks alike."""
     comfy = prepared
     status, body = comfy.post("/prompt", {"prompt": _graph("persona_killed_test", steps=4000, seed=7),
                                           "client_id": "persona-tests"})
     assert status == 200, body
     deadline = time.monotonic() + 120
-    child = None
-    while child is None:
+    children = []
+    while not children:
         assert time.monotonic() < deadline, "the training child never started"
-        child = next((p for p in psutil.process_iter(["cmdline"])
-                      if any(str(a).endswith("trainers/child.py") for a in (p.info["cmdline"] or []))), None)
+        children = comfy.training_children()
         time.sleep(0.3)
+    assert len(children) == 1, children
     time.sleep(3)  # let it load and train a little
-    child.send_signal(signal.SIGKILL)
+    children[0].kill()  # SIGKILL, as the kernel's out-of-memory killer sends
     entry = comfy.wait_for(body["prompt_id"], timeout=120)
     assert entry["status"]["status_str"] == "error"
     message = json.dumps(entry["status"]["messages"])

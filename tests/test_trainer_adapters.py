@@ -72,7 +72,7 @@ def test_dora_trains_a_magnitude_and_comfyui_computes_peft_weights_from_the_file
                                                                                   tmp_path):
     """The file's dora_scale makes ComfyUI's own weight_decompose give what peft's DoRA layer
     computes: m / ||W + dW|| * (W + dW)."""
-    from comfy_server import HostUnavailable, host_source
+    from comfy_server import NEWEST, HostUnavailable, host_env, host_source
     from comfyui_persona.models.loading import load_components
 
     cfg = tiny_config(tiny_model, face_dataset, tmp_path / "dora", steps=3, use_dora=True, learning_rate=5e-2)
@@ -97,14 +97,14 @@ def test_dora_trains_a_magnitude_and_comfyui_computes_peft_weights_from_the_file
                                                       unet[f"{m}.weight"].float().norm(dim=1), rtol=1e-4)]
     assert moved, "the magnitudes did not train"
     try:
-        source = host_source("comfyui-0.8")
+        source = host_source(NEWEST)
     except HostUnavailable as exc:
-        pytest.skip(f"comfyui-0.8: {exc}")
+        pytest.skip(f"{NEWEST}: {exc}")
     save_file(base, str(tmp_path / "base.safetensors"))
     args = {"lora": str(result.lora_path), "weights": str(tmp_path / "base.safetensors"), "keys": keys,
             "out": str(tmp_path / "comfy.safetensors")}
     done = subprocess.run([sys.executable, "-c", COMFY_WEIGHT], input=json.dumps(args), cwd=source,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=host_env(NEWEST))
     assert done.returncode == 0, done.stderr[-3000:]
     comfy = load_file(str(tmp_path / "comfy.safetensors"))
     for m in modules:  # the file stores fp16 factors

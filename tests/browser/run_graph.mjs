@@ -1,26 +1,45 @@
 // Drives the real ComfyUI frontend in headless Chromium:
-//   node run_graph.mjs URL API_PROMPT.json SCREENSHOT.png WAIT_SELECTOR
-// loads the API-format prompt into the canvas, queues it from the page, waits for
-// WAIT_SELECTOR to appear, saves a screenshot and prints a JSON summary on stdout.
+//   node run_graph.mjs URL JOBS.json
+// JOBS.json: a list of {prompt: PATH, shot: PNG, selector: CSS or ""}, run one after another in
+// one page (the frontend loads once). For each: a UI-format workflow is loaded into the canvas;
+// an API-format prompt is loaded and queued from the page, then WAIT_SELECTOR is awaited. A
+// screenshot is saved, and one JSON line per job is printed on stdout: what was missing, the
+// console errors and failed requests since the job began, the rendered layout.
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
 
-const [url, promptPath, shot, selector] = process.argv.slice(2);
-const prompt = JSON.parse(readFileSync(promptPath, "utf8"));
+const [url, jobsPath] = process.argv.slice(2);
+const jobs = JSON.parse(readFileSync(jobsPath, "utf8"));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"],
 });
-const errors = [];
+let errors = [];
+let failed = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   page.on("console", (m) => { if (m.type() === "error") errors.push(`${m.text()} [${m.location().url}]`); });
   page.on("pageerror", (e) => errors.push(`${e} ${(e.stack || "").split("\n").slice(1, 3).join(" ").trim()}`));
-  const failed = [];
   page.on("response", (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
   await page.goto(url, { waitUntil: "load" });
-  await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph, null, { timeout: 60000 });
+  // ready: the graph exists (newer frontends say so without touching it: reading app.graph
+  // before then logs an error)
+  await page.waitForFunction(() => window.LiteGraph && window.app &&
+    ("isGraphReady" in window.app ? window.app.isGraphReady : !!window.app.graph), null, { timeout: 60000 });
+  for (const job of jobs) {
+    const result = await runJob(page, JSON.parse(readFileSync(job.prompt, "utf8")), job.shot, job.selector || "");
+    result.errors = errors;
+    result.failed = failed;
+    console.log(JSON.stringify(result));
+    errors = [];
+    failed = [];
+  }
+} finally {
+  await browser.close();
+}
+
+async function runJob(page, prompt, shot, selector) {
   const ui = Array.isArray(prompt.nodes);  // a UI-format workflow: load it, do not queue it
   const missing = await page.evaluate((p) => {
     const types = Array.isArray(p.nodes) ? p.nodes.map((n) => n.type) : Object.values(p).map((n) => n.class_type);
@@ -71,7 +90,5 @@ try {
   await page.evaluate(() => window.app.canvas.setDirty(true, true));
   await page.waitForTimeout(500);
   await page.screenshot({ path: shot });
-  console.log(JSON.stringify({ missing, errors, failed, rows, found, loaded, layout }));
-} finally {
-  await browser.close();
+  return { missing, rows, found, loaded, layout };
 }

@@ -1,0 +1,91 @@
+"""What the tests build once into the test cache and share: test models (per version of the
+code that builds them) and trained or prepared artifacts (per version of the pack's code),
+each under a lock that the other pytest-xdist worker waits on, so that nothing is built twice
+and two heavy builds never run at once."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from comfy_server import CACHE, REPO
+
+
+def _builder_digest() -> str:
+    """A short hash of the code that builds the test models: a changed builder (architecture,
+    family, tokenizers) builds new ones; unchanged, the test cache's are reused."""
+    import hashlib
+
+    files = [REPO / "models" / n for n in ("architectures.py", "build.py", "tokenizers.py", "tiny_faces.py")]
+    files += sorted((REPO / "models" / "families").rglob("*.py"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+BUILDER = _builder_digest()
+
+
+def _code_digest() -> str:
+    """A short hash of the pack's code (tests aside): what a trained or prepared test artifact
+    depends on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(REPO.rglob("*.py")):
+        rel = f.relative_to(REPO)
+        if rel.parts[0] in ("tests", "bench", "scripts", "app", "nodes") or rel.parts[0].startswith("."):
+            continue
+        digest.update(str(rel).encode() + f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+CODE = _code_digest()
+
+
+def built_once(name: str, build) -> Path:
+    """``build(folder)`` run once per code version into the test cache (under the build lock,
+    so the other worker waits and then reuses it); returns the folder."""
+    import shutil
+
+    target = CACHE / "built" / f"{name}-{CODE}"
+    if (target / ".complete").is_file():
+        return target
+    with heavy_build(name):
+        if not (target / ".complete").is_file():
+            for old in target.parent.glob(f"{name}-*"):
+                if len(old.name) == len(target.name):
+                    shutil.rmtree(old, ignore_errors=True)
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            (tmp / ".complete").write_text(name)
+            tmp.rename(target)
+    return target
+
+
+def model_dir(name: str):
+    """Where the test model ``name`` is built once (per builder version) in the test cache;
+    the builds of earlier versions are removed."""
+    import shutil
+
+    current = CACHE / "models" / f"{name}-{BUILDER}"
+    for old in current.parent.glob(f"{name}-*"):
+        if old != current and old.name[len(name) + 1:].isalnum() and len(old.name) == len(current.name):
+            shutil.rmtree(old, ignore_errors=True)
+    return current
+
+
+@contextlib.contextmanager
+def heavy_build(name: str):
+    """Held while a worker builds something large into the test cache: the other worker waits
+    (for the same build, then finds it done; for another one, so two never run at once)."""
+    from filelock import FileLock
+
+    locks = CACHE / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / "heavy-build.lock")):
+        yield
+
+
