@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from comfy_server import ComfyServer, HostUnavailable  # noqa: E402
+from comfy_server import NEWEST, ComfyServer, HostUnavailable  # noqa: E402
 
 from comfyui_persona.comfy_client.graph import api_to_ui  # noqa: E402
 
@@ -22,7 +22,7 @@ THUMBNAIL_WIDTH = 640
 
 def main() -> None:
     try:
-        server = ComfyServer.create(Path(tempfile.mkdtemp()), "build-workflows", host="comfyui-0.8")
+        server = ComfyServer.create(Path(tempfile.mkdtemp()), "build-workflows", host=NEWEST)
     except HostUnavailable as exc:  # the 2024 host still gives the node definitions
         print(f"current ComfyUI not available ({exc}); thumbnails are drawn by the 2024 frontend")
         server = ComfyServer.create(Path(tempfile.mkdtemp()), "build-workflows")
