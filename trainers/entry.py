@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--json-events", action="store_true", help="one JSON event per line on stdout")
+    parser.add_argument("--stop-on-stdin", action="store_true",
+                        help="stop (after a checkpoint) when 'stop' is read on stdin, or when stdin closes because "
+                             "the process that started the run has gone (trainers/stop.py)")
     return parser
 
 
@@ -58,12 +61,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(fields, source=f"config file '{args.config}'")
 
 
-def run(cfg: TrainConfig, resume: bool = False, on_event: Callable[[str, dict], None] | None = None):
-    """Train ``cfg``; SIGTERM checkpoints at the end of the step, then stops. In data-parallel
-    training only the first process emits events. Returns the TrainResult."""
+def run(cfg: TrainConfig, resume: bool = False, on_event: Callable[[str, dict], None] | None = None,
+        stop_on_stdin: bool = False):
+    """Train ``cfg``; a stop request (``stop_on_stdin``: a line on stdin or its end, see
+    ``stop``; or SIGTERM where the system sends one) checkpoints at the end of the step, then
+    stops. In data-parallel training only the first process emits events. Returns the
+    TrainResult."""
     from .loop import Callbacks, train
 
     stop = {"requested": False}
+    channel = None
+    if stop_on_stdin:
+        from .stop import StopChannel
+
+        channel = StopChannel()
 
     def request_stop(_signum, _frame):
         stop["requested"] = True
@@ -72,7 +83,7 @@ def run(cfg: TrainConfig, resume: bool = False, on_event: Callable[[str, dict], 
     first = os.environ.get("RANK", "0") == "0"
     emit = on_event if (on_event and first) else None
     callbacks = Callbacks(on_log=(lambda record: emit(events.LOG, record)) if emit else None,
-                          should_stop=lambda: stop["requested"])
+                          should_stop=lambda: stop["requested"] or bool(channel and channel()))
     try:
         result = train(cfg, callbacks, resume=resume)
     finally:
@@ -113,12 +124,15 @@ def run_from_args(args: argparse.Namespace) -> int:
         bar = None
 
         def on_event(kind, data):  # the event protocol: one JSON line per event on stdout
-            sys.stdout.write(events.encode(kind, data) + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(events.encode(kind, data) + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):  # nobody reads any more: the parent has gone, and the
+                pass  # stop channel stops the run (with a checkpoint) at the end of this step
     else:
         on_event, bar = _terminal_events(cfg.steps)
     try:
-        run(cfg, resume=bool(args.resume), on_event=on_event)
+        run(cfg, resume=bool(args.resume), on_event=on_event, stop_on_stdin=args.stop_on_stdin)
     except (ConfigError, CheckpointError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

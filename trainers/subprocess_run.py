@@ -1,13 +1,15 @@
-"""Training in a child process (what the ComfyUI node uses): an out-of-memory error or a
-crash ends the child, never the server; progress streams back as events (``events``); a cancel
-request ends the child; a finished run with the same dataset and config is reused."""
+"""Training in a child process (what the ComfyUI node and the sweep use): an out-of-memory
+error or a crash ends the child, never the server; progress streams back as events
+(``events``); a cancel asks the child to stop through its standard input (``stop``: it writes
+a checkpoint and exits; it is ended by force only after a grace period), the same on Windows
+and Linux; a child whose parent dies stops by itself; a finished run with the same dataset and
+config is reused."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -79,9 +81,12 @@ def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | Non
     config_file = run_dir / "requested_config.json"
     config_file.write_text(json.dumps(cfg.to_json(), indent=2))
     args = ["--resume", str(run_dir)] if resume else [str(config_file)]
-    proc = subprocess.Popen([sys.executable, str(CHILD), *args, "--json-events"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    # a new interpreter (spawned, as on Windows: no fork), text over pipes in UTF-8 whatever the
+    # system's code page, and its stdin kept open as the stop channel
+    proc = subprocess.Popen([sys.executable, str(CHILD), *args, "--json-events", "--stop-on-stdin"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8", errors="replace",
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})})
     stderr_tail: list[str] = []
 
     def drain_stderr():
@@ -131,11 +136,18 @@ def train_in_subprocess(cfg: TrainConfig, on_event: Callable[[dict], None] | Non
     return RunOutcome(run_dir, lora, summary, False)
 
 
-def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM (the child saves a checkpoint at the end of its step), then SIGKILL."""
-    proc.send_signal(signal.SIGTERM)
+STOP_GRACE = 30.0  # seconds a child may take to finish its step, checkpoint and exit
+
+
+def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """Ask the child to stop (it saves a checkpoint at the end of its step and exits); end it
+    by force only when it has not exited after ``grace`` seconds."""
+    from .stop import request_stop
+
+    request_stop(proc.stdin)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
+        log.warning("training child %d did not stop within %.0f s; ending it", proc.pid, grace)
         proc.kill()
         proc.wait()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
-import sys
 
 import torch
 
@@ -135,11 +133,26 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated accelerator memory, or the process's peak RSS on CPU, in MiB."""
+    """Peak allocated accelerator memory, or the process's peak resident memory on CPU, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2 ** 20
+    return host_peak_rss() / 2 ** 20
+
+
+def host_peak_rss() -> int:
+    """This process's peak resident memory in bytes, on every system without Unix-only modules:
+    Linux's VmHWM, Windows' peak working set (psutil), else the current resident size."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    info = psutil.Process().memory_info()
+    return int(getattr(info, "peak_wset", 0) or info.rss)
 
 
 def make_optimizer(groups: list[dict], name: str, weight_decay: float, fused: bool = False):
