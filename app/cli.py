@@ -442,10 +442,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 continue
             wm, cred, rec = r["watermark"], r["credentials"], r["record"]
             payload = wm.get("payload") or {}
-            rows.append((r["file"], r["status"],
-                         (f"found, seed {payload.get('seed_mod_65536')}, lora {payload.get('lora_hash_prefix') or '-'}"
-                          + (f", {wm['bit_accuracy']:.0%} bits" if "bit_accuracy" in wm else "")) if wm["found"]
-                         else "not found" + (f" ({wm['reason']})" if wm.get("reason") else ""),
+            rows.append((r["file"], r["status"], _watermark_cell(wm),
                          ("valid" + ("" if cred.get("trusted") else " (signer not on the C2PA trust list)")
                           if cred.get("valid") else f"INVALID: {', '.join(cred.get('errors') or [cred.get('state', '')])}")
                          if cred.get("present") else "none",
@@ -453,6 +450,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(text_table(["file", "status", "watermark", "content credentials", "Persona record"], rows))
     statuses = {r["status"] for r in reports}
     return 2 if "unreadable" in statuses else 1 if statuses - {"ok"} else 0
+
+
+def _watermark_cell(wm: dict) -> str:
+    """What ``persona verify`` says of an image's watermark: found or not, the bits behind that
+    judgement and how often it would be wrong on an unmarked image."""
+    if wm.get("too_small"):
+        return wm["reason"]
+    rate = wm.get("false_positive_rate") or {}
+    odds = f"; false positives {rate['by_chance']:.2g} by chance" + (f", {rate['measured']}" if "measured" in rate
+                                                                      else "") if rate else ""
+    bits = f"pack id {wm['pack_id_bits_agreeing']} bits" if "pack_id_bits_agreeing" in wm else ""
+    if not wm["found"]:
+        return "not found" + (f" ({wm['reason']})" if wm.get("reason") else f" ({bits}{odds})" if bits else "")
+    payload = wm.get("payload") or {}
+    seed = payload.get("seed_mod_256", payload.get("seed_mod_65536"))
+    modulus = 256 if "seed_mod_256" in payload else 65536
+    agreeing = f", {round(wm['bit_agreement'] * (32 if modulus == 256 else 48))}/{32 if modulus == 256 else 48} " \
+               f"bits as recorded" if "bit_agreement" in wm else ""
+    return (f"found ({wm.get('method', '')}: {bits}{odds}), seed {seed} (mod {modulus}), "
+            f"lora {payload.get('lora_hash_prefix') or '-'}{agreeing}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -122,12 +122,12 @@ def _sample_behind_gate(run_gate, settings, model, positive, negative, latent_im
     best_params = result.attempts[result.best_index - 1].params
     report = json.dumps(result.to_json(), indent=2)
     # every image leaves the node with Persona's watermark (seed of its attempt)
-    marked = [mark_generated(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)]
-    attempts = images_to_tensor(marked)
+    marked, notes = zip(*[mark_generated(im, a.params["seed"]) for im, a in zip(result.images, result.attempts)])
+    attempts = images_to_tensor(list(marked))
     used = "calibrated" if settings.threshold is None else "given"
     summary = (f"{'PASSED' if result.passed else 'FAILED'}: best attempt {result.best_index} of "
                f"{len(result.attempts)}, threshold {result.threshold} ({used}, {result.embedder})\n" +
-               "\n".join(_attempt_line(a) for a in result.attempts))
+               "\n".join(f"{_attempt_line(a)}; {note}" for a, note in zip(result.attempts, notes)))
     return {"ui": {"text": [summary]},
             "result": (images_to_tensor([marked[result.best_index - 1]]), attempts, report,
                        latents[best_params["seed"]])}

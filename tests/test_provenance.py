@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from comfyui_persona.app.cli import main
 from comfyui_persona.provenance.payload import Payload
 from comfyui_persona.provenance.record import ProvenanceConfig, Record
 from comfyui_persona.provenance.save import save_image
 from comfyui_persona.provenance.verify import verify
-from comfyui_persona.provenance.watermark import accuracy, detect, embed
+from comfyui_persona.provenance.watermark import accuracy, detect, embed, embed_checked
 
 from certificates import make_signing_certificate
 from trainer_helpers import tiny_config
@@ -29,11 +29,13 @@ def signing(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated(tiny_model):
-    """An image the tiny model generates at 256 px (the watermark's smallest size)."""
+    """An image the tiny model generates at 256 px, upscaled to 512 px as a hires pass would
+    (the tiny model's attention at 512 px takes half a minute on a CPU)."""
     from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
 
-    return DiffusersGenerator(tiny_model)({"prompt": "a photo of sks person", "seed": 3, "steps": 2, "cfg": 5.0,
-                                           "width": 256, "height": 256})
+    small = DiffusersGenerator(tiny_model)({"prompt": "a photo of sks person", "seed": 3, "steps": 2, "cfg": 5.0,
+                                            "width": 256, "height": 256})
+    return np.asarray(Image.fromarray(small).resize((512, 512), Image.Resampling.LANCZOS))
 
 
 def _jpeg(im, quality, subsampling=-1):
@@ -45,45 +47,95 @@ def _jpeg(im, quality, subsampling=-1):
 def test_payload_bits_round_trip_and_name_the_pack():
     p = Payload("abcdef0123456789", 70000)
     back, errors = Payload.from_bits(p.bits())
-    assert errors == 0 and back.lora_hash == "abcdef" and back.seed == 70000 % 65536
-    assert len(p.bits()) == 48 and p.bits()[:8] == [0, 1, 0, 1, 0, 0, 0, 0]  # 0x50, 'P'
+    assert errors == 0 and back.lora_hash == "ab" and back.seed == 70000 % 256
+    assert len(p.bits()) == 32 and p.bits()[:16] == [1, 0, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1]  # 0xA5C3
+    old, errors = Payload.from_legacy_bits(p.legacy_bits())  # the DWT-DCT layout of earlier images
+    assert errors == 0 and old.lora_hash == "abcdef" and old.seed == 70000 % 65536
 
 
-def test_watermark_round_trip_on_a_generated_image_and_a_photo(generated, astronaut):
+def test_watermark_round_trip_on_photos_and_what_noise_cannot_hold(astronaut, coffee, generated):
     payload = Payload("1f2e3d", 4242)
-    for image in (generated, astronaut):
-        marked = embed(image, payload)
+    for image in (astronaut, coffee):
+        checked = embed_checked(image, payload)
+        marked = checked.image
         assert marked.shape == image.shape and marked.dtype == np.uint8
-        if image is astronaut:  # a photo: invisible (the random model's saturated noise clips more)
-            assert 10 * np.log10(255 ** 2 / np.mean((marked.astype(float) - image) ** 2)) > 35
+        assert checked.strength == 1.0 and checked.holds  # the mark as trained: invisible on a photo
+        assert 10 * np.log10(255 ** 2 / np.mean((marked.astype(float) - image) ** 2)) > 40
         reading = detect(marked)
-        assert reading.found and reading.payload == Payload("1f2e3d", 4242)
-        assert not detect(image).found or accuracy(image, payload) < 0.8  # the unmarked image carries no payload
+        assert reading.found and reading.payload == Payload("1f", 4242 % 256) and accuracy(marked, payload) == 1.0
+        assert not detect(image).found  # the unmarked image carries no payload
+    # the tiny random-weight model's output is coloured noise: the read-back check strengthens
+    # the mark, and where even the strongest does not hold, it says so
+    noise = embed_checked(generated, payload)
+    assert noise.strength > 1.0
+    assert noise.holds == detect(noise.image).found
+    if not noise.holds:
+        assert "does not hold the mark" in noise.to_json(payload)["reason"]
 
 
-def test_watermark_robustness_as_the_table_documents(astronaut):
-    """The claims of docs/benchmarks.md: the payload survives Persona's own JPEG (4:4:4),
-    brightness and a resize to 50 % and back; ordinary 4:2:0 JPEG and cropping remove it."""
-    payload = Payload("a1b2c3", 77)
-    marked = embed(astronaut, payload)
-    h, w = marked.shape[:2]
-    kept = {"own jpeg": _jpeg(marked, 95, 0),
-            "brightness": np.asarray(ImageEnhance.Brightness(Image.fromarray(marked)).enhance(1.2)),
-            "resize": np.asarray(Image.fromarray(marked).resize((w // 2, h // 2), Image.Resampling.BICUBIC)
-                                 .resize((w, h), Image.Resampling.BICUBIC))}
-    for name, image in kept.items():
-        assert accuracy(image, payload) >= 0.85, name
-        assert detect(image).found, name
-    lost = {"jpeg q90": _jpeg(marked, 90), "crop": np.ascontiguousarray(marked[h // 20:-h // 20, w // 20:-w // 20])}
-    for name, image in lost.items():
-        assert accuracy(image, payload) < 0.8, name
+def _attacks():
+    import sys
+
+    from comfy_server import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import watermark_robustness
+
+    return watermark_robustness.ATTACKS
+
+
+@pytest.mark.parametrize("size", [512, 1024])
+def test_the_mark_survives_what_images_go_through(astronaut, grace_hopper, coffee, size):
+    """The rows of docs/benchmarks.md as assertions with a margin: after JPEG q75 and q50,
+    resizing to half and back, a 10 % crop, brightness +/-20 % and a screenshot round trip,
+    the mark is found and (nearly) every bit reads back."""
+    photos = {"astronaut": astronaut, "Grace Hopper": grace_hopper, "coffee": coffee}
+    for name, photo in photos.items():
+        h, w = photo.shape[:2]
+        scale = size / min(h, w)
+        photo = np.asarray(Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS))
+        payload = Payload("c3", 1000 + size)
+        marked = embed(photo, payload)
+        for attack, change in _attacks().items():
+            reading = detect(change(marked))
+            assert reading.found and reading.pack_id_errors <= 1, (name, attack, reading.pack_id_errors)
+            assert accuracy(change(marked), payload) >= 0.9, (name, attack)
+
+
+def test_unmarked_photos_are_not_taken_for_marked_ones(astronaut, grace_hopper, coffee, generated):
+    """The false-positive side: crops and scales of photos that carry no mark, and noise."""
+    rng = np.random.default_rng(7)
+    found = []
+    for photo in (astronaut, grace_hopper, coffee, np.asarray(Image.fromarray(generated).resize((512, 512)))):
+        h, w = photo.shape[:2]
+        for _ in range(6):
+            ch, cw = int(rng.integers(256, h + 1)), int(rng.integers(256, w + 1))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            found.append(detect(np.ascontiguousarray(photo[y:y + ch, x:x + cw])).found)
+    found += [detect(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).found for _ in range(4)]
+    assert not any(found), found
+
+
+def test_an_older_dwt_dct_mark_is_still_read(astronaut):
+    """Images made before RivaGAN carry a 48-bit DWT-DCT mark: it is found and read."""
+    import imwatermark
+
+    payload = Payload("a1b2c3d4", 4321)
+    encoder = imwatermark.WatermarkEncoder()
+    encoder.set_watermark("bits", payload.legacy_bits())
+    old = np.ascontiguousarray(encoder.encode(np.ascontiguousarray(astronaut[:, :, ::-1]), "dwtDct")[:, :, ::-1])
+    reading = detect(old)
+    assert reading.found and reading.legacy and reading.payload == Payload("a1b2c3", 4321)
+    assert reading.to_json()["method"] == "invisible-watermark dwtDct"
 
 
 def test_small_images_and_switched_off_watermarks_are_recorded_not_hidden(tmp_path, astronaut):
-    small = np.asarray(Image.fromarray(astronaut).resize((128, 128)))
+    small = np.asarray(Image.fromarray(astronaut).resize((200, 128)))
     record = save_image(small, tmp_path / "small.png", Record(seed=1), ProvenanceConfig())
-    assert record["watermark"] == {"embedded": False,
-                                   "reason": "image: 128x128 px is smaller than the watermark's minimum of 256x256 px"}
+    assert record["watermark"]["embedded"] is False and record["watermark"]["too_small"] is True
+    assert record["watermark"]["reason"].startswith("too small to carry a watermark: 200x128 px")
+    report = verify(tmp_path / "small.png")
+    assert report["watermark"]["too_small"] and "too small to carry a watermark" in report["watermark"]["reason"]
     off = save_image(astronaut, tmp_path / "off.png", Record(seed=1), ProvenanceConfig(watermark=False))
     assert off["watermark"]["embedded"] is False and "switched off" in off["watermark"]["reason"]
     report = verify(tmp_path / "off.png")
@@ -103,7 +155,7 @@ def test_content_credentials_sign_verify_and_a_tampered_file_is_invalid(tmp_path
         cred = report["credentials"]
         assert cred["present"] and cred["valid"] and not cred["trusted"]  # a private certificate
         assert cred["persona"]["seed"] == 5 and cred["persona"]["lora"]["sha256"] == "beef" * 16
-        assert report["watermark"]["found"] and report["watermark"]["bit_accuracy"] == 1.0
+        assert report["watermark"]["found"] and report["watermark"]["bit_agreement"] == 1.0
         assert report["record"]["ai_generated"] is True and report["record"]["seed"] == 5
     for suffix in (".png", ".jpg"):  # one byte of the image data changed
         data = bytearray((tmp_path / f"signed{suffix}").read_bytes())
@@ -120,7 +172,9 @@ def test_verify_command_reports_each_file_with_exit_codes(tmp_path, astronaut, g
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert main(["verify", str(tmp_path / "ok.png")]) == 0
     out = capsys.readouterr().out
-    assert "found, seed 9" in out and "valid (signer not on the C2PA trust list)" in out and "Persona" in out
+    assert "found" in out and "seed 9 (mod 256)" in out and "valid (signer not on the C2PA trust list)" in out
+    assert "pack id 16/16 bits" in out and "32/32 bits as recorded" in out and "false positives" in out
+    assert "Persona" in out
     assert main(["verify", str(tmp_path / "ok.png"), str(tmp_path / "plain.png")]) == 1
     assert "missing" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "broken.png"), str(tmp_path / "ok.png")]) == 2
@@ -150,8 +204,17 @@ def test_persona_generate_saves_every_image_with_its_provenance(tiny_model, face
     for f, seed in zip(files, (11, 12, 11, 11)):
         report = verify(f)
         assert report["status"] == "ok" and report["credentials"]["valid"], f
-        assert report["watermark"]["found"] and report["watermark"]["payload"]["seed_mod_65536"] == seed, f
-        assert report["record"]["lora"]["sha256"][:6] == report["watermark"]["payload"]["lora_hash_prefix"]
+        made = report["record"]["watermark"]
+        assert made["embedded"] and made["payload"]["seed_mod_256"] == seed % 256, f
+        assert report["record"]["lora"]["sha256"][:2] == made["payload"]["lora_hash_prefix"]
+        # the tiny model draws coloured noise at 256 px, which may not hold the mark: what the
+        # record said when the image was made is what verify finds
+        assert report["watermark"]["found"] == made["holds"], f
+        if made["holds"]:
+            assert report["watermark"]["payload"]["seed_mod_256"] == seed % 256, f
+        else:
+            assert "does not hold the mark" in report["watermark"]["reason"], f
+        assert report["watermark"]["false_positive_rate"]
     assert verify(out / "enhanced.png")["record"]["kind"] == "enhanced"
     assert verify(out / "best.png")["record"]["gate"]["passed"] is False
 
