@@ -40,7 +40,8 @@ def _describe(exc: ValidationError, source: str) -> str:
 
 
 class JobConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # NaN and infinity are refused like any out-of-range number (a NaN passes every ge/le bound)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any], source: str | None = None) -> T:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import confine
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
@@ -23,6 +25,9 @@ def template_caption(cfg, stem: str) -> str:
 def user_caption(photo_path: str | Path) -> str | None:
     """The text of a same-stem .txt next to the photo, if there is one and it is not empty."""
     txt = Path(photo_path).with_suffix(".txt")
+    if txt.is_file() and not confine.allowed(txt):
+        log.warning("caption %s links outside ComfyUI's folders: not read", txt.name)
+        return None
     if txt.is_file():
         text = txt.read_text(encoding="utf-8", errors="replace").strip()
         return text or None

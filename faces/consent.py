@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from ..core import confine
 from ..core.config import JobConfig
 
 REQUIRE_ENV = "PERSONA_REQUIRE_CONSENT"
@@ -46,11 +47,15 @@ class ConsentRecord(JobConfig):
         hash of it all."""
         data = self.model_dump(mode="json", exclude={"document"})
         if self.document:
-            doc = Path(self.document)
-            if base is not None and not doc.is_absolute():
-                doc = base / doc
+            # on a server the document must lie in ComfyUI's folders like every path a graph
+            # names (refused before anything looks at it); headless it is the caller's own
+            try:
+                doc = confine.relative(self.document, "document", base) if base is not None \
+                    else confine.confine(self.document, "document")
+            except confine.PathRefused as exc:
+                raise self.field_error("document", str(exc).split(": ", 1)[1]) from None
             if not doc.is_file():
-                raise self.field_error("document", f"'{self.document}' is not a file")
+                raise self.field_error("document", f"'{confine.shown(doc)}' is not a file")
             data["document_sha256"] = hashlib.sha256(doc.read_bytes()).hexdigest()
         data["record_sha256"] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         return data

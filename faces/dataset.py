@@ -15,6 +15,7 @@ nothing; a new or changed photo is the only one processed; a removed photo's out
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -236,8 +237,9 @@ def prepare_dataset(photos_dir: str | Path, dataset_dir: str | Path,
         torch.set_num_threads(max(1, threads // workers))
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(process_file, path, stems[path], cfg, detector, captioner,
-                                       dataset_dir, sha): (i, path) for i, path, sha in todo}
+                # each worker runs in a copy of this context: the confinement a node set holds there too
+                futures = {pool.submit(contextvars.copy_context().run, process_file, path, stems[path], cfg,
+                                       detector, captioner, dataset_dir, sha): (i, path) for i, path, sha in todo}
                 for future in as_completed(futures):
                     i, path = futures[future]
                     entries[i] = future.result()

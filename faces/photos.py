@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..core import confine
+
 log = logging.getLogger(__name__)
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -63,9 +65,11 @@ def list_photos(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"photos folder '{folder}' does not exist or is not a folder")
+    # a file that links outside the allowed folders (on a server) is listed when its name says
+    # photo, so that loading it reports it, and never opened to find out
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")
-                  and (p.suffix.lower() in PHOTO_EXTENSIONS or is_image_file(p)))
+                  and (p.suffix.lower() in PHOTO_EXTENSIONS or (confine.allowed(p) and is_image_file(p))))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -106,6 +110,8 @@ def load_photo(path: str | Path, max_side: int | None = None,
     ``Photo.scale`` maps coordinates back to full resolution.
     """
     path = Path(path)
+    if not confine.allowed(path):
+        raise PhotoError(path, "outside ComfyUI's folders", "the file is a link to a file outside them; not read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

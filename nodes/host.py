@@ -34,6 +34,17 @@ def input_dir() -> Path:
     return Path(fp.get_input_directory()) if fp else Path(os.getcwd()) / "input"
 
 
+def keep_caches_in_comfyui() -> None:
+    """Persona's caches (memory plans, step FLOPs, rebuilt tokenizers) in ComfyUI's user
+    folder, not its user's home, unless the operator set ``PERSONA_CACHE``; the training
+    children inherit it."""
+    fp = _folder_paths()
+    if fp is None or "PERSONA_CACHE" in os.environ:
+        return
+    user = fp.get_user_directory() if hasattr(fp, "get_user_directory") else os.path.join(fp.base_path, "user")
+    os.environ["PERSONA_CACHE"] = str(Path(user) / "persona" / "cache")
+
+
 # --- what a queued graph may name ---------------------------------------------------------
 # A server started with --listen takes graphs from anyone who can reach it: path inputs stay
 # inside ComfyUI's input, output and model folders, and names are plain names.
@@ -56,10 +67,44 @@ def safe_name(value: str, field: str) -> str:
     return name
 
 
-def allowed_roots() -> list[Path]:
+def any_path_allowed() -> bool:
+    """The operator of a private, local server may lift the confinement."""
+    return os.environ.get(ALLOW_ANY_PATH_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def allowed_roots() -> dict[str, Path]:
+    """ComfyUI's folders a graph's paths may lead into, by the label messages use: input,
+    output, models, and every model folder configured elsewhere (extra_model_paths.yaml)."""
     fp = _folder_paths()
-    roots = [input_dir(), output_dir()] + ([Path(fp.models_dir)] if fp else [])
-    return [r.resolve() for r in roots]
+    roots = {"input": input_dir(), "output": output_dir()}
+    if fp is not None:
+        roots["models"] = Path(fp.models_dir)
+        for kind in ("checkpoints", "diffusers", "loras", "vae", "clip", "text_encoders", "unet",
+                     "diffusion_models", "LLM"):
+            try:
+                folders = fp.get_folder_paths(kind)
+            except KeyError:
+                continue
+            for k, folder in enumerate(folders):
+                roots.setdefault(f"models/{kind}" + (f"[{k}]" if k else ""), Path(folder))
+    return roots
+
+
+def confinement():
+    """The confinement a node runs in (``core.confine``): ComfyUI's folders as roots, and its
+    own and the pack's locations named by label in messages; none outside ComfyUI or when the
+    operator allowed any path."""
+    from contextlib import nullcontext
+
+    from ..core.confine import confined_to
+
+    if _folder_paths() is None or any_path_allowed():
+        return nullcontext()
+    import folder_paths
+
+    pack = Path(__file__).resolve().parent.parent
+    return confined_to(allowed_roots(), {str(Path(folder_paths.base_path).resolve()): "ComfyUI",
+                                         str(pack): "persona"})
 
 
 def confined_path(value: str, field: str, base: Path) -> Path:
@@ -68,22 +113,20 @@ def confined_path(value: str, field: str, base: Path) -> Path:
     absolute paths, ``~`` and ``..`` that lead out are refused unless the operator sets
     ``PERSONA_ALLOW_ANY_PATH=1`` (a private, local server). Outside ComfyUI (node classes
     called from Python) the path is the caller's own and is taken as given."""
-    text = str(value).strip()
-    if "\x00" in text:
-        raise ValueError(f"{field}: the path contains a NUL byte")
-    if len(text) > 1024:
-        raise ValueError(f"{field}: the path is {len(text)} characters long (at most 1024)")
-    if _folder_paths() is None or os.environ.get(ALLOW_ANY_PATH_ENV, "").lower() in ("1", "true", "yes", "on"):
-        # outside ComfyUI (node classes used headless) there is no server to guard
-        p = Path(os.path.expanduser(text))
-        return p if p.is_absolute() else base / p
-    if text.startswith("~") or Path(text).is_absolute():
-        raise ValueError(f"{field}: {_shown(text)} is an absolute path; give a folder inside ComfyUI's input "
-                         f"folder (the operator of a private server may set {ALLOW_ANY_PATH_ENV}=1)")
-    full = (base / text).resolve()
-    if not any(full == root or root in full.parents for root in allowed_roots()):
-        raise ValueError(f"{field}: {_shown(text)} leads outside ComfyUI's input, output and models folders")
-    return full
+    from ..core.confine import relative
+
+    return relative(value, field, base)
+
+
+def datasets_folder() -> Path:
+    """Where Persona Build Dataset writes datasets."""
+    return output_dir() / "persona" / "datasets"
+
+
+def lora_folders() -> list[Path]:
+    """Where a PERSONA_LORA's file may lie: ComfyUI's LoRA folders and Persona's output."""
+    fp = _folder_paths()
+    return ([Path(p) for p in fp.get_folder_paths("loras")] if fp else []) + [output_dir() / "persona"]
 
 
 # --- models ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from .widgets import widgets
 CATEGORY = "Persona/train"
 
 PUBLISHED = "(published architecture of the family)"
+MAX_SEARCH_SECONDS = 120.0  # of simulation per plan: a shared server's queue must move
 
 
 class PersonaMemoryPlan:
@@ -38,15 +39,22 @@ class PersonaMemoryPlan:
 
     def execute(self, family, method, resolution, batch_size, gradient_accumulation, rank,
                 train_text_encoder, vram_budget_gb, base_model):
-        from ..trainers.memory.planner import plan_request
+        from ..trainers.memory.planner import PlanInterrupted, interruptible, plan_request
+        from .host import check_interrupt, interrupt_requested
 
         model = None
         if base_model != PUBLISHED:
             from .host import base_model_path
 
             model = str(base_model_path(base_model))
-        result = plan_request(family, method, resolution, batch_size, gradient_accumulation, rank,
-                              train_text_encoder, vram_budget_gb, model)
+        try:
+            # Cancel stops the search between simulations, and so does the bound
+            with interruptible(interrupt_requested, MAX_SEARCH_SECONDS):
+                result = plan_request(family, method, resolution, batch_size, gradient_accumulation, rank,
+                                      train_text_encoder, vram_budget_gb, model)
+        except PlanInterrupted:
+            check_interrupt()  # ComfyUI's own interrupt exception
+            raise
         text = result.describe()
         return {"ui": {"text": [text]}, "result": (text, round(result.predicted_peak_mb / 1024, 3))}
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..core.imaging import images_to_tensor
 from ..trainers.config import PRESETS
-from .host import (Progress, base_model_path, base_models, check_interrupt, free_models, interrupt_requested,
-                   loras_dir, output_dir, safe_name)
+from . import carried
+from .host import (Progress, base_model_path, base_models, check_interrupt, datasets_folder, free_models,
+                   interrupt_requested, loras_dir, output_dir, safe_name)
 
 CATEGORY = "Persona/train"
 
@@ -66,6 +67,7 @@ class PersonaSweep:
         from ..studies.sweep import load_checked, run_sweep
 
         name = safe_name(sweep_name, "sweep_name")
+        dataset = carried.dataset(dataset, datasets_folder())
         out = output_dir() / "persona" / "sweeps" / name
         cfg = sweep_from_text(
             {"base_model": str(base_model_path(base_model)), "dataset": dataset["path"], "token": dataset["token"],

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from ..core.imaging import images_to_tensor
 from ..trainers.config import PRESETS, TrainConfig, with_preset
-from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, free_models,
-                   interrupt_requested, loras_dir, model_file_path, model_files, output_dir, safe_name)
+from . import carried
+from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, datasets_folder,
+                   free_models, interrupt_requested, lora_folders, loras_dir, model_file_path, model_files,
+                   output_dir, safe_name)
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/train"
@@ -74,6 +76,7 @@ class PersonaTrain:
         from ..trainers.subprocess_run import TrainingCancelled, train_in_subprocess
 
         name = safe_name(lora_name, "lora_name")
+        dataset = carried.dataset(dataset, datasets_folder())
         from ..trainers import events
         from ..trainers.subprocess_run import run_key
 
@@ -145,6 +148,7 @@ class PersonaApplyLora:
         }}
 
     def execute(self, model, clip, lora, strength_model, strength_clip):
+        lora = carried.lora(lora, lora_folders())
         model, clip = apply_lora(model, clip, lora["path"], strength_model, strength_clip)
         return (model, clip, f"{lora['token']} {lora['class_noun']}")
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.config import JobConfig
+from ..trainers.config import TrainConfig
 
 REGIMES = ["underfit", "balanced", "overfit"]
 
@@ -30,6 +31,27 @@ class Evaluation(BaseModel):
     steps: int = Field(20, ge=1, le=500, description="Sampling steps.")
     embedder: Literal["dlib", "facenet"] = Field("dlib", description="Identity embedder (the ones training "
                                                                      "validation scores with).")
+
+
+# What a sweep's axes, variants and overrides may set: the training fields, never a path (the
+# model, dataset, VAE and encoder files, output and cache folders come from the sweep's base
+# and folder), the device or the consent switch. An explicit list: a field added to
+# TrainConfig is not sweepable until it is named here.
+RUN_FIELDS = frozenset({
+    "alpha", "aspect_buckets", "attention", "background_weight", "batch_size", "cache_latents",
+    "cache_text_embeddings", "caption_dropout", "caption_dropout_to", "caption_source", "channels_last",
+    "checkpoint_blocks", "checkpoint_every", "class_images_steps", "class_noun", "class_prompt", "compile",
+    "cuda_graphs", "ema", "ema_decay", "ema_every", "ema_export", "ema_on_cpu", "family", "full_bf16",
+    "fused_backward", "fused_optimizer", "grad_set_to_none", "gradient_accumulation", "gradient_checkpointing",
+    "guidance", "identity_every", "identity_loss_weight", "identity_max_timestep", "identity_weights",
+    "image_weights", "instance_prompt", "keep_checkpoints", "learning_rate", "log_every", "lora_dropout",
+    "loraplus_lr_ratio", "lr_scheduler", "masked_loss", "max_grad_norm", "memory", "method", "mixed_precision",
+    "noise_offset", "num_class_images", "optimizer", "prior_loss_weight", "prior_preservation", "quantize_base",
+    "rank", "resolution", "seed", "shuffle_tags", "snr_gamma", "steps", "stream_blocks", "t5_max_length",
+    "target_modules", "text_encoder_lr", "timestep_shift", "token", "train_text_encoder", "use_dora",
+    "vae_slicing", "vae_tiling", "validate_every", "validation_identity", "validation_prompts",
+    "validation_seeds", "validation_steps", "vram_budget_gb", "warmup_steps", "weight_decay",
+})
 
 
 class SweepConfig(JobConfig):
@@ -64,6 +86,14 @@ class SweepConfig(JobConfig):
         for name, values in self.axes.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"axes.{name}: a non-empty list of values")
+        for where, fields in [("axes", self.axes), ("overrides", self.overrides),
+                              *((f"variants[{i}]", v) for i, v in enumerate(self.variants))]:
+            if not isinstance(fields, dict):
+                raise ValueError(f"{where}: a mapping of training fields")
+            refused = sorted((set(fields) - RUN_FIELDS) & set(TrainConfig.model_fields))  # typos: TrainConfig
+            if refused:
+                raise ValueError(f"{where}: {', '.join(map(repr, refused))} cannot be set per run (runs vary "
+                                 f"training fields; files, folders and the device come from the sweep's base)")
         return self
 
 

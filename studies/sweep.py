@@ -15,6 +15,7 @@ minus copying, faceless images counting 0) at its last step; ties keep the earli
 """
 from __future__ import annotations
 
+import contextvars
 import itertools
 import json
 import logging
@@ -76,7 +77,8 @@ def plan(cfg: SweepConfig) -> list[Run]:
     runs, seen = [], set()
     for i, variant in enumerate(variants):
         name = str(variant.pop("name", "")) or _name(variant)
-        name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)
+        # one plain folder name: no separators, no '..', at most 100 characters
+        name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)).strip(".")[:100] or f"run-{i + 1}"
         if name in seen:
             name = f"{name}-{i + 1}"
         seen.add(name)
@@ -173,7 +175,8 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = log_.info,
         return result
 
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        results = list(pool.map(lambda item: one(*item), enumerate(runs)))
+        # each run in a copy of this context (a node's confinement holds in the workers too)
+        results = list(pool.map(lambda item: contextvars.copy_context().run(one, *item), enumerate(runs)))
     return write_tables(cfg, runs, results)
 
 

@@ -43,8 +43,11 @@ import hashlib
 import json
 import logging
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ...core.config import ConfigError
 from ...core.paths import cache_root
@@ -293,10 +296,51 @@ def _switch_key(switches: dict) -> dict:
     return {k: v for k, v in switches.items() if k not in ("compile", "fused_optimizer", "cuda_graphs")}
 
 
+class PlanInterrupted(RuntimeError):
+    """The caller asked the search to stop (a cancel in the canvas)."""
+
+
+class PlanTooLong(ConfigError):
+    """The search ran past the caller's time bound (a shared server's queue must move)."""
+
+
+_LIMITS: ContextVar[tuple | None] = ContextVar("persona_plan_limits", default=None)
+
+
+@contextmanager
+def interruptible(should_stop: Callable[[], bool], max_seconds: float | None = None):
+    """Inside the block, a plan search asks ``should_stop`` before each simulation it has to
+    run (each takes seconds, up to tens for a large model) and raises
+    :class:`PlanInterrupted` when it says so, or :class:`PlanTooLong` once its simulations
+    have run for ``max_seconds``."""
+    import time
+
+    token = _LIMITS.set((should_stop, time.monotonic() + max_seconds if max_seconds else None, max_seconds))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def _check_limits(cfg) -> None:
+    import time
+
+    limits = _LIMITS.get()
+    if limits is None:
+        return
+    should_stop, deadline, seconds = limits
+    if should_stop():
+        raise PlanInterrupted("the memory plan was cancelled")
+    if deadline is not None and time.monotonic() > deadline:
+        raise PlanTooLong(f"the memory plan's search ran past its bound of {seconds:.0f} s of simulation "
+                          f"(family {cfg.family}, resolution {cfg.resolution}, batch_size {cfg.batch_size}, rank "
+                          f"{cfg.rank}); plan a smaller batch_size or resolution")
+
+
 def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[dict, bool]:
     """(``{"peak_mb", "trainable"}`` of the simulation, whether it had to run now): memoised
     in memory and on disk."""
-    from .simulate import simulate
+    from .simulate import polled, simulate
 
     key = _key(cfg, arch_id(cfg.family, base_model, size), _switch_key(switches))
     fresh = False
@@ -304,10 +348,12 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[
         cache = _cache_file()
         stored = _read_json(cache)
         if key not in stored:
+            _check_limits(cfg)
             data = cfg.model_dump()
             data.update(switches)
             data.update(memory="manual", compile="off", cuda_graphs=False, fused_optimizer=False)
-            out = simulate(cfg.family, type(cfg)(**data), base_model, size)
+            with polled(lambda: _check_limits(cfg)):  # a cancel stops a long simulation too
+                out = simulate(cfg.family, type(cfg)(**data), base_model, size)
             stored[key] = {"peak_mb": out["peak_bytes"] / 2 ** 20, "trainable": out["trainable"]}
             _write_json(cache, stored)
             fresh = True
@@ -525,8 +571,9 @@ def plan_request(family: str, method: str, resolution: int, batch_size: int, gra
     from .techniques import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
-    cfg = TrainConfig(base_model=base_model or "(planning)", dataset="(planning)", family=family, method=method,
-                      resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
-                      rank=rank, alpha=float(rank), train_text_encoder=train_text_encoder,
-                      vram_budget_gb=vram_budget_gb, memory="auto")
+    cfg = TrainConfig.from_dict(dict(
+        base_model=base_model or "(planning)", dataset="(planning)", family=family, method=method,
+        resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation, rank=rank,
+        alpha=float(rank), train_text_encoder=train_text_encoder, vram_budget_gb=vram_budget_gb, memory="auto"),
+        source="memory plan")
     return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,12 +138,29 @@ class _MetaOutputs:
 _META_OUTPUTS = _MetaOutputs()
 
 
+_POLL: ContextVar[Callable[[], None] | None] = ContextVar("persona_simulation_poll", default=None)
+POLL_EVERY = 128  # operations between two calls of the poll
+
+
+@contextmanager
+def polled(poll: Callable[[], None]):
+    """Simulations started inside the block call ``poll`` every :data:`POLL_EVERY` operations
+    (a large model's simulation takes tens of seconds): it may raise to stop the simulation."""
+    token = _POLL.set(poll)
+    try:
+        yield
+    finally:
+        _POLL.reset(token)
+
+
 class LiveTensorMeter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.live = 0
         self.peak = 0
         self._sizes: dict[int, int] = {}
+        self._poll = _POLL.get()
+        self._ops = 0
 
     def add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -171,6 +190,9 @@ class LiveTensorMeter(TorchDispatchMode):
         self.peak = self.live
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._ops += 1
+        if self._poll is not None and self._ops % POLL_EVERY == 0:
+            self._poll()
         out = _META_OUTPUTS(func, args, kwargs or {})
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
