@@ -27,7 +27,18 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
+BPE_ENV = "PERSONA_CLIP_BPE"  # the file itself, where open-clip-torch is not installed (a bundle)
+
+
 def bpe_merges_path() -> Path:
+    """CLIP's BPE merges list: ``$PERSONA_CLIP_BPE``, else open-clip-torch's copy."""
+    import os
+
+    if os.environ.get(BPE_ENV):
+        path = Path(os.environ[BPE_ENV])
+        if not path.is_file():
+            raise FileNotFoundError(f"{BPE_ENV}: '{path}' is not a file")
+        return path
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("The CLIP tokenizer files are built from open-clip-torch's BPE list: "

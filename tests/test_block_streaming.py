@@ -28,10 +28,11 @@ def _run(model, dataset, out, **fields):
     return result, lora, seen
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])  # cuda: the side stream
 @pytest.mark.parametrize("family", ["sd15", "flux"])
-def test_a_streamed_step_gives_the_in_memory_weights(family, tiny_model, tiny_flux, face_dataset, tmp_path):
+def test_a_streamed_step_gives_the_in_memory_weights(family, device, tiny_model, tiny_flux, face_dataset, tmp_path):
     model = tiny_model if family == "sd15" else tiny_flux
-    base = dict(family=family, steps=3)
+    base = dict(family=family, steps=3, device=device)
     plain, expected, _ = _run(model, face_dataset, tmp_path / "plain", **base)
     assert expected
     for i, fields in enumerate([dict(stream_blocks=3),

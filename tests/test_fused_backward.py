@@ -21,11 +21,12 @@ def _train_and_keep(model, dataset, out, **fields):
     return result, weights, kept
 
 
-def test_fused_backward_gives_the_weights_of_the_plain_step(tiny_model, face_dataset, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_backward_gives_the_weights_of_the_plain_step(device, tiny_model, face_dataset, tmp_path):
     """Full DreamBooth on the tiny SD1.x model, 10 steps: every weight within 1e-6."""
     from comfyui_persona.models.loading import load_components
 
-    base = dict(method="dreambooth", steps=10, max_grad_norm=0.0, learning_rate=1e-4)
+    base = dict(method="dreambooth", steps=10, max_grad_norm=0.0, learning_rate=1e-4, device=device)
     plain, a, _ = _train_and_keep(tiny_model, face_dataset, tmp_path / "plain", **base)
     fused, b, kept = _train_and_keep(tiny_model, face_dataset, tmp_path / "fused", fused_backward=True, **base)
     assert isinstance(kept["optimizer"].optimizer, PerTensorOptimizer)
