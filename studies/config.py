@@ -48,7 +48,7 @@ RUN_FIELDS = frozenset({
     "loraplus_lr_ratio", "lr_scheduler", "masked_loss", "max_grad_norm", "memory", "method", "mixed_precision",
     "noise_offset", "num_class_images", "optimizer", "prior_loss_weight", "prior_preservation", "quantize_base",
     "rank", "resolution", "seed", "shuffle_tags", "snr_gamma", "steps", "stream_blocks", "t5_max_length",
-    "target_modules", "text_encoder_lr", "timestep_shift", "token", "train_text_encoder", "use_dora",
+    "target_modules", "text_encoder_lr", "tf32", "timestep_shift", "token", "train_text_encoder", "use_dora",
     "vae_slicing", "vae_tiling", "validate_every", "validation_identity", "validation_prompts",
     "validation_seeds", "validation_steps", "vram_budget_gb", "warmup_steps", "weight_decay",
 })

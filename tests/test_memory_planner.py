@@ -171,10 +171,15 @@ def test_memory_auto_plans_a_real_run_and_logs_the_prediction(tiny_model, face_d
     assert plan_record[0]["predicted_peak_mb"] > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["memory"] == "auto"  # the run dir keeps what was asked; the plan is in the log
+    # the default (auto, no budget) on a CPU: no accelerator memory to fit, the switches as set
+    default = tiny_config(tiny_model, face_dataset, tmp_path / "run2", steps=1)
+    assert default.memory == "auto" and default.vram_budget_gb == 0
+    assert train(default).plan is None
     from comfyui_persona.core.config import ConfigError
+    from comfyui_persona.trainers.memory.planner import plan_request
 
     with pytest.raises(ConfigError, match="vram_budget_gb: memory 'auto' on a machine without a CUDA"):
-        train(tiny_config(tiny_model, face_dataset, tmp_path / "run2", memory="auto"))
+        plan_request("sd15", "lora", 512, 1, 1, 16, False, 0.0, device="cpu")
 
 
 def test_memory_plan_node_runs_in_the_real_server(comfy):

@@ -147,10 +147,15 @@ class TrainConfig(JobConfig):
         "off", description="Store the frozen denoiser's linear weights quantized (fp8: e4m3 with per-row scales; "
                            "int8/nf4: bitsandbytes); compute stays in the mixed-precision dtype.")
     memory: Literal["manual", "auto"] = Field(
-        "manual", description="'auto': the memory planner sets the memory switches above to fit vram_budget_gb "
-                              "at the best predicted speed; 'manual': use them as given.")
+        "auto", description="'auto' (the default): on a CUDA device the memory planner sets the memory switches "
+                            "above to fit vram_budget_gb (0: the device's free memory) at the best predicted "
+                            "speed; on the CPU with no budget the switches are used as set. 'manual': always "
+                            "use them as given.")
     vram_budget_gb: float = Field(0.0, ge=0, le=1024, description="Accelerator memory budget of the planner in GB (0: the free memory of the device).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
+    tf32: bool = Field(True, description="Let fp32 matrix products and convolutions use TF32 on CUDA devices "
+                                         "that have it (Ampere and newer): several times faster, about 1e-3 "
+                                         "relative error per product; off: full fp32.")
     # responsible use
     require_consent: bool = Field(False, description="Refuse a dataset without a consent record (persona prepare --consent); "
                                                      "PERSONA_REQUIRE_CONSENT=1 makes this the rule of a shared server.")

@@ -50,9 +50,12 @@ def plan_memory(cfg: TrainConfig):
     """(config to train with, plan or None): ``memory: auto`` lets the planner set the switches."""
     if cfg.memory != "auto":
         return cfg, None
+    device = memory.resolve_device(cfg.device)
+    if device.type != "cuda" and cfg.vram_budget_gb == 0:
+        return cfg, None  # no accelerator memory to fit: the switches as set
     from ..memory.planner import plan_for_config
 
-    plan = plan_for_config(cfg, memory.resolve_device(cfg.device))
+    plan = plan_for_config(cfg, device)
     log.info("memory plan:\n%s", plan.describe())
     return plan.apply(cfg), plan
 
@@ -83,6 +86,9 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
     prepare_run_dir(run_dir, requested, resume)
     accelerator = make_accelerator(cfg, memory.resolve_device(cfg.device))
     device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
     comps = load_base(cfg)
     memory.place_frozen([comps.vae, *comps.text_encoders], device)  # cast later: class images use full precision
