@@ -108,6 +108,28 @@ def _depths(api: dict) -> dict[str, int]:
     return depth
 
 
+# Where ComfyUI keeps the files that Persona's model widgets name: the frontend's
+# missing-models panel reads each node's ``properties.models`` ({name, directory}) to tell the
+# user which folder a missing file belongs in (ComfyUI's own loaders are known to it already).
+MODEL_WIDGETS = {"base_model": "checkpoints", "clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+DIFFUSION_MODELS = "diffusion_models/"  # how Persona lists a bare denoiser file (FLUX)
+
+
+def model_files(kind: str, inputs: dict) -> list[dict]:
+    """The model files a Persona node's widgets name, with ComfyUI's folder of each."""
+    if not kind.startswith("Persona"):
+        return []
+    found = []
+    for name, directory in MODEL_WIDGETS.items():
+        value = inputs.get(name)
+        if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS):
+            if value.startswith(DIFFUSION_MODELS):
+                directory = "diffusion_models"
+            found.append({"name": value, "directory": directory})
+    return found
+
+
 def api_to_ui(api: dict, object_info: dict) -> dict:
     """API-format prompt -> UI-format workflow, laid out by ``layout`` (a titled group per
     pipeline stage, nodes given room for their rendered size)."""
@@ -130,6 +152,9 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 "widgets_values": []}
         if entry.get("_meta", {}).get("title"):
             node["title"] = entry["_meta"]["title"]
+        files = model_files(kind, entry["inputs"])
+        if files:
+            node["properties"]["models"] = files
         for i, (otype, oname) in enumerate(zip(spec["output"], spec["output_name"])):
             node["outputs"].append({"name": oname, "type": otype if isinstance(otype, str) else "COMBO",
                                     "links": [], "slot_index": i})
@@ -171,5 +196,9 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
     from .layout import place
 
     groups = place(nodes, api, object_info, depth)
-    return {"last_node_id": max(int(n) for n in api), "last_link_id": len(links), "nodes": nodes,
-            "links": links, "groups": groups, "config": {}, "extra": {}, "version": 0.4}
+    workflow = {"last_node_id": max(int(n) for n in api), "last_link_id": len(links), "nodes": nodes,
+                "links": links, "groups": groups, "config": {}, "extra": {}, "version": 0.4}
+    files = [f for n in nodes for f in n["properties"].get("models", [])]
+    if files:
+        workflow["models"] = [dict(t) for t in dict.fromkeys(tuple(sorted(f.items())) for f in files)]
+    return workflow

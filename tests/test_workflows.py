@@ -62,6 +62,25 @@ def test_node_types_exist_and_links_connect_matching_types(info, name):
         assert out_type == kind == dst_input["type"] == spec[dst_input["name"]][0], (name, link_id)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_model_files_name_their_comfyui_folder_for_the_missing_models_panel(name):
+    """The frontend's missing-models panel tells the user where a missing file goes from each
+    node's properties.models; Persona's model widgets say it (ComfyUI's own loaders need not)."""
+    ui = _ui(name)
+    api = json.loads((REPO / "workflows" / "api" / f"{name}.api.json").read_text())
+    for node in ui["nodes"]:
+        inputs = api[str(node["id"])]["inputs"]
+        named = {k: v for k, v in inputs.items() if k in ("base_model", "clip_l", "t5", "vae") and isinstance(v, str)
+                 and v.endswith(".safetensors") and node["type"].startswith("Persona")}
+        listed = {m["name"]: m["directory"] for m in node["properties"].get("models", [])}
+        assert set(listed) == set(named.values()), (name, node["type"])
+        for widget, value in named.items():
+            expected = "diffusion_models" if value.startswith("diffusion_models/") else \
+                {"base_model": "checkpoints", "vae": "vae"}.get(widget, "text_encoders")
+            assert listed[value] == expected
+            assert {"name": value, "directory": expected} in ui["models"]
+
+
 @pytest.fixture(scope="module")
 def canvas(comfy, astronaut, grace_hopper):
     """Every shipped UI workflow, then every saved one, loaded in turn into one page of the
