@@ -19,6 +19,7 @@ paths=(tests)
 for a in "$@"; do
   if [ "$a" = "--quick" ]; then
     select=(-m quick)
+    export PERSONA_TEST_HOSTS="${PERSONA_TEST_HOSTS:-comfyui-0.33}"  # one host: the newest
   else
     args+=("$a")
     case "$a" in tests/*) paths=() ;; esac  # test files or ids given: only those

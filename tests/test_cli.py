@@ -11,6 +11,7 @@ from PIL import Image
 from comfyui_persona.app.cli import build_parser, main
 
 
+@pytest.mark.quick
 def test_only_working_subcommands_are_listed():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -24,6 +25,7 @@ def test_console_script_is_installed():
     assert "prepare" in out and "demo" in out
 
 
+@pytest.mark.quick
 def test_prepare_prints_a_summary_table(tmp_path, astronaut, coffee, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -42,6 +44,7 @@ def test_prepare_prints_a_summary_table(tmp_path, astronaut, coffee, capsys):
     assert (tmp_path / "ds" / "a.txt").read_text().strip() == "a photo of ohwx person"
 
 
+@pytest.mark.quick
 def test_prepare_with_a_bad_config_names_the_field(tmp_path, capsys):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"resolution": 513}))

@@ -21,6 +21,7 @@ def roots(tmp_path):
         yield {**folders, "outside": outside, "comfy": comfy}
 
 
+@pytest.mark.quick
 def test_relative_paths_stay_inside_and_messages_use_labels(roots):
     assert confine.relative("persona/photos", "folder", roots["input"]) == (roots["input"] / "persona/photos").resolve()
     assert confine.relative("persona\\photos", "folder", roots["input"]).name == "photos"  # Windows separators
@@ -42,6 +43,7 @@ def test_headless_paths_are_the_callers_own(tmp_path):
     assert confine.allowed("/etc/passwd")
 
 
+@pytest.mark.quick
 def test_carried_values_are_revalidated(roots):
     from comfyui_persona.nodes import carried
 

@@ -74,6 +74,7 @@ def test_detection_is_batched_and_mapped_back_from_the_reduced_copy(astronaut):
     assert np.abs(small_faces[0].landmarks * 4 - big_faces[0].landmarks).max() < 12
 
 
+@pytest.mark.quick
 def test_similarity_transform_recovers_a_known_transform():
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 100, (5, 2))

@@ -17,6 +17,7 @@ def scripted(images):
     return generate, calls
 
 
+@pytest.mark.quick
 def test_gate_stops_when_identity_passes_and_reports_faceless(astronaut, grace_hopper, coffee):
     generate, calls = scripted([grace_hopper, coffee, astronaut])
     result = gated_generate(generate, get_embedder("dlib"), [astronaut], {"seed": 10, "cfg": 7.0},

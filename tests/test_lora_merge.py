@@ -21,6 +21,7 @@ def _applied(tensors):
     return {m: s * delta(d, u) for m, (d, u, s) in modules(tensors, "merged").items()}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("conv", [False, True])
 def test_concat_applies_exactly_the_weighted_sum(conv):
     a, b = _lora(1, 2, 1.0, conv), _lora(2, 3, 6.0, conv)

@@ -20,6 +20,7 @@ def pairs(astronaut, grace_hopper):
             (hop, cv2.GaussianBlur(hop, (0, 0), 1))]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("gaussian", [True, False])
 def test_ssim_matches_scikit_image(pairs, gaussian):
     ours = ssim(to_tensor([a for a, _ in pairs]), to_tensor([b for _, b in pairs]), 1.0, gaussian)
@@ -30,6 +31,7 @@ def test_ssim_matches_scikit_image(pairs, gaussian):
     assert ssim(to_tensor([pairs[0][0]]), to_tensor([pairs[0][0]])).item() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.quick
 def test_fid_matches_scipy_sqrtm_and_is_symmetric():
     rng = np.random.default_rng(1)
     a = rng.normal(0, 1, (300, 16))

@@ -59,6 +59,7 @@ def test_server_log_shows_the_pack_imported_without_error(comfy):
     assert not [t for t in tracebacks if PACK_FOLDER in t or "comfyui_persona" in t], startup[-3000:]
 
 
+@pytest.mark.quick
 def test_prompt_with_a_pack_node_runs_and_lands_in_history(comfy, astronaut):
     Image.fromarray(astronaut).save(comfy.input_dir / "persona_astronaut.png")
     prompt = face_align_prompt("persona_astronaut.png", "SaveImage")

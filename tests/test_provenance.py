@@ -44,6 +44,7 @@ def _jpeg(im, quality, subsampling=-1):
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
+@pytest.mark.quick
 def test_payload_bits_round_trip_and_name_the_pack():
     p = Payload("abcdef0123456789", 70000)
     back, errors = Payload.from_bits(p.bits())
@@ -59,8 +60,9 @@ def test_watermark_round_trip_on_photos_and_what_noise_cannot_hold(astronaut, co
         checked = embed_checked(image, payload)
         marked = checked.image
         assert marked.shape == image.shape and marked.dtype == np.uint8
-        assert checked.strength == 1.0 and checked.holds  # the mark as trained: invisible on a photo
-        assert 10 * np.log10(255 ** 2 / np.mean((marked.astype(float) - image) ** 2)) > 40
+        assert checked.holds  # invisible on a photo: as trained, or twice as strong where JPEG needs it
+        assert 10 * np.log10(255 ** 2 / np.mean((marked.astype(float) - image) ** 2)) > (40 if checked.strength == 1
+                                                                                            else 35)
         reading = detect(marked)
         assert reading.found and reading.payload == Payload("1f", 4242 % 256) and accuracy(marked, payload) == 1.0
         assert not detect(image).found  # the unmarked image carries no payload

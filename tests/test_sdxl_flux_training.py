@@ -30,6 +30,7 @@ def sdxl_run(tiny_sdxl, face_dataset, tmp_path_factory):
     return cfg, train(cfg)
 
 
+@pytest.mark.quick
 def test_sdxl_dreambooth_lora_trains_with_two_text_encoders(sdxl_run):
     cfg, result = sdxl_run
     assert result.steps_done == 4 and result.class_images_generated == 2
@@ -141,6 +142,7 @@ def flux_run(tiny_flux, face_dataset, tmp_path_factory):
     return cfg, result, events
 
 
+@pytest.mark.quick
 def test_flux_lora_trains_on_an_fp8_base_without_text_encoders(flux_run):
     from comfyui_persona.trainers.memory.quantize import Fp8Linear
 
@@ -250,6 +252,7 @@ def test_flux_single_file_needs_its_text_encoders(tiny_flux, face_dataset, tmp_p
         cfg.check_paths()
 
 
+@pytest.mark.quick
 def test_family_capabilities_are_checked_before_any_model_loads(tiny_flux, face_dataset, tmp_path):
     from comfyui_persona.core.config import ConfigError
 

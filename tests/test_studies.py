@@ -31,6 +31,7 @@ def _write(path, data):
     return path
 
 
+@pytest.mark.quick
 def test_a_grid_plans_every_combination_and_an_invalid_axis_is_refused_before_anything_runs(
         tiny_model, face_dataset, tmp_path, capsys):
     cfg = SweepConfig.from_dict(_sweep(tmp_path, tiny_model, face_dataset,

@@ -16,6 +16,7 @@ from comfyui_persona.trainers.outputs.run_dir import read_log
 from trainer_helpers import tiny_config
 
 
+@pytest.mark.quick
 def test_loss_falls_and_only_the_lora_weights_change(tiny_model, face_dataset, tmp_path):
     cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=100, batch_size=2, rank=8, alpha=8)
     snapshot = {}
