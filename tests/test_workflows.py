@@ -81,25 +81,43 @@ def test_model_files_name_their_comfyui_folder_for_the_missing_models_panel(name
             assert {"name": value, "directory": expected} in ui["models"]
 
 
-@pytest.fixture(scope="module")
-def canvas(comfy, astronaut, grace_hopper):
+def _load_all(server, label: str, astronaut, grace_hopper) -> dict:
     """Every shipped UI workflow, then every saved one, loaded in turn into one page of the
-    host's frontend (headless Chromium): results by file name."""
+    server's frontend (headless Chromium): results by file name."""
     from browser_helpers import run_graphs
 
     # what the Load Image nodes show
     for file, photo in (("persona_reference.png", astronaut), ("persona_subject_a.png", astronaut),
                         ("persona_subject_b.png", grace_hopper)):
-        Image.fromarray(photo).save(comfy.input_dir / file)
-    jobs = [(_ui(name), f"workflow-{name}-{comfy.host}", "") for name in NAMES]
-    jobs += [(json.loads(saved.read_text()), f"saved-{saved.stem}-{comfy.host}", "") for saved in SAVED]
-    results = run_graphs(comfy.url, jobs)
+        Image.fromarray(photo).save(server.input_dir / file)
+    jobs = [(_ui(name), f"workflow-{name}-{label}", "") for name in NAMES]
+    jobs += [(json.loads(saved.read_text()), f"saved-{saved.stem}-{label}", "") for saved in SAVED]
+    results = run_graphs(server.url, jobs)
     return dict(zip(NAMES + [saved.stem for saved in SAVED], results))
+
+
+@pytest.fixture(scope="module")
+def canvas(comfy, astronaut, grace_hopper):
+    return _load_all(comfy, comfy.host, astronaut, grace_hopper)
+
+
+@pytest.fixture(scope="module")
+def canvas_today(comfy_today, astronaut, grace_hopper):
+    """The same in the frontend users get today (hosts.TODAY_FRONTEND, served by the newest host)."""
+    return _load_all(comfy_today, "today-frontend", astronaut, grace_hopper)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_loads_in_todays_frontend(canvas_today, name):
+    _loads_as_saved(canvas_today[name], name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_workflow_loads_in_the_canvas(canvas, name):
-    result = canvas[name]
+    _loads_as_saved(canvas[name], name)
+
+
+def _loads_as_saved(result: dict, name: str) -> None:
     assert result["missing"] == [] and result["errors"] == [], result
     assert result["loaded"] == len(_ui(name)["nodes"])
     assert result["screenshot"].is_file()
