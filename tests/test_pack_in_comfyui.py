@@ -57,6 +57,10 @@ def test_server_log_shows_the_pack_imported_without_error(comfy):
     startup = log.split("Import times for custom nodes")[0]
     tracebacks = startup.split("Traceback (most recent call last):")[1:]
     assert not [t for t in tracebacks if PACK_FOLDER in t or "comfyui_persona" in t], startup[-3000:]
+    # and no deprecation warning about the pack's nodes (their schema, inputs or types)
+    warned = [line for line in startup.splitlines() if "deprecat" in line.lower()
+              and any(k in line for k in ("Persona", PACK_FOLDER, "comfyui_persona"))]
+    assert warned == [], warned
 
 
 @pytest.mark.quick
