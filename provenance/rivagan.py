@@ -32,7 +32,8 @@ def _sessions():
     folder = Path(imwatermark.__file__).parent
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
+    # the GPU when onnxruntime-gpu is installed (a GPU generation takes seconds), else the CPU
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     return (ort.InferenceSession(str(folder / "rivagan_encoder.onnx"), options, providers=providers),
             ort.InferenceSession(str(folder / "rivagan_decoder.onnx"), options, providers=providers))
 
