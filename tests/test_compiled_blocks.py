@@ -122,8 +122,12 @@ def test_lora_training_through_compiled_blocks_follows_the_eager_run(family, fie
     assert aot.get("ok", 0) >= 1, aot  # the blocks went through AOTAutograd (forward and backward)
     assert losses == pytest.approx(eager, abs=1e-6), (losses, eager)
     assert lora.keys() == eager_lora.keys() and lora
+    # with an fp8 base the traced graph applies the dequantizing scale in another order than
+    # the eager layer (floating-point reassociation: about 2e-6 on weights of 4e-3 after 4 steps
+    # at lr 1e-3); every other case agrees within 1e-6
+    tolerance = 1e-5 if fields.get("quantize_base") == "fp8" else 1e-6
     for name, p in lora.items():
-        assert torch.allclose(p, eager_lora[name], atol=1e-6), name
+        assert torch.allclose(p, eager_lora[name], atol=tolerance), (name, (p - eager_lora[name]).abs().max().item())
     assert any(p.abs().max() > 0 for n, p in lora.items() if "lora_B" in n)  # trained: B starts at zero
 
 
