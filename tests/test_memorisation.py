@@ -24,6 +24,8 @@ import pytest
 import torch
 from PIL import Image
 
+from built import built_once
+
 PROMPT = "a photo of sks person"
 # LoRA on every layer of the random denoiser
 EVERY_LAYER = {
@@ -41,28 +43,40 @@ RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption
 
 
 @pytest.fixture(scope="module", params=["sdxl", "flux"])
-def memorised(request, tmp_path_factory, face_dataset):
-    from comfyui_persona.models.build import build_family_model
-    from comfyui_persona.models.tiny_faces import install_face_vae
-    from comfyui_persona.trainers.config import TrainConfig
-    from comfyui_persona.trainers.loop.train import train
+def memorised(request, face_dataset):
+    """The family's tiny model with the face VAE, after memorising one face: trained once per
+    version of the code and of the recipe (tests/built.py), shared by the workers."""
+    import hashlib
+    import json
+    from types import SimpleNamespace
 
     family = request.param
-    root = tmp_path_factory.mktemp(f"memorise-{family}")
-    model = build_family_model(root / "model", family, "tiny")
-    install_face_vae(model)
-    data = root / "face"
-    data.mkdir()
-    shutil.copy(sorted(face_dataset.glob("*.png"))[0], data / "face.png")
-    (data / "face.txt").write_text(PROMPT)
     recipe = RECIPE[family]
-    cfg = TrainConfig(base_model=str(model), family=family, dataset=str(data), output_dir=str(root / "run"),
-                      resolution=64, lr_scheduler="cosine", batch_size=4, target_modules=EVERY_LAYER[family],
-                      checkpoint_every=0, validate_every=recipe["steps"], validation_seeds=[0, 1, 2],
-                      validation_steps=20, validation_identity="off", aspect_buckets=False, **recipe)
-    result = train(cfg)
-    samples = sorted(result.run_dir.glob(f"samples/step-{recipe['steps']:06d}-*.png"))
-    return family, model, data / "face.png", result, samples
+
+    def build(root):
+        from comfyui_persona.models.build import build_family_model
+        from comfyui_persona.models.tiny_faces import install_face_vae
+        from comfyui_persona.trainers.config import TrainConfig
+        from comfyui_persona.trainers.loop.train import train
+
+        model = build_family_model(root / "model", family, "tiny")
+        install_face_vae(model)
+        data = root / "face"
+        data.mkdir()
+        shutil.copy(sorted(face_dataset.glob("*.png"))[0], data / "face.png")
+        (data / "face.txt").write_text(PROMPT)
+        cfg = TrainConfig(base_model=str(model), family=family, dataset=str(data), output_dir=str(root / "run"),
+                          resolution=64, lr_scheduler="cosine", batch_size=4, target_modules=EVERY_LAYER[family],
+                          checkpoint_every=0, validate_every=recipe["steps"], validation_seeds=[0, 1, 2],
+                          validation_steps=20, validation_identity="off", aspect_buckets=False, memory="manual",
+                          **recipe)
+        train(cfg)
+
+    version = hashlib.sha256(json.dumps([recipe, EVERY_LAYER[family], PROMPT]).encode()).hexdigest()[:8]
+    root = built_once(f"memorised-{family}-{version}", build)
+    samples = sorted((root / "run").glob(f"samples/step-{recipe['steps']:06d}-*.png"))
+    return (family, root / "model", root / "face" / "face.png",
+            SimpleNamespace(lora_path=root / "run" / "lora.safetensors"), samples)
 
 
 def _big(image):
