@@ -180,3 +180,40 @@ def test_cuda_graphs_are_kept_only_where_checkpointing_is_inside_the_compiled_bl
     assert not breaks, breaks
     # the checkpointed blocks' graphs hold their checkpoint, the others' do not
     assert any(holds_checkpoint) and not all(holds_checkpoint), holds_checkpoint
+
+
+def test_a_compiled_block_that_fails_falls_back_to_eager_for_the_rest_of_the_run(tiny_model, face_dataset, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """A ``torch.compile`` backend that raises at the first compiled call: the run repeats that
+    step eagerly and stays eager, with one log line naming the error; its losses and weights are
+    the eager run's."""
+    import logging
+
+    from torch._dynamo import register_backend
+
+    from comfyui_persona.trainers.loop import Callbacks, train
+    from comfyui_persona.trainers.speed.switches import BACKEND_ENV
+    from trainer_helpers import tiny_config
+
+    @register_backend(name="persona_test_raises")
+    def raising_backend(gm, example_inputs):
+        raise RuntimeError("this backend always fails")
+
+    def run(out, **fields):
+        kept = {}
+        result = train(tiny_config(tiny_model, face_dataset, out, steps=3, **fields),
+                       Callbacks(on_start=lambda info: kept.update(info)))
+        return result, {k: v.detach().clone() for k, v in kept["denoiser"].state_dict().items() if "lora" in k}
+
+    eager, eager_lora = run(tmp_path / "eager")
+    monkeypatch.setenv(BACKEND_ENV, "persona_test_raises")
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING, logger="comfyui_persona.trainers.speed.switches"):
+        fell_back, lora = run(tmp_path / "compiled", compile="blocks")
+    torch._dynamo.reset()
+    lines = [r.getMessage() for r in caplog.records if "compiled blocks failed" in r.getMessage()]
+    assert len(lines) == 1 and "this backend always fails" in lines[0], lines
+    assert fell_back.steps_done == 3
+    assert [r["loss"] for r in fell_back.records] == [r["loss"] for r in eager.records]
+    assert lora.keys() == eager_lora.keys() and lora
+    assert all(torch.equal(lora[k], eager_lora[k]) for k in lora)

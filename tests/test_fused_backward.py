@@ -90,6 +90,36 @@ def test_fused_backward_resumes_from_its_checkpoint(tiny_model, face_dataset, tm
     assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) <= 1e-6
 
 
+def test_a_resumed_full_bf16_run_equals_the_uninterrupted_one_bit_for_bit(tiny_model, face_dataset, tmp_path):
+    """bf16 weights updated with stochastic rounding: the checkpoint holds the rounding
+    generator's state, so the roundings drawn after a resume are the ones the uninterrupted run
+    drew (re-seeded, they would repeat the first steps' draws and the weights would differ)."""
+    base = dict(method="dreambooth", max_grad_norm=0.0, learning_rate=1e-4, fused_backward=True, steps=4,
+                mixed_precision="bf16", full_bf16=True, checkpoint_every=2)
+    _, whole, _ = _train_and_keep(tiny_model, face_dataset, tmp_path / "whole", **base)
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "split", **base)
+    at = {"step": 0}
+    stopped = train(cfg, Callbacks(on_progress=lambda step, total: at.update(step=step),
+                                   should_stop=lambda: at["step"] >= 2))
+    assert stopped.stopped and stopped.steps_done == 2
+    saved = torch.load(tmp_path / "split" / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)
+    assert saved["rounding_generator"].dtype == torch.uint8
+    kept = {}
+    result = train(cfg, Callbacks(on_start=lambda info: kept.update(info)), resume=True)
+    assert result.resumed_from == 2 and result.steps_done == 4
+    resumed = {k: v.detach().float() for k, v in kept["denoiser"].state_dict().items()}
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_full_bf16_checkpoint_without_its_rounding_state_is_refused():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    make = lambda gs: torch.optim.AdamW(gs)  # noqa: E731
+    old = PerTensorOptimizer([{"params": [p], "lr": 0.1}], make, stochastic_rounding=True).state_dict()
+    del old["rounding_generator"]
+    with pytest.raises(ValueError, match="stochastic-rounding generator"):
+        PerTensorOptimizer([{"params": [p], "lr": 0.1}], make, stochastic_rounding=True).load_state_dict(old)
+
+
 def test_a_plain_optimizer_state_is_refused_by_a_fused_run():
     p = torch.nn.Parameter(torch.ones(3))
     opt = PerTensorOptimizer([{"params": [p], "lr": 0.1}], lambda gs: torch.optim.AdamW(gs), fused=True)

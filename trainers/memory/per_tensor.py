@@ -127,8 +127,13 @@ class PerTensorOptimizer(torch.optim.Optimizer):
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"per_tensor": [self._inner[p][0].state_dict() for p in self._order],
-                "groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+        """The inner states, the groups, and the rounding generator's state (so a resumed
+        ``full_bf16`` run draws the same roundings as the uninterrupted one)."""
+        state = {"per_tensor": [self._inner[p][0].state_dict() for p in self._order],
+                 "groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+        if self._generator is not None:
+            state["rounding_generator"] = self._generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         inner = state.get("per_tensor")
@@ -139,6 +144,12 @@ class PerTensorOptimizer(torch.optim.Optimizer):
             self._inner[p][0].load_state_dict(s)
         for g, saved in zip(self.param_groups, state.get("groups", [])):
             g.update(saved)
+        if self._generator is not None:
+            saved = state.get("rounding_generator")
+            if saved is None:
+                raise ValueError("optimizer state: a full_bf16 run's checkpoint must hold the stochastic-rounding "
+                                 "generator's state ('rounding_generator'); this one was written without it")
+            self._generator.set_state(saved.cpu() if hasattr(saved, "cpu") else saved)
 
     def remove_hooks(self) -> None:
         for h in self._hooks:

@@ -1,7 +1,9 @@
 """The speed switches that change how the denoiser runs, not what it computes: channels-last
 memory format (UNets), and regional compilation of the repeated blocks with CUDA graphs
 (``compile: blocks``, ``cuda_graphs``). Each falls back to eager PyTorch with a log line where
-it is unsupported, so a config stays valid on every machine.
+it is unsupported, so a config stays valid on every machine, and a compiled block that fails to
+compile or to run falls back to eager PyTorch for the rest of the run (:func:`fall_back_to_eager`):
+compilation can make a run faster, never end it.
 
 Regional compilation compiles each repeated block (``Family.repeated_blocks``) rather than the
 whole denoiser: the blocks of one class and shape share one compiled graph (at the published
@@ -21,8 +23,20 @@ import torch
 log = logging.getLogger(__name__)
 
 
+BACKEND_ENV = "PERSONA_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    """The ``torch.compile`` backend: Inductor, or the one named by ``PERSONA_COMPILE_BACKEND``
+    (``aot_eager`` to look for graph breaks without Inductor, say); a named backend runs on any
+    device."""
+    return os.environ.get(BACKEND_ENV, "").strip() or "inductor"
+
+
 def compile_unsupported(device: torch.device) -> str | None:
     """Why ``torch.compile`` is not used on ``device`` (None: it is)."""
+    if compile_backend() != "inductor":
+        return None if hasattr(torch.nn.Module, "compile") else f"torch {torch.__version__} has no Module.compile"
     if device.type != "cuda":
         return f"compile needs a CUDA device (this run is on {device.type})"
     if not hasattr(torch.nn.Module, "compile"):
@@ -66,8 +80,10 @@ def apply_speed_switches(model: torch.nn.Module, family, cfg, device: torch.devi
             log.warning("cuda_graphs: %s; the blocks are compiled without graphs", why)
             graphs = False
         # reduce-overhead: Inductor's kernels replayed as CUDA graphs
-        applied["compiled_blocks"] = compile_blocks(blocks, mode="reduce-overhead" if graphs else None)
+        applied["compiled_blocks"] = compile_blocks(blocks, mode="reduce-overhead" if graphs else None,
+                                                    backend=compile_backend())
         applied["cuda_graphs"] = graphs
+        model._persona_compiled = blocks
         log.info("compile: %d blocks compiled%s", applied["compiled_blocks"], " with CUDA graphs" if graphs else "")
     return applied
 
@@ -116,3 +132,26 @@ def compile_blocks(blocks: list[torch.nn.Module], mode: str | None = None, backe
     for block in blocks:
         block.compile(mode=mode, backend=backend, dynamic=False)
     return len(blocks)
+
+
+def fall_back_to_eager(model: torch.nn.Module, exc: BaseException) -> bool:
+    """After ``exc`` was raised by a step or a sampling pass of ``model``: if ``model`` has
+    compiled blocks, make every one of them eager again, log one line naming the error and
+    return True (the caller repeats what failed); otherwise False (the caller re-raises).
+
+    Out-of-memory errors are not compilation's fault and are never taken for it. Whatever
+    failed is repeated from its start: gradients of the failed step are dropped first; with
+    ``fused_backward`` the tensors that had already stepped inside a failed backward keep that
+    step (the log line says so)."""
+    blocks = getattr(model, "_persona_compiled", None)
+    if not blocks or isinstance(exc, torch.OutOfMemoryError):
+        return False
+    for block in blocks:
+        block._compiled_call_impl = None  # what Module.compile set: the block's own forward again
+    model._persona_compiled = None
+    # Dynamo's message: "backend='…' raised:" then the backend's own error, then tips
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])[:300]
+    log.warning("compile: the compiled blocks failed (%s: %s); the %d blocks run eagerly for the rest of the run",
+                type(exc).__name__, first, len(blocks))
+    return True
