@@ -342,3 +342,24 @@ def test_flux_trains_with_prior_preservation_and_the_identity_loss(tiny_flux, fa
     assert all("loss_prior" in r and "loss_identity" in r for r in result.records)
     assert all(math.isfinite(r["loss_identity"]) and 0 <= r["loss_identity"] <= 2 for r in result.records)
     assert result.lora_path.is_file()
+
+
+@pytest.mark.parametrize("field", ["base_model", "t5"])
+def test_a_gguf_file_is_refused_with_what_to_use_instead(face_dataset, tmp_path, field):
+    """ComfyUI-GGUF's block-quantized files (models/unet, models/diffusion_models, T5 in
+    models/text_encoders) cannot be trained through: refused before anything loads, naming the
+    file and the .safetensors to use."""
+    from comfyui_persona.core.config import ConfigError
+
+    gguf = tmp_path / "flux1-dev-Q4_K_S.gguf"
+    gguf.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(64))  # a GGUF header's start
+    files = {n: tmp_path / f"{n}.safetensors" for n in ("clip_l", "t5", "vae")}
+    for f in files.values():
+        save_file({"x": torch.zeros(1)}, str(f))
+    base = tmp_path / "flux.safetensors"
+    save_file({"x": torch.zeros(1)}, str(base))
+    fields = {**{k: str(v) for k, v in files.items()}, field: str(gguf)}
+    cfg = tiny_config(fields.pop("base_model", base), face_dataset, tmp_path / "run", family="flux", **fields)
+    with pytest.raises(ConfigError, match=rf"{field}: 'flux1-dev-Q4_K_S.gguf' is a GGUF file .* Use the same "
+                                          r"model's .safetensors in bf16, fp16 or fp8"):
+        cfg.check_paths()

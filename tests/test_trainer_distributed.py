@@ -6,16 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from comfy_server import free_port
 from trainer_helpers import tiny_config
 
 
-def test_two_processes_train_data_parallel(tiny_model, face_dataset, tmp_path):
+@pytest.mark.parametrize("fields", [{}, {"fused_backward": True, "max_grad_norm": 0.0}], ids=["ddp", "fused-backward"])
+def test_two_processes_train_data_parallel(tiny_model, face_dataset, tmp_path, fields):
+    """Wrapped in DistributedDataParallel, or (fused backward) each tensor's gradient averaged
+    over the processes in its own hook."""
     run = tmp_path / "ddp"
     config = tmp_path / "ddp.json"
-    config.write_text(json.dumps(tiny_config(tiny_model, face_dataset, run, steps=4, checkpoint_every=2).to_json()))
+    config.write_text(json.dumps(tiny_config(tiny_model, face_dataset, run, steps=4, checkpoint_every=2,
+                                             **fields).to_json()))
     accelerate = Path(sys.executable).with_name("accelerate")
     out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -123,6 +123,9 @@ class TrainConfig(JobConfig):
     vae_tiling: bool = Field(False, description="Encode/decode the VAE in tiles (large resolutions).")
     cache_latents: Literal["off", "memory", "disk"] = Field("memory", description="Encode the dataset once; the VAE leaves the device.")
     cache_text_embeddings: bool = Field(True, description="Encode captions once; the text encoder leaves the device (when not trained).")
+    encode_on_cpu: list[Literal["vae", "text_encoder", "text_encoder_2"]] = Field(
+        default_factory=list, description="Encoders that cache on the CPU (slower, no device memory): the memory "
+                                          "plan names those that do not fit the budget (FLUX's T5-XXL at 8 GB).")
     grad_set_to_none: bool = Field(True, description="Free gradients between steps instead of zeroing them.")
     checkpoint_blocks: int = Field(0, ge=0, le=1000, description="Selective checkpointing: with gradient_checkpointing, "
                                    "recompute only the first N of the denoiser's repeated blocks (0: all of them).")
@@ -247,6 +250,14 @@ class TrainConfig(JobConfig):
         model = Path(self.base_model)
         if not model.exists():
             raise self.field_error("base_model", f"'{model}' does not exist")
+        for name in ("base_model", "clip_l", "t5", "vae"):
+            value = getattr(self, name)
+            if value and Path(value).suffix.lower() == ".gguf":
+                raise self.field_error(name, f"'{Path(value).name}' is a GGUF file (block-quantized for sampling with "
+                                             f"ComfyUI-GGUF): its weights cannot be trained through. Use the same "
+                                             f"model's .safetensors in bf16, fp16 or fp8 (models/diffusion_models, "
+                                             f"models/text_encoders, models/vae); quantize_base fp8 or nf4 keeps the "
+                                             f"frozen base as small while training")
         if model.is_file() and model.suffix.lower() != ".safetensors":
             raise self.field_error("base_model", f"'{model}' is not a .safetensors checkpoint or a diffusers folder")
         for name in ("clip_l", "t5", "vae"):

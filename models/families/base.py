@@ -100,6 +100,11 @@ class Family:
     def encode(self, comps, prompts: list[str], device, cfg=None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def caption_token_lengths(self, cfg) -> dict[str, int]:
+        """The token length each text encoder reads a caption at (the memory planner's
+        caching phase)."""
+        return {"text_encoder": 77, "text_encoder_2": 77}
+
     def predict(self, comps, model, latents, cond, gen, cfg, dtype) -> Prediction:
         raise NotImplementedError
 

@@ -53,9 +53,10 @@ class TrainingData:
     identity_group: int = -1  # the bucket the identity loss applies to (the square face crops)
 
 
-def _encode_latent_dist(vae, pixels: torch.Tensor, device, dtype, slicing: bool):
+def _encode_latent_dist(vae, pixels: torch.Tensor, dtype, slicing: bool):
     means, stds = [], []
     chunk = 1 if slicing else len(pixels)
+    device = next(vae.parameters()).device  # the run's device, or the CPU (encode_on_cpu)
     with torch.no_grad():
         for i in range(0, len(pixels), chunk):
             dist = vae.encode(pixels[i:i + chunk].to(device, dtype)).latent_dist
@@ -90,7 +91,7 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
                 data.latent_mean, data.latent_std = cached["mean"], cached["std"]
         if data.latent_mean is None:
             data.latent_mean, data.latent_std = _encode_latent_dist(
-                s.comps.vae, pixels, s.device, s.dtype, cfg.vae_slicing)
+                s.comps.vae, pixels, s.dtype, cfg.vae_slicing)
             if cache_file is not None:
                 from safetensors.torch import save_file
 
@@ -102,6 +103,35 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
         extra = [dropout_caption(cfg)] if cfg.caption_dropout > 0 else []
         data.embeddings = encode_cached(s, prompts + extra)
     return data
+
+
+def place_encoders(s) -> None:
+    """The VAE and the text encoders cast to the compute precision on the CPU (never on the
+    device at load precision), then moved to the device, except those the plan encodes on the
+    CPU (``encode_on_cpu``: their inputs go to the CPU, their outputs come back)."""
+    from ..memory.caching import run_on_cpu
+
+    cfg, comps = s.cfg, s.comps
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        module = getattr(comps, name, None)
+        if module is None:
+            continue
+        memory.cast_frozen(module, s.dtype)
+        if name in cfg.encode_on_cpu and s.device.type != "cpu":
+            module.to("cpu")
+            if name != "vae":  # the VAE's encode reads its own device
+                module._persona_on_cpu = run_on_cpu(module, s.device)
+        else:
+            module.to(s.device)
+
+
+def release_encoders(s) -> None:
+    """Undo :func:`place_encoders`' CPU hooks (the text encoders then go as the family says)."""
+    for module in s.comps.text_encoders:
+        for handle in getattr(module, "_persona_on_cpu", None) or ():
+            handle.remove()
+        if module is not None:
+            module._persona_on_cpu = None
 
 
 def bucket_groups(items, cfg, family) -> dict[tuple[int, int], list[int]]:
@@ -141,8 +171,7 @@ def prepare_data(s) -> TrainingData:
             class_paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
                                                   cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root,
                                                   s.device)
-    for module in [comps.vae, *comps.text_encoders]:
-        memory.cast_frozen(module, s.dtype)
+    place_encoders(s)
     disk = s.run_dir / "cache" if cfg.cache_latents == "disk" else None
     instance, classes = [], ({} if class_paths else None)
     for size, idx in groups.items():
@@ -180,6 +209,7 @@ def prepare_data(s) -> TrainingData:
         else:
             for te in comps.text_encoders:
                 memory.offload(te)
+    release_encoders(s)
     return TrainingData(instance, classes, identity, validation_cond, generated, identity_group)
 
 

@@ -16,6 +16,7 @@ from ...core.deps import require
 from ...models.families import Family, get_family
 from ..config import TrainConfig
 from ..memory import techniques as memory
+from ..memory.host_memory import check_host_memory
 from ..outputs.run_dir import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,14 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
+    need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    log.info("host memory: loading the base model needs about %.1f GB", need / 2 ** 30)
     comps = load_base(cfg)
-    memory.place_frozen([comps.vae, *comps.text_encoders], device)  # cast later: class images use full precision
-    memory.freeze(comps.denoiser)
-    if cfg.prior_preservation:  # class images are sampled by the full-precision base
-        comps.denoiser.to(device)
+    for module in [comps.vae, *comps.text_encoders, comps.denoiser]:
+        memory.freeze(module)
+    if cfg.prior_preservation:  # class images are sampled by the full-precision base, on the device
+        memory.place_frozen([comps.vae, *comps.text_encoders, comps.denoiser], device)
+    # otherwise the encoders reach the device one phase at a time, cast (trainers/loop/data.py)
     memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
     return Session(cfg, requested, plan, run_dir, accelerator, device,
                    memory.weight_dtype(cfg.mixed_precision, device), get_family(cfg.family), comps)

@@ -121,7 +121,13 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     optimizer = memory.build_optimizer(groups, cfg, s.device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
-    prepared = acc.prepare(*trained, optimizer)
+    if cfg.fused_backward and acc.num_processes > 1:
+        # each tensor's hook averages its gradient over the processes (memory/per_tensor.py):
+        # no DistributedDataParallel wrapper, whose buckets would reduce after the hooks stepped
+        _same_start_everywhere(groups)
+        prepared = [*trained, acc.prepare(optimizer)]
+    else:
+        prepared = acc.prepare(*trained, optimizer)
     per_tensor = per_tensor_of(optimizer)
     speed = _speed_reference(s)
     denoiser_ddp, optimizer, te_ddp = prepared[0], prepared[-1], list(prepared[1:-1])
@@ -217,6 +223,17 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     release_streaming(comps.denoiser)
     finish(s, result, acc.unwrap_model(denoiser_ddp), [acc.unwrap_model(t) for t in te_ddp], ema)
     return result
+
+
+def _same_start_everywhere(groups: list[dict]) -> None:
+    """Every process starts from the main process's trained weights (what DDP's wrapper does
+    when it is made)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for g in groups:
+            for p in g["params"]:
+                dist.broadcast(p.data, src=0)
 
 
 def _speed_reference(s: Session) -> dict:

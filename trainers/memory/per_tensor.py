@@ -22,6 +22,12 @@ tensor an optimizer of its own (the same class and settings, one parameter each)
 Gradient clipping by the norm of all gradients needs them all at once; with ``fused`` the
 ``max_grad_norm`` of the config clips each tensor's gradient by its own norm (logged).
 
+Data-parallel training (several processes): DistributedDataParallel averages gradients in
+buckets after backward has produced them, too late for a step inside backward. So a fused run
+is not wrapped in it (see the loop); each tensor's hook averages that tensor's gradient over
+the processes itself (one all-reduce per tensor, :attr:`world`) before it steps, and every
+process then applies the same update to the same weights.
+
 The outer object is a real ``torch.optim.Optimizer`` whose ``param_groups`` are the ones the
 learning-rate schedule changes; each inner step reads its group's current values.
 """
@@ -61,6 +67,7 @@ class PerTensorOptimizer(torch.optim.Optimizer):
         self._inner: dict[torch.nn.Parameter, tuple[torch.optim.Optimizer, dict, torch.nn.Parameter | None]] = {}
         self._hooks = []
         self._generator = None
+        self.world = _world_size() if fused else 1  # processes the hooks average each gradient over
         for group in self.param_groups:
             settings = {k: v for k, v in group.items() if k != "params"}
             for p in group["params"]:
@@ -90,6 +97,11 @@ class PerTensorOptimizer(torch.optim.Optimizer):
         if p.grad is None:
             return
         inner, group, proxy = self._inner[p]
+        if self.world > 1:  # data-parallel: the mean gradient of every process, before the step
+            import torch.distributed as dist
+
+            dist.all_reduce(p.grad)
+            p.grad.div_(self.world)
         for g in inner.param_groups:  # the schedule changes the outer groups
             for k in _STEP_KEYS:
                 if k in group:
@@ -155,6 +167,12 @@ class PerTensorOptimizer(torch.optim.Optimizer):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def per_tensor_of(optimizer) -> PerTensorOptimizer | None:

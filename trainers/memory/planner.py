@@ -70,6 +70,14 @@ SPEED = {
     "compile": {"off": 1.0, "blocks": 1.3},
     "fused_optimizer": {False: 1.0, True: 1.03},
 }
+# What a budget keeps free (a CUDA target): the CUDA context with its modules and library
+# handles, outside PyTorch's allocator (about 0.3-0.5 GiB on CUDA 12 with lazy loading; the
+# allocated peaks the calibration fits do not see it), and the caching allocator's reserve over
+# what is allocated (its 2 MiB / 20 MiB block rounding and fragmentation: the H100 rows of
+# docs/benchmarks.md reserve 3-8 % above their allocated peak). A budget read from the free
+# memory of a device already holds the context, so only the reserve is kept.
+CONTEXT_MB = 512.0
+RESERVE_FRACTION = 0.08
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 VERSION = 3
@@ -92,6 +100,8 @@ class Plan:
     relative_speed: float
     tried: list[dict] = field(default_factory=list)
     blocks: int = 0  # the denoiser's repeated blocks
+    usable_mb: float = 0.0  # the budget less the headroom (usable_budget): what every phase must fit
+    caching: dict = field(default_factory=dict)  # the caching phase (caching.plan_caching)
 
     def apply(self, cfg):
         from ..config import TrainConfig
@@ -113,9 +123,23 @@ class Plan:
             rows.append(f"{self.switches['stream_blocks']} of the {self.blocks} blocks are streamed from CPU memory")
         if self.switches.get("fused_backward"):
             rows.append("fused backward: max_grad_norm clips each tensor's gradient by its own norm")
-        rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)}; predicted speed: "
+        if self.usable_mb and self.usable_mb < self.budget_mb:
+            rows.append(f"usable: {size_text(self.usable_mb)} of the budget (kept free: the CUDA context and the "
+                        f"allocator's reserve)")
+        if self.caching:
+            on_cpu = self.caching.get("encode_on_cpu") or []
+            rows.append(f"caching: the VAE {size_text(self.caching['vae_mb'])}, the text encoders "
+                        f"{size_text(self.caching['text_encoders_mb'])}"
+                        + (f"; on the CPU (beyond the budget): {', '.join(on_cpu)}" if on_cpu else ""))
+        rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step), "
+                    f"{size_text(self.whole_run_peak_mb)} (whole run); predicted speed: "
                     f"{self.relative_speed:.2f}x of fp32 with no technique ({len(self.tried)} candidates simulated)")
         return "\n".join(rows)
+
+    @property
+    def whole_run_peak_mb(self) -> float:
+        """The largest phase's predicted peak: the caching phase or the training step."""
+        return max(self.predicted_peak_mb, float(self.caching.get("peak_mb", 0.0)))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -448,41 +472,56 @@ class _Search:
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {"plan": True, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
+                {"plan": True, "whole_run": 1, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
                  **({"graphs": True} if cfg.cuda_graphs else {})})  # graphs asked for: kept where they run
 
 
+def usable_budget(budget_mb: float, cuda: bool, context_mb: float | None = None) -> float:
+    """What a plan may predict within ``budget_mb``: on a CUDA target the budget less the CUDA
+    context (``context_mb``, default :data:`CONTEXT_MB`; 0 when the budget is the free memory
+    read from the device) and the allocator's reserve (:data:`RESERVE_FRACTION`)."""
+    if not cuda:
+        return budget_mb
+    context = CONTEXT_MB if context_mb is None else context_mb
+    return max(0.0, (budget_mb - context) / (1 + RESERVE_FRACTION))
+
+
 def plan(cfg, budget_mb: float, device="cuda", base_model: str | None = None, size: str = "real",
-         bnb: bool | None = None, compile_ok: bool | None = None) -> Plan:
+         bnb: bool | None = None, compile_ok: bool | None = None, context_mb: float | None = None) -> Plan:
+    """The plan for ``cfg`` within ``budget_mb`` (see the module's text); every phase's predicted
+    peak fits :func:`usable_budget`."""
     bnb = _bnb_available() if bnb is None else bnb
     compile_ok = _compile_available(device) if compile_ok is None else compile_ok
-    key = _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok)
+    usable = usable_budget(budget_mb, _cuda_target(device, size, base_model), context_mb)
+    key = _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) + f"-{usable:.1f}"
     stored = _read_json(_cache_file("whole_plans.json"))
     if key in stored:
         return Plan(**stored[key])
-    result = _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok)
+    result = _search(cfg, budget_mb, usable, device, base_model, size, bnb, compile_ok)
     stored = _read_json(_cache_file("whole_plans.json"))
     stored[key] = result.to_json()
     _write_json(_cache_file("whole_plans.json"), stored)
     return result
 
 
-def _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> Plan:
-    s = _Search(cfg, budget_mb, device, base_model, size)
+def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok) -> Plan:
+    s = _Search(cfg, usable_mb, device, base_model, size)
     cands = candidates(cfg, device, bnb, compile_ok)
     streaming = cfg.method == "lora" and not cfg.use_dora
     lean = leanest(cands)
     lean_peak = s.peak(lean)
-    if lean_peak > budget_mb and streaming:  # streaming every block of an unquantized base
+    if lean_peak > usable_mb and streaming:  # streaming every block of an unquantized base
         alt = {**leanest([c for c in cands if c["quantize_base"] == "off"]), "stream_blocks": s.blocks}
         alt_peak = s.peak(alt)
         if alt_peak < lean_peak:
             lean, lean_peak = alt, alt_peak
-    if lean_peak > budget_mb:
+    if lean_peak > usable_mb:
         raise PlanError(
-            f"memory plan: nothing fits {size_text(budget_mb)} for {cfg.family} {cfg.method} at "
+            f"memory plan: nothing fits {size_text(budget_mb)}"
+            + (f" ({size_text(usable_mb)} usable)" if usable_mb < budget_mb else "")
+            + f" for {cfg.family} {cfg.method} at "
             f"{cfg.resolution}px, batch {cfg.batch_size}: the leanest plan ({_short(lean)}) needs "
             f"{size_text(lean_peak)}. Lower resolution, rank or batch"
             + (", use method 'lora'" if cfg.method != "lora" else "")
@@ -502,21 +541,21 @@ def _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> Plan:
         if bound is not None and bound <= s.speed(best[0]):
             continue  # what c saves per parameter cannot make it faster than the best
         p0 = s.peak(c)
-        if p0 <= budget_mb:
+        if p0 <= usable_mb:
             best = (c, p0)
             break
         full = s._with(c, "checkpoint", s.blocks)
         p_all = s.peak(full)
         evaluated.append((c, p0, p_all))
         options = []
-        if p_all <= budget_mb:
+        if p_all <= usable_mb:
             options.append(s.fewest(c, "checkpoint", p0, p_all) or (full, p_all))
         else:
             failed.append(c)
             if streaming and c["quantize_base"] == "off":  # stream on top of full checkpointing
                 streamed = {**full, "stream_blocks": s.blocks}
                 p_stream = s.peak(streamed)
-                if p_stream <= budget_mb:
+                if p_stream <= usable_mb:
                     options.append(s.fewest(full, "stream", p_all, p_stream) or (streamed, p_stream))
         for option in options:
             if best is None or s.speed(option[0]) > s.speed(best[0]):
@@ -529,11 +568,18 @@ def _search(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> Plan:
     light = {**lean, "gradient_checkpointing": False, "checkpoint_blocks": 0}  # the lightest, recomputing nothing
     if best[0].get("gradient_checkpointing") and s.speed(light) > s.speed(best[0]):
         p_light = s.peak(light)
-        if p_light <= budget_mb:
+        if p_light <= usable_mb:
             best = (light, p_light)
-    switches, peak = best
+    switches, peak = dict(best[0]), best[1]
+    from .caching import plan_caching
+
+    cuda = _cuda_target(device, size, base_model)
+    caching = plan_caching(cfg.model_copy(update=switches), base_model, size, usable_mb,
+                           lambda mb: calibrate(mb, cuda))
+    if caching["encode_on_cpu"]:
+        switches["encode_on_cpu"] = caching["encode_on_cpu"]
     return Plan(cfg.family, cfg.method, cfg.resolution, s.total, budget_mb, switches, peak, s.speed(switches),
-                s.tried, s.blocks)
+                s.tried, s.blocks, round(usable_mb, 1), caching)
 
 
 def size_text(mb: float) -> str:
@@ -553,13 +599,15 @@ def budget_mb_for(cfg, device) -> float:
         raise type(cfg).field_error("vram_budget_gb", "memory 'auto' on a machine without a CUDA "
                           "device needs a budget (no free VRAM to read)")
     free, _ = torch.cuda.mem_get_info(device)
-    return free / 2 ** 20 * 0.95
+    return free / 2 ** 20
 
 
 def plan_for_config(cfg, device) -> Plan:
     """The plan of a run: the model's own architecture (its folder's configs, or the family's
-    published size for single files) and the budget from the config or the free VRAM."""
-    return plan(cfg, budget_mb_for(cfg, device), device, cfg.base_model, "real")
+    published size for single files) and the budget from the config or the free VRAM (which
+    already holds the CUDA context)."""
+    return plan(cfg, budget_mb_for(cfg, device), device, cfg.base_model, "real",
+                context_mb=None if cfg.vram_budget_gb > 0 else 0.0)
 
 
 def plan_request(family: str, method: str, resolution: int, batch_size: int, gradient_accumulation: int,
@@ -576,4 +624,5 @@ def plan_request(family: str, method: str, resolution: int, batch_size: int, gra
         resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation, rank=rank,
         alpha=float(rank), train_text_encoder=train_text_encoder, vram_budget_gb=vram_budget_gb, memory="auto"),
         source="memory plan")
-    return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real")
+    return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real",
+                context_mb=None if vram_budget_gb > 0 else 0.0)

@@ -127,6 +127,9 @@ class Flux(Family):
             raise cfg.field_error("base_model", "a single FLUX transformer file needs its text encoders and VAE "
                                   "too: set clip_l, t5 and vae")
 
+    def caption_token_lengths(self, cfg) -> dict[str, int]:
+        return {"text_encoder": 77, "text_encoder_2": cfg.t5_max_length}
+
     def encode(self, comps, prompts, device, cfg=None):
         max_length = cfg.t5_max_length if cfg is not None else 512
         pooled = comps.text_encoder(tokens(comps.tokenizer, prompts, device), output_hidden_states=False).pooler_output

@@ -1,0 +1,59 @@
+"""Host memory checked before a base model loads (trainers/memory/host_memory.py): the figure
+read from the files' headers as the loaders will build the weights, and a base model larger than
+this machine's available memory refused with both figures before anything loads."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from comfyui_persona.trainers.config import TrainConfig
+from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes, check_host_memory, load_bytes
+
+
+def _sparse_safetensors(path, shapes: dict[str, tuple[list[int], str]]) -> int:
+    """A valid safetensors file whose tensors' bytes are a hole in the file (no disk used):
+    the header is real, the data reads as zeros. Returns the data's size in bytes."""
+    sizes = {"BF16": 2, "F32": 4, "F16": 2}
+    header, offset = {}, 0
+    for name, (shape, dtype) in shapes.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return offset
+
+
+def test_a_folder_counts_diffusers_parts_in_fp32_and_text_encoders_as_stored(tmp_path):
+    for part in ("unet", "vae", "text_encoder"):
+        (tmp_path / part).mkdir()
+    unet = _sparse_safetensors(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", {"w": ([1000, 1000], "BF16")})
+    _sparse_safetensors(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", {"w": ([100], "F32")})
+    te = _sparse_safetensors(tmp_path / "text_encoder" / "model.safetensors", {"w": ([500, 100], "F16")})
+    cfg = TrainConfig(base_model=str(tmp_path), dataset="(d)", family="sd15")
+    assert load_bytes(cfg) == int((unet * 2 + 400 + te) * MARGIN)
+
+
+def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_loads(tmp_path):
+    """A FLUX-sized transformer file (24 GB in bf16 on disk, a hole here): 48 GB as loaded."""
+    have = available_bytes()
+    rows = have // 2 // 3072 + 1  # bf16 on disk: more than half the available memory, so fp32 is more than all
+    path = tmp_path / "big_transformer.safetensors"
+    _sparse_safetensors(path, {"w": ([rows, 3072], "BF16")})
+    cfg = TrainConfig(base_model=str(path), dataset="(d)", family="sd15")
+    with pytest.raises(ValueError, match=r"base_model: loading 'big_transformer.safetensors' needs about "
+                                         r"[\d.]+ GB of CPU memory .* and [\d.]+ GB is available"):
+        check_host_memory(cfg)
+    small = tmp_path / "small.safetensors"
+    _sparse_safetensors(small, {"w": ([1000, 1000], "BF16")})
+    ok = TrainConfig(base_model=str(small), dataset="(d)", family="sd15")
+    assert check_host_memory(ok) == int(4_000_000 * MARGIN)
+    with pytest.raises(ValueError, match="in 2 processes"):
+        check_host_memory(ok, available=int(4_000_000 * MARGIN) + 1, processes=2)

@@ -1,0 +1,91 @@
+"""Plans that hold for the whole run (trainers/memory/caching.py, planner.usable_budget): at
+the published sizes, on the meta device, every phase (caching the latents and captions, the
+training step) is predicted within the budget less the headroom kept for the CUDA context and
+the allocator's reserve; FLUX.1's T5-XXL, larger than an 8 GB card's usable memory, encodes on
+the CPU; and an encoder kept on the CPU takes the run's inputs and gives its outputs back."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_persona.trainers.config import TrainConfig
+from comfyui_persona.trainers.memory import planner
+from comfyui_persona.trainers.memory.planner import plan, usable_budget
+
+
+@pytest.fixture(scope="module")
+def plan_cache(tmp_path_factory):
+    """One cold plan cache for this module's published-size plans (the FLUX 8 GB plan is
+    searched once for two tests)."""
+    return tmp_path_factory.mktemp("plans")
+
+
+def _cfg(family, resolution, **fields):
+    return TrainConfig(base_model="(plan)", dataset="(plan)", family=family, resolution=resolution,
+                       mixed_precision="bf16", rank=16, alpha=16, **fields)
+
+
+def test_the_headroom_is_the_context_and_the_allocators_reserve():
+    assert usable_budget(8192, cuda=True) == pytest.approx((8192 - planner.CONTEXT_MB) / (1 + planner.RESERVE_FRACTION))
+    assert usable_budget(8192, cuda=True, context_mb=0) == pytest.approx(8192 / (1 + planner.RESERVE_FRACTION))
+    assert usable_budget(8192, cuda=False) == 8192  # CPU targets: the live-tensor meter is exact
+    # a "12 GB" plan predicted at 11.9 GB cannot run on a 12 GB card: at most ~10.6 GB is usable
+    assert usable_budget(12 * 1024, cuda=True) < 10.7 * 1024
+
+
+@pytest.mark.parametrize("family, resolution, budget_gb", [("sd15", 512, 4), ("sdxl", 1024, 8), ("flux", 1024, 8)])
+def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family,
+                                                                            resolution, budget_gb):
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    p = plan(_cfg(family, resolution), budget_gb * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    usable = usable_budget(budget_gb * 1024, cuda=True)
+    assert p.usable_mb == pytest.approx(usable, abs=0.1)
+    assert p.predicted_peak_mb <= usable and p.caching["peak_mb"] <= usable
+    assert p.whole_run_peak_mb == max(p.predicted_peak_mb, p.caching["peak_mb"])
+    assert p.caching["vae_mb"] > 0  # the VAE encodes the dataset on the device
+    text = p.describe()
+    assert "whole run" in text and "usable" in text and "caching: the VAE" in text
+
+
+def test_flux_at_8_gb_fits_its_plan_through_caching(plan_cache, monkeypatch):
+    """FLUX.1 LoRA @1024 with T5-XXL and CLIP-L: T5-XXL's weights alone (8.9 GB in bf16) are
+    more than the usable part of 8 GB, so the plan encodes the captions with it on the CPU and
+    with CLIP-L on the device; the caching phase then fits, and so does the step."""
+    from comfyui_persona.trainers.memory.caching import encoder_memory
+
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    p = plan(_cfg("flux", 1024), 8 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    t5_weights, _ = encoder_memory("flux", None, "real", 1024, "bfloat16",
+                                   (("text_encoder", 77), ("text_encoder_2", 512)))["text_encoder_2"]
+    assert t5_weights / 2 ** 20 > p.usable_mb
+    assert p.switches["encode_on_cpu"] == ["text_encoder_2"]
+    assert 0 < p.caching["text_encoders_mb"] < 1024  # CLIP-L only
+    assert p.whole_run_peak_mb <= p.usable_mb
+    applied = p.apply(_cfg("flux", 1024))
+    assert applied.encode_on_cpu == ["text_encoder_2"] and applied.memory == "manual"
+
+
+def test_an_encoder_kept_on_the_cpu_returns_its_outputs_on_the_runs_device():
+    """run_on_cpu's hooks: inputs to the CPU, outputs (a tuple, a dict) back to the run's device
+    (here the meta device, the one other device every machine has)."""
+    from comfyui_persona.trainers.memory.caching import run_on_cpu
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+
+        def forward(self, ids, scale=1.0):
+            assert ids.device.type == "cpu"
+            h = self.embed(ids) * scale
+            return h, {"pooled": h.mean(1)}
+
+    enc = Encoder()
+    handles = run_on_cpu(enc, torch.device("meta"))
+    hidden, extra = enc(torch.tensor([[1, 2, 3]]), scale=2.0)
+    assert hidden.device.type == "meta" and hidden.shape == (1, 3, 4)
+    assert extra["pooled"].device.type == "meta" and extra["pooled"].shape == (1, 4)
+    assert enc.embed.weight.device.type == "cpu"
+    for h in handles:
+        h.remove()
+    assert enc(torch.tensor([[1]]))[0].device.type == "cpu"

@@ -1,0 +1,80 @@
+"""Host memory a run needs to load its base model, checked before anything loads.
+
+Loading is the run's peak in CPU memory: diffusers builds the denoiser and the VAE in fp32 and
+copies the file's weights in (a FLUX.1 transformer stored in bf16, 24 GB on disk, takes 48 GB
+while it loads), transformers keeps a folder's text encoders in their file's precision, and a
+single file's parts (ComfyUI's layout) are built in fp32 as well. The frozen weights are cast
+to the compute precision afterwards, and block streaming keeps them in CPU memory at that
+precision, so the load is the largest figure. It is read from the files' headers (no tensor
+is read) and compared with the memory the system reports available; a run that cannot load
+is refused with both figures instead of being ended by the system's out-of-memory handling.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+_FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_OTHER = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MARGIN = 1.10  # the loaders' transient copies of one tensor at a time, Python's own memory
+
+
+def _file_bytes(path: Path, keep_file_precision: bool) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            s = f.get_slice(key)
+            n = 1
+            for d in s.get_shape():
+                n *= d
+            dtype = s.get_dtype()
+            if dtype in _FLOAT:
+                total += n * (_FLOAT[dtype] if keep_file_precision else 4)
+            else:
+                total += n * _OTHER.get(dtype, 4)
+    return total
+
+
+def weight_files(cfg) -> list[tuple[Path, bool]]:
+    """The safetensors files a run loads, each with whether it keeps its file precision while
+    loading (a diffusers folder's text encoders)."""
+    from ...models.families import get_family
+
+    base = Path(cfg.base_model)
+    if base.is_dir():
+        return [(f, f.relative_to(base).parts[0].startswith("text_encoder"))
+                for f in sorted(base.rglob("*.safetensors"))]
+    files = [(base, False)] if base.is_file() else []
+    for name in get_family(cfg.family).separate_files:
+        value = getattr(cfg, name, None)
+        if value and Path(value).is_file():
+            files.append((Path(value), False))
+    return files
+
+
+def load_bytes(cfg) -> int:
+    """Bytes of CPU memory loading ``cfg``'s base model takes (see the module's text)."""
+    return int(sum(_file_bytes(f, keep) for f, keep in weight_files(cfg) if f.suffix == ".safetensors") * MARGIN)
+
+
+def available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_host_memory(cfg, available: int | None = None, processes: int = 1) -> int:
+    """Refuse ``cfg`` (a ``ConfigError`` naming ``base_model``) when loading its base model in
+    each of ``processes`` processes on this machine needs more CPU memory than is available;
+    returns the bytes they need."""
+    need = load_bytes(cfg) * processes
+    have = available_bytes() if available is None else available
+    if need > have:
+        raise type(cfg).field_error(
+            "base_model", f"loading '{Path(cfg.base_model).name}'"
+                          + (f" in {processes} processes" if processes > 1 else "") + f" needs about {need / 2 ** 30:.1f} GB of CPU memory "
+                          f"(its weights as the loaders build them, before they are cast to the compute precision) "
+                          f"and {have / 2 ** 30:.1f} GB is available: close other programs (ComfyUI's own loaded "
+                          f"models included), add memory or swap, or use a smaller base model")
+    return need
