@@ -295,3 +295,15 @@ def interrupt_requested() -> bool:
     except ImportError:
         return False
     return bool(mm.processing_interrupted())
+
+
+def show_text(node_id, text: str) -> None:
+    """Show ``text`` on node ``node_id`` in the canvas while it runs (ComfyUI's progress text;
+    hosts without it show nothing until the node returns)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if node_id is not None and server is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, str(node_id))

@@ -1,6 +1,7 @@
 """Persona Train: dataset + base model + config widgets -> a LoRA that LoraLoader lists."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -9,10 +10,11 @@ from ..trainers.config import PRESETS, TrainConfig, with_preset
 from . import carried
 from .host import (Progress, apply_lora, base_model_path, base_models, check_interrupt, datasets_folder,
                    free_models, interrupt_requested, lora_folders, loras_dir, model_file_path, model_files,
-                   output_dir, safe_name)
+                   output_dir, safe_name, show_text)
 from .widgets import config_from_widgets, widgets
 
 CATEGORY = "Persona/train"
+log = logging.getLogger(__name__)
 
 _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "batch_size",
            "gradient_accumulation", "lr_scheduler", "warmup_steps", "optimizer", "mixed_precision",
@@ -21,7 +23,7 @@ _FIELDS = ["method", "resolution", "steps", "learning_rate", "rank", "alpha", "b
 # optional inputs, after the required ones so that saved workflows keep their widget values
 _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", "ema", "ema_decay",
          "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every", "checkpoint_blocks", "fused_backward",
-         "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last"]
+         "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last", "memory"]
 NONE = "(none)"
 # the separate files of a single-file FLUX base: TrainConfig field -> ComfyUI folder
 SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
@@ -65,14 +67,17 @@ class PersonaTrain:
                                                     .description + f" From models/{folder}."})
                for name, folder in SEPARATE.items()},
             "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
-                                         "0: train with the memory switches as set above. More than 0: the "
-                                         "memory planner sets precision, checkpointing, optimizer, quantized "
-                                         "base and micro-batch to fit this many GB at the best predicted speed."}),
+                                         "With memory 'auto': 0 fits the GPU's free memory, more than 0 fits "
+                                         "this many GB (the card's size, say): the memory planner sets "
+                                         "precision, checkpointing, optimizer, quantized base, streaming and "
+                                         "micro-batch at the best predicted speed, keeping room for the CUDA "
+                                         "context and the allocator; the plan shows on the node before the "
+                                         "first step. On a CPU with 0, the switches as set."}),
             **widgets(TrainConfig, _MORE, background_weight={"step": 0.05}, caption_dropout={"step": 0.05},
                       ema_decay={"step": 0.001, "round": 1e-4}, loraplus_lr_ratio={"step": 1.0}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def execute(self, dataset, base_model, lora_name, preset, vram_budget_gb=0.0, **values):
+    def execute(self, dataset, base_model, lora_name, preset, vram_budget_gb=0.0, unique_id=None, **values):
         from ..trainers.subprocess_run import TrainingCancelled, train_in_subprocess
 
         name = safe_name(lora_name, "lora_name")
@@ -84,7 +89,7 @@ class PersonaTrain:
                  for field, folder in SEPARATE.items() if values.get(field, NONE) != NONE}
         for field in SEPARATE:
             values.pop(field, None)
-        memory = {"memory": "auto", "vram_budget_gb": vram_budget_gb} if vram_budget_gb > 0 else {}
+        memory = {"vram_budget_gb": vram_budget_gb}
         cfg = config_from_widgets(
             TrainConfig, with_preset(values, preset), base_model=str(base_model_path(base_model)), dataset=dataset["path"],
             token=dataset["token"], class_noun=dataset["class_noun"], **files, **memory)
@@ -93,9 +98,15 @@ class PersonaTrain:
         free_models()
         bar = Progress(cfg.steps)
 
+        planned = {}
+
         def on_event(event):
             if event.get("event") == events.LOG:
                 bar.update(event["step"], cfg.steps)
+            elif event.get("event") == events.PLAN:  # before the first step: shown on the node, and logged
+                planned.update(event)
+                log.info("Persona Train: %s", event["text"])
+                show_text(unique_id, event["text"])
 
         try:
             outcome = train_in_subprocess(cfg, on_event, interrupt_requested)
@@ -117,6 +128,9 @@ class PersonaTrain:
         text = (f"{'reused finished run' if outcome.cached else 'trained'}: {rel}\n"
                 f"steps {outcome.summary.get('steps')}, loss {outcome.summary.get('first_loss')} -> "
                 f"{outcome.summary.get('final_loss')}")
+        if planned:
+            text += (f"\nmemory plan: predicted peak {planned['whole_run_peak_mb'] / 1024:.2f} GB of "
+                     f"{planned['budget_mb'] / 1024:.2f} GB ({_switches_text(planned['switches'])})")
         best_rel = rel
         if outcome.summary.get("best"):
             best_rel = f"persona/{name}_best.safetensors"
@@ -124,6 +138,12 @@ class PersonaTrain:
             text += f"\nbest by identity: step {outcome.summary.get('best_step')} -> {best_rel}"
         lora["best_path"] = str(loras_dir() / best_rel)
         return {"ui": {"text": [text]}, "result": (lora, images_to_tensor([chart]), rel, best_rel)}
+
+
+def _switches_text(switches: dict) -> str:
+    shown = {k: v for k, v in switches.items() if v not in (False, 0, "off", "no", None, [])
+             and k not in ("batch_size", "gradient_accumulation", "cache_latents", "cache_text_embeddings")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "no memory technique needed"
 
 
 class PersonaApplyLora:

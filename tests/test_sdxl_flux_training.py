@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from comfy_lora_checks import COMFY_FLUX_CHECK, COMFY_SDXL_CHECK
 from comfy_server import REPO, host_env
 from trainer_helpers import tiny_config
 from comfyui_persona.trainers.outputs.export import read_lora_metadata
@@ -70,36 +71,6 @@ def test_sdxl_kohya_lora_equals_the_trained_adapters_in_diffusers(sdxl_run, tiny
         plain = base(x, torch.tensor([500]), enc, added_cond_kwargs=added).sample
     assert (outs[1] - plain).abs().max() > 1e-4  # the LoRA does something
     assert torch.allclose(outs[0], outs[1], atol=2e-3, rtol=1e-2)
-
-
-COMFY_SDXL_CHECK = r"""
-import json, sys, logging
-args = sys.argv[1:]
-sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own command line on import
-sys.path.insert(0, args[0])
-from safetensors.torch import load_file
-import comfy.options
-comfy.options.enable_args_parsing()
-import comfy.model_detection, comfy.supported_models, comfy.lora, comfy.utils
-ldm = load_file(args[1])
-lora = load_file(args[2])
-unet_config = comfy.model_detection.detect_unet_config(ldm, "model.diffusion_model.")
-model_config = comfy.supported_models.SDXL(unet_config)
-model = model_config.get_model(ldm, "model.diffusion_model.")
-key_map = comfy.lora.model_lora_keys_unet(model, {})
-# ComfyUI's SDXL CLIP holds both encoders as clip_l / clip_g with transformers' names
-class Clip:
-    def __init__(self, keys): self.keys = keys
-    def state_dict(self): return dict.fromkeys(self.keys)
-te_keys = [("clip_l.transformer." if k.startswith("te1:") else "clip_g.transformer.") + k[4:] for k in json.loads(args[3])]
-key_map = comfy.lora.model_lora_keys_clip(Clip(te_keys), key_map)
-missing = []
-handler = logging.Handler()
-handler.emit = lambda record: missing.append(record.getMessage())
-logging.getLogger().addHandler(handler)
-patches = comfy.lora.load_lora(lora, key_map)
-print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
-"""
 
 
 def test_sdxl_lora_applies_fully_in_comfyui(sdxl_run, tiny_sdxl, comfy, tmp_path):
@@ -210,30 +181,17 @@ def test_flux_loads_from_separate_single_files(tiny_flux, tmp_path, monkeypatch)
     and the VAE, read with the configs shipped in configs/flux."""
     from diffusers import FluxTransformer2DModel
 
-    from comfyui_persona.models.families.flux.keys import diffusers_to_bfl
+    from comfy_files import use_tiny_flux_configs, write_flux_files
     from comfyui_persona.models.loading import load_components
 
     ref = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer")
-    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in
-               diffusers_to_bfl(ref.state_dict(), dict(ref.config)).items()}, str(tmp_path / "flux1-tiny.safetensors"))
-    for sub, name in (("text_encoder", "clip_l"), ("text_encoder_2", "t5xxl"), ("vae", "ae")):
-        save_file(load_file(str(tiny_flux / sub / "model.safetensors" if sub != "vae" else
-                                tiny_flux / sub / "diffusion_pytorch_model.safetensors")),
-                  str(tmp_path / f"{name}.safetensors"))
+    files = write_flux_files(tiny_flux, tmp_path)
+    for name, stored in (("clip_l", "text_encoder/model.safetensors"), ("vae", "vae/diffusion_pytorch_model.safetensors")):
+        assert load_file(str(files[name])).keys() == load_file(str(tiny_flux / stored)).keys()
     monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PERSONA_T5_TOKENIZER", str(tiny_flux / "tokenizer_2"))
-    # the shipped configs describe the published FLUX.1; these files are the tiny model's, so its
-    # text-encoder and VAE configs stand in (the transformer's shape is read from its file)
-    import shutil
-
-    configs = tmp_path / "cache" / "configs" / "flux"
-    shutil.copytree(REPO / "configs" / "flux", configs)
-    for sub in ("text_encoder", "text_encoder_2", "vae", "tokenizer"):
-        shutil.rmtree(configs / sub, ignore_errors=True)
-        shutil.copytree(tiny_flux / sub, configs / sub, ignore=shutil.ignore_patterns("*.safetensors"))
-    (configs / ".complete").write_text("flux")
-    comps = load_components("flux", tmp_path / "flux1-tiny.safetensors", clip_l=tmp_path / "clip_l.safetensors",
-                            t5=tmp_path / "t5xxl.safetensors", vae=tmp_path / "ae.safetensors")
+    use_tiny_flux_configs(tiny_flux, tmp_path / "cache")
+    comps = load_components("flux", files["base_model"], clip_l=files["clip_l"], t5=files["t5"], vae=files["vae"])
     assert comps.denoiser.config.num_single_layers == ref.config.num_single_layers
     own = comps.denoiser.state_dict()
     assert all(torch.equal(own[k], v) for k, v in ref.state_dict().items())
@@ -261,29 +219,6 @@ def test_family_capabilities_are_checked_before_any_model_loads(tiny_flux, face_
                             (dict(resolution=72), "multiple of 16")):
         with pytest.raises((ConfigError, ValueError), match=message):
             tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", **fields)
-
-
-COMFY_FLUX_CHECK = r"""
-import json, sys, logging
-args = sys.argv[1:]
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, args[0])
-from safetensors.torch import load_file
-import comfy.options
-comfy.options.enable_args_parsing()
-import comfy.model_detection, comfy.supported_models, comfy.lora
-sd = load_file(args[1])
-unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
-unet_config.update(json.loads(args[3]))  # detection assumes FLUX.1's 24 heads and rope axes
-model = comfy.supported_models.Flux(unet_config).get_model(sd, "model.diffusion_model.")
-key_map = comfy.lora.model_lora_keys_unet(model, {})
-missing = []
-handler = logging.Handler()
-handler.emit = lambda record: missing.append(record.getMessage())
-logging.getLogger().addHandler(handler)
-patches = comfy.lora.load_lora(load_file(args[2]), key_map)
-print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
-"""
 
 
 def test_flux_lora_applies_fully_in_comfyui(flux_run, tiny_flux, comfy, tmp_path):

@@ -235,6 +235,10 @@ def test_sdxl_and_flux_train_workflows_run_with_the_memory_planner(prepared, tmp
     logs = [json.loads(line) for p in runs.glob("*/log.jsonl") for line in p.read_text().splitlines()
             if json.loads(line).get("memory_plan")]
     assert any(rec["memory_plan"]["budget_mb"] == pytest.approx(4 * 1024, rel=0.05) for rec in logs)
+    # the plan reached the node (shown while it runs, and in its text): the switches and the peak
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    text = " ".join(history["outputs"]["2"]["text"])
+    assert "memory plan: predicted peak" in text and "of 4.00 GB" in text, text
 
 
 def test_train_node_lists_flux_files_from_comfyui_folders(prepared):

@@ -82,7 +82,12 @@ def run(cfg: TrainConfig, resume: bool = False, on_event: Callable[[str, dict], 
     previous = signal.signal(signal.SIGTERM, request_stop)
     first = os.environ.get("RANK", "0") == "0"
     emit = on_event if (on_event and first) else None
+    def on_start(info):
+        if info.get("plan") is not None:
+            emit(events.PLAN, events.plan_event(info["plan"]))
+
     callbacks = Callbacks(on_log=(lambda record: emit(events.LOG, record)) if emit else None,
+                          on_start=on_start if emit else None,
                           should_stop=lambda: stop["requested"] or bool(channel and channel()))
     try:
         result = train(cfg, callbacks, resume=resume)
@@ -100,7 +105,9 @@ def _terminal_events(total: int):
     bar = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
 
     def on_event(kind: str, data: dict) -> None:
-        if kind == events.LOG:
+        if kind == events.PLAN:
+            bar.write(data["text"], file=sys.stderr)
+        elif kind == events.LOG:
             bar.n = data["step"]
             bar.set_postfix(loss=f"{data['loss']:.4f}", lr=f"{data['lr']:.2e}", refresh=False)
             bar.refresh()

@@ -1,6 +1,8 @@
 """The event protocol of a training process: one JSON object per line on its stdout, so
 whoever started it (the Train node's child process, a script) can follow it.
 
+- ``{"event": "plan", "text": ..., "predicted_peak_mb": ..., ...}``: the memory plan the run
+  trains with (``memory: auto``), before the first step;
 - ``{"event": "log", "step": N, "loss": ..., ...}``: one per step (a ``log.jsonl`` record);
 - ``{"event": "done", "run_dir": ..., "lora": ..., "steps": ..., ...}``: the run's summary,
   last (``"stopped": true`` when it stopped early on request, after a checkpoint).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+PLAN = "plan"
 LOG = "log"
 DONE = "done"
 
@@ -39,3 +42,10 @@ def summary(result) -> dict:
             "peak_memory_mb": round(result.peak_memory_mb, 1), "resumed_from": result.resumed_from,
             "stopped": result.stopped, "ema": str(result.ema_path) if result.ema_path else None,
             "best": str(result.best_path) if result.best_path else None, "best_step": result.best_step}
+
+
+def plan_event(plan) -> dict:
+    """The ``plan`` event of a memory plan (``planner.Plan``)."""
+    return {"text": plan.describe(), "switches": plan.switches, "budget_mb": round(plan.budget_mb, 1),
+            "usable_mb": plan.usable_mb, "predicted_peak_mb": round(plan.predicted_peak_mb, 1),
+            "whole_run_peak_mb": round(plan.whole_run_peak_mb, 1)}

@@ -48,10 +48,12 @@ class SD15(Family):
         diffusers = require("diffusers", "Loading a single-file checkpoint")
         from ..single_file import family_config_dir, refuse_pickle
 
+        from ..file_weights import loadable_file
+
         refuse_pickle(path)
         config = Path(config_dir) if config_dir else family_config_dir(self)
         pipe = getattr(diffusers, self.pipeline_class).from_single_file(
-            str(path), config=str(config), local_files_only=True, **self._single_file_kwargs())
+            str(loadable_file(path)), config=str(config), local_files_only=True, **self._single_file_kwargs())
         scheduler = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
         return Components(self.name, pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, scheduler,
                           str(path), file_hash(path), file_random_weights(path),

@@ -56,11 +56,10 @@ def find_t5_tokenizer() -> Path:
 def load_transformer_file(path: Path, config: Path):
     """The FLUX transformer from one .safetensors file in BFL or diffusers layout."""
     diffusers = require("diffusers", "Training FLUX")
-    from safetensors.torch import load_file
-
+    from ...file_weights import read_weights
     from .keys import bfl_to_diffusers, strip_prefix
 
-    tensors = strip_prefix(load_file(str(path)))
+    tensors = strip_prefix(read_weights(path))
     cfg = json.loads((config / "config.json").read_text())
     if any(k.startswith("double_blocks.") for k in tensors):
         cfg.update(_shape_from_bfl(tensors))
@@ -97,9 +96,10 @@ def _load_text_model(cls, config_cls, config: Path, file: str | Path):
     """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors
     and t5xxl_*.safetensors hold), prefix ``text_model.`` optional."""
     import torch
-    from safetensors.torch import load_file
 
-    tensors = load_file(str(file))
+    from ...file_weights import read_weights
+
+    tensors = read_weights(file)
     conf = config_cls.from_pretrained(config)
     with torch.device("meta"):
         model = cls(conf)
@@ -120,12 +120,13 @@ def _load_text_model(cls, config_cls, config: Path, file: str | Path):
 
 def _load_vae(diffusers, config: Path, file: str | Path):
     import torch
-    from safetensors.torch import load_file
 
-    tensors = load_file(str(file))
+    from ...file_weights import loadable_file, read_weights
+
+    tensors = read_weights(file)
     if any(k.startswith(("encoder.down.", "first_stage_model.")) for k in tensors):  # original layout
-        return diffusers.AutoencoderKL.from_single_file(str(file), config=str(config.parent), subfolder="vae",
-                                                        local_files_only=True)
+        return diffusers.AutoencoderKL.from_single_file(str(loadable_file(file)), config=str(config.parent),
+                                                        subfolder="vae", local_files_only=True)
     with torch.device("meta"):
         model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(config))
     model.load_state_dict(tensors, strict=True, assign=True)

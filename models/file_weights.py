@@ -1,0 +1,132 @@
+"""Reading the weights of the model files ComfyUI users have: bf16/fp16 files as they are, and
+8-bit float files dequantized.
+
+ComfyUI's examples link fp8 files (``flux1-dev-fp8``, ``t5xxl_fp8_e4m3fn``, fp8 SDXL
+checkpoints), stored in one of three ways:
+
+- **plain fp8**: each weight in ``float8_e4m3fn`` or ``float8_e5m2``, nothing else;
+- **scaled fp8** (ComfyUI's older layout, ``..._scaled.safetensors``): a ``scaled_fp8`` marker
+  tensor, and beside each quantized ``<layer>.weight`` its per-tensor ``<layer>.scale_weight``
+  (the weight is ``fp8 value x scale``) and perhaps an input scale ``<layer>.scale_input``;
+- **quantization metadata** (ComfyUI's newer layout): ``<layer>.weight_scale`` (and
+  ``input_scale``) with the layer's format in ``<layer>.comfy_quant`` (JSON bytes) or in the
+  file's ``_quantization_metadata``. Persona reads its ``float8_e4m3fn`` / ``float8_e5m2``
+  per-tensor form; block-scaled formats (``nvfp4``, ``mxfp8``) are refused with the layer named.
+
+Each quantized weight is dequantized (``value x scale``) into bf16 as it is read; input scales,
+which only ComfyUI's fp8 matrix products use, are dropped. The frozen base is then cast and,
+where the plan says so, quantized again by Persona's own fp8 layer (``quantize_base``), so
+a run from an fp8 file needs no more device memory than one from a bf16 file.
+
+Loaders that read a path themselves (diffusers' ``from_single_file`` for SD1.5/SDXL
+checkpoints) get :func:`loadable_file`: the file itself, or a dequantized copy written once in
+the Persona cache, named by the file's content (the user's file is never changed).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FP8_NAMES = ("F8_E4M3", "F8_E5M2")
+_READABLE = {"float8_e4m3fn", "float8_e5m2"}
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+_DROPPED = (".scale_input", ".input_scale", ".comfy_quant")
+DEQUANTIZED_DTYPE = torch.bfloat16
+
+
+def needs_dequantizing(path: str | Path) -> bool:
+    """Whether ``path`` holds 8-bit float weights or ComfyUI's scale tensors (read from its
+    header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}).get("_quantization_metadata"):
+            return True
+        for key in f.keys():
+            if key.endswith(("scaled_fp8", *_SCALE_SUFFIXES)) or f.get_slice(key).get_dtype() in _FP8_NAMES:
+                return True
+    return False
+
+
+def _layer_formats(tensors: dict, metadata: dict) -> dict[str, str]:
+    formats = {}
+    raw = (metadata or {}).get("_quantization_metadata")
+    if raw:
+        formats.update({k: v.get("format", "") for k, v in json.loads(raw).get("layers", {}).items()})
+    for key, value in tensors.items():
+        if key.endswith(".comfy_quant"):
+            formats[key[:-len(".comfy_quant")]] = json.loads(bytes(value.tolist()).decode("utf-8")).get("format", "")
+    return formats
+
+
+def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | None = None,
+               dtype: torch.dtype = DEQUANTIZED_DTYPE) -> dict[str, torch.Tensor]:
+    """``tensors`` with every 8-bit float weight dequantized into ``dtype`` and ComfyUI's scale
+    and marker tensors removed (see the module's text); ``source`` names the file in errors."""
+    formats = _layer_formats(tensors, metadata or {})
+    scales = {}
+    for key, value in tensors.items():
+        for suffix in _SCALE_SUFFIXES:
+            if key.endswith(suffix):
+                scales[key[:-len(suffix)]] = value
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith("scaled_fp8") or key.endswith(_SCALE_SUFFIXES) or key.endswith(_DROPPED) \
+                or key.endswith(".weight_scale_2"):
+            continue
+        layer = key[:-len(".weight")] if key.endswith(".weight") else None
+        if layer is not None and layer in scales:
+            fmt = formats.get(layer, "float8_e4m3fn")
+            scale = scales[layer]
+            if fmt not in _READABLE or scale.numel() != 1:
+                raise ValueError(f"'{source}': layer '{layer}' is stored as {fmt or 'an unknown format'}"
+                                 f"{' with block scales' if scale.numel() != 1 else ''}, which Persona cannot "
+                                 f"train from; use the model's bf16, fp16 or fp8 (per-tensor scaled) file")
+            value = (value.float() * scale.float()).to(dtype)
+        elif value.dtype in FP8:
+            value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file, 8-bit float weights dequantized into bf16."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if not any(v.dtype in FP8 for v in tensors.values()) and \
+            not any(k.endswith(("scaled_fp8", *_SCALE_SUFFIXES)) for k in tensors):
+        return tensors
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    return dequantize(tensors, Path(path).name, metadata)
+
+
+def loadable_file(path: str | Path) -> Path:
+    """``path`` itself, or (8-bit float weights) a dequantized copy in the Persona cache, written
+    once per file content: for loaders that read a path."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ..core.paths import cache_root
+    from .components import file_hash
+
+    path = Path(path)
+    if not needs_dequantizing(path):
+        return path
+    target = cache_root() / "dequantized" / f"{file_hash(path)}-{path.stem[:60]}.safetensors"
+    if not target.is_file():
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        tensors = dequantize(load_file(str(path)), path.name, metadata)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: v for k, v in metadata.items() if k != "_quantization_metadata"})
+        tmp.replace(target)
+    return target
+

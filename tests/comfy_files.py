@@ -1,0 +1,81 @@
+"""Test-size model files in the layouts ComfyUI users keep: a FLUX.1 transformer in BFL layout
+with CLIP-L, T5 and the VAE as separate files, each in bf16 or one of ComfyUI's fp8 layouts
+(plain e4m3fn / e5m2, scaled with ``scale_weight`` and a ``scaled_fp8`` marker, or
+``weight_scale`` with ``comfy_quant`` metadata), written at test time."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfy_server import REPO
+
+LAYOUTS = ("bf16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled", "fp8_weight_scale")
+E4M3_MAX = 448.0
+
+
+def in_layout(tensors: dict[str, torch.Tensor], layout: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``tensors`` stored as ComfyUI stores ``layout``: the matrix and convolution weights under
+    ``prefix`` quantized (biases, norms and embeddings of other parts as they were)."""
+    out = {}
+    for key, value in tensors.items():
+        quantize = key.startswith(prefix) and key.endswith(".weight") and value.ndim >= 2 \
+            and value.is_floating_point() and layout != "bf16"
+        if not quantize:
+            out[key] = value.to(torch.bfloat16) if layout == "bf16" and value.is_floating_point() else value
+            continue
+        layer = key[:-len(".weight")]
+        if layout in ("fp8_e4m3fn", "fp8_e5m2"):
+            out[key] = value.to(getattr(torch, layout.removeprefix("fp8_").replace("e4m3fn", "float8_e4m3fn")
+                                        .replace("e5m2", "float8_e5m2")))
+            continue
+        scale = (value.abs().max().float() / E4M3_MAX).clamp(min=1e-12)
+        out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+        if layout == "fp8_scaled":
+            out[f"{layer}.scale_weight"] = scale.reshape(())
+        else:
+            out[f"{layer}.weight_scale"] = scale.reshape(())
+            out[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                       dtype=torch.uint8)
+    if layout == "fp8_scaled":
+        out[f"{prefix}scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def write_flux_files(tiny_flux: Path, folder: Path, transformer: str | None = None,
+                     t5: str | None = None) -> dict[str, Path]:
+    """The tiny FLUX model as ComfyUI's separate files in ``folder``: the transformer (BFL layout,
+    ``model.diffusion_model.`` keys) in layout ``transformer``, T5 in layout ``t5`` (None: as the
+    model stores them), CLIP-L and the VAE as stored."""
+    from diffusers import FluxTransformer2DModel
+
+    from comfyui_persona.models.families.flux.keys import diffusers_to_bfl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer")
+    bfl = {f"model.diffusion_model.{k}": v.contiguous() for k, v in
+           diffusers_to_bfl(ref.state_dict(), dict(ref.config)).items()}
+    files = {"base_model": folder / "flux1-tiny.safetensors"}
+    save_file(in_layout(bfl, transformer, "model.diffusion_model.") if transformer else bfl, str(files["base_model"]))
+    for sub, name, layout in (("text_encoder", "clip_l", None), ("text_encoder_2", "t5", t5), ("vae", "vae", None)):
+        source = tiny_flux / sub / ("diffusion_pytorch_model.safetensors" if sub == "vae" else "model.safetensors")
+        tensors = load_file(str(source))
+        files[name] = folder / f"{name}.safetensors"
+        save_file(in_layout(tensors, layout) if layout else tensors, str(files[name]))
+    return files
+
+
+def use_tiny_flux_configs(tiny_flux: Path, cache: Path) -> None:
+    """The shipped configs describe the published FLUX.1; the separate files are the tiny
+    model's, so its text-encoder and VAE configs stand in (the transformer's shape is read from
+    its file). Call with ``PERSONA_CACHE`` and ``PERSONA_T5_TOKENIZER`` set to ``cache`` and the
+    tiny model's tokenizer_2."""
+    configs = cache / "configs" / "flux"
+    shutil.copytree(REPO / "configs" / "flux", configs, dirs_exist_ok=True)
+    for sub in ("text_encoder", "text_encoder_2", "vae", "tokenizer"):
+        shutil.rmtree(configs / sub, ignore_errors=True)
+        shutil.copytree(tiny_flux / sub, configs / sub, ignore=shutil.ignore_patterns("*.safetensors"))
+    (configs / ".complete").write_text("flux")

@@ -1,0 +1,55 @@
+"""Scripts run in a ComfyUI host's own Python (``python -c SCRIPT COMFY_ROOT ...``): its model
+detection builds the model from a weights file, and its LoRA loader reports every key it could
+not map. Each prints one JSON line: ``{"patched": N, "not_loaded": [...]}``."""
+
+COMFY_SDXL_CHECK = r"""
+import json, sys, logging
+args = sys.argv[1:]
+sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own command line on import
+sys.path.insert(0, args[0])
+from safetensors.torch import load_file
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_detection, comfy.supported_models, comfy.lora, comfy.utils
+ldm = load_file(args[1])
+lora = load_file(args[2])
+unet_config = comfy.model_detection.detect_unet_config(ldm, "model.diffusion_model.")
+model_config = comfy.supported_models.SDXL(unet_config)
+model = model_config.get_model(ldm, "model.diffusion_model.")
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+# ComfyUI's SDXL CLIP holds both encoders as clip_l / clip_g with transformers' names
+class Clip:
+    def __init__(self, keys): self.keys = keys
+    def state_dict(self): return dict.fromkeys(self.keys)
+te_keys = [("clip_l.transformer." if k.startswith("te1:") else "clip_g.transformer.") + k[4:] for k in json.loads(args[3])]
+key_map = comfy.lora.model_lora_keys_clip(Clip(te_keys), key_map)
+missing = []
+handler = logging.Handler()
+handler.emit = lambda record: missing.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+patches = comfy.lora.load_lora(lora, key_map)
+print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
+"""
+
+
+COMFY_FLUX_CHECK = r"""
+import json, sys, logging
+args = sys.argv[1:]
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, args[0])
+from safetensors.torch import load_file
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_detection, comfy.supported_models, comfy.lora
+sd = load_file(args[1])
+unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
+unet_config.update(json.loads(args[3]))  # detection assumes FLUX.1's 24 heads and rope axes
+model = comfy.supported_models.Flux(unet_config).get_model(sd, "model.diffusion_model.")
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+missing = []
+handler = logging.Handler()
+handler.emit = lambda record: missing.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+patches = comfy.lora.load_lora(load_file(args[2]), key_map)
+print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
+"""

@@ -1,0 +1,157 @@
+"""Training from the model files ComfyUI users have (models/file_weights.py): fp8 in each of
+ComfyUI's layouts read back as the weights they store, block-scaled layers refused by name, an
+fp8 scaled SD1.5 checkpoint trained and its LoRA applied by ComfyUI's own loader on that same
+checkpoint, and FLUX.1 trained from an fp8 transformer and an fp8 T5 with every LoRA key mapped
+by ComfyUI."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfy_files import LAYOUTS, in_layout, use_tiny_flux_configs, write_flux_files
+from comfyui_persona.models.file_weights import dequantize, loadable_file, needs_dequantizing, read_weights
+
+# the largest rounding error of each layout, relative to a weight (e4m3: 3 mantissa bits,
+# e5m2: 2), plus the spacing of the smallest (subnormal) values for tiny weights
+TOLERANCE = {"fp8_e4m3fn": (2 ** -4, 2 ** -9), "fp8_e5m2": (2 ** -3, 2 ** -16),
+             "fp8_scaled": (2 ** -4, 0.0), "fp8_weight_scale": (2 ** -4, 0.0), "bf16": (2 ** -8, 0.0)}
+
+
+def _weights():
+    gen = torch.Generator().manual_seed(0)
+    return {"blocks.0.attn.weight": torch.randn(32, 16, generator=gen) * 0.003,  # small, as trained weights are
+            "blocks.0.attn.bias": torch.randn(32, generator=gen),
+            "blocks.0.conv.weight": torch.randn(8, 4, 3, 3, generator=gen) * 0.05,
+            "norm.weight": torch.ones(16)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_reads_back_the_weights_it_stores(tmp_path, layout):
+    original = _weights()
+    path = tmp_path / f"{layout}.safetensors"
+    save_file(in_layout(original, layout), str(path))
+    assert needs_dequantizing(path) == (layout != "bf16")
+    read = read_weights(path)
+    assert read.keys() == original.keys()  # scales and markers gone
+    rel, absolute = TOLERANCE[layout]
+    for key, value in original.items():
+        scale = value.abs().max() if layout in ("fp8_scaled", "fp8_weight_scale") else 0.0
+        bound = rel * value.abs() + absolute + scale * 2 ** -9 + 1e-12
+        assert (read[key].float() - value).abs().le(bound).all(), (key, (read[key].float() - value).abs().max())
+    if layout in ("fp8_scaled", "fp8_weight_scale"):  # read without its scale the weight would be far off
+        raw = load_file(str(path))["blocks.0.attn.weight"].float()
+        assert (raw - original["blocks.0.attn.weight"]).abs().max() > 100 * original["blocks.0.attn.weight"].abs().max()
+
+
+def test_a_block_scaled_layer_is_refused_with_its_name():
+    tensors = {"blocks.0.attn.weight": torch.zeros(4, 4, dtype=torch.uint8),
+               "blocks.0.attn.weight_scale": torch.ones(4, 1),
+               "blocks.0.attn.comfy_quant": torch.tensor(list(json.dumps({"format": "nvfp4"}).encode()),
+                                                         dtype=torch.uint8)}
+    with pytest.raises(ValueError, match=r"'model.safetensors': layer 'blocks.0.attn' is stored as nvfp4 with block "
+                                         r"scales, which Persona cannot train from"):
+        dequantize(tensors, "model.safetensors")
+
+
+
+@pytest.mark.server
+def test_an_fp8_scaled_sd15_checkpoint_trains_and_comfyui_applies_its_lora(comfy, sd15_single_file, face_dataset,
+                                                                           tmp_path, monkeypatch):
+    """The UNet of the checkpoint in ComfyUI's scaled fp8 layout: Persona reads it dequantized
+    (a copy in its cache; the user's file untouched), trains, and ComfyUI's CheckpointLoader
+    loads the same fp8 file and applies the LoRA with every key."""
+    from comfyui_persona.models.loading import load_components
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.loop import train
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    fp8 = tmp_path / "persona-sd15-fp8-scaled.safetensors"
+    save_file(in_layout(load_file(str(sd15_single_file)), "fp8_scaled", "model.diffusion_model."), str(fp8))
+    before = fp8.read_bytes()
+    reference = load_components("sd15", sd15_single_file).denoiser.state_dict()
+    read = load_components("sd15", fp8).denoiser.state_dict()
+    assert read.keys() == reference.keys()
+    quantized = [k for k, v in reference.items() if v.ndim >= 2]
+    for key in quantized:  # within e4m3's rounding of each tensor's scaled range
+        err = (read[key].float() - reference[key].float()).abs().max().item()
+        assert err <= reference[key].float().abs().max().item() * 2 ** -4 + 1e-6, (key, err)
+    assert list((tmp_path / "cache" / "dequantized").glob("*.safetensors"))
+    cfg = TrainConfig(base_model=str(fp8), dataset=str(face_dataset), output_dir=str(tmp_path / "run"),
+                      resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2, checkpoint_every=0,
+                      memory="manual")
+    result = train(cfg)
+    assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
+    assert fp8.read_bytes() == before  # the source file is never modified
+    target = comfy.models / "checkpoints" / fp8.name
+    if not target.exists():
+        target.symlink_to(fp8)
+    shutil.copy(result.lora_path, comfy.models / "loras" / "persona_from_fp8.safetensors")
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": fp8.name}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                     "lora_name": "persona_from_fp8.safetensors",
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a photo of sks person"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 1, "steps": 1, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "from_fp8"}},
+    }
+    log_before = len(comfy.log())
+    entry = comfy.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert re.findall(r"lora key not loaded.*", comfy.log()[log_before:]) == []
+
+
+def test_flux_trains_from_an_fp8_transformer_and_t5_and_comfyui_maps_every_lora_key(
+        tiny_flux, face_dataset, comfy, tmp_path, monkeypatch):
+    """FLUX.1 as ComfyUI users keep it in fp8: the transformer in the scaled layout, T5 in plain
+    e4m3fn, CLIP-L and the VAE in their own files; read back within fp8's rounding, trained, and
+    the exported LoRA mapped key for key by ComfyUI's own FLUX model and loader."""
+    from diffusers import FluxTransformer2DModel
+
+    from comfy_lora_checks import COMFY_FLUX_CHECK
+    from comfy_server import host_env
+    from comfyui_persona.models.loading import load_components
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    if not (comfy.root / "comfy" / "ldm" / "flux").is_dir():
+        pytest.skip(f"{comfy.host}: this ComfyUI predates FLUX")
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PERSONA_T5_TOKENIZER", str(tiny_flux / "tokenizer_2"))
+    use_tiny_flux_configs(tiny_flux, tmp_path / "cache")
+    files = write_flux_files(tiny_flux, tmp_path / "files", transformer="fp8_scaled", t5="fp8_e4m3fn")
+    comps = load_components("flux", files["base_model"], clip_l=files["clip_l"], t5=files["t5"], vae=files["vae"])
+    ref = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer").state_dict()
+    own = comps.denoiser.state_dict()
+    for key, value in ref.items():
+        if value.ndim >= 2 and key.endswith(".weight"):
+            assert (own[key].float() - value).abs().max() <= value.abs().max() * 2 ** -4 + 1e-6, key
+    cfg = tiny_config(files["base_model"], face_dataset, tmp_path / "run", family="flux", steps=2,
+                      clip_l=str(files["clip_l"]), t5=str(files["t5"]), vae=str(files["vae"]),
+                      mixed_precision="bf16", validation_identity="off")
+    result = train(cfg)
+    assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
+    shape = {"num_heads": comps.denoiser.config.num_attention_heads, "axes_dim": list(comps.denoiser.config.axes_dims_rope)}
+    out = subprocess.run([sys.executable, "-c", COMFY_FLUX_CHECK, str(comfy.root), str(files["base_model"]),
+                          str(result.lora_path), json.dumps(shape)], capture_output=True, text=True, timeout=300,
+                         env=host_env(comfy.host))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
+    assert report["not_loaded"] == [] and report["patched"] == n_modules, report
+
+
+def test_a_plain_file_is_loaded_as_it_is(sd15_single_file):
+    assert not needs_dequantizing(sd15_single_file) and loadable_file(sd15_single_file) == sd15_single_file
