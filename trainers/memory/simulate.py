@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from . import techniques as memory
+from .per_tensor import per_tensor_of
 from ...core.transfer import to_device
 from ...models.families import get_family
 from ..loop.ema import EMA
@@ -434,9 +435,12 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         # CUDA: steps timed by events at their boundaries, on the GPU's clock, so the host
         # queues each step while the GPU runs the one before, as in training
         marks = [_timing_event()] if device.type == "cuda" else []
+        per_tensor = per_tensor_of(optimizer)
         for _ in range(steps):
             t0 = time.perf_counter()
-            for _ in range(cfg.gradient_accumulation):
+            for m in range(cfg.gradient_accumulation):
+                if per_tensor is not None:  # fused backward: earlier micro-steps keep their gradients, as in the loop
+                    per_tensor.armed = m == cfg.gradient_accumulation - 1
                 latents = to_device(torch.randn((micro, *shape), generator=gen), device)
                 cond = fam.dummy_condition(comps, micro, device, dtype, cfg)
                 extra = None
