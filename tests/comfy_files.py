@@ -70,12 +70,12 @@ def write_flux_files(tiny_flux: Path, folder: Path, transformer: str | None = No
 
 def use_tiny_flux_configs(tiny_flux: Path, cache: Path) -> None:
     """The shipped configs describe the published FLUX.1; the separate files are the tiny
-    model's, so its text-encoder and VAE configs stand in (the transformer's shape is read from
-    its file). Call with ``PERSONA_CACHE`` and ``PERSONA_T5_TOKENIZER`` set to ``cache`` and the
+    model's, so its configs stand in (the transformer's shape is read from its file, all but the
+    rotary embedding's axes, which no weight shows). Call with ``PERSONA_CACHE`` and ``PERSONA_T5_TOKENIZER`` set to ``cache`` and the
     tiny model's tokenizer_2."""
     configs = cache / "configs" / "flux"
     shutil.copytree(REPO / "configs" / "flux", configs, dirs_exist_ok=True)
-    for sub in ("text_encoder", "text_encoder_2", "vae", "tokenizer"):
+    for sub in ("transformer", "text_encoder", "text_encoder_2", "vae", "tokenizer"):
         shutil.rmtree(configs / sub, ignore_errors=True)
         shutil.copytree(tiny_flux / sub, configs / sub, ignore=shutil.ignore_patterns("*.safetensors"))
     (configs / ".complete").write_text("flux")

@@ -115,6 +115,15 @@ def _load_text_model(cls, config_cls, config: Path, file: str | Path):
     if missing:
         raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {missing[:3]}")
     model.load_state_dict(tensors, strict=False, assign=True)
+    for module in model.modules():  # what no file holds: the position ids, made as the model makes them
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta:
+                if name != "position_ids":
+                    raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): no '{name}'")
+                module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {leftover[:3]}")
     return model
 
 
