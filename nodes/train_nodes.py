@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from ..core.imaging import images_to_tensor
 from ..trainers.config import PRESETS, TrainConfig, with_preset

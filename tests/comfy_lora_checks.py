@@ -1,6 +1,15 @@
 """Scripts run in a ComfyUI host's own Python (``python -c SCRIPT COMFY_ROOT ...``): its model
 detection builds the model from a weights file, and its LoRA loader reports every key it could
-not map. Each prints one JSON line: ``{"patched": N, "not_loaded": [...]}``."""
+not map. Each prints one JSON line: ``{"patched": N, "not_loaded": [...]}``;
+:func:`assert_every_key_maps` runs one and checks it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from comfy_server import host_env
 
 COMFY_SDXL_CHECK = r"""
 import json, sys, logging
@@ -53,3 +62,14 @@ logging.getLogger().addHandler(handler)
 patches = comfy.lora.load_lora(load_file(args[2]), key_map)
 print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
 """
+
+
+def assert_every_key_maps(comfy, script: str, model_file: Path, lora: Path, extra: object) -> None:
+    """Run ``script`` in ``comfy``'s host on ``model_file`` and ``lora`` (``extra``: its JSON
+    argument): every module of the LoRA is patched, no key is reported not loaded."""
+    out = subprocess.run([sys.executable, "-c", script, str(comfy.root), str(model_file), str(lora),
+                          json.dumps(extra)], capture_output=True, text=True, timeout=300, env=host_env(comfy.host))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    n_modules = len([k for k in load_file(str(lora)) if k.endswith(".lora_up.weight")])
+    assert report["not_loaded"] == [] and report["patched"] == n_modules, report

@@ -10,8 +10,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -123,8 +121,7 @@ def test_flux_trains_from_an_fp8_transformer_and_t5_and_comfyui_maps_every_lora_
     the exported LoRA mapped key for key by ComfyUI's own FLUX model and loader."""
     from diffusers import FluxTransformer2DModel
 
-    from comfy_lora_checks import COMFY_FLUX_CHECK
-    from comfy_server import host_env
+    from comfy_lora_checks import COMFY_FLUX_CHECK, assert_every_key_maps
     from comfyui_persona.models.loading import load_components
     from comfyui_persona.trainers.loop import train
     from trainer_helpers import tiny_config
@@ -147,13 +144,7 @@ def test_flux_trains_from_an_fp8_transformer_and_t5_and_comfyui_maps_every_lora_
     result = train(cfg)
     assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
     shape = {"num_heads": comps.denoiser.config.num_attention_heads, "axes_dim": list(comps.denoiser.config.axes_dims_rope)}
-    out = subprocess.run([sys.executable, "-c", COMFY_FLUX_CHECK, str(comfy.root), str(files["base_model"]),
-                          str(result.lora_path), json.dumps(shape)], capture_output=True, text=True, timeout=300,
-                         env=host_env(comfy.host))
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
-    assert report["not_loaded"] == [] and report["patched"] == n_modules, report
+    assert_every_key_maps(comfy, COMFY_FLUX_CHECK, files["base_model"], result.lora_path, shape)
 
 
 def test_a_plain_file_is_loaded_as_it_is(sd15_single_file):

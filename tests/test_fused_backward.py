@@ -73,20 +73,26 @@ def test_fused_backward_with_accumulation_and_per_tensor_clipping(tiny_model, fa
     assert all(torch.isfinite(v).all() for v in c.values())
 
 
-def test_fused_backward_resumes_from_its_checkpoint(tiny_model, face_dataset, tmp_path):
-    """Stopped after step 2 and resumed: the per-tensor optimizer states come back, and the
-    weights equal an uninterrupted run's."""
-    base = dict(method="dreambooth", max_grad_norm=0.0, learning_rate=1e-4, fused_backward=True, steps=4)
-    _, whole, _ = _train_and_keep(tiny_model, face_dataset, tmp_path / "whole", **base)
-    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "split", **base)
+def _whole_and_resumed(model, dataset, out, **base):
+    """The weights of an uninterrupted run, and of the same run stopped after step 2 and resumed
+    from its checkpoint (and the resumed run's folder)."""
+    _, whole, _ = _train_and_keep(model, dataset, out / "whole", **base)
+    cfg = tiny_config(model, dataset, out / "split", **base)
     at = {"step": 0}
     stopped = train(cfg, Callbacks(on_progress=lambda step, total: at.update(step=step),
                                    should_stop=lambda: at["step"] >= 2))
     assert stopped.stopped and stopped.steps_done == 2
     kept = {}
     result = train(cfg, Callbacks(on_start=lambda info: kept.update(info)), resume=True)
-    assert result.resumed_from == 2 and result.steps_done == 4
-    resumed = {k: v.float() for k, v in kept["denoiser"].state_dict().items()}
+    assert result.resumed_from == 2 and result.steps_done == base["steps"]
+    return whole, {k: v.detach().float() for k, v in kept["denoiser"].state_dict().items()}, out / "split"
+
+
+def test_fused_backward_resumes_from_its_checkpoint(tiny_model, face_dataset, tmp_path):
+    """Stopped after step 2 and resumed: the per-tensor optimizer states come back, and the
+    weights equal an uninterrupted run's."""
+    whole, resumed, _ = _whole_and_resumed(tiny_model, face_dataset, tmp_path, method="dreambooth",
+                                           max_grad_norm=0.0, learning_rate=1e-4, fused_backward=True, steps=4)
     assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) <= 1e-6
 
 
@@ -94,20 +100,13 @@ def test_a_resumed_full_bf16_run_equals_the_uninterrupted_one_bit_for_bit(tiny_m
     """bf16 weights updated with stochastic rounding: the checkpoint holds the rounding
     generator's state, so the roundings drawn after a resume are the ones the uninterrupted run
     drew (re-seeded, they would repeat the first steps' draws and the weights would differ)."""
-    base = dict(method="dreambooth", max_grad_norm=0.0, learning_rate=1e-4, fused_backward=True, steps=4,
-                mixed_precision="bf16", full_bf16=True, checkpoint_every=2)
-    _, whole, _ = _train_and_keep(tiny_model, face_dataset, tmp_path / "whole", **base)
-    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "split", **base)
-    at = {"step": 0}
-    stopped = train(cfg, Callbacks(on_progress=lambda step, total: at.update(step=step),
-                                   should_stop=lambda: at["step"] >= 2))
-    assert stopped.stopped and stopped.steps_done == 2
-    saved = torch.load(tmp_path / "split" / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)
+    from comfyui_persona.trainers.outputs.checkpoint import latest_checkpoint
+
+    whole, resumed, run = _whole_and_resumed(tiny_model, face_dataset, tmp_path, method="dreambooth",
+                                             max_grad_norm=0.0, learning_rate=1e-4, fused_backward=True, steps=4,
+                                             mixed_precision="bf16", full_bf16=True)
+    saved = torch.load(latest_checkpoint(run) / "optimizer.pt", weights_only=True)
     assert saved["rounding_generator"].dtype == torch.uint8
-    kept = {}
-    result = train(cfg, Callbacks(on_start=lambda info: kept.update(info)), resume=True)
-    assert result.resumed_from == 2 and result.steps_done == 4
-    resumed = {k: v.detach().float() for k, v in kept["denoiser"].state_dict().items()}
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfy_lora_checks import COMFY_FLUX_CHECK, COMFY_SDXL_CHECK
-from comfy_server import REPO, host_env
+from comfy_lora_checks import COMFY_FLUX_CHECK, COMFY_SDXL_CHECK, assert_every_key_maps
 from trainer_helpers import tiny_config
 from comfyui_persona.trainers.outputs.export import read_lora_metadata
 from comfyui_persona.trainers.loop import train
@@ -90,14 +87,7 @@ def test_sdxl_lora_applies_fully_in_comfyui(sdxl_run, tiny_sdxl, comfy, tmp_path
         te = cls.from_pretrained(tiny_sdxl / sub)
         te_keys += [f"{tag}:" + (k if k.startswith("text_model.") or k.startswith("text_projection")
                                  else f"text_model.{k}") for k in te.state_dict()]
-    out = subprocess.run([sys.executable, "-c", COMFY_SDXL_CHECK, str(comfy.root), str(tmp_path / "unet_ldm.safetensors"),
-                          str(result.lora_path), json.dumps(te_keys)], capture_output=True, text=True, timeout=300,
-                         env=host_env(comfy.host))
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
-    assert report["not_loaded"] == []
-    assert report["patched"] == n_modules
+    assert_every_key_maps(comfy, COMFY_SDXL_CHECK, tmp_path / "unet_ldm.safetensors", result.lora_path, te_keys)
 
 
 @pytest.fixture(scope="module")
@@ -235,13 +225,7 @@ def test_flux_lora_applies_fully_in_comfyui(flux_run, tiny_flux, comfy, tmp_path
     save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in
                diffusers_to_bfl(ref.state_dict(), dict(ref.config)).items()}, str(tmp_path / "flux_bfl.safetensors"))
     shape = {"num_heads": ref.config.num_attention_heads, "axes_dim": list(ref.config.axes_dims_rope)}
-    out = subprocess.run([sys.executable, "-c", COMFY_FLUX_CHECK, str(comfy.root), str(tmp_path / "flux_bfl.safetensors"),
-                          str(result.lora_path), json.dumps(shape)], capture_output=True, text=True, timeout=300,
-                         env=host_env(comfy.host))
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    n_modules = len([k for k in load_file(str(result.lora_path)) if k.endswith(".lora_up.weight")])
-    assert report["not_loaded"] == [] and report["patched"] == n_modules, report
+    assert_every_key_maps(comfy, COMFY_FLUX_CHECK, tmp_path / "flux_bfl.safetensors", result.lora_path, shape)
 
 
 def test_flux_trains_with_the_face_weighted_loss(tiny_flux, face_dataset, tmp_path):
