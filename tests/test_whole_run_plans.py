@@ -89,3 +89,29 @@ def test_an_encoder_kept_on_the_cpu_returns_its_outputs_on_the_runs_device():
     for h in handles:
         h.remove()
     assert enc(torch.tensor([[1]]))[0].device.type == "cpu"
+
+
+def test_validation_sampling_is_predicted_as_it_runs_on_the_cpu():
+    """validate_every: sampling beside what training keeps (weights, optimizer states), with the
+    VAE and the text encoders placed, is simulated on the meta device and agrees with the same
+    pass run on real CPU tensors (live-tensor meter)."""
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.trainers.memory.simulate import LiveTensorMeter, run_steps, simulate
+
+    cfg = TrainConfig(base_model="(plan)", dataset="(plan)", family="sd15", resolution=64, validate_every=50)
+    predicted = simulate("sd15", cfg, None, "tiny")
+    comps = instantiate("sd15", "tiny", tokenizers=False)
+    measured = run_steps(comps, cfg, "cpu", steps=1, meter=LiveTensorMeter(), prime=True, validation=True)
+    assert predicted["validation_peak_bytes"] == pytest.approx(measured["validation_peak_bytes"], rel=0.1)
+    # the sampling pass adds the VAE and the text encoder to what training keeps
+    vae_and_text = sum(p.numel() * 4 for m in (comps.vae, comps.text_encoder) for p in m.parameters())
+    assert predicted["validation_peak_bytes"] > vae_and_text
+    assert simulate("sd15", cfg.model_copy(update={"validate_every": 0}), None, "tiny")["validation_peak_bytes"] is None
+
+
+def test_a_plan_with_validation_fits_its_sampling_too(plan_cache, monkeypatch):
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    p = plan(_cfg("sd15", 512, validate_every=100), 4 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    assert p.validation and "and validation sampling" in p.describe()
+    assert p.whole_run_peak_mb <= p.usable_mb
+    assert all(t["predicted_peak_mb"] > 0 for t in p.tried)

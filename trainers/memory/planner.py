@@ -102,6 +102,7 @@ class Plan:
     blocks: int = 0  # the denoiser's repeated blocks
     usable_mb: float = 0.0  # the budget less the headroom (usable_budget): what every phase must fit
     caching: dict = field(default_factory=dict)  # the caching phase (caching.plan_caching)
+    validation: bool = False  # predicted_peak_mb covers validation sampling too (validate_every)
 
     def apply(self, cfg):
         from ..config import TrainConfig
@@ -131,7 +132,8 @@ class Plan:
             rows.append(f"caching: the VAE {size_text(self.caching['vae_mb'])}, the text encoders "
                         f"{size_text(self.caching['text_encoders_mb'])}"
                         + (f"; on the CPU (beyond the budget): {', '.join(on_cpu)}" if on_cpu else ""))
-        rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step), "
+        rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step"
+                    f"{' and validation sampling' if self.validation else ''}), "
                     f"{size_text(self.whole_run_peak_mb)} (whole run); predicted speed: "
                     f"{self.relative_speed:.2f}x of fp32 with no technique ({len(self.tried)} candidates simulated)")
         return "\n".join(rows)
@@ -366,7 +368,8 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[
     in memory and on disk."""
     from .simulate import polled, simulate
 
-    key = _key(cfg, arch_id(cfg.family, base_model, size), _switch_key(switches))
+    validation = {"validation": True} if cfg.validate_every else {}  # sampled beside training: another phase
+    key = _key(cfg, arch_id(cfg.family, base_model, size), {**_switch_key(switches), **validation})
     fresh = False
     if key not in _MEMO:
         cache = _cache_file()
@@ -379,6 +382,8 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[
             with polled(lambda: _check_limits(cfg)):  # a cancel stops a long simulation too
                 out = simulate(cfg.family, type(cfg)(**data), base_model, size)
             stored[key] = {"peak_mb": out["peak_bytes"] / 2 ** 20, "trainable": out["trainable"]}
+            if out.get("validation_peak_bytes") is not None:
+                stored[key]["validation_peak_mb"] = out["validation_peak_bytes"] / 2 ** 20
             _write_json(cache, stored)
             fresh = True
         _MEMO[key] = stored[key]
@@ -413,7 +418,9 @@ class _Search:
         result, fresh = _simulated(self.cfg, c, self.base_model, self.size)
         self.simulations += fresh
         self.trainable = result["trainable"]
-        p = calibrate(result["peak_mb"], _cuda_target(self.device, self.size, self.base_model))
+        # the training step, or validation sampling beside what training keeps (validate_every)
+        p = calibrate(max(result["peak_mb"], result.get("validation_peak_mb", 0.0)),
+                      _cuda_target(self.device, self.size, self.base_model))
         self.tried.append({**c, "predicted_peak_mb": round(p, 1)})
         return p
 
@@ -579,7 +586,7 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
     if caching["encode_on_cpu"]:
         switches["encode_on_cpu"] = caching["encode_on_cpu"]
     return Plan(cfg.family, cfg.method, cfg.resolution, s.total, budget_mb, switches, peak, s.speed(switches),
-                s.tried, s.blocks, round(usable_mb, 1), caching)
+                s.tried, s.blocks, round(usable_mb, 1), caching, cfg.validate_every > 0)
 
 
 def size_text(mb: float) -> str:

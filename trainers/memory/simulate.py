@@ -367,7 +367,8 @@ def _prime_optimizer(optimizer, groups, cfg) -> None:
 
 
 def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None = None,
-              seed: int = 0, prime: bool = False, fused_attention: bool = True, warmup: int = 1) -> dict:
+              seed: int = 0, prime: bool = False, fused_attention: bool = True, warmup: int = 1,
+              validation: bool = False) -> dict:
     """Train ``steps`` optimizer steps on random latents and zero conditioning with the memory
     switches of ``cfg``, through the loop's own setup and step functions. Returns peak bytes
     (the meter's, or CUDA's allocator peak; CUDA's reserved peak too), the median seconds per
@@ -471,6 +472,11 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                 marks.append(_timing_event())
             else:
                 times.append(time.perf_counter() - t0)
+        validation_peak = None
+        if validation and meter is not None:  # what training keeps (weights, optimizer states) is still alive
+            step_peak = meter.peak
+            validation_peak = _sampling_peak(comps, cfg, fam, device, dtype, meter, resident, autocast, shape)
+            meter.peak = step_peak
     if marks:
         torch.cuda.synchronize()
         times = [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]
@@ -483,9 +489,35 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     later = times[warmup:] or times
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     losses = [float(x) for x in torch.stack(step_losses).cpu()] if steps and not meta else []  # the one host sync
-    return {"peak_bytes": int(peak), "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
+    return {"peak_bytes": int(peak), "validation_peak_bytes": validation_peak,
+            "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
             "step_seconds": later, "warmup_seconds": sum(times[:warmup]) if len(times) > warmup else 0.0,
             "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
+
+
+def _sampling_peak(comps, cfg, fam, device, dtype, meter: LiveTensorMeter, resident: list, autocast,
+                   shape: tuple) -> int:
+    """The meter's peak while validation samples (trainers/loop/validation.py), beside what
+    training keeps: the VAE and the text encoders the family keeps, placed and cast; one
+    prediction at a classifier-free-guidance batch of 2 and one VAE decode, without gradients."""
+    keep = comps.text_encoders if fam.keeps_text_encoders else []
+    moved = [m for m in (comps.vae, *keep) if m is not None and m not in resident]
+    memory.place_frozen(moved, device, dtype)
+    for m in moved:
+        meter.add_module(m)
+    meter.reset_peak()
+    was_training = comps.denoiser.training
+    comps.denoiser.eval()
+    try:
+        with torch.no_grad(), autocast:
+            latents = to_device(torch.zeros((2, *shape)), device)
+            cond = fam.dummy_condition(comps, 2, device, dtype, cfg)
+            fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
+            del latents, cond
+            comps.vae.decode(to_device(torch.zeros((1, *shape)), device).to(dtype))
+    finally:
+        comps.denoiser.train(was_training)
+    return meter.peak
 
 
 def _timing_event():
@@ -510,7 +542,8 @@ def architecture(family: str, base_model: str | None = None, size: str = "real")
 def simulate(family: str, cfg, base_model: str | None = None, size: str = "real") -> dict:
     """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run (one step
     after the optimizer's states are made as a step makes them, on a copy of the
-    architecture), and the number of trained parameters: ``{"peak_bytes", "trainable"}``."""
+    architecture), of validation sampling beside it (``validate_every``; else None), and the
+    number of trained parameters: ``{"peak_bytes", "validation_peak_bytes", "trainable"}``."""
     import copy
 
     # hosts may call this under inference mode / no_grad (ComfyUI runs nodes so): a training
@@ -518,10 +551,11 @@ def simulate(family: str, cfg, base_model: str | None = None, size: str = "real"
     with torch.inference_mode(False), torch.enable_grad():
         comps = copy.deepcopy(architecture(family, base_model, size))
         meter = LiveTensorMeter()
-        out = run_steps(comps, cfg, "meta", steps=1, meter=meter, prime=True)
+        out = run_steps(comps, cfg, "meta", steps=1, meter=meter, prime=True, validation=cfg.validate_every > 0)
         trainable = sum(p.numel() for m in [comps.denoiser, *comps.text_encoders] if m is not None
                         for p in m.parameters() if p.requires_grad)
-        return {"peak_bytes": out["peak_bytes"], "trainable": trainable}
+        return {"peak_bytes": out["peak_bytes"], "validation_peak_bytes": out["validation_peak_bytes"],
+                "trainable": trainable}
 
 
 def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "real") -> int:
