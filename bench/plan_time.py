@@ -20,8 +20,8 @@ import time
 CASES = {"sd15": [("lora", 512), ("dreambooth", 512)], "sdxl": [("lora", 1024)], "flux": [("lora", 1024)]}
 
 
-HEADER = ("| model | budget | first plan | simulations | again | plan | predicted peak | predicted speed |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| model | budget (usable) | first plan | simulations | again | plan | predicted peak (whole run) | "
+          "predicted speed |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def main(argv=None) -> int:
@@ -60,6 +60,7 @@ def _row(family: str, method: str, res: int, gb: float) -> str:
     except PlanError:
         took = time.perf_counter() - t0
         return f"| {family} {method} @{res} | {gb:g} GB | {took:.1f} s | - | - | nothing fits | - | - |"
+    budget = f"{gb:g} GB ({p.usable_mb / 1024:.2f})"
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
@@ -67,8 +68,8 @@ def _row(family: str, method: str, res: int, gb: float) -> str:
     keep = {k: v for k, v in p.switches.items() if v not in (False, 0, "off") and k not in
             ("cache_latents", "cache_text_embeddings", "batch_size", "gradient_accumulation")}
     text = ", ".join(f"{k}={v}" for k, v in keep.items())
-    return (f"| {family} {method} @{res} | {gb:g} GB | {first:.1f} s | {len(p.tried)} | {again:.3f} s | "
-            f"{text} | {p.predicted_peak_mb / 1024:.2f} GB | {p.relative_speed:.2f}x |")
+    return (f"| {family} {method} @{res} | {budget} | {first:.1f} s | {len(p.tried)} | {again:.3f} s | "
+            f"{text} | {p.whole_run_peak_mb / 1024:.2f} GB | {p.relative_speed:.2f}x |")
 
 
 def _cold_row(family: str, method: str, gb: float) -> str:
