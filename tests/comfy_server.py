@@ -53,7 +53,10 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.log_path = ARTIFACTS / f"{name}-server.log"
+        # one file per server process: two servers of one name (two workers, a rebooted host)
+        # never write into the same file
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.log_path = ARTIFACTS / f"{name}-{worker}-{self.port}-server.log"
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
