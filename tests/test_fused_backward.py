@@ -173,6 +173,7 @@ def test_full_bf16_dreambooth_trains_bf16_weights(tiny_model, face_dataset, tmp_
 @pytest.mark.parametrize("fields, message", [
     (dict(full_bf16=True), "full_bf16: bf16 trained weights need mixed_precision 'bf16'"),
     (dict(fused_backward=True, mixed_precision="fp16"), "fused_backward: fp16 needs a loss scaler"),
+    (dict(identity_loss_weight=0.1, encode_on_cpu=["vae"]), "encode_on_cpu: the identity loss decodes with the VAE"),
 ])
 def test_config_refuses_what_cannot_work(fields, message):
     with pytest.raises(ValueError, match=message):

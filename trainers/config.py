@@ -204,6 +204,9 @@ class TrainConfig(JobConfig):
                              "rows; use quantize_base 'int8', 'nf4' or 'off'")
         if self.train_text_encoder and not fam.supports_text_encoder_training:
             raise ValueError(f"train_text_encoder: text encoders are cached, not trained, for family '{self.family}'")
+        if self.identity_loss_weight > 0 and "vae" in self.encode_on_cpu:
+            raise ValueError("encode_on_cpu: the identity loss decodes with the VAE on the device while training; "
+                             "keep 'vae' off this list or set identity_loss_weight 0")
         if self.full_bf16 and self.mixed_precision != "bf16":
             raise ValueError("full_bf16: bf16 trained weights need mixed_precision 'bf16'")
         if self.fused_backward and self.mixed_precision == "fp16":
