@@ -50,7 +50,7 @@ def _rows(args):
 
 def _row(family: str, method: str, res: int, gb: float) -> str:
     from comfyui_persona.trainers.config import TrainConfig
-    from comfyui_persona.trainers.memory.planner import PlanError, plan
+    from comfyui_persona.trainers.memory.planner import PlanError, plan, switches_text
 
     cfg = TrainConfig(base_model="(benchmark)", dataset="(benchmark)", family=family, method=method,
                       resolution=res, memory="auto")
@@ -65,9 +65,7 @@ def _row(family: str, method: str, res: int, gb: float) -> str:
     t0 = time.perf_counter()
     plan(cfg, gb * 1024, "cuda", None, "real", bnb=True, compile_ok=True)
     again = time.perf_counter() - t0
-    keep = {k: v for k, v in p.switches.items() if v not in (False, 0, "off") and k not in
-            ("cache_latents", "cache_text_embeddings", "batch_size", "gradient_accumulation")}
-    text = ", ".join(f"{k}={v}" for k, v in keep.items())
+    text = switches_text(p.switches)
     return (f"| {family} {method} @{res} | {budget} | {first:.1f} s | {len(p.tried)} | {again:.3f} s | "
             f"{text} | {p.whole_run_peak_mb / 1024:.2f} GB | {p.relative_speed:.2f}x |")
 

@@ -93,24 +93,20 @@ def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | N
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a .safetensors file, 8-bit float weights dequantized into bf16."""
+    """Every tensor of a .safetensors file, 8-bit float weights dequantized into bf16 (a file
+    without any comes back as it is)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    if not any(v.dtype in FP8 for v in tensors.values()) and \
-            not any(k.endswith(("scaled_fp8", *_SCALE_SUFFIXES)) for k in tensors):
-        return tensors
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
-    return dequantize(tensors, Path(path).name, metadata)
+    return dequantize(load_file(str(path)), Path(path).name, metadata)
 
 
 def loadable_file(path: str | Path) -> Path:
     """``path`` itself, or (8-bit float weights) a dequantized copy in the Persona cache, written
     once per file content: for loaders that read a path."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from ..core.paths import cache_root
     from .components import file_hash
@@ -120,13 +116,8 @@ def loadable_file(path: str | Path) -> Path:
         return path
     target = cache_root() / "dequantized" / f"{file_hash(path)}-{path.stem[:60]}.safetensors"
     if not target.is_file():
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-        tensors = dequantize(load_file(str(path)), path.name, metadata)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: v for k, v in metadata.items() if k != "_quantization_metadata"})
+        save_file({k: v.contiguous() for k, v in read_weights(path).items()}, str(tmp))
         tmp.replace(target)
     return target
-

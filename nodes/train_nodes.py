@@ -129,7 +129,7 @@ class PersonaTrain:
                 f"{outcome.summary.get('final_loss')}")
         if planned:
             text += (f"\nmemory plan: predicted peak {planned['whole_run_peak_mb'] / 1024:.2f} GB of "
-                     f"{planned['budget_mb'] / 1024:.2f} GB ({_switches_text(planned['switches'])})")
+                     f"{planned['budget_mb'] / 1024:.2f} GB ({planned['summary']})")
         best_rel = rel
         if outcome.summary.get("best"):
             best_rel = f"persona/{name}_best.safetensors"
@@ -137,12 +137,6 @@ class PersonaTrain:
             text += f"\nbest by identity: step {outcome.summary.get('best_step')} -> {best_rel}"
         lora["best_path"] = str(loras_dir() / best_rel)
         return {"ui": {"text": [text]}, "result": (lora, images_to_tensor([chart]), rel, best_rel)}
-
-
-def _switches_text(switches: dict) -> str:
-    shown = {k: v for k, v in switches.items() if v not in (False, 0, "off", "no", None, [])
-             and k not in ("batch_size", "gradient_accumulation", "cache_latents", "cache_text_embeddings")}
-    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "no memory technique needed"
 
 
 class PersonaApplyLora:

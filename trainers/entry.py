@@ -82,6 +82,7 @@ def run(cfg: TrainConfig, resume: bool = False, on_event: Callable[[str, dict], 
     previous = signal.signal(signal.SIGTERM, request_stop)
     first = os.environ.get("RANK", "0") == "0"
     emit = on_event if (on_event and first) else None
+
     def on_start(info):
         if info.get("plan") is not None:
             emit(events.PLAN, events.plan_event(info["plan"]))

@@ -46,6 +46,7 @@ def summary(result) -> dict:
 
 def plan_event(plan) -> dict:
     """The ``plan`` event of a memory plan (``planner.Plan``)."""
-    return {"text": plan.describe(), "switches": plan.switches, "budget_mb": round(plan.budget_mb, 1),
+    return {"text": plan.describe(), "summary": plan.summary(), "switches": plan.switches,
+            "budget_mb": round(plan.budget_mb, 1),
             "usable_mb": plan.usable_mb, "predicted_peak_mb": round(plan.predicted_peak_mb, 1),
             "whole_run_peak_mb": round(plan.whole_run_peak_mb, 1)}

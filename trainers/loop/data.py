@@ -130,8 +130,7 @@ def release_encoders(s) -> None:
     for module in s.comps.text_encoders:
         for handle in getattr(module, "_persona_on_cpu", None) or ():
             handle.remove()
-        if module is not None:
-            module._persona_on_cpu = None
+        module._persona_on_cpu = None
 
 
 def bucket_groups(items, cfg, family) -> dict[tuple[int, int], list[int]]:

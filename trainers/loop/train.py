@@ -30,7 +30,7 @@ from ..memory.per_tensor import per_tensor_of
 from ..outputs.best import Best, selection_score
 from ..outputs.checkpoint import save_checkpoint
 from ..outputs.run_dir import append_log
-from ..speed.switches import fall_back_to_eager
+from ..speed.switches import eager_on_failure
 from ..speed.utilisation import device_peak, step_flops, utilisation
 from .data import TrainingData, prepare_data, step_batch
 from .ema import EMA
@@ -148,34 +148,9 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     try:
         since, t_since = start_step, time.perf_counter()
         for step in range(start_step + 1, cfg.steps + 1):
-            def micro_steps(step=step) -> dict[str, torch.Tensor]:
-                # the loss stays on the device until a logged step reads it: no host sync in between
-                parts_sum: dict[str, torch.Tensor] = {}
-                for micro in range(cfg.gradient_accumulation):
-                    gen = _step_generator(cfg.seed, step, micro, s.rank)
-                    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
-                    b = step_batch(s, data, gen)
-                    sync = micro == cfg.gradient_accumulation - 1
-                    if per_tensor is not None:  # fused backward: the tensors step in the last micro-step
-                        per_tensor.armed = sync
-                    no_sync = acc.no_sync(denoiser_ddp) if not sync and acc.num_processes > 1 else nullcontext()
-                    with no_sync:
-                        loss, parts = forward_backward(comps, denoiser_ddp, b.latents, b.cond, gen, cfg, s.dtype,
-                                                       acc.autocast(), cfg.gradient_accumulation,
-                                                       _identity_term(s, data, step, b.group), acc.backward,
-                                                       b.pixel_weight, b.image_weight)
-                    for k, v in {"loss": loss, **parts}.items():
-                        v = v.float() / cfg.gradient_accumulation
-                        parts_sum[k] = parts_sum[k] + v if k in parts_sum else v
-                return parts_sum
-
-            try:
-                parts_sum = micro_steps()
-            except Exception as exc:  # a compiled block that fails: eager from here on, the step again
-                if not fall_back_to_eager(comps.denoiser, exc):
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                parts_sum = micro_steps()
+            parts_sum = eager_on_failure(
+                comps.denoiser, lambda: _micro_steps(s, data, step, denoiser_ddp, per_tensor),
+                lambda: optimizer.zero_grad(set_to_none=True))  # a failed step's gradients dropped
             if cfg.max_grad_norm > 0 and not cfg.fused_backward:  # fused: clipped per tensor in backward
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
             lr_used = lr_scheduler.get_last_lr()[0]
@@ -210,12 +185,8 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
                                 s.digest, cfg.keep_checkpoints, {"ema": ema.state()} if ema else None)
             if s.main and cfg.validate_every and (step % cfg.validate_every == 0 or last):
                 with ema.applied() if ema else nullcontext():
-                    try:
-                        _validate(s, data, step, cb, best, result, "ema" if ema else "raw")
-                    except Exception as exc:  # sampling through a compiled block that fails
-                        if not fall_back_to_eager(comps.denoiser, exc):
-                            raise
-                        _validate(s, data, step, cb, best, result, "ema" if ema else "raw")
+                    eager_on_failure(comps.denoiser,
+                                     lambda: _validate(s, data, step, cb, best, result, "ema" if ema else "raw"))
             if stopping and not last:
                 raise TrainingStopped(f"stopped at step {step}")
     except TrainingStopped:
@@ -223,6 +194,29 @@ def train_steps(s: Session, data: TrainingData, cb: Callbacks, resume: bool) -> 
     release_streaming(comps.denoiser)
     finish(s, result, acc.unwrap_model(denoiser_ddp), [acc.unwrap_model(t) for t in te_ddp], ema)
     return result
+
+
+def _micro_steps(s: Session, data: TrainingData, step: int, denoiser, per_tensor) -> dict[str, torch.Tensor]:
+    """One optimizer step's micro-steps (forward and backward of each micro-batch): the mean of
+    their loss parts, left on the device (no host sync until a logged step reads them)."""
+    cfg, acc = s.cfg, s.accelerator
+    parts_sum: dict[str, torch.Tensor] = {}
+    for micro in range(cfg.gradient_accumulation):
+        gen = _step_generator(cfg.seed, step, micro, s.rank)
+        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))  # dropout
+        b = step_batch(s, data, gen)
+        sync = micro == cfg.gradient_accumulation - 1
+        if per_tensor is not None:  # fused backward: the tensors step in the last micro-step
+            per_tensor.armed = sync
+        no_sync = acc.no_sync(denoiser) if not sync and acc.num_processes > 1 else nullcontext()
+        with no_sync:
+            loss, parts = forward_backward(s.comps, denoiser, b.latents, b.cond, gen, cfg, s.dtype, acc.autocast(),
+                                           cfg.gradient_accumulation, _identity_term(s, data, step, b.group),
+                                           acc.backward, b.pixel_weight, b.image_weight)
+        for k, v in {"loss": loss, **parts}.items():
+            v = v.float() / cfg.gradient_accumulation
+            parts_sum[k] = parts_sum[k] + v if k in parts_sum else v
+    return parts_sum
 
 
 def _same_start_everywhere(groups: list[dict]) -> None:

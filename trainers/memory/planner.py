@@ -138,6 +138,10 @@ class Plan:
                     f"{self.relative_speed:.2f}x of fp32 with no technique ({len(self.tried)} candidates simulated)")
         return "\n".join(rows)
 
+    def summary(self) -> str:
+        """The switches that differ from doing nothing, on one line (``k=v, ...``)."""
+        return switches_text(self.switches) or "no memory technique needed"
+
     @property
     def whole_run_peak_mb(self) -> float:
         """The largest phase's predicted peak: the caching phase or the training step."""
@@ -587,6 +591,12 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
         switches["encode_on_cpu"] = caching["encode_on_cpu"]
     return Plan(cfg.family, cfg.method, cfg.resolution, s.total, budget_mb, switches, peak, s.speed(switches),
                 s.tried, s.blocks, round(usable_mb, 1), caching, cfg.validate_every > 0)
+
+
+def switches_text(switches: dict) -> str:
+    """``switches`` that are on, as ``k=v, ...`` (the batch split and the always-on caches left out)."""
+    return ", ".join(f"{k}={v}" for k, v in switches.items() if v not in (False, 0, "off", None, [])
+                     and k not in ("batch_size", "gradient_accumulation", "cache_latents", "cache_text_embeddings"))
 
 
 def size_text(mb: float) -> str:

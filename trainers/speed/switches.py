@@ -140,9 +140,9 @@ def fall_back_to_eager(model: torch.nn.Module, exc: BaseException) -> bool:
     return True (the caller repeats what failed); otherwise False (the caller re-raises).
 
     Out-of-memory errors are not compilation's fault and are never taken for it. Whatever
-    failed is repeated from its start: gradients of the failed step are dropped first; with
-    ``fused_backward`` the tensors that had already stepped inside a failed backward keep that
-    step (the log line says so)."""
+    failed is repeated from its start (:func:`eager_on_failure`): gradients of the failed step
+    are dropped first; with ``fused_backward`` the tensors that had already stepped inside a
+    failed backward keep that step."""
     blocks = getattr(model, "_persona_compiled", None)
     if not blocks or isinstance(exc, torch.OutOfMemoryError):
         return False
@@ -155,3 +155,16 @@ def fall_back_to_eager(model: torch.nn.Module, exc: BaseException) -> bool:
     log.warning("compile: the compiled blocks failed (%s: %s); the %d blocks run eagerly for the rest of the run",
                 type(exc).__name__, first, len(blocks))
     return True
+
+
+def eager_on_failure(model: torch.nn.Module, run, before_retry=None):
+    """``run()``; if it raises and :func:`fall_back_to_eager` takes the error, ``before_retry()``
+    then ``run()`` again with every block eager."""
+    try:
+        return run()
+    except Exception as exc:
+        if not fall_back_to_eager(model, exc):
+            raise
+        if before_retry is not None:
+            before_retry()
+        return run()
