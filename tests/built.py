@@ -1,7 +1,8 @@
 """What the tests build once into the test cache and share: test models (per version of the
 code that builds them) and trained or prepared artifacts (per version of the pack's code),
-each under a lock that the other pytest-xdist worker waits on, so that nothing is built twice
-and two heavy builds never run at once."""
+each under a lock of its own that the other pytest-xdist worker waits on, so that nothing is
+built twice; builds that hold the full-size SD1.5 model in memory (``large``) also take one
+shared lock, so two of them never run at once."""
 from __future__ import annotations
 
 import contextlib
@@ -43,15 +44,15 @@ def _code_digest() -> str:
 CODE = _code_digest()
 
 
-def built_once(name: str, build) -> Path:
-    """``build(folder)`` run once per code version into the test cache (under the build lock,
+def built_once(name: str, build, large: bool = False) -> Path:
+    """``build(folder)`` run once per code version into the test cache (under its build lock,
     so the other worker waits and then reuses it); returns the folder."""
     import shutil
 
     target = CACHE / "built" / f"{name}-{CODE}"
     if (target / ".complete").is_file():
         return target
-    with heavy_build(name):
+    with heavy_build(name, large=large):
         if not (target / ".complete").is_file():
             for old in target.parent.glob(f"{name}-*"):
                 if len(old.name) == len(target.name):
@@ -78,14 +79,20 @@ def model_dir(name: str):
 
 
 @contextlib.contextmanager
-def heavy_build(name: str):
-    """Held while a worker builds something large into the test cache: the other worker waits
-    (for the same build, then finds it done; for another one, so two never run at once)."""
+def heavy_build(name: str, large: bool = False):
+    """Held while a worker builds ``name`` into the test cache: the other worker waits for the
+    same build (then finds it done) but builds something else meanwhile; a ``large`` build
+    (the full-size SD1.5 model in memory) also waits for any other large one, so the two
+    workers never hold two of them at once in 24 GB."""
     from filelock import FileLock
 
     locks = CACHE / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / "heavy-build.lock")):
-        yield
+    with FileLock(str(locks / f"build-{name}.lock")):
+        if not large:
+            yield
+            return
+        with FileLock(str(locks / "large-build.lock")):
+            yield
 
 

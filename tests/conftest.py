@@ -2,7 +2,7 @@
 ComfyUI servers (one boot per host and test session).
 
 Under pytest-xdist (``scripts/test.sh`` runs two workers) every server test of a host runs on
-one worker (its ``xdist_group``), so each host boots once; models are built once into the test
+one worker (its group, ``scheduling.py``), so each host boots once; models are built once into the test
 cache under a lock that also keeps two workers from building at the same time; each worker
 computes on one thread (``OMP_NUM_THREADS``, set by ``scripts/test.sh``)."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+import scheduling
 from built import built_once, heavy_build, model_dir
 from comfy_server import HOSTS, NEWEST, ComfyServer, HostUnavailable
 
@@ -22,6 +23,9 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(int(threads))
+    scheduling.configure(config)
+    if os.environ.get(scheduling.RECORD_ENV):
+        config.pluginmanager.register(scheduling.DurationRecorder(), "persona-durations")
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +120,7 @@ def sd15_model():
     Built once into the test cache (about 35 s and 4 GB)."""
     from comfyui_persona.models.build import build_model
 
-    with heavy_build("sd15-random"):
+    with heavy_build("sd15-random", large=True):
         return build_model(model_dir("sd15-random"), "sd15", seed=0)
 
 
@@ -133,7 +137,7 @@ def sd15_lora(sd15_model, face_dataset):
                           text_encoder_lr=5e-2, checkpoint_every=0)
         train(cfg)
 
-    return built_once("sd15-lora", build) / "run" / "lora.safetensors"
+    return built_once("sd15-lora", build, large=True) / "run" / "lora.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +151,7 @@ def sd15_single_file(sd15_model):
         comps = load_components("sd15", sd15_model)
         save_single_file(folder / "persona-sd15.safetensors", comps.denoiser, comps.vae, comps.text_encoder)
 
-    return built_once("sd15-single-file", build) / "persona-sd15.safetensors"
+    return built_once("sd15-single-file", build, large=True) / "persona-sd15.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -169,35 +173,22 @@ def tiny_flux():
         return build_family_model(model_dir("tiny-flux"), "flux", "tiny", seed=0)
 
 
-def _worker_group(item) -> str:
-    """The tests that must share a worker: those of one ComfyUI host (it boots once), and
-    those of one module-scoped fixture value (it is made once), i.e. the module's tests per
-    parameter of its module-scoped fixtures; every other test is its own unit."""
-    spec = getattr(item, "callspec", None)
-    params = spec.params if spec is not None else {}
-    if "comfy" in params:
-        return f"host-{params['comfy']}"
-    if "comfy_today" in item.fixturenames:
-        return "host-today-frontend"
-    defs = item._fixtureinfo.name2fixturedefs
-    module_params = sorted(f"{name}={params[name]}" for name in params
-                           if name in defs and defs[name][-1].scope == "module")
-    uses_module_fixture = any(d[-1].scope == "module" for name, d in defs.items() if name in item.fixturenames)
-    if module_params or uses_module_fixture:
-        return "::".join([item.module.__name__, *module_params])
-    return item.nodeid
-
-
 def pytest_collection_modifyitems(config, items):
-    """Server tests of one host share a worker (``xdist_group``: the host boots once); ``gpu``
-    tests run only where torch sees a CUDA device (scripts/test_gpu.sh)."""
+    """Tests that must share a worker are grouped and the groups ordered heaviest first
+    (scheduling.py); ``gpu`` tests run only where torch sees a CUDA device
+    (scripts/test_gpu.sh)."""
     import torch
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+    scheduling.arrange(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="gpu: no CUDA device here (scripts/test_gpu.sh runs these on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Groups, not single tests, are what the workers are handed (scheduling.py)."""
+    return scheduling.make_scheduler(config, log)

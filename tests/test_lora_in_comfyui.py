@@ -88,7 +88,7 @@ def sd15_dora_lora(sd15_model, face_dataset):
                           resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2, train_text_encoder=True,
                           text_encoder_lr=5e-2, checkpoint_every=0, use_dora=True, loraplus_lr_ratio=16))
 
-    return built_once("sd15-dora-lora", build) / "run" / "lora.safetensors"
+    return built_once("sd15-dora-lora", build, large=True) / "run" / "lora.safetensors"
 
 
 def test_dora_lora_loads_fully_in_comfyui_and_changes_the_output(comfy, sd15_model, sd15_dora_lora):
@@ -120,7 +120,7 @@ def sd15_second_lora(sd15_model, face_dataset):
                           output_dir=str(folder / "run"), resolution=64, steps=2, rank=4, alpha=4,
                           learning_rate=5e-2, checkpoint_every=0, seed=7))
 
-    return built_once("sd15-second-lora", build) / "run" / "lora.safetensors"
+    return built_once("sd15-second-lora", build, large=True) / "run" / "lora.safetensors"
 
 
 def test_two_subject_loras_chained_and_merged_load_fully_in_comfyui(comfy, sd15_model, sd15_lora, sd15_second_lora,
