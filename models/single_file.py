@@ -34,8 +34,9 @@ def refuse_pickle(path: Path) -> None:
 
 
 def save_single_file(path: str | Path, unet, vae, text_encoder, metadata: dict[str, str] | None = None,
-                     dtype=None) -> Path:
-    """Write an SD1.x model in the original (LDM) single-file layout."""
+                     dtype=None, text_encoder_2=None) -> Path:
+    """Write an SD1.x model (an SDXL one with ``text_encoder_2``) in the original (LDM)
+    single-file layout."""
     import torch
     from safetensors.torch import save_file
 
@@ -43,7 +44,7 @@ def save_single_file(path: str | Path, unet, vae, text_encoder, metadata: dict[s
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = components_to_ldm(unet, vae, text_encoder, dtype or torch.float16)
+    tensors = components_to_ldm(unet, vae, text_encoder, dtype or torch.float16, text_encoder_2)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     tmp.replace(path)

@@ -79,3 +79,38 @@ def use_tiny_flux_configs(tiny_flux: Path, cache: Path) -> None:
         shutil.rmtree(configs / sub, ignore_errors=True)
         shutil.copytree(tiny_flux / sub, configs / sub, ignore=shutil.ignore_patterns("*.safetensors"))
     (configs / ".complete").write_text("flux")
+
+
+def write_sdxl_checkpoint(tiny_sdxl: Path, folder: Path, cache: Path, layout: str | None = None):
+    """A test-size SDXL as one original-layout checkpoint (UNet, VAE, CLIP-L and OpenCLIP-G, as
+    in ``models/checkpoints``), its UNet in ``layout`` (None: fp32), and its configs in
+    ``cache`` where Persona reads a single file's configs (``PERSONA_CACHE`` set to ``cache``).
+    Its second text encoder is wider than the first, as SDXL's is: that is how a single-file
+    loader tells the two apart. Returns the file and the modules it holds."""
+    import copy
+
+    from comfyui_persona.models.architectures import architecture
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.models.single_file import save_single_file
+
+    arch = copy.deepcopy(architecture("sdxl", "tiny"))
+    arch["text_2"] = dict(arch["text_2"], hidden_size=48, projection_dim=48, intermediate_size=96)
+    arch["unet"] = dict(arch["unet"], cross_attention_dim=arch["text"]["hidden_size"] + 48,
+                        projection_class_embeddings_input_dim=48 + 6 * arch["unet"]["addition_time_embed_dim"])
+    torch.manual_seed(0)
+    unet, vae, te, te2 = get_family("sdxl").build_modules(arch)
+    configs = cache / "configs" / "sdxl"
+    shutil.copytree(REPO / "configs" / "sdxl", configs, dirs_exist_ok=True)
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        shutil.rmtree(configs / sub, ignore_errors=True)
+    unet.save_config(configs / "unet")
+    vae.save_config(configs / "vae")
+    te.config.save_pretrained(configs / "text_encoder")
+    te2.config.save_pretrained(configs / "text_encoder_2")
+    for sub in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(tiny_sdxl / sub, configs / sub)
+    (configs / ".complete").write_text("sdxl")
+    path = save_single_file(folder / "sdxl-tiny.safetensors", unet, vae, te, dtype=torch.float32, text_encoder_2=te2)
+    if layout:
+        save_file(in_layout(load_file(str(path)), layout, "model.diffusion_model."), str(path))
+    return path, {"denoiser": unet, "vae": vae, "text_encoder": te, "text_encoder_2": te2}

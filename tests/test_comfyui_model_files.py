@@ -1,8 +1,9 @@
 """Training from the model files ComfyUI users have (models/file_weights.py): fp8 in each of
 ComfyUI's layouts read back as the weights they store, block-scaled layers refused by name, an
 fp8 scaled SD1.5 checkpoint trained and its LoRA applied by ComfyUI's own loader on that same
-checkpoint, and FLUX.1 trained from an fp8 transformer and an fp8 T5 with every LoRA key mapped
-by ComfyUI."""
+checkpoint, an fp8 SDXL checkpoint trained and its LoRA mapped key for key by ComfyUI's SDXL
+model built from that file, and FLUX.1 trained from an fp8 transformer and an fp8 T5 with every
+LoRA key mapped by ComfyUI."""
 from __future__ import annotations
 
 import gc
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_graphs import lora_graph
-from comfy_files import LAYOUTS, in_layout, use_tiny_flux_configs, write_flux_files
+from comfy_files import LAYOUTS, in_layout, use_tiny_flux_configs, write_flux_files, write_sdxl_checkpoint
 from comfyui_persona.models.file_weights import dequantize, loadable_file, needs_dequantizing, read_weights
 
 # the largest rounding error of each layout, relative to a weight (e4m3: 3 mantissa bits,
@@ -62,20 +63,51 @@ def test_a_block_scaled_layer_is_refused_with_its_name():
 
 
 
-@pytest.mark.server
-def test_an_fp8_scaled_sd15_checkpoint_trains_and_comfyui_applies_its_lora(comfy, sd15_single_file, face_dataset,
-                                                                           tmp_path, monkeypatch):
-    """The UNet of the checkpoint in ComfyUI's scaled fp8 layout: Persona reads it dequantized
-    (a copy in its cache; the user's file untouched), trains, and ComfyUI's CheckpointLoader
-    loads the same fp8 file and applies the LoRA with every key."""
-    from comfyui_persona.models.loading import load_components
+@pytest.fixture(scope="session")
+def fp8_sd15_run(sd15_single_file, face_dataset):
+    """The SD1.5-shaped checkpoint with its UNet in ComfyUI's scaled fp8 layout, and a 2-step
+    LoRA training from that file (once per code version, shared by both hosts' checks): the
+    file, the run's folder, and what the run recorded (the file's digest before training, the
+    steps done and the losses)."""
+    import hashlib
+    import os
+
+    from built import built_once
     from comfyui_persona.trainers.config import TrainConfig
     from comfyui_persona.trainers.loop import train
 
+    def build(folder):
+        fp8 = folder / "persona-sd15-fp8-scaled.safetensors"
+        save_file(in_layout(load_file(str(sd15_single_file)), "fp8_scaled", "model.diffusion_model."), str(fp8))
+        before = hashlib.sha256(fp8.read_bytes()).hexdigest()
+        cache = os.environ.get("PERSONA_CACHE")
+        os.environ["PERSONA_CACHE"] = str(folder / "cache")  # where the dequantized copy goes
+        try:
+            result = train(TrainConfig(base_model=str(fp8), dataset=str(face_dataset), output_dir=str(folder / "run"),
+                                       resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2,
+                                       checkpoint_every=0, memory="manual"))
+        finally:
+            if cache is None:
+                os.environ.pop("PERSONA_CACHE")
+            else:
+                os.environ["PERSONA_CACHE"] = cache
+        (folder / "run.json").write_text(json.dumps({"sha256_before": before, "steps_done": result.steps_done,
+                                                     "losses": [r["loss"] for r in result.records]}))
+
+    folder = built_once("sd15-fp8-run", build, large=True)
+    return folder / "persona-sd15-fp8-scaled.safetensors", folder, json.loads((folder / "run.json").read_text())
+
+
+def test_an_fp8_scaled_sd15_checkpoint_is_read_dequantized_and_trains_without_changing_the_file(
+        fp8_sd15_run, sd15_single_file, tmp_path, monkeypatch):
+    """The UNet of the checkpoint in ComfyUI's scaled fp8 layout: Persona reads it dequantized
+    (a copy in its cache; the user's file untouched) and trains from it."""
+    import hashlib
+
+    from comfyui_persona.models.loading import load_components
+
+    fp8, folder, run = fp8_sd15_run
     monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
-    fp8 = tmp_path / "persona-sd15-fp8-scaled.safetensors"
-    save_file(in_layout(load_file(str(sd15_single_file)), "fp8_scaled", "model.diffusion_model."), str(fp8))
-    before = fp8.read_bytes()
     reference = load_components("sd15", sd15_single_file).denoiser.state_dict()
     read = load_components("sd15", fp8).denoiser.state_dict()
     assert read.keys() == reference.keys()
@@ -83,25 +115,63 @@ def test_an_fp8_scaled_sd15_checkpoint_trains_and_comfyui_applies_its_lora(comfy
     for key in quantized:  # within e4m3's rounding of each tensor's scaled range
         err = (read[key].float() - reference[key].float()).abs().max().item()
         assert err <= reference[key].float().abs().max().item() * 2 ** -4 + 1e-6, (key, err)
-    del reference, read  # two published-size UNets: their memory goes back before the run loads its own
+    del reference, read
     gc.collect()
     assert list((tmp_path / "cache" / "dequantized").glob("*.safetensors"))
-    cfg = TrainConfig(base_model=str(fp8), dataset=str(face_dataset), output_dir=str(tmp_path / "run"),
-                      resolution=64, steps=2, rank=4, alpha=4, learning_rate=5e-2, checkpoint_every=0,
-                      memory="manual")
-    result = train(cfg)
-    assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
-    assert fp8.read_bytes() == before  # the source file is never modified
+    assert list((folder / "cache" / "dequantized").glob("*.safetensors"))  # the training read such a copy too
+    assert run["steps_done"] == 2 and all(math.isfinite(loss) for loss in run["losses"])
+    assert hashlib.sha256(fp8.read_bytes()).hexdigest() == run["sha256_before"]  # the source is never modified
+
+
+@pytest.mark.server
+def test_comfyui_applies_the_lora_trained_from_an_fp8_checkpoint_to_that_checkpoint(comfy, fp8_sd15_run):
+    """ComfyUI's CheckpointLoader loads the same fp8 file Persona trained from and applies the
+    LoRA with every key."""
+    fp8, folder, _run = fp8_sd15_run
     target = comfy.models / "checkpoints" / fp8.name
     if not target.exists():
         target.symlink_to(fp8)
-    shutil.copy(result.lora_path, comfy.models / "loras" / "persona_from_fp8.safetensors")
+    shutil.copy(folder / "run" / "lora.safetensors", comfy.models / "loras" / "persona_from_fp8.safetensors")
     graph = lora_graph("unused", "persona_from_fp8.safetensors", 1.0, "from_fp8")
     graph["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": fp8.name}}
     log_before = len(comfy.log())
     entry = comfy.run_prompt(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert re.findall(r"lora key not loaded.*", comfy.log()[log_before:]) == []
+
+
+@pytest.mark.server
+def test_an_fp8_sdxl_checkpoint_trains_and_comfyui_maps_every_lora_key(comfy, tiny_sdxl, face_dataset, tmp_path,
+                                                                         monkeypatch):
+    """An SDXL checkpoint as ComfyUI users keep one (UNet in fp8 e4m3fn, both text encoders
+    and the VAE in one original-layout file): read back within fp8's rounding (the text
+    encoders and VAE exactly, SDXL's OpenCLIP layout included), trained with the text encoders,
+    the file untouched, and every key of the LoRA mapped by ComfyUI's own SDXL model and loader
+    built from that same file."""
+    from comfy_lora_checks import COMFY_SDXL_CHECK, assert_every_key_maps
+    from comfyui_persona.models.loading import load_components
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    path, modules = write_sdxl_checkpoint(tiny_sdxl, tmp_path / "files", tmp_path / "cache", "fp8_e4m3fn")
+    before = path.read_bytes()
+    comps = load_components("sdxl", path)
+    rel, absolute = TOLERANCE["fp8_e4m3fn"]
+    for name, module in modules.items():
+        read = getattr(comps, name).state_dict()
+        for key, value in module.state_dict().items():
+            if name == "denoiser" and value.ndim >= 2 and key.endswith(".weight"):
+                assert (read[key].float() - value).abs().le(rel * value.abs() + absolute + 1e-12).all(), key
+            else:
+                assert torch.equal(read[key], value), (name, key)
+    cfg = tiny_config(path, face_dataset, tmp_path / "run", family="sdxl", steps=2, train_text_encoder=True)
+    result = train(cfg)
+    assert result.steps_done == 2 and all(math.isfinite(r["loss"]) for r in result.records)
+    assert path.read_bytes() == before  # the source file is never modified
+    te_keys = [f"te{i}:" + (k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}")
+               for i, name in ((1, "text_encoder"), (2, "text_encoder_2")) for k in modules[name].state_dict()]
+    assert_every_key_maps(comfy, COMFY_SDXL_CHECK, path, result.lora_path, te_keys)
 
 
 def test_flux_trains_from_an_fp8_transformer_and_t5_and_comfyui_maps_every_lora_key(

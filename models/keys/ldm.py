@@ -1,16 +1,21 @@
-"""Key conversion between diffusers' SD1.x layout and the original (LDM) single-file layout
-that ComfyUI's CheckpointLoader, A1111/Forge and kohya read.
+"""Key conversion between diffusers' SD1.x / SDXL layout and the original (LDM) single-file
+layout that ComfyUI's CheckpointLoader, A1111/Forge and kohya read (SDXL's second text
+encoder in OpenCLIP's own layout).
 
 The block numbering is derived from the model's own config (blocks, layers per block, which
 blocks have attention), so it is not tied to SD1.5's exact depth.
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
+SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer."  # CLIP-L, transformers' names
+OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP-G, OpenCLIP's names
 
 _RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
            ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
@@ -121,15 +126,64 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
     return out
 
 
-def text_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {TEXT_PREFIX + (k if k.startswith("text_model.") else f"text_model.{k}"): v
+def text_to_ldm(state: dict[str, torch.Tensor], prefix: str = TEXT_PREFIX) -> dict[str, torch.Tensor]:
+    return {prefix + (k if k.startswith("text_model.") else f"text_model.{k}"): v
             for k, v in state.items()}
 
 
-def components_to_ldm(unet, vae, text_encoder, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+_OPEN_CLIP_TOP = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+                  "text_model.embeddings.position_embedding.weight": "positional_embedding",
+                  "text_model.final_layer_norm.weight": "ln_final.weight",
+                  "text_model.final_layer_norm.bias": "ln_final.bias"}
+_OPEN_CLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
+                    ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)")
+_QKV = re.compile(r"self_attn\.([qkv])_proj\.(weight|bias)")
+
+
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder (transformers' ``CLIPTextModelWithProjection``) in OpenCLIP's
+    layout: ``transformer.resblocks.N`` with q, k and v fused into ``attn.in_proj_*``, and
+    ``text_projection`` a matrix applied from the right (the transpose of the linear layer)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if key in _OPEN_CLIP_TOP:
+            out[prefix + _OPEN_CLIP_TOP[key]] = tensor
+            continue
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()
+            continue
+        if key.endswith("position_ids"):  # a buffer, not a weight
+            continue
+        m = _LAYER.fullmatch(key)
+        if m is None:
+            raise ValueError(f"text_encoder_2: no OpenCLIP name for '{key}'")
+        block, rest = f"{prefix}transformer.resblocks.{m.group(1)}.", m.group(2)
+        qkv = _QKV.fullmatch(rest)
+        if qkv:
+            fused.setdefault((block, qkv.group(2)), {})[qkv.group(1)] = tensor
+            continue
+        for hf, ldm in _OPEN_CLIP_LAYER:
+            if rest.startswith(hf):
+                rest = ldm + rest[len(hf):]
+                break
+        out[block + rest] = tensor
+    for (block, kind), parts in fused.items():
+        out[f"{block}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def components_to_ldm(unet, vae, text_encoder, dtype: torch.dtype = torch.float16,
+                      text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """One checkpoint's tensors: SD1.x's, or SDXL's when ``text_encoder_2`` is given."""
     tensors = {}
     tensors.update(unet_to_ldm(unet.state_dict(), unet.config))
     tensors.update(vae_to_ldm(vae.state_dict(), vae.config))
-    tensors.update(text_to_ldm(text_encoder.state_dict()))
+    if text_encoder_2 is None:
+        tensors.update(text_to_ldm(text_encoder.state_dict()))
+    else:
+        tensors.update(text_to_ldm(text_encoder.state_dict(), SDXL_TEXT_PREFIX))
+        tensors.update(open_clip_to_ldm(text_encoder_2.state_dict()))
     return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
             for k, v in tensors.items()}
