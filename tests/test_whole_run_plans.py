@@ -1,8 +1,10 @@
-"""Plans that hold for the whole run (trainers/memory/caching.py, planner.usable_budget): at
-the published sizes, on the meta device, every phase (caching the latents and captions, the
-training step) is predicted within the budget less the headroom kept for the CUDA context and
-the allocator's reserve; FLUX.1's T5-XXL, larger than an 8 GB card's usable memory, encodes on
-the CPU; and an encoder kept on the CPU takes the run's inputs and gives its outputs back."""
+"""Plans that hold for the whole run (trainers/memory/caching.py, class_images.py,
+planner.usable_budget): at the published sizes, on the meta device, every phase (prior
+preservation's class images, caching the latents and captions, the training step) is predicted
+within the budget less the headroom kept for the CUDA context and the allocator's reserve;
+FLUX.1's T5-XXL, larger than an 8 GB card's usable memory, encodes on the CPU; a class-image
+phase that cannot fit is refused with its figure; and an encoder kept on the CPU takes the
+run's inputs and gives its outputs back."""
 from __future__ import annotations
 
 import pytest
@@ -63,6 +65,56 @@ def test_flux_at_8_gb_fits_its_plan_through_caching(plan_cache, monkeypatch):
     assert p.whole_run_peak_mb <= p.usable_mb
     applied = p.apply(_cfg("flux", 1024))
     assert applied.encode_on_cpu == ["text_encoder_2"] and applied.memory == "manual"
+
+
+def test_prior_preservations_class_images_are_a_planned_phase(plan_cache, monkeypatch):
+    """SD1.5 @512 with prior preservation in 4 GB: the class images are sampled by the base at
+    the compute precision (UNet, VAE and CLIP-L on the device, one guided prediction), within
+    the usable budget, and the whole run's peak counts that phase."""
+    from comfyui_persona.trainers.memory.class_images import class_images_bytes
+
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    cfg = _cfg("sd15", 512, prior_preservation=True)
+    p = plan(cfg, 4 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    phase = p.class_images
+    assert phase["fits"] and phase["text_on_cpu"] == [] and phase["quantize"] == "off"
+    # the UNet alone is 1.6 GiB in bf16: the phase holds at least all the weights, cast
+    assert 1.7 * 1024 < phase["peak_mb"] <= p.usable_mb
+    assert p.whole_run_peak_mb == max(p.predicted_peak_mb, p.caching["peak_mb"], phase["peak_mb"])
+    assert "class images:" in p.describe()
+    # what the text encoder costs in the phase is what keeping it on the CPU saves
+    applied = p.apply(cfg)
+    on_device = class_images_bytes(applied, None, "real")
+    on_cpu = class_images_bytes(applied, None, "real", ("text_encoder",))
+    assert 100 * 2 ** 20 < on_device - on_cpu < 300 * 2 ** 20  # CLIP-L: 123M parameters in bf16
+
+
+def test_a_class_image_phase_that_cannot_fit_is_refused_with_its_figure(plan_cache, monkeypatch):
+    """FLUX.1's transformer alone is over 22 GB in bf16: in an 8 GB plan (which streams blocks
+    and does not quantize the base) its class images cannot be sampled, and the plan says so
+    before anything loads, naming the field."""
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    with pytest.raises(planner.PlanError, match=r"prior_preservation: sampling its class images .* needs "
+                                                r"[0-9.]+ GB at the least, more than the [0-9.]+ GB usable of 8.00 GB"):
+        plan(_cfg("flux", 1024, prior_preservation=True), 8 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+
+
+def test_class_images_are_sampled_by_the_base_as_training_quantizes_it(tiny_model, face_dataset, tmp_path):
+    """With ``quantize_base: fp8`` the denoiser is quantized before it samples the class images
+    (the phase then holds fp8 weights) and training uses it as it is; in bf16 the class images
+    come from the base cast to bf16."""
+    from comfyui_persona.trainers.loop import Callbacks, train
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
+    from trainer_helpers import tiny_config
+
+    events = {}
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=1, prior_preservation=True,
+                      num_class_images=1, class_images_steps=1, quantize_base="fp8", mixed_precision="bf16",
+                      cache_dir=str(tmp_path / "class_cache"))
+    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
+    assert result.steps_done == 1 and result.class_images_generated == 1
+    layers = [m.base_layer for m in events["denoiser"].modules() if hasattr(m, "base_layer")]
+    assert layers and all(isinstance(b, Fp8Linear) for b in layers)
 
 
 def test_an_encoder_kept_on_the_cpu_returns_its_outputs_on_the_runs_device():

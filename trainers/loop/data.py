@@ -119,10 +119,25 @@ def place_encoders(s) -> None:
         memory.cast_frozen(module, s.dtype)
         if name in cfg.encode_on_cpu and s.device.type != "cpu":
             module.to("cpu")
-            if name != "vae":  # the VAE's encode reads its own device
+            if name != "vae" and not getattr(module, "_persona_on_cpu", None):  # the VAE's encode reads its own device
                 module._persona_on_cpu = run_on_cpu(module, s.device)
         else:
             module.to(s.device)
+
+
+def place_for_class_images(s) -> None:
+    """The models of prior preservation's class-image phase (trainers/memory/class_images.py):
+    the denoiser quantized to fp8 first where the run quantizes it so anyway, cast to the
+    compute precision on the CPU and moved; the VAE and the text encoders as
+    :func:`place_encoders` places them (``encode_on_cpu`` ones stay on the CPU)."""
+    from ..memory.quantize import quantize_linears
+
+    cfg, model = s.cfg, s.comps.denoiser
+    if cfg.quantize_base == "fp8" and cfg.method == "lora":
+        quantize_linears(model, "fp8", s.dtype if s.dtype != torch.float32 else torch.bfloat16)
+    memory.cast_frozen(model, s.dtype)
+    model.to(s.device)
+    place_encoders(s)
 
 
 def release_encoders(s) -> None:
@@ -166,10 +181,11 @@ def prepare_data(s) -> TrainingData:
     generated, class_paths = 0, None
     cache_root = cfg.class_cache_dir()
     if cfg.prior_preservation:
+        place_for_class_images(s)
         with s.accelerator.main_process_first():  # one process fills the shared cache
             class_paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
-                                                  cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root,
-                                                  s.device)
+                                                  cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root)
+        memory.offload(comps.denoiser)  # the training's own setup places it (streamed blocks stay on the CPU)
     place_encoders(s)
     disk = s.run_dir / "cache" if cfg.cache_latents == "disk" else None
     instance, classes = [], ({} if class_paths else None)

@@ -19,8 +19,9 @@ def cache_key(model_hash: str, prompt: str, resolution: int, seed: int, steps: i
 
 
 def class_images(components, prompt: str, count: int, resolution: int, seed: int, steps: int,
-                 cache_root: Path, device: torch.device) -> tuple[list[Path], int]:
-    """Paths of ``count`` class images, generating only the missing ones.
+                 cache_root: Path) -> tuple[list[Path], int]:
+    """Paths of ``count`` class images, generating only the missing ones (with the models
+    where the caller placed them: ``place_for_class_images``).
 
     Returns (paths, how many were generated now). Image i always uses seed + i, so a
     partly filled cache is completed with exactly the images a full run would make.
@@ -38,7 +39,7 @@ def class_images(components, prompt: str, count: int, resolution: int, seed: int
         from ...models.families import get_family
 
         fam = get_family(components.family)
-        pipe = fam.pipeline(components).to(device)
+        pipe = fam.pipeline(components)  # its models already placed (trainers/loop/data.py)
         for i in todo:
             gen = torch.Generator("cpu").manual_seed(seed + i)
             image = fam.sample(pipe, components, prompt, resolution, steps, gen)

@@ -96,9 +96,7 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
     comps = load_base(cfg)
     for module in [comps.vae, *comps.text_encoders, comps.denoiser]:
         memory.freeze(module)
-    if cfg.prior_preservation:  # class images are sampled by the full-precision base, on the device
-        memory.place_frozen([comps.vae, *comps.text_encoders, comps.denoiser], device)
-    # otherwise the encoders reach the device one phase at a time, cast (trainers/loop/data.py)
+    # every model reaches the device one phase at a time, cast on the CPU first (trainers/loop/data.py)
     memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
     return Session(cfg, requested, plan, run_dir, accelerator, device,
                    memory.weight_dtype(cfg.mixed_precision, device), get_family(cfg.family), comps)

@@ -103,6 +103,7 @@ class Plan:
     usable_mb: float = 0.0  # the budget less the headroom (usable_budget): what every phase must fit
     caching: dict = field(default_factory=dict)  # the caching phase (caching.plan_caching)
     validation: bool = False  # predicted_peak_mb covers validation sampling too (validate_every)
+    class_images: dict = field(default_factory=dict)  # prior preservation's class images (class_images.py)
 
     def apply(self, cfg):
         from ..config import TrainConfig
@@ -132,6 +133,11 @@ class Plan:
             rows.append(f"caching: the VAE {size_text(self.caching['vae_mb'])}, the text encoders "
                         f"{size_text(self.caching['text_encoders_mb'])}"
                         + (f"; on the CPU (beyond the budget): {', '.join(on_cpu)}" if on_cpu else ""))
+        if self.class_images:
+            c = self.class_images
+            rows.append(f"class images: {size_text(c['peak_mb'])}"
+                        + (f"; text encoders on the CPU: {', '.join(c['text_on_cpu'])}" if c["text_on_cpu"] else "")
+                        + ("; the denoiser quantized to fp8 before it samples" if c["quantize"] != "off" else ""))
         rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step"
                     f"{' and validation sampling' if self.validation else ''}), "
                     f"{size_text(self.whole_run_peak_mb)} (whole run); predicted speed: "
@@ -144,8 +150,10 @@ class Plan:
 
     @property
     def whole_run_peak_mb(self) -> float:
-        """The largest phase's predicted peak: the caching phase or the training step."""
-        return max(self.predicted_peak_mb, float(self.caching.get("peak_mb", 0.0)))
+        """The largest phase's predicted peak: the class images, the caching phase or the
+        training step."""
+        return max(self.predicted_peak_mb, float(self.caching.get("peak_mb", 0.0)),
+                   float(self.class_images.get("peak_mb", 0.0)))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -483,7 +491,7 @@ class _Search:
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {"plan": True, "whole_run": 1, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
+                {"plan": True, "whole_run": 2, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
                  **({"graphs": True} if cfg.cuda_graphs else {})})  # graphs asked for: kept where they run
@@ -589,8 +597,24 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
                            lambda mb: calibrate(mb, cuda))
     if caching["encode_on_cpu"]:
         switches["encode_on_cpu"] = caching["encode_on_cpu"]
+    class_images = {}
+    if cfg.prior_preservation:
+        from .class_images import plan_class_images
+
+        class_images = plan_class_images(cfg.model_copy(update=switches), base_model, size, usable_mb,
+                                         lambda mb: calibrate(mb, cuda))
+        if not class_images["fits"]:
+            raise PlanError(
+                f"prior_preservation: sampling its class images holds the base model on the GPU and needs "
+                f"{size_text(class_images['peak_mb'])} at the least, more than the {size_text(usable_mb)} usable of "
+                f"{size_text(budget_mb)} for {cfg.family} at {cfg.resolution}px; switch prior_preservation off, "
+                f"or use a larger GPU")
+        on_cpu = [n for n in ("vae", "text_encoder", "text_encoder_2")  # a text encoder on the CPU in
+                  if n in caching["encode_on_cpu"] or n in class_images["text_on_cpu"]]  # either phase: in both
+        if on_cpu:
+            switches["encode_on_cpu"] = on_cpu
     return Plan(cfg.family, cfg.method, cfg.resolution, s.total, budget_mb, switches, peak, s.speed(switches),
-                s.tried, s.blocks, round(usable_mb, 1), caching, cfg.validate_every > 0)
+                s.tried, s.blocks, round(usable_mb, 1), caching, cfg.validate_every > 0, class_images)
 
 
 def switches_text(switches: dict) -> str:

@@ -1,0 +1,91 @@
+"""The memory of prior preservation's class-image phase, and where its models run.
+
+With ``prior_preservation`` the frozen base samples the class images before the latents and
+captions are cached (``trainers/loop/prior.py``): the denoiser, the VAE and the text encoders
+at the run's compute precision (cast on the CPU before they move), one prediction at a
+classifier-free-guidance batch of 2, then one VAE decode, without gradients. Measured on the
+``meta`` device at the model's own size in bf16: SD1.5 @512 2.4 GiB; SDXL @1024 8.0 GiB, 6.4
+with both text encoders on the CPU; FLUX.1 @1024 32.9 GiB, 24.1 with T5-XXL on the CPU (its
+transformer alone is 22.2 GiB).
+
+:func:`plan_class_images` keeps the phase within the usable budget, trying in turn: every
+model on the device; the text encoders on the CPU (the largest first: they encode one prompt);
+and, where the run quantizes the frozen base to fp8 anyway (``quantize_base: fp8``), the
+denoiser quantized before it samples (training then uses it as it is; the loop always does
+this for such runs). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it
+encodes the captions there too. A phase that none of these fits is refused with its figure by
+the planner: prior preservation off, or a larger GPU.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+
+_MiB = 2 ** 20
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tuple[str, ...] = (),
+                       quantize: str = "off") -> int:
+    """Peak bytes of sampling one class image of ``cfg`` on a GPU (the phase's models placed
+    and cast, one guided prediction, one decode): a ``meta``-device run with the live-tensor
+    meter. The prompt's encoding (a few MiB) is left out."""
+    from ...models.families import get_family
+    from .quantize import quantize_linears
+    from .simulate import FusedAttentionOnMeta, LiveTensorMeter, MetaAutocast, architecture
+    from .techniques import freeze, place_frozen, weight_dtype
+
+    fam = get_family(cfg.family)
+    dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
+    comps = copy.deepcopy(architecture(cfg.family, base_model, size))
+    with torch.inference_mode(False), torch.no_grad():
+        freeze(comps.denoiser)
+        if quantize != "off":
+            quantize_linears(comps.denoiser, quantize, dtype)
+        modules = [comps.denoiser, comps.vae]
+        modules += [getattr(comps, n) for n in TEXT_ENCODERS if getattr(comps, n, None) is not None
+                    and n not in text_on_cpu]
+        place_frozen(modules, "meta", dtype)
+        meter = LiveTensorMeter()
+        for m in modules:
+            meter.add_module(m)
+        meter.reset_peak()
+        shape = fam.latent_shape(comps, cfg.resolution)
+        autocast = MetaAutocast(dtype) if dtype != torch.float32 else nullcontext()
+        with meter, FusedAttentionOnMeta(), autocast:
+            latents = torch.zeros((2, *shape), device="meta")
+            cond = fam.dummy_condition(comps, 2, torch.device("meta"), dtype, cfg)
+            fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
+            del latents, cond
+            comps.vae.decode(torch.zeros((1, *shape), device="meta", dtype=dtype))
+        return meter.peak
+
+
+def plan_class_images(cfg, base_model: str | None, size: str, usable_mb: float, calibrate) -> dict:
+    """Where the class-image phase of ``cfg`` (its switches set) runs, and its predicted peak:
+    ``{"peak_mb", "text_on_cpu": [...], "quantize": "off" | "fp8", "fits": bool}``
+    (``calibrate``: simulated MiB -> predicted MiB on the target)."""
+    from .caching import encoder_memory
+    from .techniques import weight_dtype
+
+    from ...models.families import get_family
+
+    fam = get_family(cfg.family)
+    dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
+    lengths = tuple(sorted(fam.caption_token_lengths(cfg).items()))
+    weights = encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."),
+                             lengths)
+    largest_first = sorted((n for n in TEXT_ENCODERS if n in weights), key=lambda n: -weights[n][0])
+    quantizations = ["off"] + (["fp8"] if cfg.quantize_base == "fp8" else [])
+    tried = None
+    for quantize in quantizations:
+        for k in range(len(largest_first) + 1):
+            on_cpu = tuple(largest_first[:k])
+            peak = calibrate(class_images_bytes(cfg, base_model, size, on_cpu, quantize) / _MiB)
+            tried = {"peak_mb": round(peak, 1), "text_on_cpu": list(on_cpu), "quantize": quantize,
+                     "fits": peak <= usable_mb}
+            if tried["fits"]:
+                return tried
+    return tried
