@@ -125,19 +125,24 @@ def place_encoders(s) -> None:
             module.to(s.device)
 
 
-def place_for_class_images(s) -> None:
+def place_for_class_images(s):
     """The models of prior preservation's class-image phase (trainers/memory/class_images.py):
     the denoiser quantized to fp8 first where the run quantizes it so anyway, cast to the
-    compute precision on the CPU and moved; the VAE and the text encoders as
-    :func:`place_encoders` places them (``encode_on_cpu`` ones stay on the CPU)."""
+    compute precision on the CPU, the blocks the plan streams for the phase left in CPU memory,
+    the rest moved; the VAE and the text encoders as :func:`place_encoders` places them
+    (``encode_on_cpu`` ones stay on the CPU). Returns the phase's block streamer, if any."""
+    from ..memory.blocks import stream_last
     from ..memory.quantize import quantize_linears
 
     cfg, model = s.cfg, s.comps.denoiser
     if cfg.quantize_base == "fp8" and cfg.method == "lora":
         quantize_linears(model, "fp8", s.dtype if s.dtype != torch.float32 else torch.bfloat16)
     memory.cast_frozen(model, s.dtype)
-    model.to(s.device)
+    stream = (s.plan.class_images.get("stream_blocks", 0) if s.plan is not None else 0) if s.device.type != "cpu" else 0
+    streamer = stream_last(s.family.repeated_blocks(model), stream, s.device, model)
+    model.to(s.device)  # all but the streamed weights
     place_encoders(s)
+    return streamer
 
 
 def release_encoders(s) -> None:
@@ -181,10 +186,12 @@ def prepare_data(s) -> TrainingData:
     generated, class_paths = 0, None
     cache_root = cfg.class_cache_dir()
     if cfg.prior_preservation:
-        place_for_class_images(s)
+        streamer = place_for_class_images(s)
         with s.accelerator.main_process_first():  # one process fills the shared cache
             class_paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
                                                   cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root)
+        if streamer is not None:
+            streamer.close()
         memory.offload(comps.denoiser)  # the training's own setup places it (streamed blocks stay on the CPU)
     place_encoders(s)
     disk = s.run_dir / "cache" if cfg.cache_latents == "disk" else None

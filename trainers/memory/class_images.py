@@ -10,11 +10,13 @@ transformer alone is 22.2 GiB).
 
 :func:`plan_class_images` keeps the phase within the usable budget, trying in turn: every
 model on the device; the text encoders on the CPU (the largest first: they encode one prompt);
-and, where the run quantizes the frozen base to fp8 anyway (``quantize_base: fp8``), the
-denoiser quantized before it samples (training then uses it as it is; the loop always does
-this for such runs). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it
-encodes the captions there too. A phase that none of these fits is refused with its figure by
-the planner: prior preservation off, or a larger GPU.
+where the run quantizes the frozen base to fp8 anyway (``quantize_base: fp8``), the denoiser
+quantized before it samples (training then uses it as it is; the loop always does this for
+such runs); last, the fewest of the denoiser's repeated blocks streamed from CPU memory (as
+``stream_blocks`` streams them while training; the streamer is closed before training sets up
+its own). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it encodes the
+captions there too. A phase that none of these fits is refused with its figure by the planner:
+prior preservation off, or a larger GPU.
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tuple[str, ...] = (),
-                       quantize: str = "off") -> int:
+                       quantize: str = "off", stream_blocks: int = 0) -> int:
     """Peak bytes of sampling one class image of ``cfg`` on a GPU (the phase's models placed
-    and cast, one guided prediction, one decode): a ``meta``-device run with the live-tensor
-    meter. The prompt's encoding (a few MiB) is left out."""
+    and cast, the last ``stream_blocks`` of the denoiser's blocks streamed from CPU memory, one
+    guided prediction, one decode): a ``meta``-device run with the live-tensor meter. The
+    prompt's encoding (a few MiB) is left out."""
     from ...models.families import get_family
+    from .blocks import stream_last
     from .quantize import quantize_linears
     from .simulate import FusedAttentionOnMeta, LiveTensorMeter, MetaAutocast, architecture
     from .techniques import freeze, place_frozen, weight_dtype
@@ -48,7 +52,8 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
         modules += [getattr(comps, n) for n in TEXT_ENCODERS if getattr(comps, n, None) is not None
                     and n not in text_on_cpu]
         place_frozen(modules, "meta", dtype)
-        meter = LiveTensorMeter()
+        streamer = stream_last(fam.repeated_blocks(comps.denoiser), stream_blocks, "meta", comps.denoiser)
+        meter = LiveTensorMeter()  # streamed weights are placeholders now: their host copies are not counted
         for m in modules:
             meter.add_module(m)
         meter.reset_peak()
@@ -60,14 +65,17 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
             fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
             del latents, cond
             comps.vae.decode(torch.zeros((1, *shape), device="meta", dtype=dtype))
+        if streamer is not None:
+            streamer.close()
         return meter.peak
 
 
 def plan_class_images(cfg, base_model: str | None, size: str, usable_mb: float, calibrate) -> dict:
     """Where the class-image phase of ``cfg`` (its switches set) runs, and its predicted peak:
-    ``{"peak_mb", "text_on_cpu": [...], "quantize": "off" | "fp8", "fits": bool}``
+    ``{"peak_mb", "text_on_cpu": [...], "quantize": "off" | "fp8", "stream_blocks": n, "fits"}``
     (``calibrate``: simulated MiB -> predicted MiB on the target)."""
     from .caching import encoder_memory
+    from .simulate import architecture
     from .techniques import weight_dtype
 
     from ...models.families import get_family
@@ -78,14 +86,30 @@ def plan_class_images(cfg, base_model: str | None, size: str, usable_mb: float, 
     weights = encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."),
                              lengths)
     largest_first = sorted((n for n in TEXT_ENCODERS if n in weights), key=lambda n: -weights[n][0])
-    quantizations = ["off"] + (["fp8"] if cfg.quantize_base == "fp8" else [])
+
+    def attempt(on_cpu, quantize="off", stream=0):
+        peak = calibrate(class_images_bytes(cfg, base_model, size, tuple(on_cpu), quantize, stream) / _MiB)
+        return {"peak_mb": round(peak, 1), "text_on_cpu": list(on_cpu), "quantize": quantize,
+                "stream_blocks": stream, "fits": peak <= usable_mb}
+
     tried = None
-    for quantize in quantizations:
+    for quantize in ["off"] + (["fp8"] if cfg.quantize_base == "fp8" else []):
         for k in range(len(largest_first) + 1):
-            on_cpu = tuple(largest_first[:k])
-            peak = calibrate(class_images_bytes(cfg, base_model, size, on_cpu, quantize) / _MiB)
-            tried = {"peak_mb": round(peak, 1), "text_on_cpu": list(on_cpu), "quantize": quantize,
-                     "fits": peak <= usable_mb}
+            tried = attempt(largest_first[:k], quantize)
             if tried["fits"]:
                 return tried
-    return tried
+    # the fewest streamed blocks that fit (the peak falls as more blocks stream), encoders on the CPU
+    blocks = len(fam.repeated_blocks(architecture(cfg.family, base_model, size).denoiser))
+    most = attempt(largest_first, "off", blocks)
+    if not most["fits"]:
+        return min(tried, most, key=lambda t: t["peak_mb"])
+    lo, hi = 0, blocks  # lo does not fit, hi does
+    found = most
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        t = attempt(largest_first, "off", mid)
+        if t["fits"]:
+            hi, found = mid, t
+        else:
+            lo = mid
+    return found

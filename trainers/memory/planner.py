@@ -137,7 +137,8 @@ class Plan:
             c = self.class_images
             rows.append(f"class images: {size_text(c['peak_mb'])}"
                         + (f"; text encoders on the CPU: {', '.join(c['text_on_cpu'])}" if c["text_on_cpu"] else "")
-                        + ("; the denoiser quantized to fp8 before it samples" if c["quantize"] != "off" else ""))
+                        + ("; the denoiser quantized to fp8 before it samples" if c["quantize"] != "off" else "")
+                        + (f"; {c['stream_blocks']} blocks streamed while it samples" if c.get("stream_blocks") else ""))
         rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step"
                     f"{' and validation sampling' if self.validation else ''}), "
                     f"{size_text(self.whole_run_peak_mb)} (whole run); predicted speed: "
