@@ -135,10 +135,12 @@ def place_for_class_images(s):
     from ..memory.quantize import quantize_linears
 
     cfg, model = s.cfg, s.comps.denoiser
-    if cfg.quantize_base == "fp8" and cfg.method == "lora":
-        quantize_linears(model, "fp8", s.dtype if s.dtype != torch.float32 else torch.bfloat16)
+    phase = getattr(s.plan, "class_images", None) or {}  # the plan's choice; without a plan, as the run quantizes
+    quantize = phase.get("quantize", "fp8" if cfg.quantize_base == "fp8" and cfg.method == "lora" else "off")
+    if quantize != "off":
+        quantize_linears(model, quantize, s.dtype if s.dtype != torch.float32 else torch.bfloat16)
     memory.cast_frozen(model, s.dtype)
-    stream = (s.plan.class_images.get("stream_blocks", 0) if s.plan is not None else 0) if s.device.type != "cpu" else 0
+    stream = phase.get("stream_blocks", 0) if s.device.type != "cpu" else 0  # streamed only unquantized
     streamer = stream_last(s.family.repeated_blocks(model), stream, s.device, model)
     model.to(s.device)  # all but the streamed weights
     place_encoders(s)

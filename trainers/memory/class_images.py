@@ -11,8 +11,8 @@ transformer alone is 22.2 GiB).
 :func:`plan_class_images` keeps the phase within the usable budget, trying in turn: every
 model on the device; the text encoders on the CPU (the largest first: they encode one prompt);
 where the run quantizes the frozen base to fp8 anyway (``quantize_base: fp8``), the denoiser
-quantized before it samples (training then uses it as it is; the loop always does this for
-such runs); last, the fewest of the denoiser's repeated blocks streamed from CPU memory (as
+quantized before it samples (training then uses it as it is; a run without a plan does this
+whenever it quantizes so); last, the fewest of the denoiser's repeated blocks streamed from CPU memory (as
 ``stream_blocks`` streams them while training; the streamer is closed before training sets up
 its own). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it encodes the
 captions there too. A phase that none of these fits is refused with its figure by the planner:
