@@ -24,8 +24,13 @@ def pytest_configure(config):
 
         torch.set_num_threads(int(threads))
     scheduling.configure(config)
-    if os.environ.get(scheduling.RECORD_ENV):
+    if config.getoption("record_durations") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(scheduling.DurationRecorder(), "persona-durations")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="merge this run's test durations into tests/durations.json (the heaviest-first order)")
 
 
 @pytest.fixture(scope="session")

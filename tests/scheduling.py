@@ -5,7 +5,7 @@ uses it), and the tests of one module-scoped fixture value (it is made once per 
 such set is a *group*; every other test is a group of its own. Groups are handed out heaviest
 first (longest-processing-time-first: the last group to start is a short one, so the two
 workers finish close together), by the durations measured in an earlier run
-(``tests/durations.json``).
+(``tests/durations.json``, refreshed by ``bash scripts/test.sh --record-durations``).
 
 pytest-xdist's own ``--dist loadgroup`` reads groups from a suffix it writes into each test's
 node id; pytest 9.2 builds node ids from a structured id that ignores the rewrite, so every
@@ -23,7 +23,6 @@ from pathlib import Path
 
 GROUPS_ENV = "PERSONA_TEST_GROUPS"
 DURATIONS = Path(__file__).with_name("durations.json")
-RECORD_ENV = "PERSONA_TEST_RECORD_DURATIONS"
 UNKNOWN_SECONDS = 1.0  # a test not in durations.json (new since the last recording)
 
 
@@ -108,8 +107,10 @@ def make_scheduler(config, log):
 
 
 class DurationRecorder:
-    """With PERSONA_TEST_RECORD_DURATIONS=1, each test's setup + call + teardown time is
-    written to tests/durations.json at the end of the run (what the ordering reads)."""
+    """With ``--record-durations`` (an option of this suite's conftest, so a pytest that a test
+    starts never records), each test's setup + call + teardown seconds are merged into
+    tests/durations.json at the end of the run (what the ordering reads): the tests that ran
+    get their new times, the others keep theirs."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -120,5 +121,9 @@ class DurationRecorder:
     def pytest_sessionfinish(self, session):
         if not self.seconds or hasattr(session.config, "workerinput"):
             return
-        table = {k: round(v, 1) for k, v in sorted(self.seconds.items()) if v >= 0.5}
-        DURATIONS.write_text(json.dumps(table, indent=0, sort_keys=True) + "\n")
+        table = _durations()
+        for nodeid, seconds in self.seconds.items():
+            table.pop(nodeid, None)
+            if seconds >= 0.5:
+                table[nodeid] = round(seconds, 1)
+        DURATIONS.write_text(json.dumps(dict(sorted(table.items())), indent=0) + "\n")

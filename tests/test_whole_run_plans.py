@@ -198,6 +198,8 @@ def test_validation_sampling_is_predicted_as_it_runs_on_the_cpu():
 
 def test_a_plan_with_validation_fits_its_sampling_too(plan_cache, monkeypatch):
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    # the same run without validation planned first: its cached plan is not the one with validation
+    assert not plan(_cfg("sd15", 512), 4 * 1024, "cpu", None, "real", bnb=True, compile_ok=True).validation
     p = plan(_cfg("sd15", 512, validate_every=100), 4 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
     assert p.validation and "and validation sampling" in p.describe()
     assert p.whole_run_peak_mb <= p.usable_mb

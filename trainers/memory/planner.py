@@ -492,7 +492,8 @@ class _Search:
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {"plan": True, "whole_run": 2, "budget": round(budget_mb, 1), "batch": cfg.batch_size,
+                {"plan": True, "whole_run": 2, "validation": cfg.validate_every > 0,
+                 "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
                  **({"graphs": True} if cfg.cuda_graphs else {})})  # graphs asked for: kept where they run
