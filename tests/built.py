@@ -79,6 +79,18 @@ def model_dir(name: str):
 
 
 @contextlib.contextmanager
+def large_memory():
+    """Held while a worker holds the full-size SD1.5 model (or two) in its own memory: the
+    other worker's large builds and large tests wait, so the two never need it at once."""
+    from filelock import FileLock
+
+    locks = CACHE / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / "large-build.lock")):
+        yield
+
+
+@contextlib.contextmanager
 def heavy_build(name: str, large: bool = False):
     """Held while a worker builds ``name`` into the test cache: the other worker waits for the
     same build (then finds it done) but builds something else meanwhile; a ``large`` build
@@ -92,7 +104,7 @@ def heavy_build(name: str, large: bool = False):
         if not large:
             yield
             return
-        with FileLock(str(locks / "large-build.lock")):
+        with large_memory():
             yield
 
 

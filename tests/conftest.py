@@ -65,6 +65,7 @@ def comfy(request, tmp_path_factory) -> ComfyServer:
     except HostUnavailable as exc:
         pytest.skip(f"{request.param}: {exc}")
     server.start()
+    RUNNING[f"host-{request.param}"] = server
     yield server
     server.stop()
 
@@ -82,8 +83,44 @@ def comfy_today(tmp_path_factory) -> ComfyServer:
         pytest.skip(f"{NEWEST}: {exc}")
     server.start()
     server.frontend_version = TODAY_FRONTEND
+    RUNNING["host-today-frontend"] = server
     yield server
     server.stop()
+
+
+# the servers this worker has booted, by the group whose tests use them
+RUNNING: dict[str, ComfyServer] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """At the end of each group on this worker: a host's server stops once the last test of
+    its group has run (a host's tests are one group, so none comes later), so the gigabytes a
+    finished server holds (its loaded models) go back for the rest of the run instead of at
+    the session's end; and the worker returns the memory the group freed."""
+    group = scheduling.group_of(item)
+    if nextitem is not None and scheduling.group_of(nextitem) == group:
+        return
+    if group in RUNNING:
+        RUNNING.pop(group).stop()
+    _give_back_freed_memory()  # at the end of each group: its fixtures are gone
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap a test freed to the system (glibc keeps freed small blocks for reuse,
+    so a worker that once held a published-size model would keep gigabytes the servers and
+    the other worker need); elsewhere nothing to do."""
+    import ctypes
+    import gc
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @pytest.fixture

@@ -38,16 +38,19 @@ def test_dreambooth_trains_the_whole_unet_and_exports_both_formats(tiny_model, f
 def test_single_file_round_trip_with_the_shipped_configs(sd15_model, tmp_path):
     """diffusers -> original layout (ours) -> diffusers (diffusers' own converter, reading
     only the config JSONs shipped in this repository): every tensor comes back."""
-    original = load_components("sd15", sd15_model)
-    path = save_single_file(tmp_path / "sd15.safetensors", original.denoiser, original.vae,
-                            original.text_encoder, {"persona.random_weights": "true"})
-    loaded = load_single_file(path)  # family sd15: configs/sd15 + the offline tokenizer
-    assert loaded.random_weights
-    for name in ("denoiser", "vae", "text_encoder"):
-        a, b = getattr(original, name).state_dict(), getattr(loaded, name).state_dict()
-        assert a.keys() == b.keys(), name
-        for key in a:
-            assert torch.allclose(a[key].half().float(), b[key].float(), atol=1e-3), (name, key)
+    from built import large_memory
+
+    with large_memory():  # the published-size model twice in this process
+        original = load_components("sd15", sd15_model)
+        path = save_single_file(tmp_path / "sd15.safetensors", original.denoiser, original.vae,
+                                original.text_encoder, {"persona.random_weights": "true"})
+        loaded = load_single_file(path)  # family sd15: configs/sd15 + the offline tokenizer
+        assert loaded.random_weights
+        for name in ("denoiser", "vae", "text_encoder"):
+            a, b = getattr(original, name).state_dict(), getattr(loaded, name).state_dict()
+            assert a.keys() == b.keys(), name
+            for key in a:
+                assert torch.allclose(a[key].half().float(), b[key].float(), atol=1e-3), (name, key)
 
 
 def test_pickled_checkpoints_are_refused(tmp_path):

@@ -152,6 +152,29 @@ def test_class_images_are_sampled_by_the_base_as_training_quantizes_it(tiny_mode
     assert layers and all(isinstance(b, Fp8Linear) for b in layers)
 
 
+def test_a_denoiser_that_trains_whole_samples_its_class_images_without_rounding(tiny_model, face_dataset, tmp_path):
+    """DreamBooth with prior preservation in bf16: the UNet's weights are what the run trains
+    and exports, so the class images are sampled under autocast and the weights the first step
+    starts from are the loaded fp32 ones, bit for bit."""
+    from comfyui_persona.models.loading import load_components
+    from comfyui_persona.trainers.loop import Callbacks, train
+    from trainer_helpers import tiny_config
+
+    original = load_components("sd15", tiny_model).denoiser.state_dict()
+    start = {}
+
+    def on_start(info):
+        start.update({k: v.detach().clone() for k, v in info["denoiser"].state_dict().items()})
+
+    cfg = tiny_config(tiny_model, face_dataset, tmp_path / "run", steps=1, method="dreambooth",
+                      prior_preservation=True, num_class_images=1, class_images_steps=1, mixed_precision="bf16",
+                      cache_dir=str(tmp_path / "class_cache"))
+    result = train(cfg, Callbacks(on_start=on_start))
+    assert result.class_images_generated == 1
+    assert start.keys() == original.keys()
+    assert all(start[k].dtype == torch.float32 and torch.equal(start[k], original[k]) for k in original)
+
+
 def test_an_encoder_kept_on_the_cpu_returns_its_outputs_on_the_runs_device():
     """run_on_cpu's hooks: inputs to the CPU, outputs (a tuple, a dict) back to the run's device
     (here the meta device, the one other device every machine has)."""

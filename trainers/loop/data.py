@@ -139,7 +139,8 @@ def place_for_class_images(s):
     quantize = phase.get("quantize", "fp8" if cfg.quantize_base == "fp8" and cfg.method == "lora" else "off")
     if quantize != "off":
         quantize_linears(model, quantize, s.dtype if s.dtype != torch.float32 else torch.bfloat16)
-    memory.cast_frozen(model, s.dtype)
+    if cfg.method == "lora":  # a denoiser that trains whole keeps its weights as loaded (it samples under autocast)
+        memory.cast_frozen(model, s.dtype)
     stream = phase.get("stream_blocks", 0) if s.device.type != "cpu" else 0  # streamed only unquantized
     streamer = stream_last(s.family.repeated_blocks(model), stream, s.device, model)
     model.to(s.device)  # all but the streamed weights
@@ -191,7 +192,8 @@ def prepare_data(s) -> TrainingData:
         streamer = place_for_class_images(s)
         with s.accelerator.main_process_first():  # one process fills the shared cache
             class_paths, generated = class_images(comps, cfg.fill(cfg.class_prompt), cfg.num_class_images,
-                                                  cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root)
+                                                  cfg.resolution, cfg.seed, cfg.class_images_steps, cache_root,
+                                                  s.dtype)
         if streamer is not None:
             streamer.close()
         memory.offload(comps.denoiser)  # the training's own setup places it (streamed blocks stay on the CPU)

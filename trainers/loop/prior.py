@@ -19,9 +19,10 @@ def cache_key(model_hash: str, prompt: str, resolution: int, seed: int, steps: i
 
 
 def class_images(components, prompt: str, count: int, resolution: int, seed: int, steps: int,
-                 cache_root: Path) -> tuple[list[Path], int]:
+                 cache_root: Path, dtype: torch.dtype = torch.float32) -> tuple[list[Path], int]:
     """Paths of ``count`` class images, generating only the missing ones (with the models
-    where the caller placed them: ``place_for_class_images``).
+    where the caller placed them: ``place_for_class_images``; under autocast to ``dtype``
+    where that is a half precision).
 
     Returns (paths, how many were generated now). Image i always uses seed + i, so a
     partly filled cache is completed with exactly the images a full run would make.
@@ -40,9 +41,12 @@ def class_images(components, prompt: str, count: int, resolution: int, seed: int
 
         fam = get_family(components.family)
         pipe = fam.pipeline(components)  # its models already placed (trainers/loop/data.py)
+        device = next(components.denoiser.parameters()).device
+        half = dtype != torch.float32
         for i in todo:
             gen = torch.Generator("cpu").manual_seed(seed + i)
-            image = fam.sample(pipe, components, prompt, resolution, steps, gen)
+            with torch.autocast(device.type, dtype=dtype, enabled=half):
+                image = fam.sample(pipe, components, prompt, resolution, steps, gen)
             tmp = paths[i].with_suffix(".tmp.png")
             image.save(tmp)
             tmp.replace(paths[i])

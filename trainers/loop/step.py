@@ -45,7 +45,8 @@ def make_trainable(comps, cfg, device, dtype, recompute_context=None) -> list[di
     streaming = cfg.stream_blocks > 0
     if not streaming:  # streamed weights never reach the device whole
         model.to(device)
-    memory.cast_frozen(model, dtype)
+    if cfg.method == "lora" or cfg.full_bf16:  # a whole model trained in fp32 starts from its own weights, unrounded
+        memory.cast_frozen(model, dtype)
     if cfg.method == "lora":
         add_lora(model, cfg, cfg.lora_targets)
     else:

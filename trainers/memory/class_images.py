@@ -4,7 +4,8 @@ With ``prior_preservation`` the frozen base samples the class images before the 
 captions are cached (``trainers/loop/prior.py``): the denoiser, the VAE and the text encoders
 at the run's compute precision (cast on the CPU before they move), one prediction at a
 classifier-free-guidance batch of 2, then one VAE decode, without gradients. Measured on the
-``meta`` device at the model's own size in bf16: SD1.5 @512 2.4 GiB; SDXL @1024 8.0 GiB, 6.4
+``meta`` device at the model's own size in bf16 (a denoiser that trains whole, DreamBooth,
+keeps its fp32 weights and samples under autocast): SD1.5 @512 2.4 GiB; SDXL @1024 8.0 GiB, 6.4
 with both text encoders on the CPU; FLUX.1 @1024 32.9 GiB, 24.1 with T5-XXL on the CPU (its
 transformer alone is 22.2 GiB).
 
@@ -48,10 +49,13 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
         freeze(comps.denoiser)
         if quantize != "off":
             quantize_linears(comps.denoiser, quantize, dtype)
-        modules = [comps.denoiser, comps.vae]
-        modules += [getattr(comps, n) for n in TEXT_ENCODERS if getattr(comps, n, None) is not None
-                    and n not in text_on_cpu]
-        place_frozen(modules, "meta", dtype)
+        encoders = [comps.vae] + [getattr(comps, n) for n in TEXT_ENCODERS if getattr(comps, n, None) is not None
+                                  and n not in text_on_cpu]
+        place_frozen(encoders, "meta", dtype)
+        # a denoiser that trains whole (DreamBooth) keeps its load precision (fp32): its weights are
+        # what the run trains and exports, so they are never rounded for sampling
+        place_frozen([comps.denoiser], "meta", dtype if cfg.method == "lora" else torch.float32)
+        modules = [comps.denoiser, *encoders]
         streamer = stream_last(fam.repeated_blocks(comps.denoiser), stream_blocks, "meta", comps.denoiser)
         meter = LiveTensorMeter()  # streamed weights are placeholders now: their host copies are not counted
         for m in modules:
