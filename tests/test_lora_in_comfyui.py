@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from built import built_once
+from built import built_once, large_memory
 from comfy_graphs import lora_graph
 
 pytestmark = pytest.mark.server
@@ -54,7 +54,8 @@ def test_single_file_base_trains_and_comfyui_checkpoint_loader_applies_the_lora(
     cfg = TrainConfig(base_model=str(sd15_single_file), dataset=str(face_dataset),
                       output_dir=str(tmp_path / "run"), resolution=64, steps=2, rank=4, alpha=4,
                       learning_rate=5e-2, checkpoint_every=0)
-    lora = train(cfg).lora_path
+    with large_memory():  # the published-size SD1.5 trained in this process
+        lora = train(cfg).lora_path
     (comfy.models / "checkpoints" / "persona-sd15.safetensors").symlink_to(sd15_single_file)
     shutil.copy(lora, comfy.models / "loras" / "persona_from_single_file.safetensors")
     graph = lora_graph("unused", "persona_from_single_file.safetensors", 1.0, "single_file")

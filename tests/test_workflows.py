@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from built import large_memory
 from comfy_server import NEWEST, PACK_FOLDER as PACK, REPO, ComfyServer
 from comfyui_persona.app.cli import main
 from comfyui_persona.comfy_client.graph import api_to_ui, ui_to_api
@@ -324,8 +325,9 @@ def test_whole_pipeline_workflow_runs_from_photos_to_metrics(prepared, tmp_path,
             "5.steps=2", "5.mixed_precision=\"no\"", "5.prior_preservation=false", "5.lora_name=\"wf4_lora\"",
             "5.learning_rate=0.05", "7.resolution=64", "13.steps=2", "13.max_attempts=2",
             "13.sampler_name=\"euler\"", "13.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "Persona 4 - Whole pipeline.json"), "--server", prepared.url,
-                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    with large_memory():  # it trains the published-size SD1.5 in the server's child beside the loaded checkpoint
+        code = main(["queue", str(REPO / "workflows" / "Persona 4 - Whole pipeline.json"), "--server", prepared.url,
+                     "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert history["outputs"]["17"]["images"]  # the enhanced image, saved
@@ -345,8 +347,9 @@ def test_compare_regimes_workflow_runs(prepared, tmp_path, capsys):
     for gate in ("13", "23"):
         sets += [f"{gate}.steps=1", f"{gate}.max_attempts=1", f"{gate}.sampler_name=\"euler\"",
                  f"{gate}.scheduler=\"normal\""]
-    code = main(["queue", str(REPO / "workflows" / "api" / "Persona 5 - Compare training regimes.api.json"), "--server", prepared.url,
-                 "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
+    with large_memory():  # two trainings of the published-size SD1.5 in the server's children
+        code = main(["queue", str(REPO / "workflows" / "api" / "Persona 5 - Compare training regimes.api.json"),
+                     "--server", prepared.url, "--out", str(tmp_path / "out"), *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     table = history["outputs"]["30"]["text"][0]
