@@ -13,9 +13,9 @@ transformer alone is 22.2 GiB).
 model on the device; the text encoders on the CPU (the largest first: they encode one prompt);
 where the run quantizes the frozen base to fp8 anyway (``quantize_base: fp8``), the denoiser
 quantized before it samples (training then uses it as it is; a run without a plan does this
-whenever it quantizes so); last, the fewest of the denoiser's repeated blocks streamed from CPU memory (as
-``stream_blocks`` streams them while training; the streamer is closed before training sets up
-its own). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it encodes the
+whenever it quantizes so); last, the fewest of the denoiser's repeated blocks streamed from
+CPU memory (as ``stream_blocks`` streams them while training; the streamer is closed before
+training sets up its own). A text encoder the phase puts on the CPU joins ``encode_on_cpu``, so it encodes the
 captions there too. A phase that none of these fits is refused with its figure by the planner:
 prior preservation off, or a larger GPU.
 """
@@ -39,7 +39,7 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
     from ...models.families import get_family
     from .blocks import stream_last
     from .quantize import quantize_linears
-    from .simulate import FusedAttentionOnMeta, LiveTensorMeter, MetaAutocast, architecture
+    from .simulate import FusedAttentionOnMeta, LiveTensorMeter, MetaAutocast, architecture, sample_once
     from .techniques import freeze, place_frozen, weight_dtype
 
     fam = get_family(cfg.family)
@@ -64,11 +64,7 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
         shape = fam.latent_shape(comps, cfg.resolution)
         autocast = MetaAutocast(dtype) if dtype != torch.float32 else nullcontext()
         with meter, FusedAttentionOnMeta(), autocast:
-            latents = torch.zeros((2, *shape), device="meta")
-            cond = fam.dummy_condition(comps, 2, torch.device("meta"), dtype, cfg)
-            fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
-            del latents, cond
-            comps.vae.decode(torch.zeros((1, *shape), device="meta", dtype=dtype))
+            sample_once(comps, cfg, fam, torch.device("meta"), dtype, shape)
         if streamer is not None:
             streamer.close()
         return meter.peak

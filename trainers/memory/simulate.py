@@ -509,15 +509,23 @@ def _sampling_peak(comps, cfg, fam, device, dtype, meter: LiveTensorMeter, resid
     was_training = comps.denoiser.training
     comps.denoiser.eval()
     try:
-        with torch.no_grad(), autocast:
-            latents = to_device(torch.zeros((2, *shape)), device)
-            cond = fam.dummy_condition(comps, 2, device, dtype, cfg)
-            fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
-            del latents, cond
-            comps.vae.decode(to_device(torch.zeros((1, *shape)), device).to(dtype))
+        with autocast:
+            sample_once(comps, cfg, fam, device, dtype, shape)
     finally:
         comps.denoiser.train(was_training)
     return meter.peak
+
+
+def sample_once(comps, cfg, fam, device, dtype, shape: tuple) -> None:
+    """What sampling holds at its peak, without gradients: one prediction at a
+    classifier-free-guidance batch of 2, then one VAE decode (validation sampling and the
+    class-image phase, measured by the caller's meter)."""
+    with torch.no_grad():
+        latents = to_device(torch.zeros((2, *shape)), device)
+        cond = fam.dummy_condition(comps, 2, device, dtype, cfg)
+        fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
+        del latents, cond
+        comps.vae.decode(to_device(torch.zeros((1, *shape)), device).to(dtype))
 
 
 def _timing_event():
