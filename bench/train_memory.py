@@ -16,6 +16,7 @@ step's FLOPs counted by ``torch.utils.flop_counter`` (``trainers.speed.utilisati
 the median time and the device's named peak bf16 FLOP/s. Prints a Markdown table and
 writes JSON.
 
+    python bench/train_memory.py --plans              # any machine: the published-size plans (meta device)
     python bench/train_memory.py                      # GPU: real sizes, budgets 8/12/16/24 GB
     python bench/train_memory.py --tiny --json t.json # CPU: tiny models in a minute or two
 """
@@ -25,13 +26,15 @@ import argparse
 import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 TARGETS_GB = {("sd15", "lora"): 4, ("sd15", "dreambooth"): 8, ("sdxl", "lora"): 8, ("flux", "lora"): 12}
 RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
+# the LoRA plans at published size each family's users need (budget in GB, resolution): searched
+# on the meta device, so printed on any machine, and marked predicted until a GPU measures them
+PUBLISHED_PLANS = {"sd15": (4, 512), "sdxl": (8, 1024), "flux": (8, 1024), "z_image": (6, 1024)}
 # steps/s of LoRA at batch 1, bf16, cached latents and embeddings, at 971d0c8 on one H100 80GB
 # (the project's issues): what the speed switches are measured against (target: 3x)
 SPEED_AT_971D0C8 = {"sd15": 6.74, "sdxl": 1.99}
@@ -246,6 +249,36 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plans(families: list[str]) -> str:
+    """The planner's choice for each family's published-size LoRA at its budget
+    (``PUBLISHED_PLANS``), predicted on the meta device: the whole run (class images, caching,
+    the step) within the budget less the headroom, at the best predicted speed found."""
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.memory.planner import PlanError, plan
+
+    lines = ["| family | px | budget | usable | step peak | whole run | caching on the CPU | switches | "
+             "predicted speed (vs fp32, no technique) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for family in families:
+        budget_gb, resolution = PUBLISHED_PLANS[family]
+        cfg = TrainConfig(base_model="(plan)", dataset="(plan)", family=family, resolution=resolution,
+                          mixed_precision="bf16", rank=16, alpha=16)
+        try:
+            p = plan(cfg, budget_gb * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+        except PlanError as exc:
+            lines.append(f"| {family} | {resolution} | {budget_gb} GB | - | - | - | - | {exc} | - |")
+            continue
+        sw = p.switches
+        chosen = [f"quantize {sw['quantize_base']}" if sw.get("quantize_base", "off") != "off" else "",
+                  "checkpointing" if sw.get("gradient_checkpointing") else "",
+                  f"{sw['stream_blocks']}/{p.blocks} blocks streamed" if sw.get("stream_blocks") else "",
+                  sw.get("optimizer", ""), "fused backward" if sw.get("fused_backward") else ""]
+        lines.append(f"| {family} | {resolution} | {budget_gb} GB | {_fmt_mb(p.usable_mb)} | "
+                     f"{_fmt_mb(p.predicted_peak_mb)} | {_fmt_mb(p.whole_run_peak_mb)} | "
+                     f"{', '.join(sw.get('encode_on_cpu') or []) or '-'} | {', '.join(c for c in chosen if c)} | "
+                     f"{p.relative_speed:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (seconds per row)")
@@ -256,7 +289,13 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=0, help="override the resolution of every family")
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[8, 12, 16, 24])
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--plans", action="store_true", help="print the published-size LoRA plans (meta device; "
+                                                         "--families picks them, default all)")
     args = ap.parse_args(argv)
+    if args.plans:
+        chosen = args.families if "--families" in (argv if argv is not None else sys.argv) else list(PUBLISHED_PLANS)
+        print(plans(chosen))
+        return 0
     args.steps = args.steps or (4 if args.tiny else 20)
     args.repeats = args.repeats or (1 if args.tiny else 3)
     result = run(args)

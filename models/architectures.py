@@ -1,7 +1,7 @@
 """Architectures of every family at two sizes, built from config with random weights.
 
 ``tiny``: seconds-fast on a CPU, for tests and the demo. ``real``: the published sizes
-(SD1.5, SDXL base 1.0, FLUX.1-dev), for the memory benchmark and the planner; built on the
+(SD1.5, SDXL base 1.0, FLUX.1-dev, Z-Image with Qwen3-4B), for the memory benchmark and the planner; built on the
 ``meta`` device they cost no memory, which is how the planner simulates a training step.
 No model hub is contacted: every config is written out here.
 """
@@ -72,6 +72,23 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
         text=_CLIP_L,
         t5=dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)),
+    ("z_image", "tiny"): dict(
+        transformer=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2,
+                         n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32, axes_dims=[8, 12, 12],
+                         axes_lens=[1536, 512, 512], rope_theta=256.0),
+        vae=dict(_VAE_TINY, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        qwen3=dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, max_position_embeddings=2048, tie_word_embeddings=True)),
+    ("z_image", "real"): dict(  # Z-Image (Base and Turbo share it) with Qwen3-4B
+        transformer=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
+                         n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560, axes_dims=[32, 48, 48],
+                         axes_lens=[1536, 512, 512], rope_theta=256.0),
+        vae=dict(_VAE_REAL, latent_channels=16, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        qwen3=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                   rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
 }
 
 
@@ -79,7 +96,7 @@ def architecture(family: str, size: str) -> dict:
     try:
         return ARCHITECTURES[(family, size)]
     except KeyError:
-        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux, sizes tiny/real)") from None
+        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux/z_image, sizes tiny/real)") from None
 
 
 def instantiate(family: str, size: str = "tiny", device="cpu", dtype=None, seed: int = 0,

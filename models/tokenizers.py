@@ -113,3 +113,72 @@ def write_t5_tokenizer(folder: str | Path, source: str | Path | None = None) -> 
     (folder / "special_tokens_map.json").write_text(json.dumps(
         {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
     return folder
+
+
+# Qwen's chat turn as Z-Image (and ComfyUI's Z-Image encoder) feeds a caption to Qwen3: the
+# user's turn, then the opened assistant turn, no system turn. Written into every Qwen
+# tokenizer folder Persona makes, so diffusers' pipelines template prompts the same way
+# (the Qwen2.5 configuration ComfyUI ships would add a default system turn).
+QWEN_CHAT_TEMPLATE = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content']"
+                      " + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+                      "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def write_qwen_tokenizer(folder: str | Path, source: str | Path | None = None) -> Path:
+    """A Qwen tokenizer folder (``Qwen2Tokenizer``: the Qwen2.5 and Qwen3 text encoders').
+
+    With ``source`` (a folder with Qwen's ``vocab.json`` and ``merges.txt``: ComfyUI's
+    ``comfy/text_encoders/qwen25_tokenizer``, or a diffusers Z-Image folder's ``tokenizer/``)
+    the files are copied. Without it, a byte-level stand-in with Qwen's special tokens is
+    written: enough for the random-weight models built from config, not for real weights.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        source = Path(source)
+        if not ((source / "vocab.json").is_file() and (source / "merges.txt").is_file()):
+            raise FileNotFoundError(f"qwen tokenizer: '{source}' does not hold vocab.json and merges.txt")
+        for n in ("vocab.json", "merges.txt"):
+            shutil.copyfile(source / n, folder / n)
+        config = (json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+                  if (source / "tokenizer_config.json").is_file() else {})
+    else:
+        symbols = _bytes_to_unicode()
+        (folder / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}, ensure_ascii=False),
+                                           encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        config = {"added_tokens_decoder": {
+            str(len(symbols) + i): {"content": s, "special": True, "lstrip": False, "rstrip": False,
+                                    "normalized": False, "single_word": False} for i, s in enumerate(QWEN_SPECIAL)}}
+    config.update({"tokenizer_class": "Qwen2Tokenizer", "chat_template": QWEN_CHAT_TEMPLATE,
+                   "pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "model_max_length": 131072})
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+def find_qwen_tokenizer() -> Path:
+    """Qwen's tokenizer files: $PERSONA_QWEN_TOKENIZER, then the copy inside a ComfyUI install
+    (``comfy/text_encoders/qwen25_tokenizer``, used for Qwen2.5 and Qwen3 alike), then the
+    weights folder."""
+    import os
+
+    from ..core.host import comfy_base_dir
+    from ..core.paths import weights_dir
+
+    candidates = []
+    if os.environ.get("PERSONA_QWEN_TOKENIZER"):
+        candidates.append(Path(os.environ["PERSONA_QWEN_TOKENIZER"]))
+    root = comfy_base_dir()
+    if root is not None:
+        candidates.append(root / "comfy" / "text_encoders" / "qwen25_tokenizer")
+    candidates.append(weights_dir() / "qwen_tokenizer")
+    for c in candidates:
+        if (c / "vocab.json").is_file() and (c / "merges.txt").is_file():
+            return c
+    raise FileNotFoundError(
+        "qwen tokenizer: not found; looked in " + ", ".join(str(c) for c in candidates)
+        + ". Set PERSONA_QWEN_TOKENIZER to a folder holding Qwen's vocab.json and merges.txt (ComfyUI ships "
+          "them in comfy/text_encoders/qwen25_tokenizer; a diffusers Z-Image folder has them in tokenizer/)")

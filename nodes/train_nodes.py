@@ -24,8 +24,14 @@ _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", 
          "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every", "checkpoint_blocks", "fused_backward",
          "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last", "memory"]
 NONE = "(none)"
-# the separate files of a single-file FLUX base: TrainConfig field -> ComfyUI folder
-SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
+# the separate files of a single-file FLUX or Z-Image base: TrainConfig field -> ComfyUI folder
+SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae", "llm": "text_encoders"}
+LAST = ("llm",)  # added after workflows were saved: listed last, so saved widget values keep their places
+
+
+def _file_choice(name: str, folder: str):
+    return ([NONE] + model_files(folder), {"default": NONE, "tooltip": TrainConfig.model_fields[name].description
+                                           + f" From models/{folder}."})
 
 
 class PersonaTrain:
@@ -52,8 +58,8 @@ class PersonaTrain:
         return {"required": {
             "dataset": ("PERSONA_DATASET", {"tooltip": "From Persona Build Dataset."}),
             "base_model": (models, {"tooltip": "Base model of the family below: a folder in models/diffusers, "
-                                               "a .safetensors file in models/checkpoints, or (FLUX) the "
-                                               "transformer file in models/diffusion_models with its text "
+                                               "a .safetensors file in models/checkpoints, or (FLUX, Z-Image) "
+                                               "the transformer file in models/diffusion_models with its text "
                                                "encoder and VAE files chosen below."}),
             "lora_name": ("STRING", {"default": "persona_subject", "tooltip":
                                      "Saved as models/loras/persona/<lora_name>.safetensors."}),
@@ -62,9 +68,7 @@ class PersonaTrain:
             **widgets(TrainConfig, _FIELDS, resolution={"step": 64}, learning_rate={"step": 1e-5, "round": 1e-7}),
         }, "optional": {
             **widgets(TrainConfig, ["family"]),
-            **{name: ([NONE] + model_files(folder), {"default": NONE, "tooltip": TrainConfig.model_fields[name]
-                                                    .description + f" From models/{folder}."})
-               for name, folder in SEPARATE.items()},
+            **{name: _file_choice(name, folder) for name, folder in SEPARATE.items() if name not in LAST},
             "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
                                          "With memory 'auto': 0 fits the GPU's free memory, more than 0 fits "
                                          "this many GB (the card's size, say): the memory planner sets "
@@ -74,6 +78,7 @@ class PersonaTrain:
                                          "first step. On a CPU with 0, the switches as set."}),
             **widgets(TrainConfig, _MORE, background_weight={"step": 0.05}, caption_dropout={"step": 0.05},
                       ema_decay={"step": 0.001, "round": 1e-4}, loraplus_lr_ratio={"step": 1.0}),
+            **{name: _file_choice(name, SEPARATE[name]) for name in LAST},
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def execute(self, dataset, base_model, lora_name, preset, vram_budget_gb=0.0, unique_id=None, **values):

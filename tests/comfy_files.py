@@ -114,3 +114,34 @@ def write_sdxl_checkpoint(tiny_sdxl: Path, folder: Path, cache: Path, layout: st
     if layout:
         save_file(in_layout(load_file(str(path)), layout, "model.diffusion_model."), str(path))
     return path, {"denoiser": unet, "vae": vae, "text_encoder": te, "text_encoder_2": te2}
+
+
+def write_z_image_files(tiny_z_image: Path, folder: Path, cache: Path, transformer: str | None = None) -> dict[str, Path]:
+    """The tiny Z-Image as ComfyUI's separate files in ``folder``: the transformer in the original
+    layout (fused qkv, ``model.diffusion_model.`` keys) in ``transformer`` (None: fp32), the
+    Qwen3 text encoder as a causal LM's file (``model.`` names and an ``lm_head``, as
+    ``qwen_3_4b.safetensors``) and the VAE; and its configs in ``cache`` (``PERSONA_CACHE``)
+    where the shipped ones describe the published model."""
+    from diffusers import ZImageTransformer2DModel
+
+    from comfyui_persona.models.families.z_image.keys import diffusers_to_original
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = ZImageTransformer2DModel.from_pretrained(tiny_z_image / "transformer")
+    original = {f"model.diffusion_model.{k}": v.contiguous() for k, v in diffusers_to_original(ref.state_dict()).items()}
+    files = {"base_model": folder / "z_image_tiny.safetensors", "llm": folder / "qwen_3_tiny.safetensors",
+             "vae": folder / "ae.safetensors"}
+    save_file(in_layout(original, transformer, "model.diffusion_model.") if transformer else original,
+              str(files["base_model"]))
+    te = load_file(str(tiny_z_image / "text_encoder" / "model.safetensors"))
+    te = {f"model.{k}": v for k, v in te.items()}
+    te["lm_head.weight"] = te["model.embed_tokens.weight"].clone()
+    save_file(te, str(files["llm"]))
+    save_file(load_file(str(tiny_z_image / "vae" / "diffusion_pytorch_model.safetensors")), str(files["vae"]))
+    configs = cache / "configs" / "z_image"
+    shutil.copytree(REPO / "configs" / "z_image", configs, dirs_exist_ok=True)
+    for sub in ("transformer", "text_encoder", "vae", "tokenizer"):
+        shutil.rmtree(configs / sub, ignore_errors=True)
+        shutil.copytree(tiny_z_image / sub, configs / sub, ignore=shutil.ignore_patterns("*.safetensors"))
+    (configs / ".complete").write_text("z_image")
+    return files

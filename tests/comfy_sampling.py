@@ -6,12 +6,13 @@ noise schedule, timestep scaling, FLUX's shift through its ModelSamplingFlux nod
 size conditioning, its KSampler, and its LoRA loader (``load_lora_for_models``). ComfyUI
 detects only the published model sizes, so the request tells it the test size where its code
 fixes a published value: the attention heads and rotary axes, the GroupNorm group count, the
-width of SDXL's size embedding, the VAE's latent scale. The weights must load with no key
+width of SDXL's size embedding and of Z-Image's timestep embedder, the VAE's latent scale. The weights must load with no key
 missing or left over, and every LoRA key must be applied.
 
-Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux), ``denoiser`` (safetensors:
-LDM UNet keys, a single-file checkpoint, or FLUX in diffusers or BFL layout), ``lora`` (or
-null), ``config`` (unet_config entries to set), ``norm_groups``, ``size_embedding``,
+Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image), ``denoiser``
+(safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL layout, or
+Z-Image in diffusers or its original layout), ``lora`` (or null), ``config`` (unet_config
+entries to set), ``norm_groups``, ``size_embedding``, ``timestep_embedder`` ([hidden, out]),
 ``latent_format`` ({scale_factor, shift_factor}), ``conditioning`` (safetensors with
 ``positive``/``negative`` and ``positive_pooled``/``negative_pooled``), ``extra`` (conditioning
 entries: SDXL sizes, FLUX guidance), ``latent`` ([B, C, H, W]), ``seeds`` (one sample each),
@@ -58,11 +59,13 @@ def main(path: str) -> dict:
 
     sd = comfy.utils.load_torch_file(req["denoiser"])
     prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in sd) else ""
-    if req["family"] == "flux" and "x_embedder.weight" in sd:  # diffusers layout: ComfyUI's own conversion
+    diffusers_layout = {"flux": "x_embedder.weight", "z_image": "noise_refiner.0.attention.norm_k.weight"}
+    if diffusers_layout.get(req["family"]) in sd:  # diffusers layout: ComfyUI's own conversion
         sd = comfy.model_detection.convert_diffusers_mmdit(sd, "")
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
-    model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux}[req["family"]](unet_config)
+    model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux,
+                    "z_image": supported.ZImage}[req["family"]](unet_config)
     model_config.unet_config.update(req.get("config") or {})
     model_config.set_inference_dtype(torch.float32, None)
     groups = req.get("norm_groups")
@@ -86,6 +89,10 @@ def main(path: str) -> dict:
         from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
 
         model.embedder = Timestep(req["size_embedding"])
+    if req.get("timestep_embedder"):  # Z-Image's: ComfyUI sizes it for the published width only
+        hidden, out = req["timestep_embedder"]
+        embedder = type(model.diffusion_model.t_embedder)
+        model.diffusion_model.t_embedder = embedder(hidden, output_size=out, operations=comfy.ops.disable_weight_init)
     # every weight present, none left over (ComfyUI builds its layers uninitialised)
     model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(dict(sd)), strict=True)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
@@ -121,10 +128,11 @@ def main(path: str) -> dict:
                                            disable_pbar=True, seed=seed))
     save_file({"samples": torch.cat(samples).float().contiguous()}, req["out"])
     not_loaded = [m for m in caught.messages if "lora key not loaded" in m or "NOT LOADED" in m]
-    patches = len(patcher.patches) if req.get("lora") else 0
+    patches = len(patcher.patches) if req.get("lora") else 0  # weights patched (Z-Image: q, k, v patch one qkv)
+    applied = sum(len(v) for v in patcher.patches.values()) if req.get("lora") else 0  # LoRA modules applied
     plain = (int, float, str, list)
     return {"unet_config": {k: v for k, v in model_config.unet_config.items() if isinstance(v, plain)},
-            "lora_keys": lora_keys, "patched_weights": patches, "not_loaded": not_loaded,
+            "lora_keys": lora_keys, "patched_weights": patches, "applied": applied, "not_loaded": not_loaded,
             "model_sampling": type(patcher.get_model_object("model_sampling")).__name__}
 
 

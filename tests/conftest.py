@@ -215,6 +215,16 @@ def tiny_flux():
         return build_family_model(model_dir("tiny-flux"), "flux", "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_z_image():
+    """A Z-Image-shaped model (noise and context refiners, single-stream layers, a Qwen3 text
+    encoder with a byte-level Qwen tokenizer, 16-channel VAE) with random weights."""
+    from comfyui_persona.models.build import build_family_model
+
+    with heavy_build("tiny-z_image"):
+        return build_family_model(model_dir("tiny-z_image"), "z_image", "tiny", seed=0)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that must share a worker are grouped and the groups ordered heaviest first
     (scheduling.py); ``gpu`` tests run only where torch sees a CUDA device

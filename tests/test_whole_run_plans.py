@@ -37,7 +37,8 @@ def test_the_headroom_is_the_context_and_the_allocators_reserve():
     assert usable_budget(12 * 1024, cuda=True) < 10.7 * 1024
 
 
-@pytest.mark.parametrize("family, resolution, budget_gb", [("sd15", 512, 4), ("sdxl", 1024, 8), ("flux", 1024, 8)])
+@pytest.mark.parametrize("family, resolution, budget_gb", [("sd15", 512, 4), ("sdxl", 1024, 8), ("flux", 1024, 8),
+                                                         ("z_image", 1024, 6)])
 def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family,
                                                                             resolution, budget_gb):
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
@@ -49,6 +50,21 @@ def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan
     assert p.caching["vae_mb"] > 0  # the VAE encodes the dataset on the device
     text = p.describe()
     assert "whole run" in text and "usable" in text and "caching: the VAE" in text
+
+
+def test_z_image_at_6_gb_reads_captions_with_qwen3_on_the_cpu(plan_cache, monkeypatch):
+    """Z-Image LoRA @1024: Qwen3-4B's weights (7.5 GB in bf16) are more than 6 GB's usable
+    part, so the captions are encoded with it on the CPU; the 6B transformer's step fits by
+    streaming blocks, and the whole run's peak is within the usable budget."""
+    from comfyui_persona.trainers.memory.caching import encoder_memory
+
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    p = plan(_cfg("z_image", 1024), 6 * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    qwen_weights, _ = encoder_memory("z_image", None, "real", 1024, "bfloat16",
+                                     (("text_encoder", 512),))["text_encoder"]
+    assert qwen_weights / 2 ** 20 > p.usable_mb
+    assert p.switches["encode_on_cpu"] == ["text_encoder"]
+    assert p.blocks == 34 and p.whole_run_peak_mb <= p.usable_mb
 
 
 def test_flux_at_8_gb_fits_its_plan_through_caching(plan_cache, monkeypatch):

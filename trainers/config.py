@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 class TrainConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
     # what
-    base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint (FLUX: the transformer file).")
-    family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, or flux (FLUX.1 dev/schnell); one module each in models/families.")
+    base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint (FLUX, Z-Image: the transformer file from models/diffusion_models).")
+    family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, flux (FLUX.1 dev/schnell) or z_image (Z-Image Base/Turbo); one module each in models/families.")
     clip_l: str = Field("", description="FLUX single files: the CLIP-L text encoder file (models/text_encoders or models/clip).")
     t5: str = Field("", description="FLUX single files: the T5-XXL text encoder file.")
-    vae: str = Field("", description="FLUX single files: the VAE file (ae.safetensors).")
+    llm: str = Field("", description="Z-Image single files: the LLM text encoder file (qwen_3_4b.safetensors in models/text_encoders).")
+    vae: str = Field("", description="FLUX and Z-Image single files: the VAE file (ae.safetensors).")
     dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
     output_dir: str = Field("runs/train", min_length=1, description="Run directory: config, log, checkpoints, samples, final LoRA.")
     method: Literal["lora", "dreambooth"] = Field(
@@ -96,10 +97,11 @@ class TrainConfig(JobConfig):
                                                                        "face (1: an ordinary loss).")
     snr_gamma: float = Field(0.0, ge=0, description="Min-SNR loss weighting gamma (0: off; 5 is usual).")
     noise_offset: float = Field(0.0, ge=0, le=1.0, description="Noise offset (better very dark/bright images).")
-    # FLUX (flow matching)
+    # flow-matching families (FLUX, Z-Image)
     guidance: float = Field(1.0, ge=0, le=30, description="FLUX-dev guidance embedding value during training.")
-    timestep_shift: float = Field(0.0, ge=0, le=20, description="FLUX noise-level shift (0: FLUX's resolution-dependent shift; 3.0 is SD3's).")
+    timestep_shift: float = Field(0.0, ge=0, le=20, description="Flow-matching noise-level shift (0: the family's own: FLUX's resolution-dependent shift, Z-Image's 3.0; 3.0 is SD3's).")
     t5_max_length: int = Field(512, ge=16, le=512, description="FLUX: T5 tokens per prompt.")
+    llm_max_length: int = Field(512, ge=16, le=1024, description="Z-Image: the most LLM tokens a prompt is read at (chat template included; shorter prompts keep their own length).")
     # DreamBooth prior preservation
     prior_preservation: bool = Field(False, description="Prior-preservation loss with class images from the frozen base model.")
     class_prompt: str = Field("a photo of {class}", description="Prompt of the class images.")
@@ -253,7 +255,7 @@ class TrainConfig(JobConfig):
         model = Path(self.base_model)
         if not model.exists():
             raise self.field_error("base_model", f"'{model}' does not exist")
-        for name in ("base_model", "clip_l", "t5", "vae"):
+        for name in ("base_model", "clip_l", "t5", "llm", "vae"):
             value = getattr(self, name)
             if value and Path(value).suffix.lower() == ".gguf":
                 raise self.field_error(name, f"'{Path(value).name}' is a GGUF file (block-quantized for sampling with "
@@ -263,7 +265,7 @@ class TrainConfig(JobConfig):
                                              f"frozen base as small while training")
         if model.is_file() and model.suffix.lower() != ".safetensors":
             raise self.field_error("base_model", f"'{model}' is not a .safetensors checkpoint or a diffusers folder")
-        for name in ("clip_l", "t5", "vae"):
+        for name in ("clip_l", "t5", "llm", "vae"):
             value = getattr(self, name)
             if value and not Path(value).is_file():
                 raise self.field_error(name, f"'{value}' is not a file")

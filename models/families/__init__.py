@@ -10,6 +10,7 @@ from .base import Family, Prediction
 from .flux import Flux
 from .sd15 import SD15
 from .sdxl import SDXL
+from .z_image import ZImage
 
 FAMILIES: dict[str, Family] = {}
 
@@ -21,7 +22,7 @@ def register(family: Family) -> Family:
     return family
 
 
-for _family in (SD15(), SDXL(), Flux()):
+for _family in (SD15(), SDXL(), Flux(), ZImage()):
     register(_family)
 
 

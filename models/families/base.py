@@ -88,7 +88,7 @@ class Family:
         if cfg.resolution % self.resolution_multiple:
             raise ValueError(f"resolution: family '{self.name}' needs a multiple of {self.resolution_multiple}, "
                              f"got {cfg.resolution}")
-        given = [n for n in ("clip_l", "t5", "vae") if getattr(cfg, n) and n not in self.separate_files]
+        given = [n for n in ("clip_l", "t5", "llm", "vae") if getattr(cfg, n) and n not in self.separate_files]
         if given:
             raise ValueError(f"{'/'.join(given)}: separate text encoder and VAE files are not used by family "
                              f"'{self.name}'")

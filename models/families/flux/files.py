@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ....core.deps import require
+from ..separate_files import load_text_model, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +19,14 @@ log = logging.getLogger(__name__)
 def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
     """(transformer, CLIP-L, T5, VAE) from ComfyUI's separate files, shaped by ``config``
     (``configs/flux`` with its tokenizers) and, for the transformer, by the file itself."""
-    diffusers = require("diffusers", "Training FLUX")
     transformers = require("transformers", "Training FLUX")
     missing = [n for n, v in (("clip_l", clip_l), ("t5", t5), ("vae", vae)) if not v]
     if missing:
         raise ValueError(f"base_model: '{path}' is a single FLUX transformer file; also give {', '.join(missing)}")
     transformer = load_transformer_file(path, config / "transformer")
-    clip = _load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
-    t5_model = _load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)
-    return transformer, clip, t5_model, _load_vae(diffusers, config / "vae", vae)
+    clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
+    t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)
+    return transformer, clip, t5_model, load_vae(config / "vae", vae)
 
 
 def find_t5_tokenizer() -> Path:
@@ -90,53 +90,3 @@ def _shape_from_bfl(tensors) -> dict:
                 num_attention_heads=inner // head, in_channels=tensors["img_in.weight"].shape[1],
                 joint_attention_dim=tensors["txt_in.weight"].shape[1],
                 pooled_projection_dim=tensors["vector_in.in_layer.weight"].shape[1])
-
-
-def _load_text_model(cls, config_cls, config: Path, file: str | Path):
-    """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors
-    and t5xxl_*.safetensors hold), prefix ``text_model.`` optional."""
-    import torch
-
-    from ...file_weights import read_weights
-
-    tensors = read_weights(file)
-    conf = config_cls.from_pretrained(config)
-    with torch.device("meta"):
-        model = cls(conf)
-    own = model.state_dict().keys()
-    if not any(k in own for k in tensors):  # classic "text_model." names on a model without that level
-        tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
-    if "shared.weight" in tensors and "encoder.embed_tokens.weight" in own and "encoder.embed_tokens.weight" not in tensors:
-        tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
-    if "shared.weight" in own and "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
-        tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
-    tensors = {k: v for k, v in tensors.items() if k in own}
-    missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
-    if missing:
-        raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {missing[:3]}")
-    model.load_state_dict(tensors, strict=False, assign=True)
-    for module in model.modules():  # what no file holds: the position ids, made as the model makes them
-        for name, buf in list(module._buffers.items()):
-            if buf is not None and buf.is_meta:
-                if name != "position_ids":
-                    raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): no '{name}'")
-                module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {leftover[:3]}")
-    return model
-
-
-def _load_vae(diffusers, config: Path, file: str | Path):
-    import torch
-
-    from ...file_weights import loadable_file, read_weights
-
-    tensors = read_weights(file)
-    if any(k.startswith(("encoder.down.", "first_stage_model.")) for k in tensors):  # original layout
-        return diffusers.AutoencoderKL.from_single_file(str(loadable_file(file)), config=str(config.parent),
-                                                        subfolder="vae", local_files_only=True)
-    with torch.device("meta"):
-        model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(config))
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model

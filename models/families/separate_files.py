@@ -1,0 +1,67 @@
+"""The parts of a base model that ComfyUI keeps as separate files (``models/text_encoders``,
+``models/vae``), read into the transformers and diffusers classes the families use. Shared by
+every family whose single-file base needs them (FLUX, Z-Image)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...core.deps import require
+
+
+def load_text_model(cls, config_cls, config: Path, file: str | Path):
+    """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors,
+    t5xxl_*.safetensors and qwen_3_4b.safetensors hold), prefix ``text_model.`` or ``model.``
+    optional (a causal LM's file: its ``lm_head`` is not read)."""
+    import torch
+
+    from ..file_weights import read_weights
+
+    tensors = read_weights(file)
+    conf = config_cls.from_pretrained(config)
+    with torch.device("meta"):
+        model = cls(conf)
+    own = model.state_dict().keys()
+    for prefix in ("text_model.", "model."):  # classic "text_model." names, a causal LM's "model."
+        if not any(k in own for k in tensors):
+            tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
+    if "shared.weight" in tensors and "encoder.embed_tokens.weight" in own and "encoder.embed_tokens.weight" not in tensors:
+        tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
+    if "shared.weight" in own and "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
+        tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
+    tensors = {k: v for k, v in tensors.items() if k in own}
+    missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
+    if missing:
+        raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {missing[:3]}")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    for module in model.modules():  # what no file holds, made as the model makes it: position ids, rotary
+        for name, buf in list(module._buffers.items()):  # frequencies
+            if buf is None or not buf.is_meta:
+                continue
+            if name == "position_ids":
+                module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+            elif name.endswith("inv_freq") and hasattr(module, "config"):
+                with torch.device("cpu"):
+                    module._buffers[name] = type(module)(config=module.config)._buffers[name]
+            else:
+                raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): no '{name}'")
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {leftover[:3]}")
+    return model
+
+
+def load_vae(config: Path, file: str | Path):
+    """The VAE from one file in the original (``ae.safetensors``) or diffusers' layout."""
+    diffusers = require("diffusers", "Loading a VAE file")
+    import torch
+
+    from ..file_weights import loadable_file, read_weights
+
+    tensors = read_weights(file)
+    if any(k.startswith(("encoder.down.", "first_stage_model.")) for k in tensors):  # original layout
+        return diffusers.AutoencoderKL.from_single_file(str(loadable_file(file)), config=str(config.parent),
+                                                        subfolder="vae", local_files_only=True)
+    with torch.device("meta"):
+        model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(config))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model

@@ -1,0 +1,236 @@
+"""Z-Image (Base and Turbo): a single-stream diffusion transformer conditioned on Qwen3's
+second-to-last hidden states, trained with flow matching.
+
+What the family defines, as the model is sampled (diffusers' ``ZImagePipeline``, ComfyUI's
+``ZImage`` model):
+
+- the caption is read inside Qwen's chat turn (``<|im_start|>user ... <|im_start|>assistant``),
+  the text encoder's second-to-last hidden states at the caption's own tokens are the
+  conditioning (padding is not part of it), and the text encoder is dropped once every
+  caption is encoded;
+- the noised latents are ``(1 - sigma) x0 + sigma * noise`` in the VAE's scaled and shifted
+  space (FLUX.1's VAE), sigma drawn logit-normal and shifted by 3.0 (Z-Image's scheduler and
+  ComfyUI's sampling both use 3.0);
+- the transformer reads time as ``1 - sigma`` and predicts ``x0 - noise`` (the pipeline
+  negates it into the scheduler's velocity), one latent per sample as a list, patchified 2x2
+  inside the model.
+
+Z-Image Turbo is distilled for few-step sampling; a LoRA trained on it directly slowly undoes
+the distillation (samples need more steps and CFG). The field trains on Base, or on Turbo with
+a de-distillation adapter merged into the frozen weights while training: ``training_adapter``
+(see ``trainers.loop.setup``). Neither changes the exported LoRA's layout.
+
+- ``keys``: the original (ComfyUI) layout for single files and ComfyUI's LoRA names;
+- ``files``: ComfyUI's separate files (transformer, Qwen3 text encoder, VAE).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ....core.deps import require
+from ....core.transfer import to_device
+from ...components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
+    require_diffusers_folder
+from ..base import Family, Prediction, peft_pairs
+
+TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"  # Qwen's chat turn, as Z-Image reads captions
+SHIFT = 3.0  # Z-Image's noise-level shift (its scheduler config; ComfyUI's ZImage sampling)
+
+
+class ZImage(Family):
+    name = "z_image"
+    denoiser_folder = "transformer"
+    lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    supports_text_encoder_training = False
+    supports_dora = False  # ComfyUI's model fuses to_q/to_k/to_v into one qkv layer: one magnitude per fused row
+    uses_attention_processors = False
+    keeps_text_encoders = False
+    resolution_multiple = 16  # 2x2 patches of 8x latents
+    bucket_multiple = 16
+    separate_files = ("llm", "vae")
+    kohya_version = "z_image"
+    architecture = "z-image"
+    pipeline_index = ("ZImagePipeline", {
+        "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
+
+    # --- loading ---------------------------------------------------------------------------
+    def load_folder(self, folder: Path) -> Components:
+        diffusers = require("diffusers", "Training Z-Image")
+        transformers = require("transformers", "Training Z-Image")
+        require_diffusers_folder(folder, "transformer", self.name)
+        tok, _ = self.load_tokenizers(folder)
+        return Components(
+            self.name, tok, transformers.Qwen3Model.from_pretrained(folder / "text_encoder"),
+            diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
+            diffusers.ZImageTransformer2DModel.from_pretrained(folder / "transformer"),
+            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+            str(folder), model_hash(folder), folder_random_weights(folder))
+
+    def load_single_file(self, path: Path, config_dir=None, llm="", vae="", **files) -> Components:
+        diffusers = require("diffusers", "Training Z-Image")
+        from ...single_file import family_config_dir
+        from .files import load_separate_files
+
+        config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
+        transformer, text_encoder, vae_model = load_separate_files(path, config, llm, vae)
+        tok, _ = self.load_tokenizers(config)
+        return Components(
+            self.name, tok, text_encoder, vae_model, transformer,
+            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
+            file_hash(path), file_random_weights(path))
+
+    def write_tokenizers(self, folder: Path, real: bool = False) -> None:
+        """Qwen's tokenizer found on disk (``real``: ComfyUI's or the user's), or for random
+        weights a byte-level stand-in with Qwen's special tokens."""
+        from ...tokenizers import find_qwen_tokenizer, write_qwen_tokenizer
+
+        if real and (folder / "tokenizer" / "vocab.json").is_file():
+            return
+        write_qwen_tokenizer(folder / "tokenizer", find_qwen_tokenizer() if real else None)
+
+    def load_tokenizers(self, folder: Path):
+        transformers = require("transformers", "Training Z-Image")
+        return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+
+    # --- building -------------------------------------------------------------------------
+    def new_scheduler(self):
+        diffusers = require("diffusers", "Building a model from config")
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT,
+                                                         use_dynamic_shifting=False)
+
+    def build_modules(self, arch: dict, text_encoders: bool = True):
+        diffusers = require("diffusers", "Building a model from config")
+        transformers = require("transformers", "Building a model from config")
+        denoiser = diffusers.ZImageTransformer2DModel(**arch["transformer"])
+        vae = diffusers.AutoencoderKL(**arch["vae"])
+        te = transformers.Qwen3Model(transformers.Qwen3Config(**arch["qwen3"])) if text_encoders else None
+        return denoiser, vae, te, None
+
+    def modules_from_configs(self, folder: Path):
+        diffusers = require("diffusers", "Planning memory")
+        transformers = require("transformers", "Planning memory")
+        denoiser = diffusers.ZImageTransformer2DModel.from_config(
+            diffusers.ZImageTransformer2DModel.load_config(folder / "transformer"))
+        vae = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))
+        te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
+        return denoiser, vae, te, None
+
+    # --- training -------------------------------------------------------------------------
+    def check_files(self, cfg) -> None:
+        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
+            raise cfg.field_error("base_model", "a single Z-Image transformer file needs its text encoder and VAE "
+                                  "too: set llm (qwen_3_4b.safetensors) and vae (ae.safetensors)")
+
+    def caption_token_lengths(self, cfg) -> dict[str, int]:
+        return {"text_encoder": cfg.llm_max_length}
+
+    def encode(self, comps, prompts, device, cfg=None):
+        """``cap_feats`` ``[B, L, D]`` (zero past each caption's end) and ``cap_mask``
+        ``[B, L]``, ``L`` the configured most tokens: fixed shapes, so cached captions stack
+        into batches. The encoder reads only as far as the longest caption (padding after a
+        caption cannot change a causal LM's states before it), which is most of the cost of a
+        4B encoder on the CPU."""
+        max_length = cfg.llm_max_length if cfg is not None else 512
+        text = comps.tokenizer([TEMPLATE.format(p) for p in prompts], padding="longest", padding_side="right",
+                               max_length=max_length, truncation=True, return_tensors="pt")
+        ids, mask = text.input_ids.to(device), text.attention_mask.to(device)
+        hidden = comps.text_encoder(input_ids=ids, attention_mask=mask.bool(), output_hidden_states=True).hidden_states[-2]
+        mask = mask.to(hidden.dtype)
+        pad = max_length - hidden.shape[1]
+        return {"cap_feats": torch.nn.functional.pad(hidden * mask[..., None], (0, 0, 0, pad)),
+                "cap_mask": torch.nn.functional.pad(mask, (0, pad))}
+
+    @staticmethod
+    def captions(cond: dict, dtype) -> list[torch.Tensor]:
+        """Each sample's caption features at its own length (what the transformer reads); on
+        the ``meta`` device (memory and FLOP counts, whose masks are all ones) at full length."""
+        return [(f if f.is_meta else f[m > 0.5]).to(dtype) for f, m in zip(cond["cap_feats"], cond["cap_mask"])]
+
+    @staticmethod
+    def sigmas(batch: int, gen, shift: float) -> torch.Tensor:
+        """Noise levels in (0, 1): logit-normal draws shifted toward noise by ``shift``."""
+        u = torch.sigmoid(torch.randn(batch, generator=gen))
+        return shift * u / (1 + (shift - 1) * u)
+
+    def predict(self, comps, model, latents, cond, gen, cfg, dtype):
+        b, c, h, w = latents.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"resolution: Z-Image patches 2x2 latents; {cfg.resolution} px gives an odd latent size")
+        noise = to_device(torch.randn(latents.shape, generator=gen), latents.device)
+        sigma = to_device(self.sigmas(b, gen, cfg.timestep_shift or SHIFT), latents.device)
+        s = sigma.view(b, 1, 1, 1)
+        noisy = (1 - s) * latents + s * noise
+        x = list(noisy.to(dtype).unsqueeze(2).unbind(0))  # [C, 1, h, w] each: one frame
+        out = model(x, (1 - sigma).to(dtype), self.captions(cond, dtype), return_dict=False)[0]
+        pred = torch.stack(out).squeeze(2)
+        return Prediction(pred, latents - noise, noisy, sigma * 1000, None)
+
+    def predicted_x0(self, comps, p):
+        """``x_t = (1 - sigma) x0 + sigma * noise`` and the model predicts ``x0 - noise``, so
+        ``x0 = x_t + sigma * pred``."""
+        sigma = (p.timesteps.float() / 1000).view(-1, 1, 1, 1)
+        return p.noisy.float() + sigma * p.pred.float()
+
+    def dummy_condition(self, comps, batch, device, dtype, cfg=None):
+        length = cfg.llm_max_length if cfg is not None else 512
+        width = comps.denoiser.config.cap_feat_dim
+        return {"cap_feats": torch.zeros(batch, length, width, device=device, dtype=dtype),
+                "cap_mask": torch.ones(batch, length, device=device, dtype=dtype)}
+
+    convolutional = False
+
+    def repeated_blocks(self, model):
+        """The noise and context refiners, then the main layers (30 at Z-Image's size), in the
+        order they run."""
+        inner = model.module if hasattr(model, "module") else model
+        return [*inner.noise_refiner, *inner.context_refiner, *inner.layers]
+
+    # --- sampling -------------------------------------------------------------------------
+    def pipeline(self, comps):
+        diffusers = require("diffusers", "Sampling")
+        pipe = diffusers.ZImagePipeline(
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(comps.scheduler.config),
+            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, transformer=comps.denoiser)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample(self, pipe, comps, prompt, resolution, steps, generator, output_type="pil", cond=None,
+               guidance=None):
+        """Without CFG by default (Z-Image Turbo's setting); ``guidance`` > 0 needs the text
+        encoder for the empty negative prompt."""
+        guidance = 0.0 if guidance is None else guidance
+        device = next(comps.denoiser.parameters()).device
+        dtype = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1).dtype
+        if cond is None or guidance > 0:
+            if comps.text_encoder is None:
+                raise ValueError(f"Z-Image samples from cached prompt embeddings once its text encoder is dropped"
+                                 f"{' (and CFG needs it for the negative prompt)' if guidance > 0 else ''}; "
+                                 f"none for '{prompt}'")
+        with torch.no_grad():
+            if cond is None:
+                cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
+            negative = None
+            if guidance > 0:
+                negative = self.captions({k: v for k, v in self.encode(comps, [""], pipe.device).items()},
+                                         dtype)
+        positive = self.captions({k: v[None] for k, v in cond.items()}, dtype)
+        return pipe(prompt_embeds=[p.to(device) for p in positive],
+                    negative_prompt_embeds=[n.to(device) for n in negative] if negative else None,
+                    guidance_scale=guidance, height=resolution, width=resolution, num_inference_steps=steps,
+                    generator=generator, output_type=output_type).images[0]
+
+    # --- LoRA files -----------------------------------------------------------------------
+    def kohya_tensors(self, denoiser_state, te_states, alpha, model, rank=None):
+        """diffusers' module names under ``diffusion_model.`` (``keys.comfyui_lora``)."""
+        from .keys import comfyui_lora
+
+        return comfyui_lora({k: tuple(v) for k, v in peft_pairs(denoiser_state).items()}, alpha)
+
+    def save_diffusers_lora(self, folder, layers, te_layers):
+        from diffusers import ZImagePipeline
+
+        ZImagePipeline.save_lora_weights(folder, transformer_lora_layers=layers, safe_serialization=True)
