@@ -111,9 +111,10 @@ def _depths(api: dict) -> dict[str, int]:
 # Where ComfyUI keeps the files that Persona's model widgets name: the frontend's
 # missing-models panel reads each node's ``properties.models`` ({name, directory}) to tell the
 # user which folder a missing file belongs in (ComfyUI's own loaders are known to it already).
-MODEL_WIDGETS = {"base_model": "checkpoints", "clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae"}
+MODEL_WIDGETS = {"base_model": "checkpoints", "clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae",
+                 "llm": "text_encoders", "training_adapter": "loras"}
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
-DIFFUSION_MODELS = "diffusion_models/"  # how Persona lists a bare denoiser file (FLUX)
+DIFFUSION_MODELS = "diffusion_models/"  # how Persona lists a bare denoiser file (FLUX, Z-Image)
 
 
 def model_files(kind: str, inputs: dict) -> list[dict]:

@@ -134,8 +134,8 @@ def lora_folders() -> list[Path]:
 # ComfyUI's folder of each kind of model file, by its current name first (the 2024 releases
 # called diffusion_models 'unet' and text_encoders 'clip')
 FOLDERS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
-           "vae": ("vae",), "checkpoints": ("checkpoints",)}
-DIFFUSION_MODELS = "diffusion_models/"  # how base_models() lists a bare denoiser file (FLUX)
+           "vae": ("vae",), "checkpoints": ("checkpoints",), "loras": ("loras",)}
+DIFFUSION_MODELS = "diffusion_models/"  # how base_models() lists a bare denoiser file (FLUX, Z-Image)
 
 
 def model_files(kind: str) -> list[str]:

@@ -24,9 +24,11 @@ _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", 
          "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every", "checkpoint_blocks", "fused_backward",
          "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last", "memory"]
 NONE = "(none)"
-# the separate files of a single-file FLUX or Z-Image base: TrainConfig field -> ComfyUI folder
-SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae", "llm": "text_encoders"}
-LAST = ("llm",)  # added after workflows were saved: listed last, so saved widget values keep their places
+# the files a run reads beside its base (a single-file FLUX or Z-Image base's text encoders and
+# VAE, a training adapter): TrainConfig field -> ComfyUI folder
+SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae", "llm": "text_encoders",
+            "training_adapter": "loras"}
+LAST = ("llm", "training_adapter")  # added after workflows were saved: listed last, so saved widget values keep their places
 
 
 def _file_choice(name: str, folder: str):

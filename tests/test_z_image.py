@@ -216,3 +216,63 @@ def test_z_image_captions_are_read_in_qwens_chat_turn_at_their_own_length(tiny_z
     assert [len(x) for x in a] == [len(x) for x in b] == [ids.shape[1], int(short["cap_mask"][1].sum())]
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
     assert torch.allclose(a[0], direct, atol=1e-5)
+
+
+def _adapter(model, path, rank=2, seed=1):
+    """A LoRA file in ComfyUI's Z-Image layout (``diffusion_model.<module>``, lora_A/lora_B, no
+    alpha) on every attention projection of ``model``: a stand-in de-distillation adapter."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.named_modules():
+        if name.endswith(("attention.to_q", "attention.to_k", "attention.to_v")):
+            tensors[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen)
+            tensors[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * 0.1
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_a_training_adapter_is_merged_while_training_and_never_exported(tiny_z_image, face_dataset, tmp_path):
+    """Training on a distilled model with a de-distillation adapter: the frozen weights the run
+    trains against are the base plus the adapter's delta, the adapter file and the base are
+    left unchanged, and the exported LoRA holds the run's own layers only."""
+    from diffusers import ZImageTransformer2DModel
+
+    base = ZImageTransformer2DModel.from_pretrained(tiny_z_image / "transformer")
+    adapter = _adapter(base, tmp_path / "adapter.safetensors")
+    before = (tmp_path / "adapter.safetensors").read_bytes()
+    events = {}
+    cfg = tiny_config(tiny_z_image, face_dataset, tmp_path / "run", family="z_image", steps=2, llm_max_length=64,
+                      training_adapter=str(tmp_path / "adapter.safetensors"), target_modules=["to_out.0"])
+    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
+    assert result.steps_done == 2
+    trained = events["denoiser"]
+    name = "layers.0.attention.to_q"
+    down, up = adapter[f"diffusion_model.{name}.lora_A.weight"], adapter[f"diffusion_model.{name}.lora_B.weight"]
+    expected = base.get_submodule(name).weight + up @ down  # alpha absent: alpha = rank, scale 1
+    assert torch.allclose(trained.get_submodule(name).weight.float(), expected, atol=1e-5)
+    assert (tmp_path / "adapter.safetensors").read_bytes() == before
+    assert torch.equal(ZImageTransformer2DModel.from_pretrained(tiny_z_image / "transformer")
+                       .get_submodule(name).weight, base.get_submodule(name).weight)
+    exported = load_file(str(result.lora_path))
+    assert exported and all(".attention.to_out.0." in k for k in exported)  # the run's layers, no adapter
+
+
+def test_a_training_adapter_for_another_model_is_refused_by_name(tiny_z_image, tiny_flux, face_dataset, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    from comfyui_persona.core.config import ConfigError
+
+    flux = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer")
+    tensors = {f"transformer.{n}.lora_A.weight": torch.zeros(2, m.in_features) for n, m in flux.named_modules()
+               if n.endswith("attn.to_q")}
+    tensors.update({k.replace("lora_A", "lora_B"): torch.zeros(32, 2) for k in tensors})
+    save_file(tensors, str(tmp_path / "flux_adapter.safetensors"))
+    cfg = tiny_config(tiny_z_image, face_dataset, tmp_path / "run", family="z_image", steps=1, llm_max_length=64,
+                      training_adapter=str(tmp_path / "flux_adapter.safetensors"))
+    with pytest.raises(ValueError, match=r"training_adapter: 'flux_adapter.safetensors' names \d+ layers that are "
+                                         r"not linear layers of this ZImageTransformer2DModel"):
+        train(cfg)
+    (tmp_path / "adapter.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="training_adapter: 'adapter.pt' is not a .safetensors file"):
+        tiny_config(tiny_z_image, face_dataset, tmp_path / "run2", family="z_image",
+                    training_adapter=str(tmp_path / "adapter.pt")).check_paths()

@@ -26,6 +26,7 @@ class TrainConfig(JobConfig):
     family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, flux (FLUX.1 dev/schnell) or z_image (Z-Image Base/Turbo); one module each in models/families.")
     clip_l: str = Field("", description="FLUX single files: the CLIP-L text encoder file (models/text_encoders or models/clip).")
     t5: str = Field("", description="FLUX single files: the T5-XXL text encoder file.")
+    training_adapter: str = Field("", description="A LoRA merged into the frozen base for the run and never exported: a de-distillation adapter to train on a distilled model (Z-Image Turbo) without undoing its few-step sampling. diffusers layer names (lora_A/lora_B or lora_down/lora_up).")
     llm: str = Field("", description="Z-Image single files: the LLM text encoder file (qwen_3_4b.safetensors in models/text_encoders).")
     vae: str = Field("", description="FLUX and Z-Image single files: the VAE file (ae.safetensors).")
     dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
@@ -255,7 +256,7 @@ class TrainConfig(JobConfig):
         model = Path(self.base_model)
         if not model.exists():
             raise self.field_error("base_model", f"'{model}' does not exist")
-        for name in ("base_model", "clip_l", "t5", "llm", "vae"):
+        for name in ("base_model", "clip_l", "t5", "llm", "vae", "training_adapter"):
             value = getattr(self, name)
             if value and Path(value).suffix.lower() == ".gguf":
                 raise self.field_error(name, f"'{Path(value).name}' is a GGUF file (block-quantized for sampling with "
@@ -265,10 +266,13 @@ class TrainConfig(JobConfig):
                                              f"frozen base as small while training")
         if model.is_file() and model.suffix.lower() != ".safetensors":
             raise self.field_error("base_model", f"'{model}' is not a .safetensors checkpoint or a diffusers folder")
-        for name in ("clip_l", "t5", "llm", "vae"):
+        for name in ("clip_l", "t5", "llm", "vae", "training_adapter"):
             value = getattr(self, name)
             if value and not Path(value).is_file():
                 raise self.field_error(name, f"'{value}' is not a file")
+        if self.training_adapter and Path(self.training_adapter).suffix.lower() != ".safetensors":
+            raise self.field_error("training_adapter", f"'{Path(self.training_adapter).name}' is not a .safetensors "
+                                                       f"file (pickled files can run code when loaded)")
         get_family(self.family).check_files(self)
         if model.is_dir() and not (model / "model_index.json").is_file() and not (model / "unet").is_dir():
             raise self.field_error("base_model", f"'{model}' is not a diffusers model folder (no model_index.json)")

@@ -94,6 +94,12 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
     need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log.info("host memory: loading the base model needs about %.1f GB", need / 2 ** 30)
     comps = load_base(cfg)
+    if cfg.training_adapter:
+        from ...models.adapters import merge_adapter
+
+        merged = merge_adapter(comps.denoiser, cfg.training_adapter)
+        log.info("training adapter: %d layers of '%s' merged into the frozen base (not exported)", merged,
+                 Path(cfg.training_adapter).name)
     for module in [comps.vae, *comps.text_encoders, comps.denoiser]:
         memory.freeze(module)
     # every model reaches the device one phase at a time, cast on the CPU first (trainers/loop/data.py)
