@@ -122,7 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                 lora_strength_step=args.lora_strength_step if len(strengths) == 1 else 0.0)
         settings.validate()
         embedder = get_embedder(args.embedder)
-        generator = DiffusersGenerator(args.base_model, loras)
+        generator = DiffusersGenerator(args.base_model, loras, family=args.family)
         provenance = ProvenanceConfig.from_env(**({"watermark": False} if args.no_watermark else {}))
     except (ValueError, FileNotFoundError, NoFaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -485,6 +485,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..faces.identity import BACKENDS
+    from ..models.families import FAMILIES
     from ..trainers.entry import add_arguments as add_train_arguments
 
     parser = argparse.ArgumentParser(
@@ -509,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="identity-gated generation (+ identity-safe enhancement)",
                        description="Exit code 0: the gate passed; 3: it did not (the best attempt is kept); 2: bad input.")
     p.add_argument("--base-model", required=True, help="diffusers folder or single-file .safetensors")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="the base model's family (default: the one the first --lora was trained on, else sd15)")
     p.add_argument("--lora", action="append", help="a Persona / kohya LoRA .safetensors (again for each further "
                                                    "subject's LoRA: applied together)")
     p.add_argument("--lora-strength", type=float, action="append",

@@ -1,6 +1,6 @@
-"""The headless generator: a diffusers pipeline from any base model Persona trains on,
-with Persona (kohya-format) LoRAs at adjustable strengths: one subject's, or several
-subjects' at once (one adapter each, applied together)."""
+"""The headless generator: a diffusers pipeline from any base model Persona trains on (the
+family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image), with Persona LoRAs at adjustable
+strengths: one subject's, or several subjects' at once (one adapter each, applied together)."""
 from __future__ import annotations
 
 import logging
@@ -16,27 +16,28 @@ ADAPTER = "persona"
 
 class DiffusersGenerator:
     def __init__(self, base_model: str | Path, lora: str | Path | list[str | Path] | None = None,
-                 family: str = "sd15", device: str | None = None):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
+                 family: str | None = None, device: str | None = None):
+        """``family`` None: the family the first LoRA was trained on (its metadata), else SD1.x."""
+        from ..models.families import get_family
         from ..models.loading import load_components
 
+        loras = [Path(p) for p in (lora if isinstance(lora, (list, tuple)) else [lora] if lora else [])]
+        for path in loras:
+            if not path.is_file():
+                raise FileNotFoundError(f"lora: '{path}' does not exist")
+        family = family or (lora_family(loras[0]) if loras else None) or "sd15"
+        fam = get_family(family)
         comps = load_components(family, base_model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.pipe = StableDiffusionPipeline(
-            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.denoiser,
-            scheduler=DPMSolverMultistepScheduler.from_config(comps.scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False).to(self.device, dtype)
+        dtype = getattr(torch, fam.generation_dtype) if self.device.type == "cuda" else torch.float32
+        self.pipe = fam.generation_pipeline(comps).to(self.device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
+        self.family = family
         self.random_weights = comps.random_weights
         self.model = {"name": Path(comps.source).name, "hash": comps.model_hash,
                       "random_weights": comps.random_weights}
-        loras = [Path(p) for p in (lora if isinstance(lora, (list, tuple)) else [lora] if lora else [])]
         self.adapters: list[str] = []
         for i, path in enumerate(loras):
-            if not path.is_file():
-                raise FileNotFoundError(f"lora: '{path}' does not exist")
             name = ADAPTER if i == 0 else f"{ADAPTER}_{i + 1}"
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             self.adapters.append(name)
@@ -64,10 +65,10 @@ class DiffusersGenerator:
                 cfg: float = 6.0, seed: int = 0):
         """A ``regenerate(crop) -> crop`` for face refine: img2img at low strength with the
         same model, LoRA and prompt."""
-        from diffusers import StableDiffusionImg2ImgPipeline
+        from diffusers import AutoPipelineForImage2Image
         from PIL import Image
 
-        img2img = StableDiffusionImg2ImgPipeline(**self.pipe.components)
+        img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
         img2img.set_progress_bar_config(disable=True)
 
         def regenerate(crop: np.ndarray) -> np.ndarray:
@@ -78,3 +79,17 @@ class DiffusersGenerator:
             return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
 
         return regenerate
+
+
+def lora_family(path: str | Path) -> str | None:
+    """The family a Persona LoRA was trained on, from its metadata (None: not recorded)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta.get("persona.config", "{}")).get("family")
+    except (ValueError, OSError):
+        return None

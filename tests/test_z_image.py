@@ -276,3 +276,34 @@ def test_a_training_adapter_for_another_model_is_refused_by_name(tiny_z_image, t
     with pytest.raises(ConfigError, match="training_adapter: 'adapter.pt' is not a .safetensors file"):
         tiny_config(tiny_z_image, face_dataset, tmp_path / "run2", family="z_image",
                     training_adapter=str(tmp_path / "adapter.pt")).check_paths()
+
+
+def test_persona_generate_and_the_identity_gate_sample_z_image(z_image_run, tiny_z_image, tmp_path, astronaut,
+                                                              capsys):
+    """``persona generate`` with a Z-Image LoRA: the family read from the LoRA, Z-Image's own
+    pipeline with the LoRA loaded, the gate scoring each attempt (a random-weight model draws
+    no face, so the gate reports it and keeps the best attempt)."""
+    import json
+
+    from PIL import Image
+
+    from comfyui_persona.app.cli import main
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+
+    _cfg, result, _ = z_image_run
+    generator = DiffusersGenerator(tiny_z_image, result.lora_path)
+    assert generator.family == "z_image" and type(generator.pipe).__name__ == "ZImagePipeline"
+    params = {"prompt": "a photo of sks person", "seed": 1, "steps": 2, "cfg": 0.0, "width": 64, "height": 64}
+    with_lora = generator(params)
+    assert with_lora.shape == (64, 64, 3)
+    assert abs(generator({**params, "lora_strength": 0.0}).astype(int) - with_lora).max() > 0  # the LoRA acts
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(astronaut).save(refs / "a.png")
+    code = main(["generate", "--base-model", str(tiny_z_image), "--lora", str(result.lora_path), "--reference",
+                 str(refs), "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2", "--cfg", "0",
+                 "--size", "64", "--out", str(tmp_path / "out")])
+    assert code == 3, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "generate.json").read_text())
+    assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
+    assert Image.open(tmp_path / "out" / "best.png").size == (64, 64)

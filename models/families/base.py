@@ -160,9 +160,16 @@ class Family:
         return (comps.vae.config.latent_channels, resolution // factor, resolution // factor)
 
     # --- sampling ------------------------------------------------------------------------------
+    generation_dtype = "float16"  # the half precision the generator samples in on a GPU
+
     def pipeline(self, comps):
         """A diffusers sampling pipeline over the components being trained."""
         raise NotImplementedError
+
+    def generation_pipeline(self, comps):
+        """The pipeline ``persona generate`` and the identity gate sample with (the family's
+        own; a family may choose a faster scheduler for it)."""
+        return self.pipeline(comps)
 
     def sample(self, pipe, comps, prompt: str, resolution: int, steps: int, generator, output_type: str = "pil",
                cond: dict[str, torch.Tensor] | None = None, guidance: float | None = None):

@@ -122,6 +122,13 @@ class SD15(Family):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def generation_pipeline(self, comps):
+        """DPM-Solver++ for generation (good images in 20-30 steps)."""
+        diffusers = require("diffusers", "Sampling")
+        pipe = self.pipeline(comps)
+        pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(comps.scheduler.config)
+        return pipe
+
     # --- LoRA files -----------------------------------------------------------------------
     def kohya_tensors(self, denoiser_state, te_states, alpha, model, rank=None):
         tensors = peft_to_kohya(denoiser_state, "lora_unet", alpha, rename=self.kohya_module_name(model))

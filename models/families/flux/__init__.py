@@ -214,6 +214,8 @@ class Flux(Family):
         return [*inner.transformer_blocks, *inner.single_transformer_blocks]
 
     # --- sampling -------------------------------------------------------------------------
+    generation_dtype = "bfloat16"
+
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
         pipe = diffusers.FluxPipeline(

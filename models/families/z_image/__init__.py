@@ -190,6 +190,8 @@ class ZImage(Family):
         return [*inner.noise_refiner, *inner.context_refiner, *inner.layers]
 
     # --- sampling -------------------------------------------------------------------------
+    generation_dtype = "bfloat16"
+
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
         pipe = diffusers.ZImagePipeline(
