@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from comfy_server import host_env
 
-COMFY_SDXL_CHECK = r"""
+# every script starts in the host's Python with its own command line set aside, and ends by
+# loading the LoRA through ComfyUI's loader with its key map, reporting what it did not load
+_START = r"""
 import json, sys, logging
 args = sys.argv[1:]
 sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own command line on import
@@ -19,9 +21,19 @@ sys.path.insert(0, args[0])
 from safetensors.torch import load_file
 import comfy.options
 comfy.options.enable_args_parsing()
-import comfy.model_detection, comfy.supported_models, comfy.lora, comfy.utils
+import comfy.model_detection, comfy.supported_models, comfy.lora, comfy.utils, comfy.ops
+"""
+_REPORT = r"""
+missing = []
+handler = logging.Handler()
+handler.emit = lambda record: missing.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+patches = comfy.lora.load_lora(load_file(args[2]), key_map)
+print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
+"""
+
+COMFY_SDXL_CHECK = _START + r"""
 ldm = load_file(args[1])
-lora = load_file(args[2])
 unet_config = comfy.model_detection.detect_unet_config(ldm, "model.diffusion_model.")
 model_config = comfy.supported_models.SDXL(unet_config)
 model = model_config.get_model(ldm, "model.diffusion_model.")
@@ -32,36 +44,29 @@ class Clip:
     def state_dict(self): return dict.fromkeys(self.keys)
 te_keys = [("clip_l.transformer." if k.startswith("te1:") else "clip_g.transformer.") + k[4:] for k in json.loads(args[3])]
 key_map = comfy.lora.model_lora_keys_clip(Clip(te_keys), key_map)
-missing = []
-handler = logging.Handler()
-handler.emit = lambda record: missing.append(record.getMessage())
-logging.getLogger().addHandler(handler)
-patches = comfy.lora.load_lora(lora, key_map)
-print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
-"""
+""" + _REPORT
 
-
-COMFY_FLUX_CHECK = r"""
-import json, sys, logging
-args = sys.argv[1:]
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, args[0])
-from safetensors.torch import load_file
-import comfy.options
-comfy.options.enable_args_parsing()
-import comfy.model_detection, comfy.supported_models, comfy.lora
+COMFY_FLUX_CHECK = _START + r"""
 sd = load_file(args[1])
 unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
 unet_config.update(json.loads(args[3]))  # detection assumes FLUX.1's 24 heads and rope axes
 model = comfy.supported_models.Flux(unet_config).get_model(sd, "model.diffusion_model.")
 key_map = comfy.lora.model_lora_keys_unet(model, {})
-missing = []
-handler = logging.Handler()
-handler.emit = lambda record: missing.append(record.getMessage())
-logging.getLogger().addHandler(handler)
-patches = comfy.lora.load_lora(load_file(args[2]), key_map)
-print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
-"""
+""" + _REPORT
+
+COMFY_Z_IMAGE_CHECK = _START + r"""
+sd = load_file(args[1])
+extra = json.loads(args[3])
+unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
+unet_config.update(extra["config"])  # detection knows Z-Image by its published width only
+model = comfy.supported_models.ZImage(unet_config).get_model(sd, "model.diffusion_model.")
+hidden, out = extra["timestep_embedder"]
+model.diffusion_model.t_embedder = type(model.diffusion_model.t_embedder)(
+    hidden, output_size=out, operations=comfy.ops.disable_weight_init)
+own = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
+model.diffusion_model.load_state_dict(own, strict=True)  # our original layout is ComfyUI's, key for key
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+""" + _REPORT
 
 
 def assert_every_key_maps(comfy, script: str, model_file: Path, lora: Path, extra: object) -> None:

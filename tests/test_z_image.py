@@ -11,39 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfy_lora_checks import assert_every_key_maps
+from comfy_lora_checks import COMFY_Z_IMAGE_CHECK, assert_every_key_maps
 from trainer_helpers import tiny_config
 from comfyui_persona.trainers.loop import Callbacks, train
 from comfyui_persona.trainers.outputs.export import read_lora_metadata
-
-COMFY_Z_IMAGE_CHECK = r"""
-import json, sys, logging
-args = sys.argv[1:]
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, args[0])
-from safetensors.torch import load_file
-import comfy.options
-comfy.options.enable_args_parsing()
-import comfy.model_detection, comfy.supported_models, comfy.lora, comfy.ops
-sd = load_file(args[1])
-extra = json.loads(args[3])
-unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
-unet_config.update(extra["config"])  # detection knows Z-Image by its published width only
-model = comfy.supported_models.ZImage(unet_config).get_model(sd, "model.diffusion_model.")
-hidden, out = extra["timestep_embedder"]
-model.diffusion_model.t_embedder = type(model.diffusion_model.t_embedder)(
-    hidden, output_size=out, operations=comfy.ops.disable_weight_init)
-own = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
-model.diffusion_model.load_state_dict(own, strict=True)  # our original layout is ComfyUI's, key for key
-key_map = comfy.lora.model_lora_keys_unet(model, {})
-missing = []
-handler = logging.Handler()
-handler.emit = lambda record: missing.append(record.getMessage())
-logging.getLogger().addHandler(handler)
-patches = comfy.lora.load_lora(load_file(args[2]), key_map)
-print(json.dumps({"patched": len(patches), "not_loaded": [m for m in missing if "not loaded" in m]}))
-"""
-
 
 def comfyui_shape(config) -> dict:
     """What ComfyUI's code fixes at Z-Image's published size, at the test size."""

@@ -65,3 +65,17 @@ def load_vae(config: Path, file: str | Path):
         model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(config))
     model.load_state_dict(tensors, strict=True, assign=True)
     return model
+
+
+def build_on_meta(cls, config: dict, tensors: dict, path, what: str):
+    """``cls(**config)`` built on the meta device and given ``tensors`` (no copy); a file
+    whose weights do not fit is refused with what is missing or left over."""
+    import torch
+
+    with torch.device("meta"):
+        model = cls(**config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"base_model: '{path}' does not fit the {what}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    return model

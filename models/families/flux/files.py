@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import load_text_model, load_vae
+from ..separate_files import build_on_meta, load_text_model, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,7 @@ def load_transformer_file(path: Path, config: Path):
                                              if k.startswith("single_transformer_blocks.")),
                    guidance_embeds=any("guidance_embedder" in k for k in tensors))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    import torch
-
-    with torch.device("meta"):
-        model = diffusers.FluxTransformer2DModel(**cfg)
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"base_model: '{path}' does not fit the FLUX transformer: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
-    return model
+    return build_on_meta(diffusers.FluxTransformer2DModel, cfg, tensors, path, "FLUX transformer")
 
 
 def _shape_from_bfl(tensors) -> dict:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import load_text_model, load_vae
+from ..separate_files import build_on_meta, load_text_model, load_vae
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -36,8 +36,6 @@ def shape_from_weights(tensors) -> dict:
 def load_transformer_file(path: Path, config: Path):
     """The Z-Image transformer from one .safetensors file in the original or diffusers layout."""
     diffusers = require("diffusers", "Training Z-Image")
-    import torch
-
     from ...file_weights import read_weights
     from .keys import original_to_diffusers, strip_prefix
 
@@ -52,10 +50,4 @@ def load_transformer_file(path: Path, config: Path):
     if cfg["dim"] // cfg["n_heads"] != sum(cfg["axes_dims"]):
         raise ValueError(f"base_model: '{path}': heads of {cfg['dim'] // cfg['n_heads']} channels do not fit "
                          f"Z-Image's rotary axes {cfg['axes_dims']}")
-    with torch.device("meta"):
-        model = diffusers.ZImageTransformer2DModel(**cfg)
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"base_model: '{path}' does not fit the Z-Image transformer: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
-    return model
+    return build_on_meta(diffusers.ZImageTransformer2DModel, cfg, tensors, path, "Z-Image transformer")
