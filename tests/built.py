@@ -81,12 +81,16 @@ def model_dir(name: str):
 @contextlib.contextmanager
 def large_memory():
     """Held while a worker holds the full-size SD1.5 model (or two) in its own memory: the
-    other worker's large builds and large tests wait, so the two never need it at once."""
+    other worker's large builds and large tests wait, so the two never need it at once; on
+    taking it, every running test server unloads the models it kept from its last prompt."""
     from filelock import FileLock
+
+    from comfy_server import free_all_servers
 
     locks = CACHE / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / "large-build.lock")):
+        free_all_servers()  # the other worker's server may still hold the last large model it ran
         yield
 
 

@@ -19,6 +19,27 @@ from hosts import ALL_HOSTS, CACHE, NEWEST, REPO, HostUnavailable, selected_host
 ARTIFACTS = Path(os.environ.get("PERSONA_TEST_ARTIFACTS", REPO / "test-artifacts"))
 PACK_FOLDER = "comfyui-persona"
 HOSTS = selected_hosts()
+LIVE = CACHE / "locks" / "servers"  # the URL of every test server running now, any worker's
+
+
+def free_all_servers(wait: float = 3.0) -> None:
+    """Ask every running test server (both workers') to unload its models and clear its node
+    cache (ComfyUI's ``POST /free``, done between prompts, never during one): what a large test
+    is about to load then fits beside them. Servers that are gone are forgotten."""
+    asked = 0
+    for file in sorted(LIVE.glob("*.url")) if LIVE.is_dir() else []:
+        request = urllib.request.Request(file.read_text().strip() + "/free", method="POST",
+                                         data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+            asked += 1
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            file.unlink(missing_ok=True)
+    if asked:
+        time.sleep(wait)  # each server's prompt worker wakes, unloads and collects
+
+
 __all__ = ["ARTIFACTS", "CACHE", "HOSTS", "NEWEST", "REPO", "ComfyServer", "HostUnavailable", "host_env", "host_source",
            "free_port"]
 
@@ -106,6 +127,8 @@ class ComfyServer:
                                    + self.log()[-4000:])
             try:
                 self.get("/system_stats", timeout=2)
+                LIVE.mkdir(parents=True, exist_ok=True)
+                (LIVE / f"{self.port}.url").write_text(self.url)  # found by free_all_servers()
                 return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.5)
@@ -113,6 +136,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s; log: {self.log_path}")
 
     def stop(self) -> None:
+        (LIVE / f"{self.port}.url").unlink(missing_ok=True)
         children = self.children()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -38,7 +39,8 @@ def info(comfy):
 
 def _predates(info, name) -> list[str]:
     """What a workflow uses that this ComfyUI lacks: node types, and the choices of ComfyUI's own
-    nodes (a text encoder type, a sampler) other than model files, which no host has."""
+    nodes (a text encoder type, a sampler) other than files (models, input images), which the
+    user supplies."""
     lacking = []
     for entry in _api(name).values():
         kind = entry["class_type"]
@@ -50,7 +52,7 @@ def _predates(info, name) -> list[str]:
         spec = {**info[kind]["input"]["required"], **info[kind]["input"].get("optional", {})}
         lacking += [f"{kind}.{k} '{v}'" for k, v in entry["inputs"].items()
                     if k in spec and isinstance(spec[k][0], list) and isinstance(v, str) and v not in spec[k][0]
-                    and not v.endswith(".safetensors")]
+                    and not Path(v).suffix]
     return lacking
 
 
