@@ -316,7 +316,6 @@ def _dreambench(args: argparse.Namespace) -> int:
     """The DreamBench protocol for one subject: its 25 prompts x seeds, then DINO, CLIP-I, CLIP-T."""
     import json
 
-    import numpy as np
     from PIL import Image
 
     from ..faces.photos import load_folder
@@ -441,7 +440,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 rows.append((r["file"], r["status"], "-", "-", r["reason"][:60]))
                 continue
             wm, cred, rec = r["watermark"], r["credentials"], r["record"]
-            payload = wm.get("payload") or {}
             rows.append((r["file"], r["status"], _watermark_cell(wm),
                          ("valid" + ("" if cred.get("trusted") else " (signer not on the C2PA trust list)")
                           if cred.get("valid") else f"INVALID: {', '.join(cred.get('errors') or [cred.get('state', '')])}")
