@@ -278,3 +278,25 @@ def test_persona_generate_and_the_identity_gate_sample_z_image(z_image_run, tiny
     report = json.loads((tmp_path / "out" / "generate.json").read_text())
     assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
     assert Image.open(tmp_path / "out" / "best.png").size == (64, 64)
+
+
+def test_z_image_trains_with_the_switches_its_plans_choose(tiny_z_image, face_dataset, tmp_path):
+    """What the published-size plans set for Z-Image, at test size: streamed and checkpointed
+    blocks train exactly as without them (same losses), and an fp8 base with selective
+    checkpointing trains with fp8 frozen weights."""
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
+
+    def run(name, **fields):
+        events = {}
+        cfg = tiny_config(tiny_z_image, face_dataset, tmp_path / name, family="z_image", steps=2, llm_max_length=64,
+                          **fields)
+        return train(cfg, Callbacks(on_start=lambda info: events.update(info))), events
+
+    plain, _ = run("plain")
+    streamed, _ = run("streamed", stream_blocks=4, gradient_checkpointing=True)
+    assert [r["loss"] for r in streamed.records] == pytest.approx([r["loss"] for r in plain.records], abs=1e-6)
+    fp8, events = run("fp8", quantize_base="fp8", mixed_precision="bf16", gradient_checkpointing=True,
+                      checkpoint_blocks=3)
+    bases = [m.base_layer for m in events["denoiser"].modules() if hasattr(m, "base_layer")]
+    assert bases and all(isinstance(b, Fp8Linear) and b.weight.dtype == torch.float8_e4m3fn for b in bases)
+    assert fp8.steps_done == 2 and all(math.isfinite(r["loss"]) for r in fp8.records)
