@@ -325,13 +325,13 @@ def _dreambench(args: argparse.Namespace) -> int:
         print("error: --protocol dreambench needs --base-model, --lora and --reference", file=sys.stderr)
         return 2
     try:
-        from ..generation.diffusers_backend import DiffusersGenerator
+        from ..generation.diffusers_backend import DiffusersGenerator, lora_family
         from ..trainers.outputs.export import read_lora_metadata
 
         meta = read_lora_metadata(args.lora)
         token = args.token or meta.get("persona.token") or "sks"
         class_noun = args.class_noun or meta.get("persona.class") or "person"
-        family = json.loads(meta.get("persona.config", "{}")).get("family", "sd15")
+        family = lora_family(args.lora) or "sd15"
         pairs = dreambench.prompts(token, class_noun, args.prompt_set)[:args.limit or None]
         references, ref_errors = _reference_photos(args.reference, "auto", load_folder)[:2]
         if not references:

@@ -159,26 +159,43 @@ def write_qwen_tokenizer(folder: str | Path, source: str | Path | None = None) -
     return folder
 
 
-def find_qwen_tokenizer() -> Path:
-    """Qwen's tokenizer files: $PERSONA_QWEN_TOKENIZER, then the copy inside a ComfyUI install
-    (``comfy/text_encoders/qwen25_tokenizer``, used for Qwen2.5 and Qwen3 alike), then the
-    weights folder."""
+def find_tokenizer_folder(label: str, env: str, comfy_folders: list[str], weights_name: str,
+                          has_files, hint: str) -> Path:
+    """A tokenizer's folder: ``$env``, then the copy inside the ComfyUI install Persona runs in
+    (``comfy_folders``, relative to its root), then the weights folder's ``weights_name``; the
+    first where ``has_files(folder)``, else an error naming every place looked and ``hint``."""
     import os
 
     from ..core.host import comfy_base_dir
     from ..core.paths import weights_dir
 
-    candidates = []
-    if os.environ.get("PERSONA_QWEN_TOKENIZER"):
-        candidates.append(Path(os.environ["PERSONA_QWEN_TOKENIZER"]))
+    candidates = [Path(os.environ[env])] if os.environ.get(env) else []
     root = comfy_base_dir()
     if root is not None:
-        candidates.append(root / "comfy" / "text_encoders" / "qwen25_tokenizer")
-    candidates.append(weights_dir() / "qwen_tokenizer")
+        candidates += [root / sub for sub in comfy_folders]
+    candidates.append(weights_dir() / weights_name)
     for c in candidates:
-        if (c / "vocab.json").is_file() and (c / "merges.txt").is_file():
+        if has_files(c):
             return c
-    raise FileNotFoundError(
-        "qwen tokenizer: not found; looked in " + ", ".join(str(c) for c in candidates)
-        + ". Set PERSONA_QWEN_TOKENIZER to a folder holding Qwen's vocab.json and merges.txt (ComfyUI ships "
-          "them in comfy/text_encoders/qwen25_tokenizer; a diffusers Z-Image folder has them in tokenizer/)")
+    raise FileNotFoundError(f"{label}: not found; looked in " + ", ".join(str(c) for c in candidates) + f". {hint}")
+
+
+def find_qwen_tokenizer() -> Path:
+    """Qwen's tokenizer files: $PERSONA_QWEN_TOKENIZER, then the copy inside a ComfyUI install
+    (``comfy/text_encoders/qwen25_tokenizer``, used for Qwen2.5 and Qwen3 alike), then the
+    weights folder."""
+    return find_tokenizer_folder(
+        "qwen tokenizer", "PERSONA_QWEN_TOKENIZER", ["comfy/text_encoders/qwen25_tokenizer"], "qwen_tokenizer",
+        lambda c: (c / "vocab.json").is_file() and (c / "merges.txt").is_file(),
+        "Set PERSONA_QWEN_TOKENIZER to a folder holding Qwen's vocab.json and merges.txt (ComfyUI ships them in "
+        "comfy/text_encoders/qwen25_tokenizer; a diffusers Z-Image folder has them in tokenizer/)")
+
+
+def find_t5_tokenizer() -> Path:
+    """T5's tokenizer files: $PERSONA_T5_TOKENIZER, then the copy inside a ComfyUI install
+    (comfy/text_encoders/t5_tokenizer), then the weights folders."""
+    return find_tokenizer_folder(
+        "t5 tokenizer", "PERSONA_T5_TOKENIZER", ["comfy/text_encoders/t5_tokenizer", "comfy/t5_tokenizer"],
+        "t5_tokenizer", lambda c: (c / "tokenizer.json").is_file() or (c / "spiece.model").is_file(),
+        "Set PERSONA_T5_TOKENIZER to a folder holding T5's tokenizer.json (any FLUX diffusers folder's "
+        "tokenizer_2/ has one; ComfyUI ships one in comfy/text_encoders/t5_tokenizer)")

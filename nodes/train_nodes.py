@@ -28,7 +28,8 @@ NONE = "(none)"
 # VAE, a training adapter): TrainConfig field -> ComfyUI folder
 SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae", "llm": "text_encoders",
             "training_adapter": "loras"}
-LAST = ("llm", "training_adapter")  # added after workflows were saved: listed last, so saved widget values keep their places
+# added after workflows were saved: listed last, so saved widget values keep their places
+LAST = ("llm", "training_adapter")
 
 
 def _file_choice(name: str, folder: str):

@@ -79,3 +79,12 @@ def build_on_meta(cls, config: dict, tensors: dict, path, what: str):
         raise ValueError(f"base_model: '{path}' does not fit the {what}: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
     return model
+
+
+def strip_prefix(tensors: dict) -> dict:
+    """A denoiser file's tensors without the prefix every key shares (``model.diffusion_model.``
+    in checkpoints and ComfyUI's files, ``diffusion_model.``, ``transformer.``)."""
+    for prefix in ("model.diffusion_model.", "diffusion_model.", "transformer."):
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            return {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors

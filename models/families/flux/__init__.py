@@ -83,8 +83,7 @@ class Flux(Family):
         """T5's own tokenizer files in ``folder`` (copied once from where ComfyUI or the user keeps them)."""
         if (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file():
             return
-        from ...tokenizers import write_t5_tokenizer
-        from .files import find_t5_tokenizer
+        from ...tokenizers import find_t5_tokenizer, write_t5_tokenizer
 
         write_t5_tokenizer(folder, find_t5_tokenizer())
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, load_vae
+from ..separate_files import build_on_meta, load_text_model, load_vae, strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +29,11 @@ def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
     return transformer, clip, t5_model, load_vae(config / "vae", vae)
 
 
-def find_t5_tokenizer() -> Path:
-    """T5's tokenizer files: $PERSONA_T5_TOKENIZER, then the copy inside a ComfyUI install
-    (comfy/text_encoders/t5_tokenizer), then the weights folders."""
-    import os
-
-    from ....core.host import comfy_base_dir
-    from ....core.paths import weights_dir
-
-    candidates = []
-    if os.environ.get("PERSONA_T5_TOKENIZER"):
-        candidates.append(Path(os.environ["PERSONA_T5_TOKENIZER"]))
-    root = comfy_base_dir()
-    if root is not None:
-        candidates += [root / "comfy" / "text_encoders" / "t5_tokenizer", root / "comfy" / "t5_tokenizer"]
-    candidates.append(weights_dir() / "t5_tokenizer")
-    for c in candidates:
-        if (c / "tokenizer.json").is_file() or (c / "spiece.model").is_file():
-            return c
-    raise FileNotFoundError(
-        "t5 tokenizer: not found; looked in " + ", ".join(str(c) for c in candidates)
-        + ". Set PERSONA_T5_TOKENIZER to a folder holding T5's tokenizer.json (any FLUX diffusers folder's "
-          "tokenizer_2/ has one; ComfyUI ships one in comfy/text_encoders/t5_tokenizer)")
-
-
 def load_transformer_file(path: Path, config: Path):
     """The FLUX transformer from one .safetensors file in BFL or diffusers layout."""
     diffusers = require("diffusers", "Training FLUX")
     from ...file_weights import read_weights
-    from .keys import bfl_to_diffusers, strip_prefix
+    from .keys import bfl_to_diffusers
 
     tensors = strip_prefix(read_weights(path))
     cfg = json.loads((config / "config.json").read_text())

@@ -59,12 +59,6 @@ def _swap(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-def strip_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("model.diffusion_model.", "diffusion_model.", "transformer."):
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            return {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
-
 
 def diffusers_to_bfl(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     out = {}

@@ -217,8 +217,7 @@ class ZImage(Family):
                 cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
             negative = None
             if guidance > 0:
-                negative = self.captions({k: v for k, v in self.encode(comps, [""], pipe.device).items()},
-                                         dtype)
+                negative = self.captions(self.encode(comps, [""], pipe.device), dtype)
         positive = self.captions({k: v[None] for k, v in cond.items()}, dtype)
         return pipe(prompt_embeds=[p.to(device) for p in positive],
                     negative_prompt_embeds=[n.to(device) for n in negative] if negative else None,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, load_vae
+from ..separate_files import build_on_meta, load_text_model, load_vae, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -37,7 +37,7 @@ def load_transformer_file(path: Path, config: Path):
     """The Z-Image transformer from one .safetensors file in the original or diffusers layout."""
     diffusers = require("diffusers", "Training Z-Image")
     from ...file_weights import read_weights
-    from .keys import original_to_diffusers, strip_prefix
+    from .keys import original_to_diffusers
 
     tensors = strip_prefix(read_weights(path))
     if any(".attention.qkv." in k for k in tensors):

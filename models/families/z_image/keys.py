@@ -79,12 +79,6 @@ def original_to_diffusers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def strip_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("model.diffusion_model.", "diffusion_model.", "transformer."):
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            return {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
-
 
 def comfyui_lora(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
     """LoRA tensors ComfyUI loads for Z-Image: ``diffusion_model.<diffusers module>`` with
