@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .payload import Payload
 from .record import METADATA_KEY
-from .watermark import bit_agreement, detect
+from .watermark import METHOD, bit_agreement, detect
 
 
 def read_record(image: Image.Image) -> dict | None:
@@ -43,9 +43,11 @@ def verify(path: str | Path) -> dict:
             return {"file": str(path), "status": "invalid", "reason": f"the image does not decode ({exc})",
                     "watermark": {"found": False}, "credentials": credentials, "record": None}
         return {"file": str(path), "status": "unreadable", "reason": str(exc)}
-    reading = detect(pixels)
+    made = (record or {}).get("watermark") or {}
+    # an image whose record says it was marked by RivaGAN carries no older DWT-DCT mark
+    reading = detect(pixels, legacy=made.get("method") != METHOD)
     watermark = reading.to_json()
-    if record and (record.get("watermark") or {}).get("embedded"):
+    if record and made.get("embedded"):
         expected = Payload((record.get("lora") or {}).get("sha256", ""), int(record.get("seed") or 0))
         watermark["bit_agreement"] = round(bit_agreement(reading, expected), 4)
         if not reading.found and record["watermark"].get("holds") is False:  # known when it was made

@@ -169,8 +169,10 @@ def _legacy_bits(image: np.ndarray) -> list[int]:
     return [int(b) for b in decoder.decode(np.ascontiguousarray(image[:, :, ::-1]), "dwtDct")]
 
 
-def detect(image: np.ndarray) -> Reading:
-    """Persona's watermark in ``image``: RivaGAN's, else an older DWT-DCT one."""
+def detect(image: np.ndarray, legacy: bool = True) -> Reading:
+    """Persona's watermark in ``image``: RivaGAN's, else (with ``legacy``) an older DWT-DCT one.
+    ``legacy=False`` where the image is known to be newer (its record names RivaGAN): a chance
+    match of the legacy mark's 8-bit pack id (1 in 256) cannot then read as found."""
     h, w = image.shape[:2]
     if rivagan.too_small(h, w):
         return Reading(False, None, PACK_ID_BITS, METHOD, too_small_reason(image), too_small=True)
@@ -178,7 +180,7 @@ def detect(image: np.ndarray) -> Reading:
     payload, errors = Payload.from_bits(bits)
     if errors <= MAX_PACK_ID_ERRORS:
         return Reading(True, payload, errors, METHOD, bits=bits)
-    if h * w >= LEGACY_MIN_PIXELS:
+    if legacy and h * w >= LEGACY_MIN_PIXELS:
         old = _legacy_bits(image)
         legacy_payload, legacy_errors = Payload.from_legacy_bits(old)
         if legacy_errors == 0:
