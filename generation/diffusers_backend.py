@@ -1,5 +1,5 @@
 """The headless generator: a diffusers pipeline from any base model Persona trains on (the
-family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image), with Persona LoRAs at adjustable
+family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image, FLUX.2 klein), with Persona LoRAs at adjustable
 strengths: one subject's, or several subjects' at once (one adapter each, applied together)."""
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class DiffusersGenerator:
         dtype = getattr(torch, fam.generation_dtype) if self.device.type == "cuda" else torch.float32
         self.pipe = fam.generation_pipeline(comps).to(self.device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
-        self.family = family
+        self.family, self.fam = family, fam
         self.random_weights = comps.random_weights
         self.model = {"name": Path(comps.source).name, "hash": comps.model_hash,
                       "random_weights": comps.random_weights}
@@ -55,10 +55,8 @@ class DiffusersGenerator:
                 raise ValueError(f"lora_strengths: {len(strengths)} values for {len(self.adapters)} LoRAs")
             self.pipe.set_adapters(self.adapters, adapter_weights=[float(v) for v in strengths])
         gen = torch.Generator("cpu").manual_seed(int(params["seed"]))
-        out = self.pipe(params["prompt"], negative_prompt=params.get("negative") or None,
-                        height=int(params["height"]), width=int(params["width"]),
-                        num_inference_steps=int(params["steps"]), guidance_scale=float(params["cfg"]),
-                        generator=gen, output_type="np").images[0]
+        out = self.fam.generate(self.pipe, params["prompt"], params.get("negative") or "", int(params["height"]),
+                                int(params["width"]), int(params["steps"]), float(params["cfg"]), gen)
         return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
 
     def refiner(self, prompt: str, negative: str = "", strength: float = 0.35, steps: int = 20,

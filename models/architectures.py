@@ -1,7 +1,7 @@
 """Architectures of every family at two sizes, built from config with random weights.
 
 ``tiny``: seconds-fast on a CPU, for tests and the demo. ``real``: the published sizes
-(SD1.5, SDXL base 1.0, FLUX.1-dev, Z-Image with Qwen3-4B), for the memory benchmark and the planner; built on the
+(SD1.5, SDXL base 1.0, FLUX.1-dev, Z-Image and FLUX.2 klein 4B with Qwen3-4B), for the memory benchmark and the planner; built on the
 ``meta`` device they cost no memory, which is how the planner simulates a training step.
 No model hub is contacted: every config is written out here.
 """
@@ -89,6 +89,21 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
         qwen3=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                    rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    ("flux2", "tiny"): dict(  # klein's shape: no guidance embedding, Qwen3 deep enough for hidden states 9/18/27
+        transformer=dict(patch_size=1, in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                         num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=256,
+                         mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), rope_theta=2000, guidance_embeds=False),
+        vae=dict(_VAE_TINY, latent_channels=32, use_quant_conv=True, use_post_quant_conv=True),
+        qwen3=dict(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=8, max_position_embeddings=2048, tie_word_embeddings=True)),
+    ("flux2", "real"): dict(  # FLUX.2 klein 4B with Qwen3-4B
+        transformer=dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=3 * 2560, timestep_guidance_channels=256,
+                         mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False),
+        vae=dict(_VAE_REAL, latent_channels=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True),
+        qwen3=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                   rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
 }
 
 
@@ -96,7 +111,7 @@ def architecture(family: str, size: str) -> dict:
     try:
         return ARCHITECTURES[(family, size)]
     except KeyError:
-        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux/z_image, sizes tiny/real)") from None
+        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux/z_image/flux2, sizes tiny/real)") from None
 
 
 def instantiate(family: str, size: str = "tiny", device="cpu", dtype=None, seed: int = 0,

@@ -29,7 +29,9 @@ class Components:
 
     @property
     def vae_scale(self) -> float:
-        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        """The VAE's latent scale; 1 for a VAE without one (FLUX.2's normalises its latents by
+        batch-norm statistics, which its family applies)."""
+        return float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
 
     @property
     def vae_shift(self) -> float:

@@ -54,6 +54,17 @@ model = comfy.supported_models.Flux(unet_config).get_model(sd, "model.diffusion_
 key_map = comfy.lora.model_lora_keys_unet(model, {})
 """ + _REPORT
 
+COMFY_FLUX2_CHECK = _START + r"""
+sd = load_file(args[1])
+unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
+assert unet_config["image_model"] == "flux2", unet_config
+unet_config.update(json.loads(args[3]))  # detection assumes FLUX.2's 128-channel heads and rope axes
+model = comfy.supported_models.Flux2(unet_config).get_model(sd, "model.diffusion_model.")
+own = model.model_config.process_unet_state_dict({k[len("model.diffusion_model."):]: v for k, v in sd.items()})
+model.diffusion_model.load_state_dict(own, strict=True)  # our BFL layout is what ComfyUI loads, key for key
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+""" + _REPORT
+
 COMFY_Z_IMAGE_CHECK = _START + r"""
 sd = load_file(args[1])
 extra = json.loads(args[3])

@@ -225,6 +225,17 @@ def tiny_z_image():
         return build_family_model(model_dir("tiny-z_image"), "z_image", "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_flux2():
+    """A FLUX.2 klein-shaped model (double and single blocks with shared modulation, no guidance
+    embedding, a Qwen3 text encoder deep enough for hidden states 9/18/27 with a byte-level
+    Qwen tokenizer, FLUX.2's 32-channel VAE with batch-norm statistics) with random weights."""
+    from comfyui_persona.models.build import build_family_model
+
+    with heavy_build("tiny-flux2"):
+        return build_family_model(model_dir("tiny-flux2"), "flux2", "tiny", seed=0)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that must share a worker are grouped and the groups ordered heaviest first
     (scheduling.py); ``gpu`` tests run only where torch sees a CUDA device

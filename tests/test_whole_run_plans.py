@@ -38,7 +38,7 @@ def test_the_headroom_is_the_context_and_the_allocators_reserve():
 
 
 @pytest.mark.parametrize("family, resolution, budget_gb", [("sd15", 512, 4), ("sdxl", 1024, 8), ("flux", 1024, 8),
-                                                         ("z_image", 1024, 6)])
+                                                         ("z_image", 1024, 6), ("flux2", 1024, 6)])
 def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family,
                                                                             resolution, budget_gb):
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))

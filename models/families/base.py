@@ -171,6 +171,14 @@ class Family:
         own; a family may choose a faster scheduler for it)."""
         return self.pipeline(comps)
 
+    def generate(self, pipe, prompt: str, negative: str, height: int, width: int, steps: int, cfg: float,
+                 generator, output_type: str = "np"):
+        """One image of ``prompt`` with the generation pipeline (``persona generate``, the
+        identity gate), ``negative`` its negative prompt ("" for none)."""
+        return pipe(prompt, negative_prompt=negative or None, height=height, width=width,
+                    num_inference_steps=steps, guidance_scale=cfg, generator=generator,
+                    output_type=output_type).images[0]
+
     def sample(self, pipe, comps, prompt: str, resolution: int, steps: int, generator, output_type: str = "pil",
                cond: dict[str, torch.Tensor] | None = None, guidance: float | None = None):
         """One image of ``prompt`` (families that drop their text encoders sample from ``cond``)."""

@@ -8,16 +8,18 @@ from pathlib import Path
 from ...core.deps import require
 
 
-def load_text_model(cls, config_cls, config: Path, file: str | Path):
+def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: dict | None = None):
     """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors,
     t5xxl_*.safetensors and qwen_3_4b.safetensors hold), prefix ``text_model.`` or ``model.``
-    optional (a causal LM's file: its ``lm_head`` is not read)."""
+    optional (a causal LM's file: its ``lm_head`` is not read); ``overrides`` change the
+    shipped config (another width of the same model)."""
     import torch
 
     from ..file_weights import read_weights
 
     tensors = read_weights(file)
     conf = config_cls.from_pretrained(config)
+    conf.update(overrides or {})
     with torch.device("meta"):
         model = cls(conf)
     own = model.state_dict().keys()

@@ -59,27 +59,26 @@ def _swap(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-
-def diffusers_to_bfl(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+def fuse(state: dict[str, torch.Tensor], linears, params) -> dict[str, torch.Tensor]:
+    """BFL tensors from diffusers ones, given a family's (BFL, [diffusers parts]) linear table
+    and (BFL, diffusers) parameter table: fused layers stacked by rows."""
     out = {}
-    for bfl, parts in linear_map(cfg):
+    for bfl, parts in linears:
         for kind in ("weight", "bias"):
             tensors = [state[f"{p}.{kind}"] for p in parts if f"{p}.{kind}" in state]
             if not tensors:
                 continue
             t = torch.cat(tensors, dim=0)
             out[f"{bfl}.{kind}"] = _swap(t) if bfl in SWAPPED else t
-    for bfl, hf in param_map(cfg):
+    for bfl, hf in params:
         out[bfl] = state[hf]
     return out
 
 
-def bfl_to_diffusers(tensors: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    """The reverse; row sizes of the fused parts follow from the config."""
-    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    mlp = int(inner * 4.0)
+def split(tensors: dict[str, torch.Tensor], linears, params, sizes) -> dict[str, torch.Tensor]:
+    """The reverse of :func:`fuse`; ``sizes(parts)`` gives a fused layer's row sizes."""
     out = {}
-    for bfl, parts in linear_map(cfg):
+    for bfl, parts in linears:
         for kind in ("weight", "bias"):
             key = f"{bfl}.{kind}"
             if key not in tensors:
@@ -89,25 +88,42 @@ def bfl_to_diffusers(tensors: dict[str, torch.Tensor], cfg) -> dict[str, torch.T
             if len(parts) == 1:
                 out[f"{parts[0]}.{kind}"] = t
                 continue
-            sizes = [inner] * 3 + ([mlp] if len(parts) == 4 else [])
-            for p, piece in zip(parts, torch.split(t, sizes, dim=0)):
+            for p, piece in zip(parts, torch.split(t, sizes(parts), dim=0)):
                 out[f"{p}.{kind}"] = piece.contiguous()
-    for bfl, hf in param_map(cfg):
+    for bfl, hf in params:
         if bfl in tensors:
             out[hf] = tensors[bfl]
     return out
 
 
+def diffusers_to_bfl(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    return fuse(state, linear_map(cfg), param_map(cfg))
+
+
+def bfl_to_diffusers(tensors: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """The reverse; row sizes of the fused parts follow from the config."""
+    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    mlp = int(inner * 4.0)
+    return split(tensors, linear_map(cfg), param_map(cfg), lambda parts: [inner] * 3 + ([mlp] if len(parts) == 4 else []))
+
+
 def kohya_flux_lora(lora: dict[str, tuple[torch.Tensor, torch.Tensor]], out_rows: dict[str, int], cfg,
                     alpha: float, rank: int) -> dict[str, torch.Tensor]:
-    """kohya FLUX LoRA tensors (``lora_unet_<bfl module>``) from per-diffusers-module (down, up).
+    """kohya FLUX LoRA tensors (``lora_unet_<bfl module>``) from per-diffusers-module (down, up)."""
+    return kohya_bfl_lora(lora, out_rows, linear_map(cfg), alpha, rank)
+
+
+def kohya_bfl_lora(lora: dict[str, tuple[torch.Tensor, torch.Tensor]], out_rows: dict[str, int], linears,
+                   alpha: float, rank: int) -> dict[str, torch.Tensor]:
+    """kohya LoRA tensors (``lora_unet_<bfl module>``) of a BFL-layout model (FLUX.1, FLUX.2)
+    from per-diffusers-module (down, up), given the family's linear table.
 
     A fused BFL layer gets the parts' downs stacked and their ups placed block-diagonally
     (zero rows for parts without a LoRA); its alpha grows with its rank so that
     alpha / rank, and hence every delta, is unchanged.
     """
     out = {}
-    for bfl, parts in linear_map(cfg):
+    for bfl, parts in linears:
         present = [p for p in parts if p in lora]
         if not present:
             continue

@@ -1,0 +1,289 @@
+"""FLUX.2 klein LoRA training on a tiny model of its shape (double and single blocks with
+shared modulation, a Qwen3 text encoder read at hidden states 9/18/27, FLUX.2's 32-channel
+VAE with batch-norm statistics), every training feature the family offers, and the exported
+files read by independent consumers: diffusers' FLUX.2 LoRA loader, and ComfyUI's own Flux2
+model and LoRA key map."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfy_lora_checks import COMFY_FLUX2_CHECK, assert_every_key_maps
+from trainer_helpers import tiny_config
+from comfyui_persona.trainers.loop import Callbacks, train
+from comfyui_persona.trainers.outputs.export import read_lora_metadata
+
+
+@pytest.fixture(scope="module")
+def flux2_run(tiny_flux2, face_dataset, tmp_path_factory):
+    """Every feature at once: prior preservation (class images sampled before the text encoder
+    leaves), the identity loss through FLUX.2's x0, the face-weighted loss, EMA, aspect
+    buckets, caption dropout, validation from cached embeddings."""
+    out = tmp_path_factory.mktemp("flux2") / "run"
+    cfg = tiny_config(tiny_flux2, face_dataset, out, family="flux2", steps=4, prior_preservation=True,
+                      num_class_images=2, class_images_steps=2, identity_loss_weight=0.5, identity_weights="random",
+                      identity_max_timestep=1000, masked_loss=True, background_weight=0.1, ema=True,
+                      ema_export="beside", caption_dropout=0.5, aspect_buckets=True, validate_every=4,
+                      validation_steps=2, validation_identity="off", llm_max_length=32,
+                      cache_dir=str(out.parent / "class_cache"))
+    events = {}
+    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
+    return cfg, result, events
+
+
+@pytest.mark.quick
+def test_flux2_lora_trains_with_every_feature(flux2_run):
+    cfg, result, events = flux2_run
+    assert result.steps_done == 4 and result.class_images_generated == 2
+    assert events["text_encoder"] is None  # every caption encoded once, then the encoder dropped
+    assert all(math.isfinite(r["loss"]) and "loss_prior" in r and "loss_identity" in r for r in result.records)
+    assert (result.run_dir / "samples" / "step-000004.png").is_file()  # sampled from cached embeddings
+    assert result.ema_path is not None and result.ema_path.is_file()
+    meta = read_lora_metadata(result.lora_path)
+    assert meta["ss_base_model_version"] == "flux2"
+    assert meta["modelspec.architecture"] == "flux-2-klein/lora"
+
+
+def _transformer_out(transformer, seed=0):
+    torch.manual_seed(seed)
+    x, text = torch.randn(1, 16, 128), torch.randn(1, 8, transformer.config.joint_attention_dim)
+    from comfyui_persona.models.families.flux2 import Flux2
+
+    img_ids, txt_ids = Flux2.ids(8, 8, 8, torch.device("cpu"))
+    with torch.no_grad():
+        return transformer(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
+                           img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+
+
+def test_flux2_lora_files_apply_the_trained_adapters_in_diffusers(flux2_run, tiny_flux2):
+    """The kohya file (``lora_unet_<BFL module>``, fused qkv) and the diffusers-format file,
+    each loaded by diffusers' FLUX.2 LoRA loader into a fresh pipeline, give the same
+    transformer, and it differs from the base."""
+    from diffusers import Flux2KleinPipeline
+
+    _cfg, result, _ = flux2_run
+    tensors = load_file(str(result.lora_path))
+    assert tensors and all(k.startswith("lora_unet_") for k in tensors)
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in tensors
+    assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in tensors
+    outs = []
+    for source in (result.lora_path, result.diffusers_lora_dir / "pytorch_lora_weights.safetensors", None):
+        pipe = Flux2KleinPipeline.from_pretrained(str(tiny_flux2))
+        if source is not None:
+            pipe.load_lora_weights(str(source))
+        outs.append(_transformer_out(pipe.transformer))
+    assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
+    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
+
+
+def comfyui_shape(config) -> dict:
+    """What ComfyUI's detection fixes at FLUX.2's published size, at the test size."""
+    return {"num_heads": config.num_attention_heads, "axes_dim": list(config.axes_dims_rope)}
+
+
+def test_flux2_lora_applies_fully_in_comfyui(flux2_run, tiny_flux2, comfy, tmp_path):
+    """ComfyUI's own Flux2 model takes our BFL-layout transformer key for key (strict), and
+    its LoRA loader maps every key of the exported file (none 'not loaded')."""
+    if not (comfy.root / "comfy" / "ldm" / "flux").is_dir() or \
+            "flux2" not in (comfy.root / "comfy" / "model_detection.py").read_text():
+        pytest.skip(f"{comfy.host}: this ComfyUI predates FLUX.2")
+    from diffusers import Flux2Transformer2DModel
+
+    from comfyui_persona.models.families.flux2.keys import diffusers_to_bfl
+
+    _cfg, result, _ = flux2_run
+    ref = Flux2Transformer2DModel.from_pretrained(tiny_flux2 / "transformer")
+    path = tmp_path / "flux2_bfl.safetensors"
+    save_file({f"model.diffusion_model.{k}": v.contiguous()
+               for k, v in diffusers_to_bfl(ref.state_dict(), dict(ref.config)).items()}, str(path))
+    assert_every_key_maps(comfy, COMFY_FLUX2_CHECK, path, result.lora_path, comfyui_shape(ref.config))
+
+
+@pytest.mark.quick
+def test_flux2_bfl_layout_round_trips(tiny_flux2):
+    from diffusers import Flux2Transformer2DModel
+
+    from comfyui_persona.models.families.flux2.keys import bfl_to_diffusers, diffusers_to_bfl
+
+    ref = Flux2Transformer2DModel.from_pretrained(tiny_flux2 / "transformer")
+    state = ref.state_dict()
+    bfl = diffusers_to_bfl(state, dict(ref.config))
+    assert "double_blocks.0.img_attn.qkv.weight" in bfl and "single_blocks.1.linear1.weight" in bfl
+    assert "double_stream_modulation_img.lin.weight" in bfl and "final_layer.adaLN_modulation.1.weight" in bfl
+    assert not any("to_q" in k or "x_embedder" in k for k in bfl)
+    back = bfl_to_diffusers(bfl, dict(ref.config))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def write_flux2_files(tiny_flux2, folder, fp8=False) -> dict:
+    """ComfyUI's files of the tiny model: the transformer in BFL's layout (fp32, or fp8 as
+    ComfyUI's fp8 files), Qwen3 as a causal LM's file (``model.`` names, ``lm_head``), the VAE
+    in the original layout with its batch-norm statistics."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    from comfyui_persona.models.families.flux2.keys import diffusers_to_bfl
+    from comfyui_persona.models.keys.ldm import vae_to_ldm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = Flux2Transformer2DModel.from_pretrained(tiny_flux2 / "transformer")
+    bfl = diffusers_to_bfl(ref.state_dict(), dict(ref.config))
+    if fp8:
+        bfl = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in bfl.items()}
+    files = {"base_model": folder / "flux2_tiny.safetensors", "llm": folder / "qwen_3_tiny.safetensors",
+             "vae": folder / "flux2-vae.safetensors"}
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in bfl.items()}, str(files["base_model"]))
+    te = load_file(str(tiny_flux2 / "text_encoder" / "model.safetensors"))
+    te = {f"model.{k}": v for k, v in te.items()}
+    te["lm_head.weight"] = te["model.embed_tokens.weight"].clone()
+    save_file(te, str(files["llm"]))
+    vae = AutoencoderKLFlux2.from_pretrained(tiny_flux2 / "vae")
+    vae.bn.running_mean.normal_()  # statistics that are not the defaults, so their reading shows
+    vae.bn.running_var.uniform_(0.5, 2.0)
+    state = vae.state_dict()
+    stats = {k: v for k, v in state.items() if k.startswith("bn.") and k != "bn.num_batches_tracked"}
+    ldm = vae_to_ldm({k: v for k, v in state.items() if not k.startswith("bn.")}, vae.config)
+    save_file({**{k.removeprefix("first_stage_model."): v for k, v in ldm.items()}, **stats}, str(files["vae"]))
+    return files, vae
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_flux2_loads_from_comfyui_separate_files(tiny_flux2, tmp_path, monkeypatch, fp8):
+    from diffusers import Flux2Transformer2DModel
+    from transformers import Qwen3Model
+
+    from comfyui_persona.models.loading import load_components
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    files, vae = write_flux2_files(tiny_flux2, tmp_path / "files", fp8)
+    config = tmp_path / "configs"
+    import shutil
+
+    shutil.copytree(tiny_flux2, config, ignore=shutil.ignore_patterns("*.safetensors"))
+    comps = load_components("flux2", files["base_model"], llm=files["llm"], vae=files["vae"], config_dir=config)
+    ref = Flux2Transformer2DModel.from_pretrained(tiny_flux2 / "transformer").state_dict()
+    own = comps.denoiser.state_dict()
+    assert own.keys() == ref.keys()
+    for k, v in ref.items():
+        if fp8 and v.ndim == 2:  # fp8: within e4m3's rounding (3 mantissa bits)
+            assert torch.allclose(own[k].float(), v, rtol=0.07, atol=2e-3), k
+        else:
+            assert torch.equal(own[k], v), k
+    assert all(torch.equal(comps.vae.state_dict()[k], v) for k, v in vae.state_dict().items())
+    te = Qwen3Model.from_pretrained(tiny_flux2 / "text_encoder")
+    ids = comps.tokenizer(["a photo of sks person"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(comps.text_encoder(ids).last_hidden_state, te(ids).last_hidden_state)
+
+
+def test_flux2_single_file_needs_its_text_encoder_and_vae(face_dataset, tmp_path):
+    from comfyui_persona.core.config import ConfigError
+
+    f = tmp_path / "flux2.safetensors"
+    save_file({"x": torch.zeros(1)}, str(f))
+    with pytest.raises(ConfigError, match="set llm .* and vae"):
+        tiny_config(f, face_dataset, tmp_path / "run", family="flux2").check_paths()
+    with pytest.raises((ConfigError, ValueError), match="use_dora"):
+        tiny_config(f, face_dataset, tmp_path / "run", family="flux2", use_dora=True)
+
+
+@pytest.mark.quick
+def test_flux2_latents_round_trip_and_x0_inverts_the_noising():
+    """The VAE's latents in the transformer's space (2x2 patches normalised by the batch-norm
+    statistics) and back; the identity loss decodes x0 = x_t - sigma * v in the VAE's space."""
+    from comfyui_persona.models.families import Prediction, get_family
+
+    fam = get_family("flux2")
+    bn = torch.nn.BatchNorm2d(128, affine=False)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    comps = SimpleNamespace(vae=SimpleNamespace(bn=bn, config=SimpleNamespace(batch_norm_eps=1e-4)))
+    latents, noise = torch.randn(2, 32, 6, 8), torch.randn(2, 12, 128)
+    tokens = fam.to_model(comps, latents)
+    assert tokens.shape == (2, 12, 128)
+    assert torch.allclose(fam.from_model(comps, tokens, 6, 8), latents, atol=1e-5)
+    # the channel order of diffusers' FLUX.2 patchify (c, dy, dx), normalised per channel
+    from diffusers import Flux2KleinPipeline
+
+    patched = Flux2KleinPipeline._patchify_latents(latents)
+    std = torch.sqrt(bn.running_var + 1e-4)
+    expected = Flux2KleinPipeline._pack_latents((patched - bn.running_mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    sigma = torch.tensor([0.2, 0.9])
+    noisy = (1 - sigma.view(-1, 1, 1)) * tokens + sigma.view(-1, 1, 1) * noise
+    p = Prediction(noise - tokens, noise - tokens, fam.from_model(comps, noisy, 6, 8), sigma * 1000)
+    assert torch.allclose(fam.predicted_x0(comps, p), latents, atol=1e-4)
+
+
+def test_flux2_captions_are_read_in_qwen3s_chat_turn_at_three_hidden_layers(tiny_flux2):
+    """The caption in Qwen3's user turn with thinking off (as diffusers' pipeline and ComfyUI's
+    klein tokenizer template it), padded to the configured length, hidden states 9, 18 and 27
+    stacked per token: what diffusers' own klein prompt encoder gives."""
+    from diffusers import Flux2KleinPipeline
+
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.models.loading import load_components
+
+    fam = get_family("flux2")
+    comps = load_components("flux2", tiny_flux2)
+    with torch.no_grad():
+        ours = fam.encode(comps, ["a photo of sks person"], torch.device("cpu"), SimpleNamespace(llm_max_length=40))
+        theirs = Flux2KleinPipeline._get_qwen3_prompt_embeds(comps.text_encoder, comps.tokenizer,
+                                                             ["a photo of sks person"], max_sequence_length=40)
+    assert ours["encoder_hidden_states"].shape == (1, 40, 48)
+    assert torch.allclose(ours["encoder_hidden_states"], theirs, atol=1e-5)
+
+
+def test_persona_generate_and_the_identity_gate_sample_flux2(flux2_run, tiny_flux2, tmp_path, astronaut, capsys):
+    """``persona generate`` with a FLUX.2 LoRA: the family read from the LoRA, klein's own
+    pipeline with the LoRA loaded (and CFG from an empty negative prompt), the gate scoring
+    each attempt (a random-weight model draws no face, so the gate reports it)."""
+    import json
+
+    from PIL import Image
+
+    from comfyui_persona.app.cli import main
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+
+    _cfg, result, _ = flux2_run
+    generator = DiffusersGenerator(tiny_flux2, result.lora_path)
+    assert generator.family == "flux2" and type(generator.pipe).__name__ == "Flux2KleinPipeline"
+    params = {"prompt": "a photo of sks person", "seed": 1, "steps": 2, "cfg": 4.0, "width": 64, "height": 64}
+    with_lora = generator(params)
+    assert with_lora.shape == (64, 64, 3)
+    assert abs(generator({**params, "lora_strength": 0.0}).astype(int) - with_lora).max() > 0  # the LoRA acts
+    assert abs(generator({**params, "negative": "blurry"}).astype(int) - with_lora).max() > 0  # read as embeddings
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(astronaut).save(refs / "a.png")
+    code = main(["generate", "--base-model", str(tiny_flux2), "--lora", str(result.lora_path), "--reference",
+                 str(refs), "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2", "--cfg", "1",
+                 "--size", "64", "--out", str(tmp_path / "out")])
+    assert code == 3, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "generate.json").read_text())
+    assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
+
+
+def test_flux2_trains_with_the_switches_plans_choose(tiny_flux2, face_dataset, tmp_path):
+    """Memory switches at test size: streamed and checkpointed blocks train exactly as without
+    them (same losses), and an fp8 base with selective checkpointing trains with fp8 frozen
+    weights."""
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
+
+    def run(name, **fields):
+        events = {}
+        cfg = tiny_config(tiny_flux2, face_dataset, tmp_path / name, family="flux2", steps=2, llm_max_length=32,
+                          **fields)
+        return train(cfg, Callbacks(on_start=lambda info: events.update(info))), events
+
+    plain, _ = run("plain")
+    streamed, _ = run("streamed", stream_blocks=2, gradient_checkpointing=True)
+    assert [r["loss"] for r in streamed.records] == pytest.approx([r["loss"] for r in plain.records], abs=1e-6)
+    fp8, events = run("fp8", quantize_base="fp8", mixed_precision="bf16", gradient_checkpointing=True,
+                      checkpoint_blocks=2)
+    bases = [m.base_layer for m in events["denoiser"].modules() if hasattr(m, "base_layer")]
+    assert bases and all(isinstance(b, Fp8Linear) and b.weight.dtype == torch.float8_e4m3fn for b in bases)
+    assert fp8.steps_done == 2 and all(math.isfinite(r["loss"]) for r in fp8.records)
