@@ -29,9 +29,8 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ...components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
-    require_diffusers_folder
-from ..base import Family, Prediction, peft_pairs
+from ..base import Prediction, peft_pairs
+from ..qwen3_captions import Qwen3CaptionedFamily
 from ..flux import Flux
 
 # Qwen3's chat turn with thinking switched off, as klein reads captions (diffusers' pipeline,
@@ -48,87 +47,26 @@ def empirical_mu(image_seq_len: int, num_steps: int = MU_STEPS) -> float:
     return compute_empirical_mu(image_seq_len, num_steps)
 
 
-class Flux2(Family):
+class Flux2(Qwen3CaptionedFamily):
     name = "flux2"
-    denoiser_folder = "transformer"
+    title = "FLUX.2"
+    transformer_class = "Flux2Transformer2DModel"
+    vae_class = "AutoencoderKLFlux2"
     # the double blocks' attention and the single blocks' fused input projection (``linear1``)
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                     "to_qkv_mlp_proj"]
-    supports_text_encoder_training = False
     supports_dora = False  # fused qkv layers in the files ComfyUI loads: one magnitude per fused row
-    uses_attention_processors = False
-    keeps_text_encoders = False
     resolution_multiple = 16  # 2x2 patches of 8x latents
     bucket_multiple = 16
-    separate_files = ("llm", "vae")
     kohya_version = "flux2"
     architecture = "flux-2-klein"
-    pipeline_index = ("Flux2KleinPipeline", {
-        "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"],
-        "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
-
-    # --- loading ---------------------------------------------------------------------------
-    def load_folder(self, folder: Path) -> Components:
-        diffusers = require("diffusers", "Training FLUX.2")
-        transformers = require("transformers", "Training FLUX.2")
-        require_diffusers_folder(folder, "transformer", self.name)
-        tok, _ = self.load_tokenizers(folder)
-        return Components(
-            self.name, tok, transformers.Qwen3Model.from_pretrained(folder / "text_encoder"),
-            diffusers.AutoencoderKLFlux2.from_pretrained(folder / "vae"),
-            diffusers.Flux2Transformer2DModel.from_pretrained(folder / "transformer"),
-            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-            str(folder), model_hash(folder), folder_random_weights(folder))
-
-    def load_single_file(self, path: Path, config_dir=None, llm="", vae="", **files) -> Components:
-        diffusers = require("diffusers", "Training FLUX.2")
-        from ...single_file import family_config_dir
-        from .files import load_separate_files
-
-        config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
-        transformer, text_encoder, vae_model = load_separate_files(path, config, llm, vae)
-        tok, _ = self.load_tokenizers(config)
-        return Components(
-            self.name, tok, text_encoder, vae_model, transformer,
-            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
-            file_hash(path), file_random_weights(path))
-
-    def write_tokenizers(self, folder: Path, real: bool = False) -> None:
-        """Qwen's tokenizer found on disk (``real``: ComfyUI's or the user's), or for random
-        weights a byte-level stand-in with Qwen's special tokens."""
-        from ...tokenizers import find_qwen_tokenizer, write_qwen_tokenizer
-
-        if real and (folder / "tokenizer" / "vocab.json").is_file():
-            return
-        write_qwen_tokenizer(folder / "tokenizer", find_qwen_tokenizer() if real else None)
-
-    def load_tokenizers(self, folder: Path):
-        transformers = require("transformers", "Training FLUX.2")
-        return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+    pipeline_class = "Flux2KleinPipeline"
 
     # --- building -------------------------------------------------------------------------
     def new_scheduler(self):
         diffusers = require("diffusers", "Building a model from config")
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
                                                          use_dynamic_shifting=True, time_shift_type="exponential")
-
-    def build_modules(self, arch: dict, text_encoders: bool = True):
-        diffusers = require("diffusers", "Building a model from config")
-        transformers = require("transformers", "Building a model from config")
-        denoiser = diffusers.Flux2Transformer2DModel(**arch["transformer"])
-        vae = diffusers.AutoencoderKLFlux2(**arch["vae"])
-        te = transformers.Qwen3Model(transformers.Qwen3Config(**arch["qwen3"])) if text_encoders else None
-        return denoiser, vae, te, None
-
-    def modules_from_configs(self, folder: Path):
-        diffusers = require("diffusers", "Planning memory")
-        transformers = require("transformers", "Planning memory")
-        denoiser = diffusers.Flux2Transformer2DModel.from_config(
-            diffusers.Flux2Transformer2DModel.load_config(folder / "transformer"))
-        vae = diffusers.AutoencoderKLFlux2.from_config(diffusers.AutoencoderKLFlux2.load_config(folder / "vae"))
-        te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
-        return denoiser, vae, te, None
 
     # --- training -------------------------------------------------------------------------
     def check_files(self, cfg) -> None:
@@ -231,16 +169,12 @@ class Flux2(Family):
         width = comps.denoiser.config.joint_attention_dim
         return {"encoder_hidden_states": torch.zeros(batch, length, width, device=device, dtype=dtype)}
 
-    convolutional = False
-
     def repeated_blocks(self, model):
         """The double-stream, then the single-stream blocks (klein 4B: 5 and 20), in order."""
         inner = model.module if hasattr(model, "module") else model
         return [*inner.transformer_blocks, *inner.single_transformer_blocks]
 
     # --- sampling -------------------------------------------------------------------------
-    generation_dtype = "bfloat16"
-
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
         pipe = diffusers.Flux2KleinPipeline(

@@ -31,93 +31,31 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ...components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
-    require_diffusers_folder
-from ..base import Family, Prediction, peft_pairs
+from ..base import Prediction, peft_pairs
+from ..qwen3_captions import Qwen3CaptionedFamily
 
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"  # Qwen's chat turn, as Z-Image reads captions
 SHIFT = 3.0  # Z-Image's noise-level shift (its scheduler config; ComfyUI's ZImage sampling)
 
 
-class ZImage(Family):
+class ZImage(Qwen3CaptionedFamily):
     name = "z_image"
-    denoiser_folder = "transformer"
+    title = "Z-Image"
+    transformer_class = "ZImageTransformer2DModel"
+    vae_class = "AutoencoderKL"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
-    supports_text_encoder_training = False
     supports_dora = False  # ComfyUI's model fuses to_q/to_k/to_v into one qkv layer: one magnitude per fused row
-    uses_attention_processors = False
-    keeps_text_encoders = False
     resolution_multiple = 16  # 2x2 patches of 8x latents
     bucket_multiple = 16
-    separate_files = ("llm", "vae")
     kohya_version = "z_image"
     architecture = "z-image"
-    pipeline_index = ("ZImagePipeline", {
-        "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
-
-    # --- loading ---------------------------------------------------------------------------
-    def load_folder(self, folder: Path) -> Components:
-        diffusers = require("diffusers", "Training Z-Image")
-        transformers = require("transformers", "Training Z-Image")
-        require_diffusers_folder(folder, "transformer", self.name)
-        tok, _ = self.load_tokenizers(folder)
-        return Components(
-            self.name, tok, transformers.Qwen3Model.from_pretrained(folder / "text_encoder"),
-            diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
-            diffusers.ZImageTransformer2DModel.from_pretrained(folder / "transformer"),
-            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-            str(folder), model_hash(folder), folder_random_weights(folder))
-
-    def load_single_file(self, path: Path, config_dir=None, llm="", vae="", **files) -> Components:
-        diffusers = require("diffusers", "Training Z-Image")
-        from ...single_file import family_config_dir
-        from .files import load_separate_files
-
-        config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
-        transformer, text_encoder, vae_model = load_separate_files(path, config, llm, vae)
-        tok, _ = self.load_tokenizers(config)
-        return Components(
-            self.name, tok, text_encoder, vae_model, transformer,
-            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
-            file_hash(path), file_random_weights(path))
-
-    def write_tokenizers(self, folder: Path, real: bool = False) -> None:
-        """Qwen's tokenizer found on disk (``real``: ComfyUI's or the user's), or for random
-        weights a byte-level stand-in with Qwen's special tokens."""
-        from ...tokenizers import find_qwen_tokenizer, write_qwen_tokenizer
-
-        if real and (folder / "tokenizer" / "vocab.json").is_file():
-            return
-        write_qwen_tokenizer(folder / "tokenizer", find_qwen_tokenizer() if real else None)
-
-    def load_tokenizers(self, folder: Path):
-        transformers = require("transformers", "Training Z-Image")
-        return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+    pipeline_class = "ZImagePipeline"
 
     # --- building -------------------------------------------------------------------------
     def new_scheduler(self):
         diffusers = require("diffusers", "Building a model from config")
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT,
                                                          use_dynamic_shifting=False)
-
-    def build_modules(self, arch: dict, text_encoders: bool = True):
-        diffusers = require("diffusers", "Building a model from config")
-        transformers = require("transformers", "Building a model from config")
-        denoiser = diffusers.ZImageTransformer2DModel(**arch["transformer"])
-        vae = diffusers.AutoencoderKL(**arch["vae"])
-        te = transformers.Qwen3Model(transformers.Qwen3Config(**arch["qwen3"])) if text_encoders else None
-        return denoiser, vae, te, None
-
-    def modules_from_configs(self, folder: Path):
-        diffusers = require("diffusers", "Planning memory")
-        transformers = require("transformers", "Planning memory")
-        denoiser = diffusers.ZImageTransformer2DModel.from_config(
-            diffusers.ZImageTransformer2DModel.load_config(folder / "transformer"))
-        vae = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))
-        te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
-        return denoiser, vae, te, None
 
     # --- training -------------------------------------------------------------------------
     def check_files(self, cfg) -> None:
@@ -181,8 +119,6 @@ class ZImage(Family):
         return {"cap_feats": torch.zeros(batch, length, width, device=device, dtype=dtype),
                 "cap_mask": torch.ones(batch, length, device=device, dtype=dtype)}
 
-    convolutional = False
-
     def repeated_blocks(self, model):
         """The noise and context refiners, then the main layers (30 at Z-Image's size), in the
         order they run."""
@@ -190,8 +126,6 @@ class ZImage(Family):
         return [*inner.noise_refiner, *inner.context_refiner, *inner.layers]
 
     # --- sampling -------------------------------------------------------------------------
-    generation_dtype = "bfloat16"
-
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
         pipe = diffusers.ZImagePipeline(

@@ -1,0 +1,96 @@
+"""What the families whose captions a Qwen3 LLM reads share (Z-Image, FLUX.2 klein): a
+transformer, a VAE and Qwen3 in a diffusers folder or as ComfyUI's separate files (``llm``,
+``vae``), Qwen's tokenizer from local files, and the classes that build them. A family names
+its diffusers classes and reads its own separate files; prompt encoding, the objective,
+sampling and the LoRA layout stay in the family's module."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...core.deps import require
+from ..components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
+    require_diffusers_folder
+from .base import Family
+
+
+class Qwen3CaptionedFamily(Family):
+    denoiser_folder = "transformer"
+    supports_text_encoder_training = False
+    uses_attention_processors = False
+    keeps_text_encoders = False
+    separate_files = ("llm", "vae")
+    convolutional = False
+    generation_dtype = "bfloat16"
+    pipeline_class = ""  # diffusers' class names
+    transformer_class = ""
+    vae_class = "AutoencoderKL"
+    title = ""  # how messages name the family
+
+    @property
+    def pipeline_index(self) -> tuple[str, dict]:
+        return (self.pipeline_class, {
+            "transformer": ["diffusers", self.transformer_class], "vae": ["diffusers", self.vae_class],
+            "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
+
+    def _classes(self, why: str):
+        diffusers = require("diffusers", why)
+        transformers = require("transformers", why)
+        return getattr(diffusers, self.transformer_class), getattr(diffusers, self.vae_class), transformers
+
+    def load_separate_files(self, path: Path, config: Path, llm, vae):
+        """(transformer, Qwen3 text encoder, VAE) from ComfyUI's separate files: the
+        ``load_separate_files`` of the ``files`` module in the family's folder."""
+        from importlib import import_module
+
+        return import_module(f"{type(self).__module__}.files").load_separate_files(path, config, llm, vae)
+
+    # --- loading ---------------------------------------------------------------------------
+    def load_folder(self, folder: Path) -> Components:
+        transformer_cls, vae_cls, transformers = self._classes(f"Training {self.title}")
+        diffusers = require("diffusers", f"Training {self.title}")
+        require_diffusers_folder(folder, "transformer", self.name)
+        tok, _ = self.load_tokenizers(folder)
+        return Components(
+            self.name, tok, transformers.Qwen3Model.from_pretrained(folder / "text_encoder"),
+            vae_cls.from_pretrained(folder / "vae"), transformer_cls.from_pretrained(folder / "transformer"),
+            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
+            str(folder), model_hash(folder), folder_random_weights(folder))
+
+    def load_single_file(self, path: Path, config_dir=None, llm="", vae="", **files) -> Components:
+        diffusers = require("diffusers", f"Training {self.title}")
+        from ..single_file import family_config_dir
+
+        config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
+        transformer, text_encoder, vae_model = self.load_separate_files(path, config, llm, vae)
+        tok, _ = self.load_tokenizers(config)
+        return Components(
+            self.name, tok, text_encoder, vae_model, transformer,
+            diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
+            file_hash(path), file_random_weights(path))
+
+    def write_tokenizers(self, folder: Path, real: bool = False) -> None:
+        """Qwen's tokenizer found on disk (``real``: ComfyUI's or the user's), or for random
+        weights a byte-level stand-in with Qwen's special tokens."""
+        from ..tokenizers import find_qwen_tokenizer, write_qwen_tokenizer
+
+        if real and (folder / "tokenizer" / "vocab.json").is_file():
+            return
+        write_qwen_tokenizer(folder / "tokenizer", find_qwen_tokenizer() if real else None)
+
+    def load_tokenizers(self, folder: Path):
+        transformers = require("transformers", f"Training {self.title}")
+        return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+
+    # --- building -------------------------------------------------------------------------
+    def build_modules(self, arch: dict, text_encoders: bool = True):
+        transformer_cls, vae_cls, transformers = self._classes("Building a model from config")
+        te = transformers.Qwen3Model(transformers.Qwen3Config(**arch["qwen3"])) if text_encoders else None
+        return transformer_cls(**arch["transformer"]), vae_cls(**arch["vae"]), te, None
+
+    def modules_from_configs(self, folder: Path):
+        transformer_cls, vae_cls, transformers = self._classes("Planning memory")
+        denoiser = transformer_cls.from_config(transformer_cls.load_config(folder / "transformer"))
+        vae = vae_cls.from_config(vae_cls.load_config(folder / "vae"))
+        te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
+        return denoiser, vae, te, None
