@@ -34,7 +34,8 @@ TARGETS_GB = {("sd15", "lora"): 4, ("sd15", "dreambooth"): 8, ("sdxl", "lora"): 
 RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 # the LoRA plans at published size each family's users need (budget in GB, resolution): searched
 # on the meta device, so printed on any machine, and marked predicted until a GPU measures them
-PUBLISHED_PLANS = {"sd15": (4, 512), "sdxl": (8, 1024), "flux": (8, 1024), "z_image": (6, 1024), "flux2": (6, 1024)}
+PUBLISHED_PLANS = {"sd15": (4, 512), "sdxl": (8, 1024), "flux": (8, 1024), "z_image": (6, 1024), "flux2": (6, 1024),
+                   "flux2:klein-9b": (8, 1024)}  # family[:published size other than the first]
 # steps/s of LoRA at batch 1, bf16, cached latents and embeddings, at 971d0c8 on one H100 80GB
 # (the project's issues): what the speed switches are measured against (target: 3x)
 SPEED_AT_971D0C8 = {"sd15": 6.74, "sdxl": 1.99}
@@ -258,21 +259,22 @@ def plans(families: list[str]) -> str:
 
     lines = ["| family | px | budget | usable | step peak | whole run | caching on the CPU | switches | "
              "predicted speed (vs fp32, no technique) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for family in families:
-        budget_gb, resolution = PUBLISHED_PLANS[family]
+    for label in families:
+        budget_gb, resolution = PUBLISHED_PLANS[label]
+        family, _, size = label.partition(":")
         cfg = TrainConfig(base_model="(plan)", dataset="(plan)", family=family, resolution=resolution,
                           mixed_precision="bf16", rank=16, alpha=16)
         try:
-            p = plan(cfg, budget_gb * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+            p = plan(cfg, budget_gb * 1024, "cpu", None, size or "real", bnb=True, compile_ok=True)
         except PlanError as exc:
-            lines.append(f"| {family} | {resolution} | {budget_gb} GB | - | - | - | - | {exc} | - |")
+            lines.append(f"| {label} | {resolution} | {budget_gb} GB | - | - | - | - | {exc} | - |")
             continue
         sw = p.switches
         chosen = [f"quantize {sw['quantize_base']}" if sw.get("quantize_base", "off") != "off" else "",
                   "checkpointing" if sw.get("gradient_checkpointing") else "",
                   f"{sw['stream_blocks']}/{p.blocks} blocks streamed" if sw.get("stream_blocks") else "",
                   sw.get("optimizer", ""), "fused backward" if sw.get("fused_backward") else ""]
-        lines.append(f"| {family} | {resolution} | {budget_gb} GB | {_fmt_mb(p.usable_mb)} | "
+        lines.append(f"| {label} | {resolution} | {budget_gb} GB | {_fmt_mb(p.usable_mb)} | "
                      f"{_fmt_mb(p.predicted_peak_mb)} | {_fmt_mb(p.whole_run_peak_mb)} | "
                      f"{', '.join(sw.get('encode_on_cpu') or []) or '-'} | {', '.join(c for c in chosen if c)} | "
                      f"{p.relative_speed:.2f}x |")

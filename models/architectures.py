@@ -104,6 +104,14 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
         qwen3=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                    rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    ("flux2", "klein-9b"): dict(  # FLUX.2 klein 9B with Qwen3-8B: what a 4096-wide klein file is
+        transformer=dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=24, attention_head_dim=128,
+                         num_attention_heads=32, joint_attention_dim=3 * 4096, timestep_guidance_channels=256,
+                         mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False),
+        vae=dict(_VAE_REAL, latent_channels=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True),
+        qwen3=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                   rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False)),
 }
 
 
@@ -111,7 +119,9 @@ def architecture(family: str, size: str) -> dict:
     try:
         return ARCHITECTURES[(family, size)]
     except KeyError:
-        raise ValueError(f"architecture: no '{size}' {family} (families sd15/sdxl/flux/z_image/flux2, sizes tiny/real)") from None
+        sizes = sorted({s for f, s in ARCHITECTURES if f == family})
+        raise ValueError(f"architecture: no '{size}' {family} (families {'/'.join(dict.fromkeys(f for f, _ in ARCHITECTURES))}; "
+                         f"sizes {'/'.join(sizes) or 'tiny/real'})") from None
 
 
 def instantiate(family: str, size: str = "tiny", device="cpu", dtype=None, seed: int = 0,
@@ -161,9 +171,11 @@ def meta_components(family: str, base_model: str | None = None, size: str = "rea
     from .families import get_family
 
     folder = Path(base_model) if base_model else None
-    if folder is None or not (folder / "model_index.json").is_file():
-        return instantiate(family, size, device="meta", tokenizers=False)
     fam = get_family(family)
+    if folder is None or not (folder / "model_index.json").is_file():
+        if folder is not None and folder.is_file() and size == "real":  # a family of several published sizes
+            size = fam.published_size(folder)
+        return instantiate(family, size, device="meta", tokenizers=False)
     with torch.device("meta"):
         denoiser, vae, te, te2 = fam.modules_from_configs(folder)
     return Components(family, None, te, vae, denoiser, fam.new_scheduler(), str(folder), "meta", True,

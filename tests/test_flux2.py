@@ -103,6 +103,28 @@ def test_flux2_lora_applies_fully_in_comfyui(flux2_run, tiny_flux2, comfy, tmp_p
     assert_every_key_maps(comfy, COMFY_FLUX2_CHECK, path, result.lora_path, comfyui_shape(ref.config))
 
 
+def test_a_single_klein_file_is_planned_at_its_own_size(tmp_path):
+    """The memory planner reads which klein a single transformer file is from its input
+    projection's width (the header alone): 3072 is klein 4B, 4096 klein 9B (8 double and 24
+    single blocks, Qwen3-8B, about 9 billion parameters); another width is refused by name."""
+    from comfyui_persona.models.architectures import meta_components
+    from comfyui_persona.models.families import get_family
+
+    files = {}
+    for width, key in ((3072, "model.diffusion_model.img_in.weight"), (4096, "x_embedder.weight"),
+                       (6144, "img_in.weight")):
+        files[width] = tmp_path / f"klein-{width}.safetensors"
+        save_file({key: torch.zeros(width, 128, dtype=torch.bfloat16)}, str(files[width]))
+    four = meta_components("flux2", str(files[3072]))
+    assert (four.denoiser.config.num_layers, four.denoiser.config.num_single_layers) == (5, 20)
+    nine = meta_components("flux2", str(files[4096]))
+    assert (nine.denoiser.config.num_layers, nine.denoiser.config.num_single_layers) == (8, 24)
+    assert nine.denoiser.config.joint_attention_dim == 3 * nine.text_encoder.config.hidden_size == 3 * 4096
+    assert 8.5e9 < sum(p.numel() for p in nine.denoiser.parameters()) < 9.5e9
+    with pytest.raises(ValueError, match="6144 wide"):
+        get_family("flux2").published_size(files[6144])
+
+
 @pytest.mark.quick
 def test_flux2_bfl_layout_round_trips(tiny_flux2):
     from diffusers import Flux2Transformer2DModel

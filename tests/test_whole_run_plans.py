@@ -37,12 +37,13 @@ def test_the_headroom_is_the_context_and_the_allocators_reserve():
     assert usable_budget(12 * 1024, cuda=True) < 10.7 * 1024
 
 
-@pytest.mark.parametrize("family, resolution, budget_gb", [("sd15", 512, 4), ("sdxl", 1024, 8), ("flux", 1024, 8),
-                                                         ("z_image", 1024, 6), ("flux2", 1024, 6)])
-def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family,
+@pytest.mark.parametrize("family, size, resolution, budget_gb", [
+    ("sd15", "real", 512, 4), ("sdxl", "real", 1024, 8), ("flux", "real", 1024, 8), ("z_image", "real", 1024, 6),
+    ("flux2", "real", 1024, 6), ("flux2", "klein-9b", 1024, 8)])
+def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family, size,
                                                                             resolution, budget_gb):
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
-    p = plan(_cfg(family, resolution), budget_gb * 1024, "cpu", None, "real", bnb=True, compile_ok=True)
+    p = plan(_cfg(family, resolution), budget_gb * 1024, "cpu", None, size, bnb=True, compile_ok=True)
     usable = usable_budget(budget_gb * 1024, cuda=True)
     assert p.usable_mb == pytest.approx(usable, abs=0.1)
     assert p.predicted_peak_mb <= usable and p.caching["peak_mb"] <= usable

@@ -93,6 +93,11 @@ class Family:
             raise ValueError(f"{'/'.join(given)}: separate text encoder and VAE files are not used by family "
                              f"'{self.name}'")
 
+    def published_size(self, path: Path) -> str:
+        """Which published architecture (``models/architectures.py``) a single model file of this
+        family is, from its tensors' shapes alone; ``"real"`` for a family of one size."""
+        return "real"
+
     def check_files(self, cfg) -> None:
         """Rules that need the file system (run by ``TrainConfig.check_paths``, before any
         model loads); a ``ConfigError`` that names the field."""

@@ -321,7 +321,7 @@ def arch_id(family: str, base_model: str | None, size: str) -> str:
 def _cuda_target(device, size: str, base_model: str | None = None) -> bool:
     """A CUDA device, or a family's published architecture (planned for a GPU wherever the
     planner runs: the Memory Plan node on a machine without one)."""
-    return getattr(device, "type", str(device)) == "cuda" or (size == "real" and base_model is None)
+    return getattr(device, "type", str(device)) == "cuda" or (size != "tiny" and base_model is None)
 
 
 def calibrate(simulated_mb: float, cuda: bool) -> float:

@@ -62,6 +62,11 @@ class Flux2(Qwen3CaptionedFamily):
     architecture = "flux-2-klein"
     pipeline_class = "Flux2KleinPipeline"
 
+    def published_size(self, path):
+        from .files import published_size
+
+        return published_size(path)
+
     # --- building -------------------------------------------------------------------------
     def new_scheduler(self):
         diffusers = require("diffusers", "Building a model from config")

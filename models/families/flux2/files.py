@@ -69,6 +69,26 @@ def load_vae(config: Path, file: str | Path):
     return model
 
 
+# klein's published sizes by the transformer's width (``models/architectures.py``)
+SIZES = {3072: "real", 4096: "klein-9b"}
+
+
+def published_size(path: Path) -> str:
+    """klein 4B (``"real"``) or klein 9B (``"klein-9b"``), from the width of a transformer file's
+    input projection (its header alone: nothing is read)."""
+    from safetensors import safe_open
+
+    if Path(path).suffix != ".safetensors":
+        return "real"
+    with safe_open(str(path), "pt") as f:
+        key = next((k for k in f.keys() if k.endswith(("img_in.weight", "x_embedder.weight"))), None)
+        width = f.get_slice(key).get_shape()[0] if key else 0
+    if width not in SIZES:
+        raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer {width} wide; Persona trains klein 4B "
+                         f"(3072) and klein 9B (4096)")
+    return SIZES[width]
+
+
 def shape_from_bfl(tensors) -> dict:
     """The config entries a BFL-layout file's own shapes fix."""
     inner, channels = tensors["img_in.weight"].shape
