@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+# widget input types; "COMBO" is a choice list declared the newer way (``["COMBO", {"options": [...]}]``,
+# ComfyUI's typed node schema) rather than as the list itself
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 class WorkflowError(ValueError):
@@ -28,7 +30,8 @@ def _default(spec: dict, name: str):
         if n == name:
             if "default" in opts:
                 return opts["default"]
-            return kind[0] if isinstance(kind, list) and kind else None
+            choices = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+            return choices[0] if choices else None
     return None
 
 

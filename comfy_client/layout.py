@@ -26,7 +26,8 @@ def node_size(node: dict, spec: dict) -> list[int]:
     """Room for a node as frontends draw it: title, one row per socket pair, the widgets."""
     sockets = max(len(node["inputs"]), len(node["outputs"]))
     widgets = [i for group in ("required", "optional") for i in (spec.get("input", {}).get(group) or {}).items()]
-    n_widgets = sum(1 for _, v in widgets if isinstance(v[0], list) or v[0] in ("INT", "FLOAT", "STRING", "BOOLEAN"))
+    n_widgets = sum(1 for _, v in widgets if isinstance(v[0], list) or v[0] in ("INT", "FLOAT", "STRING", "BOOLEAN",
+                                                                                  "COMBO"))
     multiline = sum(1 for _, v in widgets if v[0] == "STRING" and len(v) > 1 and isinstance(v[1], dict)
                     and v[1].get("multiline"))
     height = 10 + SLOT * sockets + WIDGET * n_widgets + MULTILINE * multiline

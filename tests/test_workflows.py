@@ -50,9 +50,12 @@ def _predates(info, name) -> list[str]:
         if kind.startswith("Persona"):
             continue
         spec = {**info[kind]["input"]["required"], **info[kind]["input"].get("optional", {})}
-        lacking += [f"{kind}.{k} '{v}'" for k, v in entry["inputs"].items()
-                    if k in spec and isinstance(spec[k][0], list) and isinstance(v, str) and v not in spec[k][0]
-                    and not Path(v).suffix]
+        for k, v in entry["inputs"].items():
+            choices = spec.get(k, [None])[0]
+            if choices == "COMBO":  # a choice list declared by ComfyUI's typed node schema
+                choices = spec[k][1].get("options") if len(spec[k]) > 1 else None
+            if isinstance(choices, list) and isinstance(v, str) and v not in choices and not Path(v).suffix:
+                lacking.append(f"{kind}.{k} '{v}'")
     return lacking
 
 
@@ -288,7 +291,8 @@ def test_train_node_lists_flux_files_from_comfyui_folders(prepared):
             (prepared.models / new / files[old]).write_bytes(b"")
     spec = prepared.get("/object_info/PersonaTrain")["PersonaTrain"]["input"]
     assert "diffusion_models/persona-flux-test.safetensors" in spec["required"]["base_model"][0]
-    for field, name in (("clip_l", files["text_encoders"]), ("t5", files["text_encoders"]), ("vae", files["vae"])):
+    for field, name in (("clip_l", files["text_encoders"]), ("t5", files["text_encoders"]),
+                        ("llm", files["text_encoders"]), ("vae", files["vae"])):  # (llm: Z-Image's, FLUX.2's Qwen3)
         assert name in spec["optional"][field][0] and spec["optional"][field][0][0] == "(none)"
     assert spec["optional"]["family"][0] == ["sd15", "sdxl", "flux", "z_image", "flux2"]
 
@@ -456,41 +460,55 @@ def test_the_template_browser_lists_the_ui_workflows_only(comfy):
         assert thumbnail.format == "JPEG" and thumbnail.width >= 480
 
 
-Z_IMAGE = "Persona 10 - Train a Z-Image LoRA"
+# the workflows of families that ComfyUI knows by their published size only: family -> (workflow,
+# the test-size model's fixture, the LoRA keys' prefix, what each of ComfyUI's loaders names)
+NEW_FAMILIES = {
+    "z_image": ("Persona 10 - Train a Z-Image LoRA", "tiny_z_image", "diffusion_model.",
+                (("UNETLoader", "z_image_bf16.safetensors"), ("CLIPLoader", "qwen_3_4b.safetensors"),
+                 ("VAELoader", "ae.safetensors"))),
+    "flux2": ("Persona 11 - Train a FLUX.2 klein LoRA", "tiny_flux2", "lora_unet_",
+              (("UNETLoader", "flux-2-klein-base-4b-fp8.safetensors"), ("CLIPLoader", "qwen_3_4b.safetensors"),
+               ("VAELoader", "flux2-vae.safetensors"))),
+}
 
 
-def test_z_image_workflow_trains_and_names_only_its_missing_files(prepared, info, tiny_z_image, tmp_path, capsys):
-    """Workflow 10 on a host with Z-Image: its training half (dataset, a Z-Image LoRA at test
-    size, the planner's budget) runs through persona queue; the whole graph as shipped passes
-    ComfyUI's validation but for the published model files it names. (ComfyUI recognises
-    Z-Image by its published width only, so its own Z-Image code samples the trained LoRA at
-    test size in tests/test_memorisation.py, through comfy_sampling.py.)"""
+@pytest.mark.parametrize("family", sorted(NEW_FAMILIES))
+def test_new_family_workflow_trains_and_names_only_its_missing_files(prepared, info, family, request, tmp_path,
+                                                                     capsys):
+    """Workflows 10 (Z-Image) and 11 (FLUX.2 klein) on a host with the family: the training
+    half (dataset, a LoRA at test size, the planner's budget) runs through persona queue; the
+    whole graph as shipped passes ComfyUI's validation but for the published model files it
+    names. (ComfyUI recognises these models by their published width only, so its own model
+    code samples the trained LoRA at test size in tests/test_memorisation.py, through
+    comfy_sampling.py.)"""
     from safetensors import safe_open
 
-    _skip_if_older_host(prepared, info, Z_IMAGE)
-    link = prepared.models / "diffusers" / "persona-tiny-z_image"
+    name, fixture, prefix, files = NEW_FAMILIES[family]
+    _skip_if_older_host(prepared, info, name)
+    link = prepared.models / "diffusers" / f"persona-tiny-{family}"
     if not link.exists():
-        link.symlink_to(tiny_z_image)
-    training = {k: v for k, v in _api(Z_IMAGE).items() if v["class_type"] in ("PersonaBuildDataset", "PersonaTrain")
+        link.symlink_to(request.getfixturevalue(fixture))
+    training = {k: v for k, v in _api(name).items() if v["class_type"] in ("PersonaBuildDataset", "PersonaTrain")
                 or (v["class_type"] == "PreviewImage" and v["inputs"]["images"][0] == "2")}
     graph = tmp_path / "training.api.json"
     graph.write_text(json.dumps(training))
-    sets = ["1.resolution=64", "1.dataset_name=\"wf10\"", "2.base_model=\"persona-tiny-z_image\"", "2.resolution=64",
-            "2.steps=2", "2.lora_name=\"wf10_z_image\"", "2.vae=\"(none)\"", "2.llm=\"(none)\"", "2.vram_budget_gb=4"]
+    lora = f"wf_{family}"
+    sets = ["1.resolution=64", f"1.dataset_name=\"wf_{family}\"", f"2.base_model=\"persona-tiny-{family}\"",
+            "2.resolution=64", "2.steps=2", f"2.lora_name=\"{lora}\"", "2.vae=\"(none)\"", "2.llm=\"(none)\"",
+            "2.vram_budget_gb=4"]
     code = main(["queue", str(graph), "--server", prepared.url, "--out", str(tmp_path / "out"),
                  *sum([["--set", s] for s in sets], [])])
     assert code == 0, capsys.readouterr().err
-    with safe_open(str(prepared.models / "loras" / "persona" / "wf10_z_image.safetensors"), "pt") as f:
+    with safe_open(str(prepared.models / "loras" / "persona" / f"{lora}.safetensors"), "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
-    assert json.loads(meta["persona.config"])["family"] == "z_image" and meta["ss_base_model_version"] == "z_image"
-    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    assert json.loads(meta["persona.config"])["family"] == family and meta["ss_base_model_version"] == family
+    assert keys and all(k.startswith(prefix) for k in keys)  # the layout ComfyUI maps for the family
 
-    code = main(["queue", str(REPO / "workflows" / "api" / f"{Z_IMAGE}.api.json"), "--server", prepared.url,
+    code = main(["queue", str(REPO / "workflows" / "api" / f"{name}.api.json"), "--server", prepared.url,
                  "--out", str(tmp_path / "shipped")])
     err = capsys.readouterr().err
     assert code == 2, err
-    for node, file in (("UNETLoader", "z_image_bf16.safetensors"), ("CLIPLoader", "qwen_3_4b.safetensors"),
-                       ("VAELoader", "ae.safetensors")):
+    for node, file in files:
         assert node in err and file in err, err
     problems = [line for line in err.splitlines() if line.strip().startswith("node ")]
     assert problems and all("Value not in list" in line and ".safetensors'" in line for line in problems), err
