@@ -92,7 +92,8 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
     ("flux2", "tiny"): dict(  # klein's shape: no guidance embedding, Qwen3 deep enough for hidden states 9/18/27
         transformer=dict(patch_size=1, in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16,
                          num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=256,
-                         mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), rope_theta=2000, guidance_embeds=False),
+                         # three rotary frequencies per image axis (two would barely tell 16 rows apart)
+                         mlp_ratio=3.0, axes_dims_rope=(2, 6, 6, 2), rope_theta=2000, guidance_embeds=False),
         vae=dict(_VAE_TINY, latent_channels=32, use_quant_conv=True, use_post_quant_conv=True),
         qwen3=dict(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
                    num_key_value_heads=1, head_dim=8, max_position_embeddings=2048, tie_word_embeddings=True)),

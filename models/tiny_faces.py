@@ -13,8 +13,9 @@ identity gate, the enhancement steps or any identity metric. The weights in
   pair stays matched whatever a future library does to random initialisation.
 
 It shows that every stage runs on real signal, not quality: it knows two faces at 64 px.
-``vae_flux.safetensors`` is the 16-channel tiny FLUX VAE trained the same way, for FLUX's
-memorisation test (``install_face_vae``).
+``vae_flux.safetensors`` is the 16-channel tiny FLUX VAE trained the same way, for the FLUX
+and Z-Image memorisation tests, and ``vae_flux2.safetensors`` FLUX.2's 32-channel one
+(``install_face_vae``).
 ``tiny_faces.json`` beside the weights records how they were made.
 """
 from __future__ import annotations
@@ -56,41 +57,53 @@ def save_weights(folder: Path, unet, vae, text_encoder, meta: dict) -> None:
     (folder / "tiny_faces.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+# the shipped face VAEs by latent channels: (weights file, its record in tiny_faces.json,
+# what trains it)
+_FACE_VAES = {4: ("vae.safetensors", None, "scripts/train_tiny_faces.py"),
+              16: ("vae_flux.safetensors", "flux_vae", "scripts/train_tiny_faces.py --flux-vae"),
+              32: ("vae_flux2.safetensors", "flux2_vae", "scripts/train_tiny_faces.py --flux2-vae")}
+
+
 def install_face_vae(folder: str | Path) -> None:
     """Put the shipped face VAE into a tiny model folder in place of its random one: the tiny
-    SD1.x VAE for the 4-channel families (SD1.x, SDXL), the 16-channel one for FLUX
-    (``scripts/train_tiny_faces.py --flux-vae``). Samples of a denoiser trained on it decode
-    to faces."""
+    SD1.x VAE for the 4-channel families (SD1.x, SDXL), the 16-channel one for FLUX and
+    Z-Image, the 32-channel one (with its batch-norm statistics) for FLUX.2. Samples of a
+    denoiser trained on it decode to faces."""
     from safetensors.torch import load_file, save_file
 
     folder = Path(folder)
     config = json.loads((folder / "vae" / "config.json").read_text())
     channels = config.get("latent_channels")
-    if channels not in (4, 16) or list(config.get("block_out_channels", []))[:1] != [16]:
-        raise ValueError(f"face VAE: '{folder}' is not a tiny SD1.x, SDXL or FLUX model")
+    if channels not in _FACE_VAES or list(config.get("block_out_channels", []))[:1] != [16]:
+        raise ValueError(f"face VAE: '{folder}' is not a tiny model of a family with a face VAE "
+                         f"({', '.join(map(str, _FACE_VAES))} latent channels)")
     config.update(FACE_VAE)  # the face VAE's own geometry (2x), whatever the tiny one is
-    meta = info() if channels == 4 else info().get("flux_vae")
-    if meta is None:
-        raise FileNotFoundError(f"face VAE: no 16-channel VAE in '{WEIGHTS}'; run scripts/train_tiny_faces.py --flux-vae")
-    shipped = load_file(str(WEIGHTS / (_PARTS["vae"] if channels == 4 else "vae_flux.safetensors")))
+    name, record, how = _FACE_VAES[channels]
+    meta = info() if record is None else info().get(record)
+    if meta is None or not (WEIGHTS / name).is_file():
+        raise FileNotFoundError(f"face VAE: no {channels}-channel VAE in '{WEIGHTS}'; run {how}")
+    shipped = load_file(str(WEIGHTS / name))
     save_file({k: v.float() for k, v in shipped.items()}, str(folder / "vae" / _FILES["vae"]), metadata={"format": "pt"})
-    config["scaling_factor"] = meta["scaling_factor"]
-    if channels == 16:
-        config["shift_factor"] = meta["shift_factor"]
+    for factor in ("scaling_factor", "shift_factor"):  # (FLUX.2 normalises by the statistics in its weights)
+        if factor in meta:
+            config[factor] = meta[factor]
     (folder / "vae" / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def save_flux_vae(folder: Path, vae, meta: dict) -> None:
-    """Write the 16-channel tiny FLUX face VAE (fp16) and record ``meta`` as ``flux_vae`` in
-    ``tiny_faces.json``."""
+def save_face_vae(folder: Path, vae, family: str, meta: dict) -> None:
+    """Write the tiny face VAE of a family with its own latents (fp16; FLUX.2's batch-norm
+    statistics in fp32) and record ``meta`` for it in ``tiny_faces.json``."""
     import torch
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in vae.state_dict().items()}
-    save_file(tensors, str(folder / "vae_flux.safetensors"), metadata={"format": "pt"})
-    record = json.loads((folder / "tiny_faces.json").read_text())
-    record["flux_vae"] = meta
-    (folder / "tiny_faces.json").write_text(json.dumps(record, indent=2) + "\n")
+    name, record, _ = _FACE_VAES[vae.config.latent_channels]
+    tensors = {k: (v.detach().to(torch.float16) if v.is_floating_point() and not k.startswith("bn.") else v.detach())
+               .contiguous() for k, v in vae.state_dict().items()}
+    save_file(tensors, str(folder / name), metadata={"format": "pt", "family": family})
+    info_path = folder / "tiny_faces.json"
+    record_all = json.loads(info_path.read_text())
+    record_all[record] = meta
+    info_path.write_text(json.dumps(record_all, indent=2) + "\n")
 
 
 def build_tiny_faces_model(folder: str | Path) -> Path:

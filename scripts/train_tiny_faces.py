@@ -19,7 +19,8 @@ the models plus ``tiny_faces.json`` (the VAE's latent scaling factor, the data, 
 
 ``--flux-vae`` trains only the 16-channel tiny FLUX VAE the same way (``vae_flux.safetensors``,
 about 9 minutes; its scaling and shift factors go into ``tiny_faces.json``), on which the FLUX
-memorisation test trains.
+and Z-Image memorisation tests train; ``--flux2-vae`` the 32-channel FLUX.2 one
+(``vae_flux2.safetensors``, with its batch-norm statistics).
 """
 from __future__ import annotations
 
@@ -107,25 +108,58 @@ def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
     return l1
 
 
-def train_flux_vae(out: Path, steps: int) -> None:
-    """The tiny FLUX VAE (16 latent channels) trained like the SD1.x one; its scaling and shift
-    factors normalise the aligned faces' latents to zero mean and unit spread."""
-    from comfyui_persona.models.tiny_faces import save_flux_vae
+def train_latent_vae(out: Path, family: str, steps: int) -> None:
+    """The tiny VAE of a family whose latents are not SD's (16 channels for FLUX.1 and Z-Image,
+    FLUX.2's 32 with its batch-norm statistics), in the face VAEs' geometry, trained like the
+    SD1.x one. Its latents over the aligned faces are normalised to zero mean and unit spread:
+    by scaling and shift factors, or for FLUX.2 by the statistics of its 2x2 patches, which
+    its pipeline reads from the VAE's ``bn`` buffers."""
+    from comfyui_persona.models.tiny_faces import FACE_VAE, save_face_vae
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         faces = aligned_faces(Path(tmp))
         face_images = [np.asarray(Image.open(p).convert("RGB")) for ps in faces.values() for p in ps]
-    vae = instantiate("flux", "tiny", tokenizers=False, text_encoders=False).vae
+    tiny = instantiate(family, "tiny", tokenizers=False, text_encoders=False).vae
+    torch.manual_seed(0)
+    vae = type(tiny).from_config({**tiny.config, **FACE_VAE})
     l1 = train_vae(vae, face_images, steps)
-    with torch.no_grad():
-        x = torch.stack([_tensor(np.asarray(Image.fromarray(i).resize((RESOLUTION,) * 2, Image.Resampling.LANCZOS)))
-                         for i in face_images])
-        latents = vae.encode(x).latent_dist.mean
-    meta = {"vae_steps": steps, "vae_l1": round(l1, 4), "shift_factor": round(float(latents.mean()), 5),
-            "scaling_factor": round(1.0 / float(latents.std()), 5), "seconds": round(time.perf_counter() - start)}
-    save_flux_vae(out, vae, meta)
+    vae.eval()
+    meta = {"vae_steps": steps, "vae_l1": round(l1, 4)}
+    if hasattr(vae, "bn"):  # FLUX.2: per-channel statistics of the patchified latents
+        meta.update(set_patch_statistics(vae, face_images))
+    else:
+        with torch.no_grad():
+            latents = vae.encode(_faces_tensor(face_images)).latent_dist.mean
+        meta.update(shift_factor=round(float(latents.mean()), 5), scaling_factor=round(1.0 / float(latents.std()), 5))
+    meta["seconds"] = round(time.perf_counter() - start)
+    save_face_vae(out, vae, family, meta)
     print(json.dumps(meta, indent=2))
+
+
+def _faces_tensor(face_images: list[np.ndarray]) -> torch.Tensor:
+    return torch.stack([_tensor(np.asarray(Image.fromarray(i).resize((RESOLUTION,) * 2, Image.Resampling.LANCZOS)))
+                        for i in face_images])
+
+
+def set_patch_statistics(vae, face_images: list[np.ndarray]) -> dict:
+    """FLUX.2's batch-norm statistics (``vae.bn``) over the aligned faces' 2x2-patchified
+    latents as the trainer draws them (the posterior's mean plus its noise): each channel's
+    mean, and its variance = the variance of the means + the mean posterior variance. (A
+    latent channel the decoder does not use is posterior noise of variance ~1 with a near
+    constant mean; normalised by the means' spread alone it would be hundreds of times the
+    unit scale the transformer is trained at.)"""
+    def patches(t):
+        b, c, h, w = t.shape
+        return t.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+
+    with torch.no_grad():
+        dist = vae.encode(_faces_tensor(face_images)).latent_dist
+        mean, std = patches(dist.mean), patches(dist.std)
+        vae.bn.running_mean.copy_(mean.mean(dim=(0, 2, 3)))
+        vae.bn.running_var.copy_(mean.var(dim=(0, 2, 3)) + (std ** 2).mean(dim=(0, 2, 3)))
+    return {"latent_std": round(float(dist.mean.std()), 5),
+            "channels_in_use": int((mean.var(dim=(0, 2, 3)) > (std ** 2).mean(dim=(0, 2, 3))).sum())}
 
 
 def main() -> None:
@@ -134,10 +168,12 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--unet-steps", type=int, default=1500)
     ap.add_argument("--flux-vae", action="store_true",
-                    help="only the 16-channel tiny FLUX VAE (vae_flux.safetensors), for FLUX's memorisation test")
+                    help="only the 16-channel tiny FLUX VAE (vae_flux.safetensors), for the memorisation tests")
+    ap.add_argument("--flux2-vae", action="store_true",
+                    help="only the 32-channel tiny FLUX.2 VAE (vae_flux2.safetensors), for the memorisation tests")
     args = ap.parse_args()
-    if args.flux_vae:
-        train_flux_vae(Path(args.out), args.vae_steps)
+    if args.flux_vae or args.flux2_vae:
+        train_latent_vae(Path(args.out), "flux2" if args.flux2_vae else "flux", args.vae_steps)
         return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

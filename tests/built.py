@@ -13,10 +13,12 @@ from comfy_server import CACHE, REPO
 
 def _builder_digest() -> str:
     """A short hash of the code that builds the test models: a changed builder (architecture,
-    family, tokenizers) builds new ones; unchanged, the test cache's are reused."""
+    family, tokenizers, the shipped face weights' record, which every retraining rewrites)
+    builds new ones; unchanged, the test cache's are reused."""
     import hashlib
 
-    files = [REPO / "models" / n for n in ("architectures.py", "build.py", "tokenizers.py", "tiny_faces.py")]
+    files = [REPO / "models" / n for n in ("architectures.py", "build.py", "tokenizers.py", "tiny_faces.py",
+                                           "weights/tiny_faces/tiny_faces.json")]
     files += sorted((REPO / "models" / "families").rglob("*.py"))
     digest = hashlib.sha256()
     for f in files:

@@ -2,16 +2,18 @@
 Python, the ComfyUI root on ``sys.path``): ``python comfy_sampling.py request.json``.
 
 What runs is ComfyUI's: its UNet / FLUX implementation, its model sampling (prediction type,
-noise schedule, timestep scaling, FLUX's shift through its ModelSamplingFlux node), its SDXL
+noise schedule, timestep scaling, FLUX's shift through its ModelSamplingFlux node, FLUX.2's
+through its Flux2Scheduler's sigmas), its SDXL
 size conditioning, its KSampler, and its LoRA loader (``load_lora_for_models``). ComfyUI
 detects only the published model sizes, so the request tells it the test size where its code
 fixes a published value: the attention heads and rotary axes, the GroupNorm group count, the
 width of SDXL's size embedding and of Z-Image's timestep embedder, the VAE's latent scale. The weights must load with no key
 missing or left over, and every LoRA key must be applied.
 
-Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image), ``denoiser``
-(safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL layout, or
-Z-Image in diffusers or its original layout), ``lora`` (or null), ``config`` (unet_config
+Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image/flux2), ``denoiser``
+(safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL layout,
+Z-Image in diffusers or its original layout, FLUX.2 in BFL layout), ``lora`` (or null),
+``schedule`` ("flux2": klein's sigmas for the latent's tokens), ``config`` (unet_config
 entries to set), ``norm_groups``, ``size_embedding``, ``timestep_embedder`` ([hidden, out]),
 ``latent_format`` ({scale_factor, shift_factor}), ``conditioning`` (safetensors with
 ``positive``/``negative`` and ``positive_pooled``/``negative_pooled``), ``extra`` (conditioning
@@ -65,7 +67,7 @@ def main(path: str) -> dict:
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
     model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux,
-                    "z_image": supported.ZImage}[req["family"]](unet_config)
+                    "z_image": supported.ZImage, "flux2": supported.Flux2}[req["family"]](unet_config)
     model_config.unet_config.update(req.get("config") or {})
     model_config.set_inference_dtype(torch.float32, None)
     groups = req.get("norm_groups")
@@ -110,6 +112,13 @@ def main(path: str) -> dict:
         h, w = req["latent"][-2:]  # the node counts image tokens from pixels of an 8x VAE
         patcher = ModelSamplingFlux().patch(patcher, 1.15, 0.5, w * 8, h * 8)[0]
 
+    sigmas = None
+    if req.get("schedule") == "flux2":  # klein's Flux2Scheduler: FLUX.2's empirical shift for the image's tokens
+        from comfy_extras.nodes_flux import get_schedule
+
+        h, w = req["latent"][-2:]  # (the node counts tokens from pixels of a 16x VAE; here the latent's own)
+        sigmas = get_schedule(req["steps"], h * w)
+
     tensors = load_file(req["conditioning"])
     extra = req.get("extra") or {}
 
@@ -125,7 +134,7 @@ def main(path: str) -> dict:
         noise = comfy.sample.prepare_noise(latent, seed)
         samples.append(comfy.sample.sample(patcher, noise, req["steps"], req["cfg"], req["sampler"], req["scheduler"],
                                            cond("positive"), cond("negative"), latent, denoise=1.0,
-                                           disable_pbar=True, seed=seed))
+                                           sigmas=sigmas, disable_pbar=True, seed=seed))
     save_file({"samples": torch.cat(samples).float().contiguous()}, req["out"])
     not_loaded = [m for m in caught.messages if "lora key not loaded" in m or "NOT LOADED" in m]
     patches = len(patcher.patches) if req.get("lora") else 0  # weights patched (Z-Image: q, k, v patch one qkv)
