@@ -105,24 +105,21 @@ ARCHITECTURES: dict[tuple[str, str], dict] = {
         qwen3=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                    rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
-    ("flux2", "klein-9b"): dict(  # FLUX.2 klein 9B with Qwen3-8B: what a 4096-wide klein file is
-        transformer=dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=24, attention_head_dim=128,
-                         num_attention_heads=32, joint_attention_dim=3 * 4096, timestep_guidance_channels=256,
-                         mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False),
-        vae=dict(_VAE_REAL, latent_channels=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True),
-        qwen3=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                   rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False)),
 }
+_KLEIN_4B = ARCHITECTURES[("flux2", "real")]
+ARCHITECTURES[("flux2", "klein-9b")] = dict(  # FLUX.2 klein 9B with Qwen3-8B: what a 4096-wide klein file is
+    _KLEIN_4B, transformer=dict(_KLEIN_4B["transformer"], num_layers=8, num_single_layers=24, num_attention_heads=32,
+                                joint_attention_dim=3 * 4096),
+    qwen3=dict(_KLEIN_4B["qwen3"], hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False))
 
 
 def architecture(family: str, size: str) -> dict:
     try:
         return ARCHITECTURES[(family, size)]
     except KeyError:
-        sizes = sorted({s for f, s in ARCHITECTURES if f == family})
-        raise ValueError(f"architecture: no '{size}' {family} (families {'/'.join(dict.fromkeys(f for f, _ in ARCHITECTURES))}; "
-                         f"sizes {'/'.join(sizes) or 'tiny/real'})") from None
+        families = "/".join(dict.fromkeys(f for f, _ in ARCHITECTURES))
+        sizes = "/".join(sorted({s for f, s in ARCHITECTURES if f == family})) or "tiny/real"
+        raise ValueError(f"architecture: no '{size}' {family} (families {families}; sizes {sizes})") from None
 
 
 def instantiate(family: str, size: str = "tiny", device="cpu", dtype=None, seed: int = 0,
