@@ -317,9 +317,9 @@ def test_comfyui_samples_flux2_through_the_exported_lora_as_diffusers_does(flux2
     layout, strictly loaded) with the file applied by ComfyUI's LoRA loader (every key), its
     Flux2Scheduler's sigmas, its Euler sampler and its padding of the caption to 512 tokens.
     The latents come from the shipped 32-channel face VAE (its batch-norm statistics normalise
-    both sides) and are decoded by it. This proves the sampling side of the objective (FLUX.2's
-    empirical shift, the 4-axis positions, the patch order and the statistics) the same in both
-    programs; that training on it memorises a face at test size is not yet shown."""
+    both sides) and are decoded by it: FLUX.2's empirical shift, the 4-axis positions, the patch
+    order and the statistics are the same in both programs (that training on them memorises a
+    face: tests/test_memorisation.py)."""
     import shutil
 
     import numpy as np

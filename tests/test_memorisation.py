@@ -1,16 +1,19 @@
-"""Training proven right without pretrained weights: random-weight SDXL, FLUX and Z-Image at
-test size each learn one aligned sample face, and their samples are that face.
+"""Training proven right without pretrained weights: random-weight SDXL, FLUX, Z-Image and
+FLUX.2 klein at test size each learn one aligned sample face, and their samples are that face.
 
 A loss that falls on random weights does not show that the objective matches how the model
 is sampled. Here the model must reproduce the training photo from its caption when sampled
 by diffusers' own pipeline: with a wrong prediction type, timestep scaling, SDXL time ids,
-FLUX flow shift or guidance, Z-Image's time direction or sign, or VAE scale and shift, no face
-comes out. The exported LoRA file must then give the same image: SDXL's and Z-Image's loaded by
-diffusers' own LoRA loader into a fresh pipeline; FLUX's (BFL names, fused qkv) merged into
-the base weights by the LoRA formula ComfyUI applies (diffusers' kohya-FLUX converter assumes
-FLUX's published width). Last, ComfyUI's own sampler draws the face through the exported file:
-its UNet / FLUX / Z-Image code, model sampling, SDXL size conditioning and FLUX shift node,
-with the file loaded by its LoRA loader (``comfy_sampling.py``).
+FLUX flow shift or guidance, Z-Image's time direction or sign, FLUX.2's patch order, 4-axis
+positions or batch-norm statistics, or VAE scale and shift, no face comes out. The exported
+LoRA file must then give the same image: SDXL's and Z-Image's loaded by diffusers' own LoRA
+loader into a fresh pipeline; FLUX's and FLUX.2's (BFL names, fused qkv) merged into the base
+weights by the LoRA formula ComfyUI applies (diffusers' kohya-FLUX converter assumes FLUX's
+published width, and its FLUX.2 one leaves out the shared modulation layers that this test's
+LoRA on every layer trains). Last, ComfyUI's own sampler draws the face through the exported
+file: its UNet / FLUX / Z-Image / FLUX.2 code, model sampling, SDXL size conditioning, FLUX
+shift node and FLUX.2 scheduler, with the file loaded by its LoRA loader
+(``comfy_sampling.py``).
 
 SD1.x is proven the same way by the shipped tiny face model (``tests/test_tiny_faces.py``),
 whose UNet Persona's trainer made. The latents come from the shipped face VAEs.
@@ -39,16 +42,26 @@ EVERY_LAYER = {
                 "layers.1.adaLN_modulation.0", "noise_refiner.0.adaLN_modulation.0",  # (the final layer's is a SiLU)
                 "all_x_embedder.2-1", "all_final_layer.2-1.linear", "all_final_layer.2-1.adaLN_modulation.1",
                 "mlp.0", "mlp.2"],
+    "flux2": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+              "to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out", "single_transformer_blocks.1.attn.to_out",
+              "linear_in", "linear_out", "x_embedder", "context_embedder", "linear_1", "linear_2",
+              "double_stream_modulation_img.linear", "double_stream_modulation_txt.linear",
+              "single_stream_modulation.linear", "norm_out.linear", "proj_out"],
 }
 # what each family needs to memorise one face at 64 px (measured on this CPU: ~150 s, ~70 s and ~120 s;
 # Z-Image at 800 steps already draws the face, identity 0.92, SSIM 0.80: 1500 keeps a margin)
 RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption_dropout=0.2,
                        caption_dropout_to="empty"),
           "flux": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, t5_max_length=16),
-          "z_image": dict(steps=1500, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=64)}
+          "z_image": dict(steps=1500, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=64),
+          # klein's own caption length (ComfyUI's model zero-pads shorter ones); noise levels drawn
+          # unshifted: FLUX.2's own shift at 256 tokens (about 5) leaves a test-size run too few
+          # low-noise steps (SSIM 0.3 after 3000 steps, 0.57 after 1500 unshifted). Sampling keeps
+          # FLUX.2's schedule on both sides.
+          "flux2": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=512, timestep_shift=1.0)}
 
 
-@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image"])
+@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image", "flux2"])
 def memorised(request, face_dataset):
     """The family's tiny model with the face VAE, after memorising one face: trained once per
     version of the code and of the recipe (tests/built.py), shared by the workers."""
@@ -109,7 +122,8 @@ def test_samples_after_memorising_one_face_are_that_face(memorised):
     print(f"{family}: identity {scores}, SSIM {similar}")
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces found, identity 0.93 / 0.91, SSIM 0.46-0.69;
-    # FLUX 3 of 3, identity 0.93-0.95, SSIM 0.80-0.82; Z-Image 3 of 3, identity 0.94-0.95, SSIM 0.86-0.87
+    # FLUX 3 of 3, identity 0.93-0.95, SSIM 0.80-0.82; Z-Image 3 of 3, identity 0.94-0.95, SSIM 0.86-0.87;
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)
 
@@ -129,12 +143,16 @@ def _sample(family, pipe, comps, seed=0):
 
 
 def _flux_with_kohya_file(comps, path):
-    """The transformer with a kohya FLUX LoRA applied as ComfyUI applies one: W += up @ down *
-    alpha / rank on the BFL (fused) weights."""
+    """The transformer with a kohya FLUX or FLUX.2 LoRA applied as ComfyUI applies one:
+    W += up @ down * alpha / rank on the BFL (fused) weights."""
+    from importlib import import_module
+
     from safetensors.torch import load_file
 
-    from comfyui_persona.models.families.flux.keys import bfl_to_diffusers, diffusers_to_bfl
     from comfyui_persona.trainers.outputs.merge import delta, modules
+
+    keys = import_module(f"comfyui_persona.models.families.{comps.family}.keys")
+    bfl_to_diffusers, diffusers_to_bfl = keys.bfl_to_diffusers, keys.diffusers_to_bfl
 
     config = dict(comps.denoiser.config)
     bfl = diffusers_to_bfl(comps.denoiser.state_dict(), config)
@@ -156,7 +174,7 @@ def test_the_exported_lora_file_gives_the_same_sample(memorised):
 
     family, model, _face, result, paths = memorised
     comps = load_components(family, model)
-    if family == "flux":
+    if family in ("flux", "flux2"):  # (see the module's text: why not diffusers' kohya converters)
         assert _flux_with_kohya_file(comps, result.lora_path) >= 20
         pipe = get_family(family).pipeline(comps)
     elif family == "z_image":  # the file ComfyUI loads (diffusion_model.<module> names), by diffusers' own loader
@@ -192,6 +210,15 @@ def _comfyui_request(family, comps, model, folder):
                            "crop_w": 0, "crop_h": 0},
                     latent=[1, 4, 32, 32], cfg=5.0, sampler="euler", scheduler="normal")
     c = comps.denoiser.config
+    if family == "flux2":  # in BFL names, as ComfyUI keeps FLUX.2's files; sampled on klein's schedule
+        from comfyui_persona.models.families.flux2.keys import diffusers_to_bfl
+
+        path = folder / "flux2_bfl.safetensors"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({f"model.diffusion_model.{k}": v.float().contiguous()
+                   for k, v in diffusers_to_bfl(comps.denoiser.state_dict(), dict(c)).items()}, str(path))
+        return dict(denoiser=str(path), config={"num_heads": c.num_attention_heads, "axes_dim": list(c.axes_dims_rope)},
+                    latent=[1, 128, 16, 16], schedule="flux2", cfg=1.0, sampler="euler", scheduler="simple")
     if family == "z_image":  # ComfyUI detects Z-Image by its published width and fixes its heads and axes
         return dict(denoiser=str(model / "transformer" / "diffusion_pytorch_model.safetensors"),
                     config={"n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "axes_dims": list(c.axes_dims),
@@ -226,6 +253,8 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     if family == "z_image":  # ComfyUI's Qwen3 encoder gives the caption's own tokens, no padding
         cond = {"positive": fam.captions(pos, torch.float32)[0][None],
                 "negative": fam.captions(neg, torch.float32)[0][None]}
+    elif family == "flux2":  # klein's Qwen3 layers at its 512 tokens, no pooled vector
+        cond = {"positive": pos["encoder_hidden_states"], "negative": neg["encoder_hidden_states"]}
     else:
         hidden, pooled = "encoder_hidden_states", ("text_embeds" if family == "sdxl" else "pooled_projections")
         cond = {"positive": pos[hidden], "positive_pooled": pos[pooled], "negative": neg[hidden],
@@ -235,6 +264,9 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     assert info["lora_keys"] >= 20 and info["applied"] == info["lora_keys"], info
     assert info["not_loaded"] == [], info["not_loaded"]
 
+    if family == "flux2":  # ComfyUI's FLUX.2 latents are the VAE's 2x2 patches normalised by its statistics
+        h, w = (2 * n for n in latents.shape[-2:])
+        latents = fam.from_model(comps, latents.flatten(2).transpose(1, 2), h, w)
     samples = decode(comps.vae, latents)
     for i, s in enumerate(samples):
         Image.fromarray(s).save(tmp_path / f"comfyui-{i}.png")
@@ -242,6 +274,7 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     print(f"{family} in ComfyUI: identity {scores}, SSIM {similar}")
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces, identity 0.93 / 0.93, SSIM 0.52-0.83;
-    # FLUX 2 of 3, identity 0.92 / 0.93, SSIM 0.65-0.66; Z-Image 3 of 3, identity 0.95, SSIM 0.86-0.87
+    # FLUX 2 of 3, identity 0.92 / 0.93, SSIM 0.65-0.66; Z-Image 3 of 3, identity 0.95, SSIM 0.86-0.87;
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)
