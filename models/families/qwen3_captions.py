@@ -94,3 +94,12 @@ class Qwen3CaptionedFamily(Family):
         vae = vae_cls.from_config(vae_cls.load_config(folder / "vae"))
         te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
         return denoiser, vae, te, None
+
+    # --- sampling -------------------------------------------------------------------------
+    def pipeline(self, comps):
+        diffusers = require("diffusers", "Sampling")
+        pipe = getattr(diffusers, self.pipeline_class)(
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(comps.scheduler.config),
+            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, transformer=comps.denoiser)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe

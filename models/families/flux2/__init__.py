@@ -180,14 +180,6 @@ class Flux2(Qwen3CaptionedFamily):
         return [*inner.transformer_blocks, *inner.single_transformer_blocks]
 
     # --- sampling -------------------------------------------------------------------------
-    def pipeline(self, comps):
-        diffusers = require("diffusers", "Sampling")
-        pipe = diffusers.Flux2KleinPipeline(
-            scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(comps.scheduler.config),
-            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, transformer=comps.denoiser)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def sample(self, pipe, comps, prompt, resolution, steps, generator, output_type="pil", cond=None,
                guidance=None):
         """Without CFG by default; ``guidance`` > 1 needs the text encoder for the empty

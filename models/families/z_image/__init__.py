@@ -126,14 +126,6 @@ class ZImage(Qwen3CaptionedFamily):
         return [*inner.noise_refiner, *inner.context_refiner, *inner.layers]
 
     # --- sampling -------------------------------------------------------------------------
-    def pipeline(self, comps):
-        diffusers = require("diffusers", "Sampling")
-        pipe = diffusers.ZImagePipeline(
-            scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(comps.scheduler.config),
-            vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, transformer=comps.denoiser)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def sample(self, pipe, comps, prompt, resolution, steps, generator, output_type="pil", cond=None,
                guidance=None):
         """Without CFG by default (Z-Image Turbo's setting); ``guidance`` > 0 needs the text
