@@ -160,6 +160,16 @@ class Family:
             found.append((level, len(found), m))
         return [m for _, _, m in sorted(found, key=lambda t: (t[0], t[1]))]
 
+    def encode_pixels(self, vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's posterior (mean, std) ``[B, C, h, w]`` of images ``[B, 3, H, W]`` in [-1, 1];
+        a family whose VAE reads video frames makes each image one frame."""
+        dist = vae.encode(pixels).latent_dist
+        return dist.mean, dist.std
+
+    def decode_latents(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` of VAE-space latents ``[B, C, h, w]``."""
+        return vae.decode(latents).sample
+
     def latent_shape(self, comps, resolution: int) -> tuple[int, int, int]:
         factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
         return (comps.vae.config.latent_channels, resolution // factor, resolution // factor)

@@ -69,16 +69,17 @@ def load_vae(config: Path, file: str | Path):
     return model
 
 
-def build_on_meta(cls, config: dict, tensors: dict, path, what: str):
+def build_on_meta(cls, config: dict, tensors: dict, path, what: str, field: str = "base_model"):
     """``cls(**config)`` built on the meta device and given ``tensors`` (no copy); a file
-    whose weights do not fit is refused with what is missing or left over."""
+    whose weights do not fit is refused with what is missing or left over, under the config
+    ``field`` that named it."""
     import torch
 
     with torch.device("meta"):
         model = cls(**config)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if missing or unexpected:
-        raise ValueError(f"base_model: '{path}' does not fit the {what}: missing {missing[:3]}, "
+        raise ValueError(f"{field}: '{path}' does not fit the {what}: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
     return model
 

@@ -27,21 +27,34 @@ def peft_to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float,
                   rename=None) -> dict[str, torch.Tensor]:
     """peft LoRA tensors of one model -> kohya tensors with ``prefix`` ('lora_unet', 'lora_te',
     'lora_te1', ...); ``rename`` maps a module path first (SDXL: diffusers -> original layout)."""
+    def name(module: str) -> str:
+        return f"{prefix}_{_classic_name(rename(module) if rename else module, prefix).replace('.', '_')}"
+
+    return _lora_tensors(state, alpha, name)
+
+
+def peft_to_dotted(state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """The same tensors named ``<prefix><module path>`` with its dots kept
+    (``diffusion_model.layers.0.attention.to_q.lora_down.weight``): the layout ComfyUI's LoRA
+    loader maps onto the modules of models whose own names are diffusers' (Z-Image, Qwen-Image)."""
+    return _lora_tensors(state, alpha, lambda module: prefix + module)
+
+
+def _lora_tensors(state: dict[str, torch.Tensor], alpha: float, name) -> dict[str, torch.Tensor]:
+    """``lora_down``/``lora_up``/``alpha`` (and a DoRA layer's ``dora_scale``) of each module,
+    under ``name(module path)``."""
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
+    for key, tensor in sorted(state.items()):
         dora = DORA_KEY.match(key)
         if dora:
-            module = _classic_name(rename(dora.group(1)) if rename else dora.group(1), prefix)
-            out[f"{prefix}_{module.replace('.', '_')}.dora_scale"] = tensor.detach().contiguous()
+            out[f"{name(dora.group(1))}.dora_scale"] = tensor.detach().contiguous()
             continue
         m = PEFT_KEY.match(key)
         if not m:
             continue
         module, which = m.groups()
-        module = _classic_name(rename(module) if rename else module, prefix)
-        name = f"{prefix}_{module.replace('.', '_')}"
-        out[f"{name}.{'lora_down' if which == 'A' else 'lora_up'}.weight"] = tensor.detach().contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        out[f"{name(module)}.{'lora_down' if which == 'A' else 'lora_up'}.weight"] = tensor.detach().contiguous()
+        out[f"{name(module)}.alpha"] = torch.tensor(float(alpha))
     return out
 
 

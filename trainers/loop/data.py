@@ -53,15 +53,15 @@ class TrainingData:
     identity_group: int = -1  # the bucket the identity loss applies to (the square face crops)
 
 
-def _encode_latent_dist(vae, pixels: torch.Tensor, dtype, slicing: bool):
+def _encode_latent_dist(family, vae, pixels: torch.Tensor, dtype, slicing: bool):
     means, stds = [], []
     chunk = 1 if slicing else len(pixels)
     device = next(vae.parameters()).device  # the run's device, or the CPU (encode_on_cpu)
     with torch.no_grad():
         for i in range(0, len(pixels), chunk):
-            dist = vae.encode(pixels[i:i + chunk].to(device, dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
+            mean, std = family.encode_pixels(vae, pixels[i:i + chunk].to(device, dtype))
+            means.append(mean.float().cpu())
+            stds.append(std.float().cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -91,7 +91,7 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
                 data.latent_mean, data.latent_std = cached["mean"], cached["std"]
         if data.latent_mean is None:
             data.latent_mean, data.latent_std = _encode_latent_dist(
-                s.comps.vae, pixels, s.dtype, cfg.vae_slicing)
+                s.family, s.comps.vae, pixels, s.dtype, cfg.vae_slicing)
             if cache_file is not None:
                 from safetensors.torch import save_file
 
@@ -279,8 +279,8 @@ def batch(s, data: Examples, idx: torch.Tensor, gen: torch.Generator, vary_capti
         mean, std = data.latent_mean[idx], data.latent_std[idx]
     else:
         with torch.no_grad():
-            dist = comps.vae.encode(data.pixels[idx].to(s.device, s.dtype)).latent_dist
-        mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+            mean, std = s.family.encode_pixels(comps.vae, data.pixels[idx].to(s.device, s.dtype))
+        mean, std = mean.float().cpu(), std.float().cpu()
     latents = (mean + std * torch.randn(mean.shape, generator=gen) - comps.vae_shift) * comps.vae_scale
     prompts = [data.prompts[i] for i in idx.tolist()]
     if vary_captions:

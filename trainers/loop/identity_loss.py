@@ -31,12 +31,13 @@ class IdentityLoss:
         select = p.timesteps[:n] < self.max_timestep
         if not bool(select.any()):
             return None, 0
-        x0 = get_family(comps.family).predicted_x0(comps, p)[:n][select]
+        family = get_family(comps.family)
+        x0 = family.predicted_x0(comps, p)[:n][select]
         bx0, by0, bx1, by1 = self.box
         crop = x0[:, :, by0:by1, bx0:bx1]  # decode only the face box
         vae_dtype = next(comps.vae.parameters()).dtype
         latents = crop / comps.vae_scale + comps.vae_shift
-        faces = comps.vae.decode(latents.to(vae_dtype)).sample.float().clamp(-1, 1)
+        faces = family.decode_latents(comps.vae, latents.to(vae_dtype)).float().clamp(-1, 1)
         emb = self.encoder.embed_tensor(faces)
         loss = (1 - emb @ self.reference.to(emb.device)).mean()
         return loss, int(select.sum())

@@ -46,8 +46,11 @@ def encoder_memory(family: str, base_model: str | None, size: str, resolution: i
     run on the ``meta`` device with the live-tensor meter."""
     from .simulate import FusedAttentionOnMeta, LiveTensorMeter, architecture
 
+    from ...models.families import get_family
+
     dtype = getattr(torch, dtype_name)
     comps = architecture(family, base_model, size)
+    family = get_family(family)
     lengths = dict(token_lengths)
     out = {}
     with torch.inference_mode(False), torch.no_grad():
@@ -65,7 +68,7 @@ def encoder_memory(family: str, base_model: str | None, size: str, resolution: i
             meter.reset_peak()
             with meter, FusedAttentionOnMeta():
                 if name == "vae":
-                    module.encode(torch.zeros(1, 3, resolution, resolution, device="meta", dtype=dtype))
+                    family.encode_pixels(module, torch.zeros(1, 3, resolution, resolution, device="meta", dtype=dtype))
                 else:
                     module(torch.zeros(1, lengths.get(name, 77), dtype=torch.long, device="meta"))
             out[name] = (weights, meter.peak - weights)

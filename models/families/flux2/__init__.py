@@ -30,7 +30,7 @@ import torch
 from ....core.deps import require
 from ....core.transfer import to_device
 from ..base import Prediction, peft_pairs
-from ..qwen3_captions import Qwen3CaptionedFamily
+from ..qwen_captions import QwenCaptionedFamily
 from ..flux import Flux
 
 # Qwen3's chat turn with thinking switched off, as klein reads captions (diffusers' pipeline,
@@ -47,7 +47,7 @@ def empirical_mu(image_seq_len: int, num_steps: int = MU_STEPS) -> float:
     return compute_empirical_mu(image_seq_len, num_steps)
 
 
-class Flux2(Qwen3CaptionedFamily):
+class Flux2(QwenCaptionedFamily):
     name = "flux2"
     title = "FLUX.2"
     transformer_class = "Flux2Transformer2DModel"

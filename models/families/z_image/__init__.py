@@ -31,14 +31,15 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ..base import Prediction, peft_pairs
-from ..qwen3_captions import Qwen3CaptionedFamily
+from ..base import Prediction
+from ..qwen_captions import QwenCaptionedFamily
 
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"  # Qwen's chat turn, as Z-Image reads captions
+LORA_PREFIX = "diffusion_model."  # ComfyUI's Z-Image LoRA names: diffusers' module paths under it
 SHIFT = 3.0  # Z-Image's noise-level shift (its scheduler config; ComfyUI's ZImage sampling)
 
 
-class ZImage(Qwen3CaptionedFamily):
+class ZImage(QwenCaptionedFamily):
     name = "z_image"
     title = "Z-Image"
     transformer_class = "ZImageTransformer2DModel"
@@ -152,10 +153,10 @@ class ZImage(Qwen3CaptionedFamily):
 
     # --- LoRA files -----------------------------------------------------------------------
     def kohya_tensors(self, denoiser_state, te_states, alpha, model, rank=None):
-        """diffusers' module names under ``diffusion_model.`` (``keys.comfyui_lora``)."""
-        from .keys import comfyui_lora
+        """diffusers' module names under ``diffusion_model.`` (see ``keys``)."""
+        from ...keys.kohya import peft_to_dotted
 
-        return comfyui_lora({k: tuple(v) for k, v in peft_pairs(denoiser_state).items()}, alpha)
+        return peft_to_dotted(denoiser_state, LORA_PREFIX, alpha)
 
     def save_diffusers_lora(self, folder, layers, te_layers):
         from diffusers import ZImagePipeline

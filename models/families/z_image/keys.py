@@ -21,7 +21,6 @@ BLOCK = {"attention.norm_q.weight": "attention.q_norm.weight", "attention.norm_k
 QKV = ("attention.to_q", "attention.to_k", "attention.to_v")
 TOP = {"all_final_layer.2-1.": "final_layer.", "all_x_embedder.2-1.": "x_embedder."}
 BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
-LORA_PREFIX = "diffusion_model."
 
 
 def _block(key: str) -> tuple[str, str] | None:
@@ -78,15 +77,3 @@ def original_to_diffusers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
         out[key] = tensor
     return out
 
-
-
-def comfyui_lora(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
-    """LoRA tensors ComfyUI loads for Z-Image: ``diffusion_model.<diffusers module>`` with
-    ``lora_down``/``lora_up`` and ``alpha`` (one per module, its own rank)."""
-    out = {}
-    for module, (down, up) in sorted(pairs.items()):
-        name = LORA_PREFIX + module
-        out[f"{name}.lora_down.weight"] = down.contiguous()
-        out[f"{name}.lora_up.weight"] = up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return out

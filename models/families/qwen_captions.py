@@ -1,8 +1,9 @@
-"""What the families whose captions a Qwen3 LLM reads share (Z-Image, FLUX.2 klein): a
-transformer, a VAE and Qwen3 in a diffusers folder or as ComfyUI's separate files (``llm``,
-``vae``), Qwen's tokenizer from local files, and the classes that build them. A family names
-its diffusers classes and reads its own separate files; prompt encoding, the objective,
-sampling and the LoRA layout stay in the family's module."""
+"""What the families whose captions a Qwen LLM reads share (Z-Image and FLUX.2 klein: Qwen3;
+Qwen-Image: Qwen2.5-VL): a transformer, a VAE and the LLM in a diffusers folder or as
+ComfyUI's separate files (``llm``, ``vae``), Qwen's tokenizer from local files, and the
+classes that build them. A family names its diffusers and transformers classes and reads its
+own separate files; prompt encoding, the objective, sampling and the LoRA layout stay in the
+family's module."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..components import Components, file_hash, file_random_weights, folder_rand
 from .base import Family
 
 
-class Qwen3CaptionedFamily(Family):
+class QwenCaptionedFamily(Family):
     denoiser_folder = "transformer"
     supports_text_encoder_training = False
     uses_attention_processors = False
@@ -24,13 +25,16 @@ class Qwen3CaptionedFamily(Family):
     pipeline_class = ""  # diffusers' class names
     transformer_class = ""
     vae_class = "AutoencoderKL"
+    text_encoder_class = "Qwen3Model"  # transformers' class names, and the architecture table's key
+    text_config_class = "Qwen3Config"
+    text_arch = "qwen3"
     title = ""  # how messages name the family
 
     @property
     def pipeline_index(self) -> tuple[str, dict]:
         return (self.pipeline_class, {
             "transformer": ["diffusers", self.transformer_class], "vae": ["diffusers", self.vae_class],
-            "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
+            "text_encoder": ["transformers", self.text_encoder_class], "tokenizer": ["transformers", "Qwen2Tokenizer"],
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]})
 
     def _classes(self, why: str):
@@ -39,7 +43,7 @@ class Qwen3CaptionedFamily(Family):
         return getattr(diffusers, self.transformer_class), getattr(diffusers, self.vae_class), transformers
 
     def load_separate_files(self, path: Path, config: Path, llm, vae):
-        """(transformer, Qwen3 text encoder, VAE) from ComfyUI's separate files: the
+        """(transformer, text encoder, VAE) from ComfyUI's separate files: the
         ``load_separate_files`` of the ``files`` module in the family's folder."""
         from importlib import import_module
 
@@ -52,7 +56,7 @@ class Qwen3CaptionedFamily(Family):
         require_diffusers_folder(folder, "transformer", self.name)
         tok, _ = self.load_tokenizers(folder)
         return Components(
-            self.name, tok, transformers.Qwen3Model.from_pretrained(folder / "text_encoder"),
+            self.name, tok, getattr(transformers, self.text_encoder_class).from_pretrained(folder / "text_encoder"),
             vae_cls.from_pretrained(folder / "vae"), transformer_cls.from_pretrained(folder / "transformer"),
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
             str(folder), model_hash(folder), folder_random_weights(folder))
@@ -85,14 +89,18 @@ class Qwen3CaptionedFamily(Family):
     # --- building -------------------------------------------------------------------------
     def build_modules(self, arch: dict, text_encoders: bool = True):
         transformer_cls, vae_cls, transformers = self._classes("Building a model from config")
-        te = transformers.Qwen3Model(transformers.Qwen3Config(**arch["qwen3"])) if text_encoders else None
+        te = None
+        if text_encoders:
+            te = getattr(transformers, self.text_encoder_class)(
+                getattr(transformers, self.text_config_class)(**arch[self.text_arch]))
         return transformer_cls(**arch["transformer"]), vae_cls(**arch["vae"]), te, None
 
     def modules_from_configs(self, folder: Path):
         transformer_cls, vae_cls, transformers = self._classes("Planning memory")
         denoiser = transformer_cls.from_config(transformer_cls.load_config(folder / "transformer"))
         vae = vae_cls.from_config(vae_cls.load_config(folder / "vae"))
-        te = transformers.Qwen3Model(transformers.Qwen3Config.from_pretrained(folder / "text_encoder"))
+        te = getattr(transformers, self.text_encoder_class)(
+            getattr(transformers, self.text_config_class).from_pretrained(folder / "text_encoder"))
         return denoiser, vae, te, None
 
     # --- sampling -------------------------------------------------------------------------
