@@ -1,5 +1,5 @@
 """The headless generator: a diffusers pipeline from any base model Persona trains on (the
-family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image, FLUX.2 klein), with Persona LoRAs at adjustable
+family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image, FLUX.2 klein, Qwen-Image), with Persona LoRAs at adjustable
 strengths: one subject's, or several subjects' at once (one adapter each, applied together)."""
 from __future__ import annotations
 

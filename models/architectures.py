@@ -1,7 +1,8 @@
 """Architectures of every family at two sizes, built from config with random weights.
 
 ``tiny``: seconds-fast on a CPU, for tests and the demo. ``real``: the published sizes
-(SD1.5, SDXL base 1.0, FLUX.1-dev, Z-Image and FLUX.2 klein 4B with Qwen3-4B), for the memory benchmark and the planner; built on the
+(SD1.5, SDXL base 1.0, FLUX.1-dev, Z-Image and FLUX.2 klein 4B with Qwen3-4B, Qwen-Image with
+Qwen2.5-VL-7B), for the memory benchmark and the planner; built on the
 ``meta`` device they cost no memory, which is how the planner simulates a training step.
 No model hub is contacted: every config is written out here.
 """
@@ -111,6 +112,35 @@ ARCHITECTURES[("flux2", "klein-9b")] = dict(  # FLUX.2 klein 9B with Qwen3-8B: w
     _KLEIN_4B, transformer=dict(_KLEIN_4B["transformer"], num_layers=8, num_single_layers=24, num_attention_heads=32,
                                 joint_attention_dim=3 * 4096),
     qwen3=dict(_KLEIN_4B["qwen3"], hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False))
+
+# Qwen-Image: a 60-block double-stream transformer over the 16 channels of its own causal video VAE
+# (one frame per image), captions read by Qwen2.5-VL (text only: its vision tower is never run)
+_QWEN25_VL_ROPE = {"rope_type": "default", "rope_theta": 1000000.0}
+ARCHITECTURES[("qwen_image", "tiny")] = dict(
+    transformer=dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=False),
+    vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],  # ComfyUI reads this shape
+             temperal_downsample=[False, True, True]),
+    qwen25_vl=dict(text_config=dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                    rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=None,
+                                    rope_parameters=dict(_QWEN25_VL_ROPE, mrope_section=[2, 1, 1])),
+                   vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                                      fullatt_block_indexes=[0]),
+                   tie_word_embeddings=False))
+ARCHITECTURES[("qwen_image", "real")] = dict(  # Qwen-Image (20B) with Qwen2.5-VL-7B-Instruct
+    transformer=dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                     num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+                     guidance_embeds=False),
+    vae=dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+             temperal_downsample=[False, True, True]),
+    qwen25_vl=dict(text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                                    num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                    max_position_embeddings=128000, rms_norm_eps=1e-6,
+                                    rope_parameters=dict(_QWEN25_VL_ROPE, mrope_section=[16, 24, 24])),
+                   vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                      out_hidden_size=3584, fullatt_block_indexes=[7, 15, 23, 31]),
+                   tie_word_embeddings=False))
 
 
 def architecture(family: str, size: str) -> dict:

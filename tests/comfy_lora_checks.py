@@ -79,6 +79,17 @@ model.diffusion_model.load_state_dict(own, strict=True)  # our original layout i
 key_map = comfy.lora.model_lora_keys_unet(model, {})
 """ + _REPORT
 
+COMFY_QWEN_IMAGE_CHECK = _START + r"""
+sd = load_file(args[1])
+unet_config = comfy.model_detection.detect_unet_config(sd, "model.diffusion_model.")
+assert unet_config["image_model"] == "qwen_image", unet_config
+unet_config.update(json.loads(args[3]))  # detection reads depth and input width; the rest is Qwen-Image's size
+model = comfy.supported_models.QwenImage(unet_config).get_model(sd, "model.diffusion_model.")
+own = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
+model.diffusion_model.load_state_dict(own, strict=True)  # diffusers' names are ComfyUI's, key for key
+key_map = comfy.lora.model_lora_keys_unet(model, {})
+""" + _REPORT
+
 
 def assert_every_key_maps(comfy, script: str, model_file: Path, lora: Path, extra: object) -> None:
     """Run ``script`` in ``comfy``'s host on ``model_file`` and ``lora`` (``extra``: its JSON

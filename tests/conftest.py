@@ -236,6 +236,17 @@ def tiny_flux2():
         return build_family_model(model_dir("tiny-flux2"), "flux2", "tiny", seed=0)
 
 
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image():
+    """A Qwen-Image-shaped model (double-stream blocks with 3-axis rotary positions, a
+    Qwen2.5-VL text encoder with its vision tower and a byte-level Qwen tokenizer, the causal
+    video VAE with per-channel latent statistics) with random weights."""
+    from comfyui_persona.models.build import build_family_model
+
+    with heavy_build("tiny-qwen_image"):
+        return build_family_model(model_dir("tiny-qwen_image"), "qwen_image", "tiny", seed=0)
+
 def pytest_collection_modifyitems(config, items):
     """Tests that must share a worker are grouped and the groups ordered heaviest first
     (scheduling.py); ``gpu`` tests run only where torch sees a CUDA device

@@ -219,7 +219,7 @@ class _MemoryEfficientAttention(torch.autograd.Function):
 
 class FusedAttentionOnMeta:
     """While active, ``F.scaled_dot_product_attention`` on meta tensors has the memory of a
-    fused kernel. A module-attribute swap rather than a function mode, because gradient
+    fused kernel (without a mask, or with a key-padding mask). A module-attribute swap rather than a function mode, because gradient
     checkpointing recomputes inside the autograd engine, where function modes do not reach;
     tensors on real devices pass straight through."""
 
@@ -231,7 +231,11 @@ class FusedAttentionOnMeta:
             names = ("query", "key", "value")
             qkv = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):] if n in kwargs]
             rest = {k: v for k, v in kwargs.items() if k not in names}
-            if len(qkv) == 3 and qkv[0].device.type == "meta" and rest.get("attn_mask") is None \
+            mask = rest.get("attn_mask")
+            # a key-padding mask (one row for every query, Qwen-Image's captions) is what CUDA's
+            # memory-efficient kernel takes as a broadcast bias, without an attention matrix
+            padding_only = mask is None or (mask.dim() == 4 and mask.shape[-2] == 1)
+            if len(qkv) == 3 and qkv[0].device.type == "meta" and padding_only \
                     and not rest.get("is_causal") and not rest.get("dropout_p") and len(args) <= 3:
                 q, k, v = qkv
                 if k.shape[1] != q.shape[1]:  # grouped heads: expand as the math path does
@@ -449,7 +453,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
                     if comps.vae in resident:
                         with torch.no_grad():
                             pixels = torch.zeros(micro, 3, cfg.resolution, cfg.resolution, device=device, dtype=dtype)
-                            comps.vae.encode(pixels)
+                            fam.encode_pixels(comps.vae, pixels)
                     if encode:
                         ctx = torch.enable_grad() if cfg.train_text_encoder else torch.no_grad()
                         with ctx:
@@ -525,7 +529,7 @@ def sample_once(comps, cfg, fam, device, dtype, shape: tuple) -> None:
         cond = fam.dummy_condition(comps, 2, device, dtype, cfg)
         fam.predict(comps, comps.denoiser, latents, cond, torch.Generator("cpu").manual_seed(0), cfg, dtype)
         del latents, cond
-        comps.vae.decode(to_device(torch.zeros((1, *shape)), device).to(dtype))
+        fam.decode_latents(comps.vae, to_device(torch.zeros((1, *shape)), device).to(dtype))
 
 
 def _timing_event():
