@@ -24,7 +24,7 @@ _MORE = ["masked_loss", "background_weight", "caption_dropout", "shuffle_tags", 
          "use_dora", "loraplus_lr_ratio", "aspect_buckets", "validate_every", "checkpoint_blocks", "fused_backward",
          "full_bf16", "stream_blocks", "compile", "cuda_graphs", "fused_optimizer", "channels_last", "memory"]
 NONE = "(none)"
-# the files a run reads beside its base (a single-file FLUX or Z-Image base's text encoders and
+# the files a run reads beside its base (a single-file FLUX, Z-Image, FLUX.2 or Qwen-Image base's text encoders and
 # VAE, a training adapter): TrainConfig field -> ComfyUI folder
 SEPARATE = {"clip_l": "text_encoders", "t5": "text_encoders", "vae": "vae", "llm": "text_encoders",
             "training_adapter": "loras"}
@@ -61,7 +61,7 @@ class PersonaTrain:
         return {"required": {
             "dataset": ("PERSONA_DATASET", {"tooltip": "From Persona Build Dataset."}),
             "base_model": (models, {"tooltip": "Base model of the family below: a folder in models/diffusers, "
-                                               "a .safetensors file in models/checkpoints, or (FLUX, Z-Image) "
+                                               "a .safetensors file in models/checkpoints, or (FLUX, Z-Image, FLUX.2, Qwen-Image) "
                                                "the transformer file in models/diffusion_models with its text "
                                                "encoder and VAE files chosen below."}),
             "lora_name": ("STRING", {"default": "persona_subject", "tooltip":

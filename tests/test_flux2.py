@@ -13,39 +13,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_FLUX2_CHECK, assert_every_key_maps
-from trainer_helpers import tiny_config
+from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
+    train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
-from comfyui_persona.trainers.outputs.export import read_lora_metadata
 
 
 @pytest.fixture(scope="module")
 def flux2_run(tiny_flux2, face_dataset, tmp_path_factory):
-    """Every feature at once: prior preservation (class images sampled before the text encoder
-    leaves), the identity loss through FLUX.2's x0, the face-weighted loss, EMA, aspect
-    buckets, caption dropout, validation from cached embeddings."""
-    out = tmp_path_factory.mktemp("flux2") / "run"
-    cfg = tiny_config(tiny_flux2, face_dataset, out, family="flux2", steps=4, prior_preservation=True,
-                      num_class_images=2, class_images_steps=2, identity_loss_weight=0.5, identity_weights="random",
-                      identity_max_timestep=1000, masked_loss=True, background_weight=0.1, ema=True,
-                      ema_export="beside", caption_dropout=0.5, aspect_buckets=True, validate_every=4,
-                      validation_steps=2, validation_identity="off", llm_max_length=32,
-                      cache_dir=str(out.parent / "class_cache"))
-    events = {}
-    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
-    return cfg, result, events
+    """Every feature at once (trainer_helpers.EVERY_FEATURE), the identity loss through
+    FLUX.2's x0."""
+    return train_every_feature(tiny_flux2, face_dataset, tmp_path_factory.mktemp("flux2") / "run", "flux2",
+                               llm_max_length=32)
 
 
 @pytest.mark.quick
 def test_flux2_lora_trains_with_every_feature(flux2_run):
-    cfg, result, events = flux2_run
-    assert result.steps_done == 4 and result.class_images_generated == 2
-    assert events["text_encoder"] is None  # every caption encoded once, then the encoder dropped
-    assert all(math.isfinite(r["loss"]) and "loss_prior" in r and "loss_identity" in r for r in result.records)
-    assert (result.run_dir / "samples" / "step-000004.png").is_file()  # sampled from cached embeddings
-    assert result.ema_path is not None and result.ema_path.is_file()
-    meta = read_lora_metadata(result.lora_path)
-    assert meta["ss_base_model_version"] == "flux2"
-    assert meta["modelspec.architecture"] == "flux-2-klein/lora"
+    assert_trained_with_every_feature(flux2_run, "flux2", "flux-2-klein")
 
 
 def _transformer_out(transformer, seed=0):
@@ -263,30 +246,8 @@ def test_persona_generate_and_the_identity_gate_sample_flux2(flux2_run, tiny_flu
     """``persona generate`` with a FLUX.2 LoRA: the family read from the LoRA, klein's own
     pipeline with the LoRA loaded (and CFG from an empty negative prompt), the gate scoring
     each attempt (a random-weight model draws no face, so the gate reports it)."""
-    import json
-
-    from PIL import Image
-
-    from comfyui_persona.app.cli import main
-    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
-
-    _cfg, result, _ = flux2_run
-    generator = DiffusersGenerator(tiny_flux2, result.lora_path)
-    assert generator.family == "flux2" and type(generator.pipe).__name__ == "Flux2KleinPipeline"
-    params = {"prompt": "a photo of sks person", "seed": 1, "steps": 2, "cfg": 4.0, "width": 64, "height": 64}
-    with_lora = generator(params)
-    assert with_lora.shape == (64, 64, 3)
-    assert abs(generator({**params, "lora_strength": 0.0}).astype(int) - with_lora).max() > 0  # the LoRA acts
-    assert abs(generator({**params, "negative": "blurry"}).astype(int) - with_lora).max() > 0  # read as embeddings
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    Image.fromarray(astronaut).save(refs / "a.png")
-    code = main(["generate", "--base-model", str(tiny_flux2), "--lora", str(result.lora_path), "--reference",
-                 str(refs), "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2", "--cfg", "1",
-                 "--size", "64", "--out", str(tmp_path / "out")])
-    assert code == 3, capsys.readouterr().err
-    report = json.loads((tmp_path / "out" / "generate.json").read_text())
-    assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
+    assert_generates_behind_the_gate(tiny_flux2, flux2_run[1].lora_path, "flux2", "Flux2KleinPipeline",
+                                     4.0, tmp_path, astronaut, capsys)
 
 
 def test_flux2_trains_with_the_switches_plans_choose(tiny_flux2, face_dataset, tmp_path):

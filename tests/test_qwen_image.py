@@ -13,39 +13,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_QWEN_IMAGE_CHECK, assert_every_key_maps
-from trainer_helpers import tiny_config
+from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
+    train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
-from comfyui_persona.trainers.outputs.export import read_lora_metadata
 
 
 @pytest.fixture(scope="module")
 def qwen_image_run(tiny_qwen_image, face_dataset, tmp_path_factory):
-    """Every feature at once: prior preservation (class images sampled before the text encoder
-    leaves), the identity loss through Qwen-Image's x0 and its video VAE, the face-weighted
-    loss, EMA, aspect buckets, caption dropout, validation from cached embeddings."""
+    """Every feature at once (trainer_helpers.EVERY_FEATURE), the identity loss through
+    Qwen-Image's x0."""
     out = tmp_path_factory.mktemp("qwen_image") / "run"
-    cfg = tiny_config(tiny_qwen_image, face_dataset, out, family="qwen_image", steps=4, prior_preservation=True,
-                      num_class_images=2, class_images_steps=2, identity_loss_weight=0.5, identity_weights="random",
-                      identity_max_timestep=1000, masked_loss=True, background_weight=0.1, ema=True,
-                      ema_export="beside", caption_dropout=0.5, aspect_buckets=True, validate_every=4,
-                      validation_steps=2, validation_identity="off", llm_max_length=48,
-                      cache_dir=str(out.parent / "class_cache"))
-    events = {}
-    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
-    return cfg, result, events
+    return train_every_feature(tiny_qwen_image, face_dataset, out, "qwen_image", llm_max_length=48)
 
 
 @pytest.mark.quick
 def test_qwen_image_lora_trains_with_every_feature(qwen_image_run):
-    cfg, result, events = qwen_image_run
-    assert result.steps_done == 4 and result.class_images_generated == 2
-    assert events["text_encoder"] is None  # every caption encoded once, then the encoder dropped
-    assert all(math.isfinite(r["loss"]) and "loss_prior" in r and "loss_identity" in r for r in result.records)
-    assert (result.run_dir / "samples" / "step-000004.png").is_file()  # sampled from cached embeddings
-    assert result.ema_path is not None and result.ema_path.is_file()
-    meta = read_lora_metadata(result.lora_path)
-    assert meta["ss_base_model_version"] == "qwen_image"
-    assert meta["modelspec.architecture"] == "qwen-image/lora"
+    assert_trained_with_every_feature(qwen_image_run, "qwen_image", "qwen-image")
 
 
 def _transformer_out(transformer, seed=0):
@@ -173,14 +156,12 @@ def test_qwen_image_captions_are_read_after_its_template_as_diffusers_reads_them
     from the tokenizer: diffusers' 34 with Qwen's own, which ComfyUI ships), the last hidden
     states at the caption's own tokens: what diffusers' own prompt encoder gives, and the
     transformer reads it alike however far it is padded."""
-    from diffusers import QwenImagePipeline
     from transformers import Qwen2Tokenizer
 
+    from comfy_server import NEWEST, HostUnavailable, host_source
     from comfyui_persona.models.families import get_family
     from comfyui_persona.models.families.qwen_image import template_tokens
     from comfyui_persona.models.loading import load_components
-
-    from comfy_server import NEWEST, HostUnavailable, host_source
 
     try:
         qwen = Qwen2Tokenizer.from_pretrained(host_source(NEWEST) / "comfy" / "text_encoders" / "qwen25_tokenizer")
@@ -216,30 +197,9 @@ def test_persona_generate_and_the_identity_gate_sample_qwen_image(qwen_image_run
     """``persona generate`` with a Qwen-Image LoRA: the family read from the LoRA, diffusers'
     Qwen-Image pipeline with the LoRA loaded (true CFG with a negative prompt), the gate scoring
     each attempt (a random-weight model draws no face, so the gate reports it)."""
-    import json
-
-    from PIL import Image
-
-    from comfyui_persona.app.cli import main
-    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
-
-    _cfg, result, _ = qwen_image_run
-    generator = DiffusersGenerator(tiny_qwen_image, result.lora_path)
-    assert generator.family == "qwen_image" and type(generator.pipe).__name__ == "QwenImagePipeline"
-    params = {"prompt": "a photo of sks person", "seed": 1, "steps": 2, "cfg": 4.0, "width": 64, "height": 64}
-    with_lora = generator(params)
-    assert with_lora.shape == (64, 64, 3)
-    assert abs(generator({**params, "lora_strength": 0.0}).astype(int) - with_lora).max() > 0  # the LoRA acts
-    assert abs(generator({**params, "negative": "blurry"}).astype(int) - with_lora).max() > 0  # CFG reads it
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    Image.fromarray(astronaut).save(refs / "a.png")
-    code = main(["generate", "--base-model", str(tiny_qwen_image), "--lora", str(result.lora_path), "--reference",
-                 str(refs), "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2", "--cfg", "1",
-                 "--size", "64", "--out", str(tmp_path / "out")])
-    assert code == 3, capsys.readouterr().err
-    report = json.loads((tmp_path / "out" / "generate.json").read_text())
-    assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
+    lora = qwen_image_run[1].lora_path
+    assert_generates_behind_the_gate(tiny_qwen_image, lora, "qwen_image", "QwenImagePipeline", 4.0, tmp_path,
+                                     astronaut, capsys)
 
 
 def test_qwen_image_trains_with_the_switches_plans_choose(tiny_qwen_image, face_dataset, tmp_path):
@@ -328,8 +288,8 @@ def test_qwen_image_loads_from_comfyui_separate_files(tiny_qwen_image, tmp_path,
     ref = QwenImageTransformer2DModel.from_pretrained(tiny_qwen_image / "transformer")
     vae = AutoencoderKLQwenImage.from_pretrained(tiny_qwen_image / "vae")
     te = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen_image / "text_encoder")
-    files = {"base_model": tmp_path / "qwen_image_tiny_fp8.safetensors", "llm": tmp_path / "qwen_2.5_vl_tiny.safetensors",
-             "vae": tmp_path / "qwen_image_vae.safetensors"}
+    files = {"base_model": tmp_path / "qwen_image_tiny_fp8.safetensors",
+             "llm": tmp_path / "qwen_2.5_vl_tiny.safetensors", "vae": tmp_path / "qwen_image_vae.safetensors"}
     save_file(in_layout({f"model.diffusion_model.{k}": v.contiguous() for k, v in ref.state_dict().items()},
                         "fp8_e4m3fn", "model.diffusion_model."), str(files["base_model"]))
     # the language model as "model.*", the vision tower as "visual.*", and an lm_head
@@ -341,12 +301,14 @@ def test_qwen_image_loads_from_comfyui_separate_files(tiny_qwen_image, tmp_path,
     shape = dict(dim=vae.config.base_dim, z_dim=vae.config.z_dim, dim_mult=list(vae.config.dim_mult),
                  num_res_blocks=vae.config.num_res_blocks, attn_scales=list(vae.config.attn_scales),
                  temperal_downsample=list(vae.config.temperal_downsample))
-    run = lambda *a: subprocess.run([sys.executable, "-c", COMFY_WAN_VAE, str(root), *a], capture_output=True,  # noqa: E731
-                                    text=True, timeout=300, env=host_env(NEWEST))
+    def run(*a):
+        return subprocess.run([sys.executable, "-c", COMFY_WAN_VAE, str(root), *a], capture_output=True, text=True,
+                              timeout=300, env=host_env(NEWEST))
+
     keys = run("keys", json.dumps(shape))
     assert keys.returncode == 0, keys.stderr[-3000:]
     save_file(_wan_layout(vae.state_dict(), json.loads(keys.stdout.strip().splitlines()[-1])), str(files["vae"]))
-    configs = tmp_path / "cache" / "configs" / "qwen_image"  # the test model's shapes where the shipped ones are published
+    configs = tmp_path / "cache" / "configs" / "qwen_image"  # the test model's shapes, not the published ones
     shutil.copytree(REPO / "configs" / "qwen_image", configs)
     for sub in ("transformer", "text_encoder", "vae", "tokenizer"):
         shutil.rmtree(configs / sub, ignore_errors=True)
@@ -362,8 +324,9 @@ def test_qwen_image_loads_from_comfyui_separate_files(tiny_qwen_image, tmp_path,
             assert torch.equal(own[k], v), k
     x = torch.randn(1, 16, 64)
     with torch.no_grad():  # the rotary tables no file holds are made as the model makes them
-        a = comps.denoiser.float()(hidden_states=x, encoder_hidden_states=torch.randn(1, 5, 32), timestep=torch.tensor([0.5]),
-                           encoder_hidden_states_mask=torch.ones(1, 5), img_shapes=[[(1, 4, 4)]], return_dict=False)[0]
+        a = comps.denoiser.float()(hidden_states=x, encoder_hidden_states=torch.randn(1, 5, 32),
+                                   timestep=torch.tensor([0.5]), encoder_hidden_states_mask=torch.ones(1, 5),
+                                   img_shapes=[[(1, 4, 4)]], return_dict=False)[0]
     assert torch.isfinite(a).all()
     assert type(comps.text_encoder).__name__ == "Qwen2_5_VLTextModel"  # the vision tower is not read
     fam = get_family("qwen_image")

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_Z_IMAGE_CHECK, assert_every_key_maps
-from trainer_helpers import tiny_config
+from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
+    train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
-from comfyui_persona.trainers.outputs.export import read_lora_metadata
 
 def comfyui_shape(config) -> dict:
     """What ComfyUI's code fixes at Z-Image's published size, at the test size."""
@@ -27,32 +27,15 @@ def comfyui_shape(config) -> dict:
 
 @pytest.fixture(scope="module")
 def z_image_run(tiny_z_image, face_dataset, tmp_path_factory):
-    """Every feature at once: prior preservation (class images sampled before the text encoder
-    leaves), the identity loss through Z-Image's x0, the face-weighted loss, EMA, aspect
-    buckets, caption dropout, validation from cached embeddings."""
-    out = tmp_path_factory.mktemp("z_image") / "run"
-    cfg = tiny_config(tiny_z_image, face_dataset, out, family="z_image", steps=4, prior_preservation=True,
-                      num_class_images=2, class_images_steps=2, identity_loss_weight=0.5, identity_weights="random",
-                      identity_max_timestep=1000, masked_loss=True, background_weight=0.1, ema=True,
-                      ema_export="beside", caption_dropout=0.5, aspect_buckets=True, validate_every=4,
-                      validation_steps=2, validation_identity="off", llm_max_length=64,
-                      cache_dir=str(out.parent / "class_cache"))
-    events = {}
-    result = train(cfg, Callbacks(on_start=lambda info: events.update(info)))
-    return cfg, result, events
+    """Every feature at once (trainer_helpers.EVERY_FEATURE), the identity loss through
+    Z-Image's x0."""
+    return train_every_feature(tiny_z_image, face_dataset, tmp_path_factory.mktemp("z_image") / "run", "z_image",
+                               llm_max_length=64)
 
 
 @pytest.mark.quick
 def test_z_image_lora_trains_with_every_feature(z_image_run):
-    cfg, result, events = z_image_run
-    assert result.steps_done == 4 and result.class_images_generated == 2
-    assert events["text_encoder"] is None  # every caption encoded once, then the encoder dropped
-    assert all(math.isfinite(r["loss"]) and "loss_prior" in r and "loss_identity" in r for r in result.records)
-    assert (result.run_dir / "samples" / "step-000004.png").is_file()  # sampled from cached embeddings
-    assert result.ema_path is not None and result.ema_path.is_file()
-    meta = read_lora_metadata(result.lora_path)
-    assert meta["ss_base_model_version"] == "z_image"
-    assert meta["modelspec.architecture"] == "z-image/lora"
+    assert_trained_with_every_feature(z_image_run, "z_image", "z-image")
 
 
 def test_z_image_lora_files_apply_the_trained_adapters_in_diffusers(z_image_run, tiny_z_image):
@@ -256,30 +239,8 @@ def test_persona_generate_and_the_identity_gate_sample_z_image(z_image_run, tiny
     """``persona generate`` with a Z-Image LoRA: the family read from the LoRA, Z-Image's own
     pipeline with the LoRA loaded, the gate scoring each attempt (a random-weight model draws
     no face, so the gate reports it and keeps the best attempt)."""
-    import json
-
-    from PIL import Image
-
-    from comfyui_persona.app.cli import main
-    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
-
-    _cfg, result, _ = z_image_run
-    generator = DiffusersGenerator(tiny_z_image, result.lora_path)
-    assert generator.family == "z_image" and type(generator.pipe).__name__ == "ZImagePipeline"
-    params = {"prompt": "a photo of sks person", "seed": 1, "steps": 2, "cfg": 0.0, "width": 64, "height": 64}
-    with_lora = generator(params)
-    assert with_lora.shape == (64, 64, 3)
-    assert abs(generator({**params, "lora_strength": 0.0}).astype(int) - with_lora).max() > 0  # the LoRA acts
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    Image.fromarray(astronaut).save(refs / "a.png")
-    code = main(["generate", "--base-model", str(tiny_z_image), "--lora", str(result.lora_path), "--reference",
-                 str(refs), "--prompt", "a photo of sks person", "--max-attempts", "2", "--steps", "2", "--cfg", "0",
-                 "--size", "64", "--out", str(tmp_path / "out")])
-    assert code == 3, capsys.readouterr().err
-    report = json.loads((tmp_path / "out" / "generate.json").read_text())
-    assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
-    assert Image.open(tmp_path / "out" / "best.png").size == (64, 64)
+    assert_generates_behind_the_gate(tiny_z_image, z_image_run[1].lora_path, "z_image", "ZImagePipeline",
+                                     0.0, tmp_path, astronaut, capsys, negative_acts=False)
 
 
 def test_z_image_trains_with_the_switches_its_plans_choose(tiny_z_image, face_dataset, tmp_path):

@@ -104,6 +104,22 @@ class QwenCaptionedFamily(Family):
         return denoiser, vae, te, None
 
     # --- sampling -------------------------------------------------------------------------
+    def sampling_inputs(self, comps, prompt: str, device, cond: dict | None, cfg: bool):
+        """(the prompt's conditioning, the denoiser's device and compute dtype) for sampling:
+        ``cond`` when the caller has it cached, else the prompt encoded now; refused with the
+        reason once the text encoder is dropped and the prompt (or CFG's negative) needs it."""
+        import torch
+
+        if (cond is None or cfg) and comps.text_encoder is None:
+            raise ValueError(f"{self.title} samples from cached prompt embeddings once its text encoder is dropped"
+                             f"{' (and CFG needs it for the negative prompt)' if cfg else ''}; none for '{prompt}'")
+        if cond is None:
+            with torch.no_grad():
+                cond = {k: v[0] for k, v in self.encode(comps, [prompt], device).items()}
+        params = comps.denoiser.parameters()
+        dtype = next(p for p in params if p.is_floating_point() and p.dtype.itemsize > 1).dtype
+        return cond, next(comps.denoiser.parameters()).device, dtype
+
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
         pipe = getattr(diffusers, self.pipeline_class)(

@@ -30,6 +30,7 @@ import torch
 from ....core.deps import require
 from ....core.transfer import to_device
 from ..base import Prediction, peft_pairs
+from ..packed_flow import PackedFlow
 from ..qwen_captions import QwenCaptionedFamily
 from ..flux import Flux
 
@@ -47,7 +48,7 @@ def empirical_mu(image_seq_len: int, num_steps: int = MU_STEPS) -> float:
     return compute_empirical_mu(image_seq_len, num_steps)
 
 
-class Flux2(QwenCaptionedFamily):
+class Flux2(PackedFlow, QwenCaptionedFamily):
     name = "flux2"
     title = "FLUX.2"
     transformer_class = "Flux2Transformer2DModel"
@@ -157,18 +158,6 @@ class Flux2(QwenCaptionedFamily):
         # the loop keeps the noisy latents in the VAE's space (the identity loss decodes them)
         return Prediction(pred, noise - x0, self.from_model(comps, noisy, h, w), sigma * 1000, None)
 
-    def predicted_x0(self, comps, p):
-        """``x_t = (1 - sigma) x0 + sigma * noise`` in the normalised token space and the
-        model predicts ``noise - x0``, so ``x0 = x_t - sigma * v``, returned in the VAE's space."""
-        h, w = p.noisy.shape[-2:]
-        sigma = (p.timesteps.float() / 1000).view(-1, 1, 1)
-        return self.from_model(comps, self.to_model(comps, p.noisy) - sigma * p.pred.float(), h, w)
-
-    def pixel_weight(self, weight, pred):
-        """Packed like the latents: each 2x2 patch's four weights, repeated per channel."""
-        channels = pred.shape[-1] // 4
-        return to_device(Flux.pack(weight.expand(-1, channels, -1, -1)), pred.device)
-
     def dummy_condition(self, comps, batch, device, dtype, cfg=None):
         length = cfg.llm_max_length if cfg is not None else 512
         width = comps.denoiser.config.joint_attention_dim
@@ -185,18 +174,11 @@ class Flux2(QwenCaptionedFamily):
         """Without CFG by default; ``guidance`` > 1 needs the text encoder for the empty
         negative prompt."""
         guidance = 1.0 if guidance is None else guidance
-        device = next(comps.denoiser.parameters()).device
-        dtype = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1).dtype
-        if (cond is None or guidance > 1) and comps.text_encoder is None:
-            raise ValueError(f"FLUX.2 samples from cached prompt embeddings once its text encoder is dropped"
-                             f"{' (and CFG needs it for the negative prompt)' if guidance > 1 else ''}; "
-                             f"none for '{prompt}'")
-        with torch.no_grad():
-            if cond is None:
-                cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
-            negative = None
-            if guidance > 1:
-                length = cond["encoder_hidden_states"].shape[0]
+        cond, device, dtype = self.sampling_inputs(comps, prompt, pipe.device, cond, guidance > 1)
+        negative = None
+        if guidance > 1:
+            length = cond["encoder_hidden_states"].shape[0]
+            with torch.no_grad():
                 negative = self.read_captions(comps, [""], pipe.device, length)["encoder_hidden_states"]
         positive = cond["encoder_hidden_states"][None].to(device, dtype)
         return pipe(prompt_embeds=positive,

@@ -37,6 +37,7 @@ from ....core.deps import require
 from ....core.transfer import to_device
 from ..base import Prediction
 from ..flux import Flux
+from ..packed_flow import PackedFlow
 from ..qwen_captions import QwenCaptionedFamily
 
 # Qwen-Image's chat with its system prompt (diffusers' pipeline, ComfyUI's QwenImageTokenizer)
@@ -61,7 +62,7 @@ def dynamic_mu(image_seq_len: int) -> float:
     return image_seq_len * slope + r["base_shift"] - slope * r["base_image_seq_len"]
 
 
-class QwenImage(QwenCaptionedFamily):
+class QwenImage(PackedFlow, QwenCaptionedFamily):
     name = "qwen_image"
     title = "Qwen-Image"
     transformer_class = "QwenImageTransformer2DModel"
@@ -171,18 +172,6 @@ class QwenImage(QwenCaptionedFamily):
         # the loop keeps the noisy latents in the VAE's space (the identity loss decodes them)
         return Prediction(pred, noise - x0, self.from_model(comps, noisy, h, w), sigma * 1000, None)
 
-    def predicted_x0(self, comps, p):
-        """``x_t = (1 - sigma) x0 + sigma * noise`` in the normalised token space and the
-        model predicts ``noise - x0``, so ``x0 = x_t - sigma * v``, returned in the VAE's space."""
-        h, w = p.noisy.shape[-2:]
-        sigma = (p.timesteps.float() / 1000).view(-1, 1, 1)
-        return self.from_model(comps, self.to_model(comps, p.noisy) - sigma * p.pred.float(), h, w)
-
-    def pixel_weight(self, weight, pred):
-        """Packed like the latents: each 2x2 patch's four weights, repeated per channel."""
-        channels = pred.shape[-1] // 4
-        return to_device(Flux.pack(weight.expand(-1, channels, -1, -1)), pred.device)
-
     def dummy_condition(self, comps, batch, device, dtype, cfg=None):
         length = cfg.llm_max_length if cfg is not None else 512
         width = comps.denoiser.config.joint_attention_dim
@@ -207,16 +196,11 @@ class QwenImage(QwenCaptionedFamily):
         """Without CFG by default; ``guidance`` > 1 (the pipeline's true CFG) needs the text
         encoder for the empty negative prompt."""
         guidance = 1.0 if guidance is None else guidance
-        device = next(comps.denoiser.parameters()).device
-        dtype = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1).dtype
-        if (cond is None or guidance > 1) and comps.text_encoder is None:
-            raise ValueError(f"Qwen-Image samples from cached prompt embeddings once its text encoder is dropped"
-                             f"{' (and CFG needs it for the negative prompt)' if guidance > 1 else ''}; "
-                             f"none for '{prompt}'")
-        with torch.no_grad():
-            if cond is None:
-                cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
-            negative = self.encode(comps, [" "], pipe.device) if guidance > 1 else None
+        cond, device, dtype = self.sampling_inputs(comps, prompt, pipe.device, cond, guidance > 1)
+        negative = None
+        if guidance > 1:
+            with torch.no_grad():
+                negative = self.encode(comps, [" "], pipe.device)
         embeds, mask = self.captions({k: v[None] for k, v in cond.items()}, dtype)
         keep = int(mask[0].sum())  # the pipeline's own form: the caption's tokens, unpadded
         kwargs = {}

@@ -132,18 +132,10 @@ class ZImage(QwenCaptionedFamily):
         """Without CFG by default (Z-Image Turbo's setting); ``guidance`` > 0 needs the text
         encoder for the empty negative prompt."""
         guidance = 0.0 if guidance is None else guidance
-        device = next(comps.denoiser.parameters()).device
-        dtype = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1).dtype
-        if cond is None or guidance > 0:
-            if comps.text_encoder is None:
-                raise ValueError(f"Z-Image samples from cached prompt embeddings once its text encoder is dropped"
-                                 f"{' (and CFG needs it for the negative prompt)' if guidance > 0 else ''}; "
-                                 f"none for '{prompt}'")
-        with torch.no_grad():
-            if cond is None:
-                cond = {k: v[0] for k, v in self.encode(comps, [prompt], pipe.device).items()}
-            negative = None
-            if guidance > 0:
+        cond, device, dtype = self.sampling_inputs(comps, prompt, pipe.device, cond, guidance > 0)
+        negative = None
+        if guidance > 0:
+            with torch.no_grad():
                 negative = self.captions(self.encode(comps, [""], pipe.device), dtype)
         positive = self.captions({k: v[None] for k, v in cond.items()}, dtype)
         return pipe(prompt_embeds=[p.to(device) for p in positive],
