@@ -14,8 +14,8 @@ identity gate, the enhancement steps or any identity metric. The weights in
 
 It shows that every stage runs on real signal, not quality: it knows two faces at 64 px.
 ``vae_flux.safetensors`` is the 16-channel tiny FLUX VAE trained the same way, for the FLUX
-and Z-Image memorisation tests, and ``vae_flux2.safetensors`` FLUX.2's 32-channel one
-(``install_face_vae``).
+and Z-Image memorisation tests, ``vae_flux2.safetensors`` FLUX.2's 32-channel one and
+``vae_qwen_image.safetensors`` Qwen-Image's video VAE (``install_face_vae``).
 ``tiny_faces.json`` beside the weights records how they were made.
 """
 from __future__ import annotations
@@ -57,34 +57,52 @@ def save_weights(folder: Path, unet, vae, text_encoder, meta: dict) -> None:
     (folder / "tiny_faces.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-# the shipped face VAEs by latent channels: (weights file, its record in tiny_faces.json,
-# what trains it)
-_FACE_VAES = {4: ("vae.safetensors", None, "scripts/train_tiny_faces.py"),
-              16: ("vae_flux.safetensors", "flux_vae", "scripts/train_tiny_faces.py --flux-vae"),
-              32: ("vae_flux2.safetensors", "flux2_vae", "scripts/train_tiny_faces.py --flux2-vae")}
+# Qwen-Image's video VAE in the same geometry (one 2x step, no temporal one)
+QWEN_FACE_VAE = {"base_dim": 16, "dim_mult": [1, 2], "num_res_blocks": 1, "attn_scales": [],
+                 "temperal_downsample": [False]}
+# the shipped face VAEs by kind (latent channels, or the VAE class when it is not an
+# AutoencoderKL): (weights file, its record in tiny_faces.json, what trains it, its geometry)
+_FACE_VAES = {4: ("vae.safetensors", None, "scripts/train_tiny_faces.py", FACE_VAE),
+              16: ("vae_flux.safetensors", "flux_vae", "scripts/train_tiny_faces.py --flux-vae", FACE_VAE),
+              32: ("vae_flux2.safetensors", "flux2_vae", "scripts/train_tiny_faces.py --flux2-vae", FACE_VAE),
+              "AutoencoderKLQwenImage": ("vae_qwen_image.safetensors", "qwen_image_vae",
+                                         "scripts/train_tiny_faces.py --qwen-image-vae", QWEN_FACE_VAE)}
+
+
+def face_vae_kind(config: dict):
+    """The key of ``_FACE_VAES`` a VAE config belongs to (None: no face VAE of its kind)."""
+    kind = config.get("_class_name") if config.get("_class_name") in _FACE_VAES else config.get("latent_channels")
+    return kind if kind in _FACE_VAES else None
+
+
+def face_vae_geometry(config: dict) -> dict:
+    return _FACE_VAES[face_vae_kind(config)][3]
 
 
 def install_face_vae(folder: str | Path) -> None:
     """Put the shipped face VAE into a tiny model folder in place of its random one: the tiny
     SD1.x VAE for the 4-channel families (SD1.x, SDXL), the 16-channel one for FLUX and
-    Z-Image, the 32-channel one (with its batch-norm statistics) for FLUX.2. Samples of a
+    Z-Image, the 32-channel one (with its batch-norm statistics) for FLUX.2, the video VAE
+    (with its per-channel latent statistics) for Qwen-Image. Samples of a
     denoiser trained on it decode to faces."""
     from safetensors.torch import load_file, save_file
 
     folder = Path(folder)
     config = json.loads((folder / "vae" / "config.json").read_text())
-    channels = config.get("latent_channels")
-    if channels not in _FACE_VAES or list(config.get("block_out_channels", []))[:1] != [16]:
+    kind = face_vae_kind(config)
+    tiny = list(config.get("block_out_channels", []))[:1] == [16] or config.get("base_dim") == 8
+    if kind is None or not tiny:
         raise ValueError(f"face VAE: '{folder}' is not a tiny model of a family with a face VAE "
-                         f"({', '.join(map(str, _FACE_VAES))} latent channels)")
-    config.update(FACE_VAE)  # the face VAE's own geometry (2x), whatever the tiny one is
-    name, record, how = _FACE_VAES[channels]
+                         f"({', '.join(map(str, _FACE_VAES))})")
+    name, record, how, geometry = _FACE_VAES[kind]
+    config.update(geometry)  # the face VAE's own geometry (2x), whatever the tiny one is
     meta = info() if record is None else info().get(record)
     if meta is None or not (WEIGHTS / name).is_file():
-        raise FileNotFoundError(f"face VAE: no {channels}-channel VAE in '{WEIGHTS}'; run {how}")
+        raise FileNotFoundError(f"face VAE: no {kind} face VAE in '{WEIGHTS}'; run {how}")
     shipped = load_file(str(WEIGHTS / name))
     save_file({k: v.float() for k, v in shipped.items()}, str(folder / "vae" / _FILES["vae"]), metadata={"format": "pt"})
-    for factor in ("scaling_factor", "shift_factor"):  # (FLUX.2 normalises by the statistics in its weights)
+    # the latents' normalisation over the faces (FLUX.2 keeps its statistics in its weights)
+    for factor in ("scaling_factor", "shift_factor", "latents_mean", "latents_std"):
         if factor in meta:
             config[factor] = meta[factor]
     (folder / "vae" / "config.json").write_text(json.dumps(config, indent=2))
@@ -96,7 +114,7 @@ def save_face_vae(folder: Path, vae, family: str, meta: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-    name, record, _ = _FACE_VAES[vae.config.latent_channels]
+    name, record, _, _ = _FACE_VAES[face_vae_kind({"_class_name": type(vae).__name__, **vae.config})]
     tensors = {k: (v.detach().to(torch.float16) if v.is_floating_point() and not k.startswith("bn.") else v.detach())
                .contiguous() for k, v in vae.state_dict().items()}
     save_file(tensors, str(folder / name), metadata={"format": "pt", "family": family})

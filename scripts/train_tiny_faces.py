@@ -20,7 +20,8 @@ the models plus ``tiny_faces.json`` (the VAE's latent scaling factor, the data, 
 ``--flux-vae`` trains only the 16-channel tiny FLUX VAE the same way (``vae_flux.safetensors``,
 about 9 minutes; its scaling and shift factors go into ``tiny_faces.json``), on which the FLUX
 and Z-Image memorisation tests train; ``--flux2-vae`` the 32-channel FLUX.2 one
-(``vae_flux2.safetensors``, with its batch-norm statistics).
+(``vae_flux2.safetensors``, with its batch-norm statistics); ``--qwen-image-vae`` Qwen-Image's
+video VAE (``vae_qwen_image.safetensors``, with its per-channel latent statistics).
 """
 from __future__ import annotations
 
@@ -82,7 +83,10 @@ def _random_crop(t: torch.Tensor, rng: np.random.Generator, size: int, smallest:
     return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
 
 
-def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
+def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0, family: str = "sd15") -> float:
+    from comfyui_persona.models.families import get_family
+
+    fam = get_family(family)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     photos = [_tensor(i) for i in natural_images()]
@@ -94,10 +98,11 @@ def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
         batch = [_random_crop(face_t[rng.integers(len(face_t))], rng, RESOLUTION, 0.7) if k % 2 else
                  _random_crop(photos[rng.integers(len(photos))], rng, RESOLUTION, 0.15) for k in range(16)]
         x = torch.stack(batch)
-        posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.sample()).sample
+        mean, std = fam.encode_pixels(vae, x)  # the family's VAE, an image as it reads one
+        rec = fam.decode_latents(vae, mean + std * torch.randn_like(std))
         loss_l1 = (rec - x).abs().mean()
-        loss = loss_l1 + 1e-6 * posterior.kl().mean()
+        kl = 0.5 * (mean ** 2 + std ** 2 - 1 - torch.log(std ** 2)).sum(dim=(1, 2, 3))
+        loss = loss_l1 + 1e-6 * kl.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -110,11 +115,12 @@ def train_vae(vae, faces: list[np.ndarray], steps: int, seed: int = 0) -> float:
 
 def train_latent_vae(out: Path, family: str, steps: int) -> None:
     """The tiny VAE of a family whose latents are not SD's (16 channels for FLUX.1 and Z-Image,
-    FLUX.2's 32 with its batch-norm statistics), in the face VAEs' geometry, trained like the
-    SD1.x one. Its latents over the aligned faces are normalised to zero mean and unit spread:
-    by scaling and shift factors, or for FLUX.2 by the statistics of its 2x2 patches, which
-    its pipeline reads from the VAE's ``bn`` buffers."""
-    from comfyui_persona.models.tiny_faces import FACE_VAE, save_face_vae
+    FLUX.2's 32 with its batch-norm statistics, Qwen-Image's video VAE), in the face VAEs'
+    geometry, trained like the SD1.x one. Its latents over the aligned faces are normalised to
+    zero mean and unit spread: by scaling and shift factors, for FLUX.2 by the statistics of
+    its 2x2 patches, which its pipeline reads from the VAE's ``bn`` buffers, for Qwen-Image by
+    per-channel ``latents_mean``/``latents_std`` in its config."""
+    from comfyui_persona.models.tiny_faces import face_vae_geometry, save_face_vae
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +128,15 @@ def train_latent_vae(out: Path, family: str, steps: int) -> None:
         face_images = [np.asarray(Image.open(p).convert("RGB")) for ps in faces.values() for p in ps]
     tiny = instantiate(family, "tiny", tokenizers=False, text_encoders=False).vae
     torch.manual_seed(0)
-    vae = type(tiny).from_config({**tiny.config, **FACE_VAE})
-    l1 = train_vae(vae, face_images, steps)
+    vae = type(tiny).from_config({**tiny.config, **face_vae_geometry({"_class_name": type(tiny).__name__,
+                                                                        **tiny.config})})
+    l1 = train_vae(vae, face_images, steps, family=family)
     vae.eval()
     meta = {"vae_steps": steps, "vae_l1": round(l1, 4)}
     if hasattr(vae, "bn"):  # FLUX.2: per-channel statistics of the patchified latents
         meta.update(set_patch_statistics(vae, face_images))
+    elif hasattr(vae.config, "latents_mean"):  # Qwen-Image: per-channel statistics in its config
+        meta.update(channel_statistics(vae, face_images, family))
     else:
         with torch.no_grad():
             latents = vae.encode(_faces_tensor(face_images)).latent_dist.mean
@@ -162,6 +171,20 @@ def set_patch_statistics(vae, face_images: list[np.ndarray]) -> dict:
             "channels_in_use": int((mean.var(dim=(0, 2, 3)) > (std ** 2).mean(dim=(0, 2, 3))).sum())}
 
 
+def channel_statistics(vae, face_images: list[np.ndarray], family: str) -> dict:
+    """Qwen-Image's ``latents_mean``/``latents_std`` over the aligned faces' latents as the
+    trainer draws them: each channel's mean, and its spread = sqrt(the variance of the means +
+    the mean posterior variance) (see :func:`set_patch_statistics`)."""
+    from comfyui_persona.models.families import get_family
+
+    with torch.no_grad():
+        mean, std = get_family(family).encode_pixels(vae, _faces_tensor(face_images))
+    spread = torch.sqrt(mean.var(dim=(0, 2, 3)) + (std ** 2).mean(dim=(0, 2, 3)))
+    return {"latents_mean": [round(float(v), 5) for v in mean.mean(dim=(0, 2, 3))],
+            "latents_std": [round(float(v), 5) for v in spread],
+            "channels_in_use": int((mean.var(dim=(0, 2, 3)) > (std ** 2).mean(dim=(0, 2, 3))).sum())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "models" / "weights" / "tiny_faces"))
@@ -171,9 +194,12 @@ def main() -> None:
                     help="only the 16-channel tiny FLUX VAE (vae_flux.safetensors), for the memorisation tests")
     ap.add_argument("--flux2-vae", action="store_true",
                     help="only the 32-channel tiny FLUX.2 VAE (vae_flux2.safetensors), for the memorisation tests")
+    ap.add_argument("--qwen-image-vae", action="store_true",
+                    help="only Qwen-Image's tiny video VAE (vae_qwen_image.safetensors), for the memorisation tests")
     args = ap.parse_args()
-    if args.flux_vae or args.flux2_vae:
-        train_latent_vae(Path(args.out), "flux2" if args.flux2_vae else "flux", args.vae_steps)
+    if args.flux_vae or args.flux2_vae or args.qwen_image_vae:
+        family = "flux2" if args.flux2_vae else "qwen_image" if args.qwen_image_vae else "flux"
+        train_latent_vae(Path(args.out), family, args.vae_steps)
         return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

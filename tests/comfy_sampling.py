@@ -10,14 +10,17 @@ fixes a published value: the attention heads and rotary axes, the GroupNorm grou
 width of SDXL's size embedding and of Z-Image's timestep embedder, the VAE's latent scale. The weights must load with no key
 missing or left over, and every LoRA key must be applied.
 
-Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image/flux2), ``denoiser``
-(safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL layout,
-Z-Image in diffusers or its original layout, FLUX.2 in BFL layout), ``lora`` (or null),
+Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image/flux2/qwen_image),
+``denoiser`` (safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL
+layout, Z-Image in diffusers or its original layout, FLUX.2 in BFL layout, Qwen-Image in
+diffusers' layout, which is ComfyUI's), ``lora`` (or null),
 ``schedule`` ("flux2": klein's sigmas for the latent's tokens), ``config`` (unet_config
 entries to set), ``norm_groups``, ``size_embedding``, ``timestep_embedder`` ([hidden, out]),
-``latent_format`` ({scale_factor, shift_factor}), ``conditioning`` (safetensors with
+``latent_format`` ({scale_factor, shift_factor}, or Qwen-Image's per-channel
+{latents_mean, latents_std} lists), ``conditioning`` (safetensors with
 ``positive``/``negative`` and ``positive_pooled``/``negative_pooled``), ``extra`` (conditioning
-entries: SDXL sizes, FLUX guidance), ``latent`` ([B, C, H, W]), ``seeds`` (one sample each),
+entries: SDXL sizes, FLUX guidance), ``latent`` ([B, C, H, W]; Qwen-Image's [B, C, 1, H, W]),
+``seeds`` (one sample each),
 ``steps``, ``cfg``, ``sampler``, ``scheduler``, ``out`` (safetensors, key ``samples``: the
 latents in the VAE's space, as ComfyUI's KSampler returns them, one per seed). Writes ``out``
 and prints one JSON line.
@@ -67,7 +70,8 @@ def main(path: str) -> dict:
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
     model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux,
-                    "z_image": supported.ZImage, "flux2": supported.Flux2}[req["family"]](unet_config)
+                    "z_image": supported.ZImage, "flux2": supported.Flux2,
+                    "qwen_image": supported.QwenImage}[req["family"]](unet_config)
     model_config.unet_config.update(req.get("config") or {})
     model_config.set_inference_dtype(torch.float32, None)
     groups = req.get("norm_groups")
@@ -84,7 +88,9 @@ def main(path: str) -> dict:
                     super().__init__(*a, **k)
 
         model_config.custom_operations = Ops
-    for name, value in (req.get("latent_format") or {}).items():
+    for name, value in (req.get("latent_format") or {}).items():  # lists: per-channel statistics (Wan 2.1's)
+        if isinstance(value, list):
+            value = torch.tensor(value).view(1, -1, *[1] * (len(req["latent"]) - 2))
         setattr(model_config.latent_format, name, value)
     model = model_config.get_model(sd, "")
     if req.get("size_embedding"):
@@ -177,13 +183,18 @@ def sample_with_comfyui(workdir, conditioning: dict, **request):
     return load_file(str(workdir / "samples.safetensors"))["samples"], json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def decode(vae, latents):
+def decode(vae, latents, family: str = "sd15"):
     """ComfyUI's latents (in the VAE's space) as uint8 RGB images, decoded by the model's VAE
-    (the test-size VAE's GroupNorm is not ComfyUI's fixed 32 groups)."""
+    (the test-size VAE's GroupNorm is not ComfyUI's fixed 32 groups) as its family reads it
+    (a video VAE's latents: one frame each)."""
     import torch
 
+    from comfyui_persona.models.families import get_family
+
+    if latents.dim() == 5:
+        latents = latents[:, :, 0]
     with torch.no_grad():
-        images = vae.decode(latents.to(vae.dtype)).sample.float()
+        images = get_family(family).decode_latents(vae, latents.to(vae.dtype)).float()
     return [((im.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for im in images]
 
 

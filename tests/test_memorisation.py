@@ -1,17 +1,19 @@
-"""Training proven right without pretrained weights: random-weight SDXL, FLUX, Z-Image and
-FLUX.2 klein at test size each learn one aligned sample face, and their samples are that face.
+"""Training proven right without pretrained weights: random-weight SDXL, FLUX, Z-Image,
+FLUX.2 klein and Qwen-Image at test size each learn one aligned sample face, and their samples
+are that face.
 
 A loss that falls on random weights does not show that the objective matches how the model
 is sampled. Here the model must reproduce the training photo from its caption when sampled
 by diffusers' own pipeline: with a wrong prediction type, timestep scaling, SDXL time ids,
 FLUX flow shift or guidance, Z-Image's time direction or sign, FLUX.2's patch order, 4-axis
-positions or batch-norm statistics, or VAE scale and shift, no face comes out. The exported
-LoRA file must then give the same image: SDXL's and Z-Image's loaded by diffusers' own LoRA
+positions or batch-norm statistics, Qwen-Image's template, mask or per-channel latent
+statistics, or VAE scale and shift, no face comes out. The exported LoRA file must then give
+the same image: SDXL's, Z-Image's and Qwen-Image's loaded by diffusers' own LoRA
 loader into a fresh pipeline; FLUX's and FLUX.2's (BFL names, fused qkv) merged into the base
 weights by the LoRA formula ComfyUI applies (diffusers' kohya-FLUX converter assumes FLUX's
 published width, and its FLUX.2 one leaves out the shared modulation layers that this test's
 LoRA on every layer trains). Last, ComfyUI's own sampler draws the face through the exported
-file: its UNet / FLUX / Z-Image / FLUX.2 code, model sampling, SDXL size conditioning, FLUX
+file: its UNet / FLUX / Z-Image / FLUX.2 / Qwen-Image code, model sampling, SDXL size conditioning, FLUX
 shift node and FLUX.2 scheduler, with the file loaded by its LoRA loader
 (``comfy_sampling.py``).
 
@@ -47,6 +49,9 @@ EVERY_LAYER = {
               "linear_in", "linear_out", "x_embedder", "context_embedder", "linear_1", "linear_2",
               "double_stream_modulation_img.linear", "double_stream_modulation_txt.linear",
               "single_stream_modulation.linear", "norm_out.linear", "proj_out"],
+    "qwen_image": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                   "img_mod.1", "txt_mod.1", "net.0.proj", "net.2", "img_in", "txt_in", "linear_1", "linear_2",
+                   "norm_out.linear", "proj_out"],
 }
 # what each family needs to memorise one face at 64 px (measured on this CPU: ~150 s, ~70 s and ~120 s;
 # Z-Image at 800 steps already draws the face, identity 0.92, SSIM 0.80: 1500 keeps a margin)
@@ -58,10 +63,12 @@ RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption
           # unshifted: FLUX.2's own shift at 256 tokens (about 5) leaves a test-size run too few
           # low-noise steps (SSIM 0.3 after 3000 steps, 0.57 after 1500 unshifted). Sampling keeps
           # FLUX.2's schedule on both sides.
-          "flux2": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=512, timestep_shift=1.0)}
+          "flux2": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=512, timestep_shift=1.0),
+          # Qwen-Image at 1500 steps draws 2 of 3 faces (identity 0.90 / 0.91, SSIM 0.77): 3000 keeps a margin
+          "qwen_image": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=64)}
 
 
-@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image", "flux2"])
+@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image", "flux2", "qwen_image"])
 def memorised(request, face_dataset):
     """The family's tiny model with the face VAE, after memorising one face: trained once per
     version of the code and of the recipe (tests/built.py), shared by the workers."""
@@ -123,7 +130,7 @@ def test_samples_after_memorising_one_face_are_that_face(memorised):
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces found, identity 0.93 / 0.91, SSIM 0.46-0.69;
     # FLUX 3 of 3, identity 0.93-0.95, SSIM 0.80-0.82; Z-Image 3 of 3, identity 0.94-0.95, SSIM 0.86-0.87;
-    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)
 
@@ -177,7 +184,7 @@ def test_the_exported_lora_file_gives_the_same_sample(memorised):
     if family in ("flux", "flux2"):  # (see the module's text: why not diffusers' kohya converters)
         assert _flux_with_kohya_file(comps, result.lora_path) >= 20
         pipe = get_family(family).pipeline(comps)
-    elif family == "z_image":  # the file ComfyUI loads (diffusion_model.<module> names), by diffusers' own loader
+    elif family in ("z_image", "qwen_image"):  # the file ComfyUI loads (diffusion_model.<module>), by diffusers' loader
         pipe = get_family(family).pipeline(comps)
         pipe.load_lora_weights(str(result.lora_path))
     else:
@@ -219,6 +226,13 @@ def _comfyui_request(family, comps, model, folder):
                    for k, v in diffusers_to_bfl(comps.denoiser.state_dict(), dict(c)).items()}, str(path))
         return dict(denoiser=str(path), config={"num_heads": c.num_attention_heads, "axes_dim": list(c.axes_dims_rope)},
                     latent=[1, 128, 16, 16], schedule="flux2", cfg=1.0, sampler="euler", scheduler="simple")
+    if family == "qwen_image":  # diffusers' names are ComfyUI's; its shape and the VAE's statistics at test size
+        return dict(denoiser=str(model / "transformer" / "diffusion_pytorch_model.safetensors"),
+                    config={"attention_head_dim": c.attention_head_dim, "num_attention_heads": c.num_attention_heads,
+                            "joint_attention_dim": c.joint_attention_dim, "axes_dims_rope": list(c.axes_dims_rope),
+                            "out_channels": c.out_channels},
+                    latent_format={"latents_mean": list(vae.latents_mean), "latents_std": list(vae.latents_std)},
+                    latent=[1, 16, 1, 32, 32], cfg=1.0, sampler="euler", scheduler="simple")
     if family == "z_image":  # ComfyUI detects Z-Image by its published width and fixes its heads and axes
         return dict(denoiser=str(model / "transformer" / "diffusion_pytorch_model.safetensors"),
                     config={"n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "axes_dims": list(c.axes_dims),
@@ -255,6 +269,9 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
                 "negative": fam.captions(neg, torch.float32)[0][None]}
     elif family == "flux2":  # klein's Qwen3 layers at its 512 tokens, no pooled vector
         cond = {"positive": pos["encoder_hidden_states"], "negative": neg["encoder_hidden_states"]}
+    elif family == "qwen_image":  # ComfyUI's Qwen2.5-VL encoder gives the caption's own tokens, no padding
+        cond = {name: c["encoder_hidden_states"][:, :int(c["encoder_hidden_states_mask"].sum())]
+                for name, c in (("positive", pos), ("negative", neg))}
     else:
         hidden, pooled = "encoder_hidden_states", ("text_embeds" if family == "sdxl" else "pooled_projections")
         cond = {"positive": pos[hidden], "positive_pooled": pos[pooled], "negative": neg[hidden],
@@ -267,7 +284,7 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     if family == "flux2":  # ComfyUI's FLUX.2 latents are the VAE's 2x2 patches normalised by its statistics
         h, w = (2 * n for n in latents.shape[-2:])
         latents = fam.from_model(comps, latents.flatten(2).transpose(1, 2), h, w)
-    samples = decode(comps.vae, latents)
+    samples = decode(comps.vae, latents, family)
     for i, s in enumerate(samples):
         Image.fromarray(s).save(tmp_path / f"comfyui-{i}.png")
     scores, similar = _likeness(samples, face_path)
@@ -275,6 +292,6 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces, identity 0.93 / 0.93, SSIM 0.52-0.83;
     # FLUX 2 of 3, identity 0.92 / 0.93, SSIM 0.65-0.66; Z-Image 3 of 3, identity 0.95, SSIM 0.86-0.87;
-    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)
