@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_FLUX2_CHECK, assert_every_key_maps
-from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
-    train_every_feature
+from trainer_helpers import assert_both_lora_files_apply_alike, assert_generates_behind_the_gate, \
+    assert_trained_with_every_feature, tiny_config, train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
 
 
@@ -53,14 +53,7 @@ def test_flux2_lora_files_apply_the_trained_adapters_in_diffusers(flux2_run, tin
     assert tensors and all(k.startswith("lora_unet_") for k in tensors)
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in tensors
     assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in tensors
-    outs = []
-    for source in (result.lora_path, result.diffusers_lora_dir / "pytorch_lora_weights.safetensors", None):
-        pipe = Flux2KleinPipeline.from_pretrained(str(tiny_flux2))
-        if source is not None:
-            pipe.load_lora_weights(str(source))
-        outs.append(_transformer_out(pipe.transformer))
-    assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
-    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
+    assert_both_lora_files_apply_alike(Flux2KleinPipeline, tiny_flux2, result, _transformer_out)
 
 
 def comfyui_shape(config) -> dict:

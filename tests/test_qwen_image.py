@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_QWEN_IMAGE_CHECK, assert_every_key_maps
-from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
-    train_every_feature
+from trainer_helpers import assert_both_lora_files_apply_alike, assert_generates_behind_the_gate, \
+    assert_trained_with_every_feature, tiny_config, train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
 
 
@@ -51,14 +51,7 @@ def test_qwen_image_lora_files_apply_the_trained_adapters_in_diffusers(qwen_imag
     assert {"diffusion_model.transformer_blocks.0.attn.to_q.lora_down.weight",
             "diffusion_model.transformer_blocks.1.attn.to_add_out.lora_up.weight",
             "diffusion_model.transformer_blocks.1.attn.add_k_proj.alpha"} <= tensors.keys()
-    outs = []
-    for source in (result.lora_path, result.diffusers_lora_dir / "pytorch_lora_weights.safetensors", None):
-        pipe = QwenImagePipeline.from_pretrained(str(tiny_qwen_image))
-        if source is not None:
-            pipe.load_lora_weights(str(source))
-        outs.append(_transformer_out(pipe.transformer))
-    assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
-    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
+    assert_both_lora_files_apply_alike(QwenImagePipeline, tiny_qwen_image, result, _transformer_out)
 
 
 def comfyui_shape(config) -> dict:

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_Z_IMAGE_CHECK, assert_every_key_maps
-from trainer_helpers import assert_generates_behind_the_gate, assert_trained_with_every_feature, tiny_config, \
-    train_every_feature
+from trainer_helpers import assert_both_lora_files_apply_alike, assert_generates_behind_the_gate, \
+    assert_trained_with_every_feature, tiny_config, train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
 
 def comfyui_shape(config) -> dict:
@@ -54,15 +54,12 @@ def test_z_image_lora_files_apply_the_trained_adapters_in_diffusers(z_image_run,
     x = [torch.randn(16, 1, 16, 16)]
     caption = [torch.randn(20, 32)]
     t = torch.tensor([0.3])
-    outs = []
-    for source in (result.lora_path, result.diffusers_lora_dir / "pytorch_lora_weights.safetensors", None):
-        pipe = ZImagePipeline.from_pretrained(str(tiny_z_image))
-        if source is not None:
-            pipe.load_lora_weights(str(source))
+
+    def forward(transformer):
         with torch.no_grad():
-            outs.append(pipe.transformer(x, t, caption, return_dict=False)[0][0])
-    assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
-    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
+            return transformer(x, t, caption, return_dict=False)[0][0]
+
+    assert_both_lora_files_apply_alike(ZImagePipeline, tiny_z_image, result, forward)
 
 
 def test_z_image_lora_applies_fully_in_comfyui(z_image_run, tiny_z_image, comfy, tmp_path):

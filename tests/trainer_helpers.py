@@ -82,3 +82,19 @@ def assert_generates_behind_the_gate(model, lora, family: str, pipeline: str, cf
     report = json.loads((folder / "out" / "generate.json").read_text())
     assert [a["reason"] for a in report["gate"]["attempts"]] == ["faceless", "faceless"]
     assert Image.open(folder / "out" / "best.png").size == (64, 64)
+
+
+def assert_both_lora_files_apply_alike(pipeline_cls, model, result, forward) -> None:
+    """The LoRA file for ComfyUI and the diffusers-format file, each loaded by the family's
+    diffusers LoRA loader into a fresh pipeline, give the same transformer output
+    (``forward(transformer)``), and it differs from the base's."""
+    import torch
+
+    outs = []
+    for source in (result.lora_path, result.diffusers_lora_dir / "pytorch_lora_weights.safetensors", None):
+        pipe = pipeline_cls.from_pretrained(str(model))
+        if source is not None:
+            pipe.load_lora_weights(str(source))
+        outs.append(forward(pipe.transformer))
+    assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
+    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
