@@ -153,14 +153,14 @@ def test_qwen_image_captions_are_read_after_its_template_as_diffusers_reads_them
 
     from comfy_server import NEWEST, HostUnavailable, host_source
     from comfyui_persona.models.families import get_family
-    from comfyui_persona.models.families.qwen_image import template_tokens
+    from comfyui_persona.models.families.qwen_image import TEMPLATE_TOKENS, template_tokens
     from comfyui_persona.models.loading import load_components
 
     try:
         qwen = Qwen2Tokenizer.from_pretrained(host_source(NEWEST) / "comfy" / "text_encoders" / "qwen25_tokenizer")
     except HostUnavailable as exc:
         pytest.skip(f"{NEWEST}: {exc}")
-    assert template_tokens(qwen) == 34
+    assert template_tokens(qwen) == TEMPLATE_TOKENS == 34
     fam = get_family("qwen_image")
     comps = load_components("qwen_image", tiny_qwen_image)
     pipe = fam.pipeline(comps)

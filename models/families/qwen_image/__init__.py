@@ -44,6 +44,7 @@ from ..qwen_captions import QwenCaptionedFamily
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
             "<|im_start|>assistant\n")
+TEMPLATE_TOKENS = 34  # the template's opening in Qwen's own tokenizer (see template_tokens)
 LORA_PREFIX = "diffusion_model."  # ComfyUI's Qwen-Image LoRA names: diffusers' module paths under it
 # the scheduler's resolution-dependent shift (Qwen-Image's published scheduler config)
 SHIFT_RULE = dict(base_image_seq_len=256, max_image_seq_len=8192, base_shift=0.5, max_shift=0.9)
@@ -104,7 +105,7 @@ class QwenImage(PackedFlow, QwenCaptionedFamily):
                                   "too: set llm (qwen_2.5_vl_7b.safetensors) and vae (qwen_image_vae.safetensors)")
 
     def caption_token_lengths(self, cfg) -> dict[str, int]:
-        return {"text_encoder": cfg.llm_max_length + 34}
+        return {"text_encoder": cfg.llm_max_length + TEMPLATE_TOKENS}
 
     def encode(self, comps, prompts, device, cfg=None):
         """``encoder_hidden_states`` ``[B, L, D]`` (zero past each caption's end) and
