@@ -122,21 +122,21 @@ def test_qwen_image_latents_round_trip_and_x0_inverts_the_noising():
 
 @pytest.mark.quick
 def test_qwen_image_noise_levels_follow_the_pipelines_resolution_shift():
-    """Without ``timestep_shift`` the logit-normal draws are shifted by the pipeline's own
-    ``exp(mu)`` at the training resolution (its scheduler's rule), and ``timestep_shift``
-    replaces it."""
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-
+    """Without ``timestep_shift`` the logit-normal draws are shifted by ``exp(mu)``, ``mu``
+    linear in the image's tokens between Qwen-Image's published scheduler settings (0.5 at 256
+    tokens, 0.9 at 8192: 2.0x at 1024 px), which the family's own scheduler carries for its
+    pipeline; ``timestep_shift`` replaces it."""
     from comfyui_persona.models.families import get_family
-    from comfyui_persona.models.families.qwen_image import SHIFT_RULE, dynamic_mu
+    from comfyui_persona.models.families.qwen_image import dynamic_mu
 
     fam = get_family("qwen_image")
+    assert dynamic_mu(256) == pytest.approx(0.5) and dynamic_mu(8192) == pytest.approx(0.9)
+    assert dynamic_mu(4096) == pytest.approx(0.5 + 0.4 * (4096 - 256) / (8192 - 256))
+    assert math.exp(dynamic_mu(4096)) == pytest.approx(2.0, abs=0.01)  # 1024 px: 64x64 tokens
     config = fam.new_scheduler().config
-    for seq in (256, 1024, 4096):
-        expected = calculate_shift(seq, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
-                                   config.max_shift)
-        assert dynamic_mu(seq) == pytest.approx(expected)
-    assert {k: config[k] for k in SHIFT_RULE} == SHIFT_RULE
+    assert (config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift,
+            config.shift_terminal, config.time_shift_type, config.use_dynamic_shifting) == \
+        (256, 8192, 0.5, 0.9, 0.02, "exponential", True)
     u = torch.sigmoid(torch.randn(4, generator=torch.Generator().manual_seed(3)))
     factor = math.exp(dynamic_mu(4096))
     drawn = fam.sigmas(4, torch.Generator().manual_seed(3), 0.0, 4096)

@@ -237,6 +237,13 @@ def ddpm_noise(comps, latents, gen, cfg):
     return noisy, target, timesteps, weight
 
 
+def logit_normal_sigmas(batch: int, gen, shift: float) -> torch.Tensor:
+    """Flow-matching noise levels in (0, 1): logit-normal draws (SD3/FLUX training) shifted
+    toward noise by ``shift`` (``shift * u / (1 + (shift - 1) * u)``; 1: unshifted)."""
+    u = torch.sigmoid(torch.randn(batch, generator=gen))
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def ddpm_scheduler():
     diffusers = require("diffusers", "Building a model from config")
     return diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -116,9 +116,8 @@ class QwenCaptionedFamily(Family):
         if cond is None:
             with torch.no_grad():
                 cond = {k: v[0] for k, v in self.encode(comps, [prompt], device).items()}
-        params = comps.denoiser.parameters()
-        dtype = next(p for p in params if p.is_floating_point() and p.dtype.itemsize > 1).dtype
-        return cond, next(comps.denoiser.parameters()).device, dtype
+        weight = next(p for p in comps.denoiser.parameters() if p.is_floating_point() and p.dtype.itemsize > 1)
+        return cond, weight.device, weight.dtype  # (an fp8 base's compute dtype is its unquantized layers')
 
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")

@@ -69,6 +69,13 @@ def load_vae(config: Path, file: str | Path):
     return model
 
 
+def model_config(folder: Path) -> dict:
+    """A shipped diffusers ``config.json`` as constructor arguments (its ``_`` entries left out)."""
+    import json
+
+    return {k: v for k, v in json.loads((Path(folder) / "config.json").read_text()).items() if not k.startswith("_")}
+
+
 def build_on_meta(cls, config: dict, tensors: dict, path, what: str, field: str = "base_model"):
     """``cls(**config)`` built on the meta device and given ``tensors`` (no copy); a file
     whose weights do not fit is refused with what is missing or left over, under the config

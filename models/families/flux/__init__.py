@@ -17,7 +17,7 @@ from ....core.deps import require
 from ....core.transfer import to_device
 from ...components import Components, file_hash, file_random_weights, folder_random_weights, model_hash, \
     require_diffusers_folder
-from ..base import Family, Prediction, clip_config, peft_pairs, tokens
+from ..base import Family, Prediction, clip_config, logit_normal_sigmas, peft_pairs, tokens
 
 
 class Flux(Family):
@@ -139,9 +139,9 @@ class Flux(Family):
     def sigmas(batch: int, gen, shift: float, seq_len: int) -> torch.Tensor:
         """Noise levels in (0, 1): logit-normal draws (SD3/FLUX training), shifted toward noise.
         ``shift`` 0 uses FLUX's resolution-dependent shift (mu from the image token count)."""
-        u = torch.sigmoid(torch.randn(batch, generator=gen))
         if shift > 0:
-            return shift * u / (1 + (shift - 1) * u)
+            return logit_normal_sigmas(batch, gen, shift)
+        u = torch.sigmoid(torch.randn(batch, generator=gen))
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
         mu = calculate_shift(seq_len)

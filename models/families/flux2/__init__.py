@@ -29,7 +29,7 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ..base import Prediction, peft_pairs
+from ..base import Prediction, logit_normal_sigmas, peft_pairs
 from ..packed_flow import PackedFlow
 from ..qwen_captions import QwenCaptionedFamily
 from ..flux import Flux
@@ -135,9 +135,7 @@ class Flux2(PackedFlow, QwenCaptionedFamily):
     def sigmas(batch: int, gen, shift: float, seq_len: int) -> torch.Tensor:
         """Noise levels in (0, 1): logit-normal draws shifted toward noise by ``shift``, or (0)
         by FLUX.2's resolution-dependent ``exp(mu)``."""
-        u = torch.sigmoid(torch.randn(batch, generator=gen))
-        factor = shift if shift > 0 else math.exp(empirical_mu(seq_len))
-        return factor * u / (1 + (factor - 1) * u)
+        return logit_normal_sigmas(batch, gen, shift if shift > 0 else math.exp(empirical_mu(seq_len)))
 
     def predict(self, comps, model, latents, cond, gen, cfg, dtype):
         b, c, h, w = latents.shape

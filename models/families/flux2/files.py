@@ -6,11 +6,10 @@ statistics its latents are normalised by), read with the configs in ``configs/fl
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -107,7 +106,7 @@ def load_transformer_file(path: Path, config: Path):
     from .keys import bfl_to_diffusers
 
     tensors = strip_prefix(read_weights(path))
-    cfg = {k: v for k, v in json.loads((config / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg = model_config(config)
     try:
         if "double_stream_modulation_img.lin.weight" in tensors:
             cfg.update(shape_from_bfl(tensors))

@@ -35,7 +35,7 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ..base import Prediction
+from ..base import Prediction, logit_normal_sigmas
 from ..flux import Flux
 from ..packed_flow import PackedFlow
 from ..qwen_captions import QwenCaptionedFamily
@@ -57,10 +57,13 @@ def template_tokens(tokenizer) -> int:
 
 
 def dynamic_mu(image_seq_len: int) -> float:
-    """The pipeline's time shift ``mu`` for an image of ``image_seq_len`` tokens."""
+    """The pipeline's time shift ``mu`` for an image of ``image_seq_len`` tokens (its own rule,
+    with Qwen-Image's scheduler settings)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+
     r = SHIFT_RULE
-    slope = (r["max_shift"] - r["base_shift"]) / (r["max_image_seq_len"] - r["base_image_seq_len"])
-    return image_seq_len * slope + r["base_shift"] - slope * r["base_image_seq_len"]
+    return calculate_shift(image_seq_len, r["base_image_seq_len"], r["max_image_seq_len"], r["base_shift"],
+                           r["max_shift"])
 
 
 class QwenImage(PackedFlow, QwenCaptionedFamily):
@@ -148,9 +151,7 @@ class QwenImage(PackedFlow, QwenCaptionedFamily):
     def sigmas(batch: int, gen, shift: float, seq_len: int) -> torch.Tensor:
         """Noise levels in (0, 1): logit-normal draws shifted toward noise by ``shift``, or (0)
         by the pipeline's resolution-dependent ``exp(mu)``."""
-        u = torch.sigmoid(torch.randn(batch, generator=gen))
-        factor = shift if shift > 0 else math.exp(dynamic_mu(seq_len))
-        return factor * u / (1 + (factor - 1) * u)
+        return logit_normal_sigmas(batch, gen, shift if shift > 0 else math.exp(dynamic_mu(seq_len)))
 
     @staticmethod
     def captions(cond: dict, dtype) -> tuple[torch.Tensor, torch.Tensor]:

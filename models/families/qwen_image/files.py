@@ -7,11 +7,10 @@ read with the configs in ``configs/qwen_image``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -43,7 +42,7 @@ def load_transformer_file(path: Path, config: Path):
     from ...file_weights import read_weights
 
     tensors = strip_prefix(read_weights(path))
-    cfg = {k: v for k, v in json.loads((config / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg = model_config(config)
     try:
         cfg.update(shape_from_weights(tensors))
     except KeyError as e:
@@ -71,5 +70,5 @@ def load_vae_file(config: Path, file):
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
         tensors = convert_wan_vae_to_diffusers(tensors)
-    cfg = {k: v for k, v in json.loads((config / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg = model_config(config)
     return build_on_meta(diffusers.AutoencoderKLQwenImage, cfg, tensors, file, "Qwen-Image VAE", "vae")

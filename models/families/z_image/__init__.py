@@ -31,7 +31,7 @@ import torch
 
 from ....core.deps import require
 from ....core.transfer import to_device
-from ..base import Prediction
+from ..base import Prediction, logit_normal_sigmas
 from ..qwen_captions import QwenCaptionedFamily
 
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"  # Qwen's chat turn, as Z-Image reads captions
@@ -89,18 +89,12 @@ class ZImage(QwenCaptionedFamily):
         the ``meta`` device (memory and FLOP counts, whose masks are all ones) at full length."""
         return [(f if f.is_meta else f[m > 0.5]).to(dtype) for f, m in zip(cond["cap_feats"], cond["cap_mask"])]
 
-    @staticmethod
-    def sigmas(batch: int, gen, shift: float) -> torch.Tensor:
-        """Noise levels in (0, 1): logit-normal draws shifted toward noise by ``shift``."""
-        u = torch.sigmoid(torch.randn(batch, generator=gen))
-        return shift * u / (1 + (shift - 1) * u)
-
     def predict(self, comps, model, latents, cond, gen, cfg, dtype):
         b, c, h, w = latents.shape
         if h % 2 or w % 2:
             raise ValueError(f"resolution: Z-Image patches 2x2 latents; {cfg.resolution} px gives an odd latent size")
         noise = to_device(torch.randn(latents.shape, generator=gen), latents.device)
-        sigma = to_device(self.sigmas(b, gen, cfg.timestep_shift or SHIFT), latents.device)
+        sigma = to_device(logit_normal_sigmas(b, gen, cfg.timestep_shift or SHIFT), latents.device)
         s = sigma.view(b, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
         x = list(noisy.to(dtype).unsqueeze(2).unbind(0))  # [C, 1, h, w] each: one frame

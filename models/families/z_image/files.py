@@ -5,11 +5,10 @@ text encoder (``models/text_encoders/qwen_3_4b.safetensors``) and FLUX.1's VAE
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, load_vae, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, load_vae, model_config, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -42,7 +41,7 @@ def load_transformer_file(path: Path, config: Path):
     tensors = strip_prefix(read_weights(path))
     if any(".attention.qkv." in k for k in tensors):
         tensors = original_to_diffusers(tensors)
-    cfg = {k: v for k, v in json.loads((config / "config.json").read_text()).items() if not k.startswith("_")}
+    cfg = model_config(config)
     try:
         cfg.update(shape_from_weights(tensors))
     except KeyError as e:
