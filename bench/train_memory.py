@@ -35,7 +35,7 @@ RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 # the LoRA plans at published size each family's users need (budget in GB, resolution): searched
 # on the meta device, so printed on any machine, and marked predicted until a GPU measures them
 PUBLISHED_PLANS = {"sd15": (4, 512), "sdxl": (8, 1024), "flux": (8, 1024), "z_image": (6, 1024), "flux2": (6, 1024),
-                   "flux2:klein-9b": (8, 1024), "qwen_image": (10, 1024)}  # family[:published size other than the first]
+                   "flux2:klein-9b": (8, 1024), "qwen_image": (10, 1024), "flux2_dev": (16, 1024)}  # family[:published size other than the first]
 # steps/s of LoRA at batch 1, bf16, cached latents and embeddings, at 971d0c8 on one H100 80GB
 # (the project's issues): what the speed switches are measured against (target: 3x)
 SPEED_AT_971D0C8 = {"sd15": 6.74, "sdxl": 1.99}

@@ -113,6 +113,34 @@ ARCHITECTURES[("flux2", "klein-9b")] = dict(  # FLUX.2 klein 9B with Qwen3-8B: w
                                 joint_attention_dim=3 * 4096),
     qwen3=dict(_KLEIN_4B["qwen3"], hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False))
 
+# FLUX.2 dev: FLUX.2's transformer at full size with a guidance embedding, captions read by
+# Mistral Small 3.1 (text only: its Pixtral vision tower is never run)
+ARCHITECTURES[("flux2_dev", "tiny")] = dict(  # Mistral deep enough for hidden states 10/20/30 (and one more layer,
+    # as in the 40-layer model the states read are layers' inputs); ComfyUI's Mistral has 128-wide heads
+    transformer=dict(ARCHITECTURES[("flux2", "tiny")]["transformer"], joint_attention_dim=3 * 32, guidance_embeds=True),
+    vae=ARCHITECTURES[("flux2", "tiny")]["vae"],
+    mistral3=dict(text_config=dict(vocab_size=296, hidden_size=32, intermediate_size=64, num_hidden_layers=31,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                                   max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=1e9,
+                                   sliding_window=None),
+                  vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     head_dim=8, image_size=32, patch_size=16),
+                  multimodal_projector_bias=False, spatial_merge_size=2, image_token_index=10,
+                  tie_word_embeddings=False))
+ARCHITECTURES[("flux2_dev", "real")] = dict(  # FLUX.2 dev (32B) with Mistral-Small-3.1-24B
+    transformer=dict(_KLEIN_4B["transformer"], num_layers=8, num_single_layers=48, num_attention_heads=48,
+                     joint_attention_dim=3 * 5120, guidance_embeds=True),
+    vae=_KLEIN_4B["vae"],
+    mistral3=dict(text_config=dict(vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
+                                   num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                   max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=1e9,
+                                   sliding_window=None),
+                  vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                     num_attention_heads=16, head_dim=64, image_size=1540, patch_size=14,
+                                     rope_theta=10000.0),
+                  multimodal_projector_bias=False, projector_hidden_act="gelu", spatial_merge_size=2,
+                  image_token_index=10, tie_word_embeddings=False))
+
 # Qwen-Image: a 60-block double-stream transformer over the 16 channels of its own causal video VAE
 # (one frame per image), captions read by Qwen2.5-VL (text only: its vision tower is never run)
 _QWEN25_VL_ROPE = {"rope_type": "default", "rope_theta": 1000000.0}

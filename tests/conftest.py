@@ -238,6 +238,17 @@ def tiny_flux2():
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_dev():
+    """A FLUX.2 dev-shaped model (klein's blocks with a guidance embedding, a Mistral3 text
+    encoder with its Pixtral vision tower, 31 layers for hidden states 10/20/30, and a small
+    tekken vocabulary converted as Mistral's is) with random weights."""
+    from comfyui_persona.models.build import build_family_model
+
+    with heavy_build("tiny-flux2_dev"):
+        return build_family_model(model_dir("tiny-flux2_dev"), "flux2_dev", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen_image():
     """A Qwen-Image-shaped model (double-stream blocks with 3-axis rotary positions, a
     Qwen2.5-VL text encoder with its vision tower and a byte-level Qwen tokenizer, the causal

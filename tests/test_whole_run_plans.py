@@ -39,7 +39,8 @@ def test_the_headroom_is_the_context_and_the_allocators_reserve():
 
 @pytest.mark.parametrize("family, size, resolution, budget_gb", [
     ("sd15", "real", 512, 4), ("sdxl", "real", 1024, 8), ("flux", "real", 1024, 8), ("z_image", "real", 1024, 6),
-    ("flux2", "real", 1024, 6), ("flux2", "klein-9b", 1024, 8), ("qwen_image", "real", 1024, 10)])
+    ("flux2", "real", 1024, 6), ("flux2", "klein-9b", 1024, 8), ("qwen_image", "real", 1024, 10),
+    ("flux2_dev", "real", 1024, 16)])
 def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan_cache, monkeypatch, family, size,
                                                                             resolution, budget_gb):
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))

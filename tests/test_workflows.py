@@ -292,9 +292,9 @@ def test_train_node_lists_flux_files_from_comfyui_folders(prepared):
     spec = prepared.get("/object_info/PersonaTrain")["PersonaTrain"]["input"]
     assert "diffusion_models/persona-flux-test.safetensors" in spec["required"]["base_model"][0]
     for field, name in (("clip_l", files["text_encoders"]), ("t5", files["text_encoders"]),
-                        ("llm", files["text_encoders"]), ("vae", files["vae"])):  # (llm: the Qwen LLMs)
+                        ("llm", files["text_encoders"]), ("vae", files["vae"])):  # (llm: the Qwen and Mistral LLMs)
         assert name in spec["optional"][field][0] and spec["optional"][field][0][0] == "(none)"
-    assert spec["optional"]["family"][0] == ["sd15", "sdxl", "flux", "z_image", "flux2", "qwen_image"]
+    assert spec["optional"]["family"][0] == ["sd15", "sdxl", "flux", "z_image", "flux2", "flux2_dev", "qwen_image"]
 
 
 def test_generate_workflow_as_shipped_reports_the_missing_model_like_comfyui(prepared, tmp_path, capsys):

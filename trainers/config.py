@@ -23,11 +23,11 @@ class TrainConfig(JobConfig):
     version: Literal[1] = Field(1, description="Config format version.")
     # what
     base_model: str = Field(..., min_length=1, description="Base model: a diffusers folder, or a single-file .safetensors checkpoint (FLUX, Z-Image, FLUX.2: the transformer file from models/diffusion_models).")
-    family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, flux (FLUX.1 dev/schnell), z_image (Z-Image Base/Turbo), flux2 (FLUX.2 klein 4B/9B) or qwen_image (Qwen-Image); one module each in models/families.")
+    family: FamilyName = Field("sd15", description="Model family: sd15 (Stable Diffusion 1.x), sdxl, flux (FLUX.1 dev/schnell), z_image (Z-Image Base/Turbo), flux2 (FLUX.2 klein 4B/9B), flux2_dev (FLUX.2 dev) or qwen_image (Qwen-Image); one module each in models/families.")
     clip_l: str = Field("", description="FLUX single files: the CLIP-L text encoder file (models/text_encoders or models/clip).")
     t5: str = Field("", description="FLUX single files: the T5-XXL text encoder file.")
     training_adapter: str = Field("", description="A LoRA merged into the frozen base for the run and never exported: a de-distillation adapter to train on a distilled model (Z-Image Turbo) without undoing its few-step sampling. diffusers layer names (lora_A/lora_B or lora_down/lora_up).")
-    llm: str = Field("", description="Z-Image, FLUX.2 and Qwen-Image single files: the LLM text encoder file in models/text_encoders (qwen_3_4b.safetensors; FLUX.2 klein 9B: qwen_3_8b.safetensors; Qwen-Image: qwen_2.5_vl_7b.safetensors).")
+    llm: str = Field("", description="Z-Image, FLUX.2 and Qwen-Image single files: the LLM text encoder file in models/text_encoders (qwen_3_4b.safetensors; FLUX.2 klein 9B: qwen_3_8b.safetensors; FLUX.2 dev: mistral_3_small_flux2_bf16.safetensors or _fp8, which carries its tokenizer; Qwen-Image: qwen_2.5_vl_7b.safetensors).")
     vae: str = Field("", description="FLUX, Z-Image, FLUX.2 and Qwen-Image single files: the VAE file (ae.safetensors; FLUX.2: flux2-vae.safetensors; Qwen-Image: qwen_image_vae.safetensors).")
     dataset: str = Field(..., min_length=1, description="Dataset folder (from persona prepare, or images + .txt captions).")
     output_dir: str = Field("runs/train", min_length=1, description="Run directory: config, log, checkpoints, samples, final LoRA.")
@@ -102,7 +102,7 @@ class TrainConfig(JobConfig):
     guidance: float = Field(1.0, ge=0, le=30, description="FLUX-dev guidance embedding value during training.")
     timestep_shift: float = Field(0.0, ge=0, le=20, description="Flow-matching noise-level shift (0: the family's own: FLUX's and FLUX.2's resolution-dependent shifts, Z-Image's 3.0; 3.0 is SD3's).")
     t5_max_length: int = Field(512, ge=16, le=512, description="FLUX: T5 tokens per prompt.")
-    llm_max_length: int = Field(512, ge=16, le=1024, description="Z-Image: the most LLM tokens a prompt is read at (chat template included; shorter prompts keep their own length). FLUX.2: the tokens every prompt is padded to (512 in its samplers). Qwen-Image: the most caption tokens after its chat template (masked padding).")
+    llm_max_length: int = Field(512, ge=16, le=1024, description="Z-Image: the most LLM tokens a prompt is read at (chat template included; shorter prompts keep their own length). FLUX.2: the tokens every prompt is padded to (512 in its samplers; dev: zeros in front of the caption, as ComfyUI pads it). Qwen-Image: the most caption tokens after its chat template (masked padding).")
     # DreamBooth prior preservation
     prior_preservation: bool = Field(False, description="Prior-preservation loss with class images from the frozen base model.")
     class_prompt: str = Field("a photo of {class}", description="Prompt of the class images.")

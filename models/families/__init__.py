@@ -9,6 +9,7 @@ from __future__ import annotations
 from .base import Family, Prediction
 from .flux import Flux
 from .flux2 import Flux2
+from .flux2_dev import Flux2Dev
 from .qwen_image import QwenImage
 from .sd15 import SD15
 from .sdxl import SDXL
@@ -24,7 +25,7 @@ def register(family: Family) -> Family:
     return family
 
 
-for _family in (SD15(), SDXL(), Flux(), ZImage(), Flux2(), QwenImage()):
+for _family in (SD15(), SDXL(), Flux(), ZImage(), Flux2(), Flux2Dev(), QwenImage()):
     register(_family)
 
 

@@ -67,7 +67,7 @@ class QwenCaptionedFamily(Family):
 
         config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
         transformer, text_encoder, vae_model = self.load_separate_files(path, config, llm, vae)
-        tok, _ = self.load_tokenizers(config)
+        tok = self.file_tokenizer(config, llm)
         return Components(
             self.name, tok, text_encoder, vae_model, transformer,
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
@@ -85,6 +85,11 @@ class QwenCaptionedFamily(Family):
     def load_tokenizers(self, folder: Path):
         transformers = require("transformers", f"Training {self.title}")
         return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+
+    def file_tokenizer(self, config: Path, llm):
+        """The tokenizer for ComfyUI's separate files: the config folder's (Qwen's, found on
+        disk); a family whose text encoder file carries its own reads it from ``llm``."""
+        return self.load_tokenizers(config)[0]
 
     # --- building -------------------------------------------------------------------------
     def build_modules(self, arch: dict, text_encoders: bool = True):

@@ -8,11 +8,13 @@ from pathlib import Path
 from ...core.deps import require
 
 
-def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: dict | None = None):
+def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: dict | None = None,
+                    unread: tuple[str, ...] = ()):
     """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors,
     t5xxl_*.safetensors and qwen_3_4b.safetensors hold), prefix ``text_model.`` or ``model.``
     optional (a causal LM's file: its ``lm_head`` is not read); ``overrides`` change the
-    shipped config (another width of the same model)."""
+    shipped config (another width of the same model); ``unread`` names weights a file may
+    leave out because nothing reads them (made as ones; the caller removes their module)."""
     import torch
 
     from ..file_weights import read_weights
@@ -31,6 +33,9 @@ def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: 
     if "shared.weight" in own and "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
         tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
     tensors = {k: v for k, v in tensors.items() if k in own}
+    for name in unread:
+        if name in own and name not in tensors:
+            tensors[name] = torch.ones(model.state_dict()[name].shape)
     missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
     if missing:
         raise ValueError(f"'{file}' does not fit {cls.__name__} ({config.name}): missing {missing[:3]}")

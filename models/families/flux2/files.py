@@ -83,8 +83,8 @@ def published_size(path: Path) -> str:
         key = next((k for k in f.keys() if k.endswith(("img_in.weight", "x_embedder.weight"))), None)
         width = f.get_slice(key).get_shape()[0] if key else 0
     if width not in SIZES:
-        raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer {width} wide; Persona trains klein 4B "
-                         f"(3072) and klein 9B (4096)")
+        raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer {width} wide; the family flux2 is klein "
+                         f"4B (3072) and klein 9B (4096); FLUX.2 dev (6144) is the family flux2_dev")
     return SIZES[width]
 
 
