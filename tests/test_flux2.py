@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_FLUX2_CHECK, assert_every_key_maps
 from trainer_helpers import assert_both_lora_files_apply_alike, assert_generates_behind_the_gate, \
-    assert_trained_with_every_feature, tiny_config, train_every_feature
+    assert_trained_with_every_feature, flux2_transformer_out, tiny_config, train_every_feature
 from comfyui_persona.trainers.loop import Callbacks, train
 
 
@@ -31,17 +31,6 @@ def test_flux2_lora_trains_with_every_feature(flux2_run):
     assert_trained_with_every_feature(flux2_run, "flux2", "flux-2-klein")
 
 
-def _transformer_out(transformer, seed=0):
-    torch.manual_seed(seed)
-    x, text = torch.randn(1, 16, 128), torch.randn(1, 8, transformer.config.joint_attention_dim)
-    from comfyui_persona.models.families.flux2 import Flux2
-
-    img_ids, txt_ids = Flux2.ids(8, 8, 8, torch.device("cpu"))
-    with torch.no_grad():
-        return transformer(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
-                           img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
-
-
 def test_flux2_lora_files_apply_the_trained_adapters_in_diffusers(flux2_run, tiny_flux2):
     """The kohya file (``lora_unet_<BFL module>``, fused qkv) and the diffusers-format file,
     each loaded by diffusers' FLUX.2 LoRA loader into a fresh pipeline, give the same
@@ -53,7 +42,7 @@ def test_flux2_lora_files_apply_the_trained_adapters_in_diffusers(flux2_run, tin
     assert tensors and all(k.startswith("lora_unet_") for k in tensors)
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in tensors
     assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in tensors
-    assert_both_lora_files_apply_alike(Flux2KleinPipeline, tiny_flux2, result, _transformer_out)
+    assert_both_lora_files_apply_alike(Flux2KleinPipeline, tiny_flux2, result, flux2_transformer_out)
 
 
 def comfyui_shape(config) -> dict:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from comfy_lora_checks import COMFY_FLUX2_CHECK, assert_every_key_maps
 from trainer_helpers import assert_both_lora_files_apply_alike, assert_generates_behind_the_gate, \
-    assert_trained_with_every_feature, tiny_config, train_every_feature
+    assert_trained_with_every_feature, flux2_transformer_out, tiny_config, train_every_feature
 
 LENGTH = 256  # the tiny tekken reads Mistral's system turn byte by byte: ~170 tokens with a caption
 
@@ -31,18 +31,7 @@ def flux2_dev_run(tiny_flux2_dev, face_dataset, tmp_path_factory):
 
 @pytest.mark.quick
 def test_flux2_dev_lora_trains_with_every_feature(flux2_dev_run):
-    assert_trained_with_every_feature(flux2_dev_run, "flux2", "flux-2-dev")
-
-
-def _transformer_out(transformer, seed=0):
-    from comfyui_persona.models.families.flux2 import Flux2
-
-    torch.manual_seed(seed)
-    x, text = torch.randn(1, 16, 128), torch.randn(1, 8, transformer.config.joint_attention_dim)
-    img_ids, txt_ids = Flux2.ids(8, 8, 8, torch.device("cpu"))
-    with torch.no_grad():
-        return transformer(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([0.4]),
-                           guidance=torch.tensor([4.0]), img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+    assert_trained_with_every_feature(flux2_dev_run, "flux2_dev", "flux-2-dev")
 
 
 def test_flux2_dev_lora_files_apply_the_trained_adapters_in_diffusers(flux2_dev_run, tiny_flux2_dev):
@@ -53,7 +42,7 @@ def test_flux2_dev_lora_files_apply_the_trained_adapters_in_diffusers(flux2_dev_
     _cfg, result, _ = flux2_dev_run
     tensors = load_file(str(result.lora_path))
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in tensors
-    assert_both_lora_files_apply_alike(Flux2Pipeline, tiny_flux2_dev, result, _transformer_out)
+    assert_both_lora_files_apply_alike(Flux2Pipeline, tiny_flux2_dev, result, flux2_transformer_out)
 
 
 def test_flux2_dev_lora_applies_fully_in_comfyui(flux2_dev_run, tiny_flux2_dev, comfy, tmp_path):

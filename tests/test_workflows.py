@@ -469,6 +469,9 @@ NEW_FAMILIES = {
     "flux2": ("Persona 11 - Train a FLUX.2 klein LoRA", "tiny_flux2", "lora_unet_",
               (("UNETLoader", "flux-2-klein-base-4b-fp8.safetensors"), ("CLIPLoader", "qwen_3_4b.safetensors"),
                ("VAELoader", "flux2-vae.safetensors"))),
+    "flux2_dev": ("Persona 13 - Train a FLUX.2 dev LoRA", "tiny_flux2_dev", "lora_unet_",
+                  (("UNETLoader", "flux2_dev_fp8mixed.safetensors"),
+                   ("CLIPLoader", "mistral_3_small_flux2_fp8.safetensors"), ("VAELoader", "flux2-vae.safetensors"))),
     "qwen_image": ("Persona 12 - Train a Qwen-Image LoRA", "tiny_qwen_image", "diffusion_model.",
                    (("UNETLoader", "qwen_image_fp8_e4m3fn.safetensors"),
                     ("CLIPLoader", "qwen_2.5_vl_7b_fp8_scaled.safetensors"), ("VAELoader", "qwen_image_vae.safetensors"))),
@@ -478,7 +481,7 @@ NEW_FAMILIES = {
 @pytest.mark.parametrize("family", sorted(NEW_FAMILIES))
 def test_new_family_workflow_trains_and_names_only_its_missing_files(prepared, info, family, request, tmp_path,
                                                                      capsys):
-    """Workflows 10 (Z-Image), 11 (FLUX.2 klein) and 12 (Qwen-Image) on a host with the family: the training
+    """Workflows 10 (Z-Image), 11 (FLUX.2 klein), 12 (Qwen-Image) and 13 (FLUX.2 dev) on a host with the family: the training
     half (dataset, a LoRA at test size, the planner's budget) runs through persona queue; the
     whole graph as shipped passes ComfyUI's validation but for the published model files it
     names. (ComfyUI recognises these models by their published width only, so its own model

@@ -98,3 +98,19 @@ def assert_both_lora_files_apply_alike(pipeline_cls, model, result, forward) -> 
         outs.append(forward(pipe.transformer))
     assert (outs[1] - outs[2]).abs().max() > 1e-4  # the LoRA does something
     assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-3)
+
+
+def flux2_transformer_out(transformer, seed=0):
+    """A FLUX.2 transformer's output on fixed random inputs (8x8 patches, 8 text tokens; the
+    guidance value where the model embeds one): what the LoRA-file checks compare."""
+    import torch
+
+    from comfyui_persona.models.families.flux2 import Flux2
+
+    torch.manual_seed(seed)
+    x, text = torch.randn(1, 16, 128), torch.randn(1, 8, transformer.config.joint_attention_dim)
+    img_ids, txt_ids = Flux2.ids(8, 8, 8, torch.device("cpu"))
+    guidance = torch.tensor([4.0]) if transformer.config.guidance_embeds else None
+    with torch.no_grad():
+        return transformer(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([0.4]), guidance=guidance,
+                           img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]

@@ -8,6 +8,13 @@ from pathlib import Path
 from ...core.deps import require
 
 
+def require_companions(path, title: str, **files) -> None:
+    """Refuse a single transformer file given without the files it is read with, naming them."""
+    missing = [name for name, value in files.items() if not value]
+    if missing:
+        raise ValueError(f"base_model: '{path}' is a single {title} transformer file; also give {', '.join(missing)}")
+
+
 def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: dict | None = None,
                     unread: tuple[str, ...] = ()):
     """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors,

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, load_vae, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, load_vae, require_companions, strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,7 @@ def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
     """(transformer, CLIP-L, T5, VAE) from ComfyUI's separate files, shaped by ``config``
     (``configs/flux`` with its tokenizers) and, for the transformer, by the file itself."""
     transformers = require("transformers", "Training FLUX")
-    missing = [n for n, v in (("clip_l", clip_l), ("t5", t5), ("vae", vae)) if not v]
-    if missing:
-        raise ValueError(f"base_model: '{path}' is a single FLUX transformer file; also give {', '.join(missing)}")
+    require_companions(path, "FLUX", clip_l=clip_l, t5=t5, vae=vae)
     transformer = load_transformer_file(path, config / "transformer")
     clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
     t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)

@@ -9,15 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, model_config, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
     """(transformer, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training FLUX.2")
-    missing = [n for n, v in (("llm", llm), ("vae", vae)) if not v]
-    if missing:
-        raise ValueError(f"base_model: '{path}' is a single FLUX.2 transformer file; also give {', '.join(missing)}")
+    require_companions(path, "FLUX.2", llm=llm, vae=vae)
     transformer = load_transformer_file(path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen3Model, transformers.Qwen3Config, config / "text_encoder", llm,
                                    qwen3_overrides(llm))

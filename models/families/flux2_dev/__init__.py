@@ -41,6 +41,7 @@ class Flux2Dev(Flux2):
     name = "flux2_dev"
     title = "FLUX.2 dev"
     architecture = "flux-2-dev"
+    kohya_version = "flux2_dev"
     pipeline_class = "Flux2Pipeline"
     text_encoder_class = "Mistral3ForConditionalGeneration"  # a diffusers folder's; ComfyUI's file: MistralModel
     text_config_class = "Mistral3Config"

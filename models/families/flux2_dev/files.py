@@ -11,15 +11,12 @@ from pathlib import Path
 
 from ....core.deps import require
 from ..flux2.files import load_transformer_file, load_vae
-from ..separate_files import load_text_model
+from ..separate_files import load_text_model, require_companions
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
     """(transformer, Mistral's language model, VAE) from ComfyUI's separate files."""
-    missing = [n for n, v in (("llm", llm), ("vae", vae)) if not v]
-    if missing:
-        raise ValueError(f"base_model: '{path}' is a single FLUX.2 dev transformer file; also give "
-                         f"{', '.join(missing)}")
+    require_companions(path, "FLUX.2 dev", llm=llm, vae=vae)
     transformer = load_transformer_file(path, config / "transformer")
     if not transformer.config.guidance_embeds:
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer without a guidance embedding (klein); "

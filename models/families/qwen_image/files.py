@@ -10,16 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, model_config, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
     """(transformer, Qwen2.5-VL's language model, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training Qwen-Image")
-    missing = [n for n, v in (("llm", llm), ("vae", vae)) if not v]
-    if missing:
-        raise ValueError(f"base_model: '{path}' is a single Qwen-Image transformer file; also give "
-                         f"{', '.join(missing)}")
+    require_companions(path, "Qwen-Image", llm=llm, vae=vae)
     transformer = load_transformer_file(path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen2_5_VLTextModel, transformers.Qwen2_5_VLTextConfig,
                                    config / "text_encoder", llm)
