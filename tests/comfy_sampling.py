@@ -10,7 +10,7 @@ fixes a published value: the attention heads and rotary axes, the GroupNorm grou
 width of SDXL's size embedding and of Z-Image's timestep embedder, the VAE's latent scale. The weights must load with no key
 missing or left over, and every LoRA key must be applied.
 
-Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image/flux2/qwen_image),
+Request (JSON): ``comfyui`` (root), ``family`` (sd15/sdxl/flux/z_image/flux2/flux2_dev/qwen_image),
 ``denoiser`` (safetensors: LDM UNet keys, a single-file checkpoint, FLUX in diffusers or BFL
 layout, Z-Image in diffusers or its original layout, FLUX.2 in BFL layout, Qwen-Image in
 diffusers' layout, which is ComfyUI's), ``lora`` (or null),
@@ -70,7 +70,7 @@ def main(path: str) -> dict:
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
     model_config = {"sd15": supported.SD15, "sdxl": supported.SDXL, "flux": supported.Flux,
-                    "z_image": supported.ZImage, "flux2": supported.Flux2,
+                    "z_image": supported.ZImage, "flux2": supported.Flux2, "flux2_dev": supported.Flux2,
                     "qwen_image": supported.QwenImage}[req["family"]](unet_config)
     model_config.unet_config.update(req.get("config") or {})
     model_config.set_inference_dtype(torch.float32, None)

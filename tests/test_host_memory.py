@@ -15,7 +15,7 @@ from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes,
 def _sparse_safetensors(path, shapes: dict[str, tuple[list[int], str]]) -> int:
     """A valid safetensors file whose tensors' bytes are a hole in the file (no disk used):
     the header is real, the data reads as zeros. Returns the data's size in bytes."""
-    sizes = {"BF16": 2, "F32": 4, "F16": 2}
+    sizes = {"BF16": 2, "F32": 4, "F16": 2, "F8_E4M3": 1}
     header, offset = {}, 0
     for name, (shape, dtype) in shapes.items():
         n = sizes[dtype]
@@ -39,6 +39,20 @@ def test_a_folder_counts_diffusers_parts_in_fp32_and_text_encoders_as_stored(tmp
     te = _sparse_safetensors(tmp_path / "text_encoder" / "model.safetensors", {"w": ([500, 100], "F16")})
     cfg = TrainConfig(base_model=str(tmp_path), dataset="(d)", family="sd15")
     assert load_bytes(cfg) == int((unet * 2 + 400 + te) * MARGIN)
+
+
+def test_comfyuis_separate_files_count_as_stored_with_8_bit_floats_read_as_bf16(tmp_path):
+    """A FLUX.2 transformer file in bf16 with its fp8 text encoder and fp32 VAE: the loaders
+    assign the files' tensors (fp8 dequantized to bf16), so the transformer counts as stored,
+    the fp8 encoder twice its size and the VAE as stored, not everything at fp32."""
+    base = _sparse_safetensors(tmp_path / "flux2.safetensors", {"w": ([1000, 1000], "BF16")})
+    llm = _sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
+    vae = _sparse_safetensors(tmp_path / "flux2-vae.safetensors", {"w": ([100, 10], "F32")})
+    cfg = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="flux2",
+                      llm=str(tmp_path / "qwen_3_4b_fp8.safetensors"), vae=str(tmp_path / "flux2-vae.safetensors"))
+    assert load_bytes(cfg) == int((base + 2 * llm + vae) * MARGIN)
+    sd15 = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="sd15")
+    assert load_bytes(sd15) == int(2 * base * MARGIN)  # an SD checkpoint's parts are built in fp32
 
 
 def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_loads(tmp_path):

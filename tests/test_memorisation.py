@@ -1,5 +1,5 @@
 """Training proven right without pretrained weights: random-weight SDXL, FLUX, Z-Image,
-FLUX.2 klein and Qwen-Image at test size each learn one aligned sample face, and their samples
+FLUX.2 klein and dev, and Qwen-Image at test size each learn one aligned sample face, and their samples
 are that face.
 
 A loss that falls on random weights does not show that the objective matches how the model
@@ -7,7 +7,8 @@ is sampled. Here the model must reproduce the training photo from its caption wh
 by diffusers' own pipeline: with a wrong prediction type, timestep scaling, SDXL time ids,
 FLUX flow shift or guidance, Z-Image's time direction or sign, FLUX.2's patch order, 4-axis
 positions or batch-norm statistics, Qwen-Image's template, mask or per-channel latent
-statistics, or VAE scale and shift, no face comes out. The exported LoRA file must then give
+statistics, FLUX.2 dev's Mistral reading or guidance embedding, or VAE scale and shift, no face
+comes out. The exported LoRA file must then give
 the same image: SDXL's, Z-Image's and Qwen-Image's loaded by diffusers' own LoRA
 loader into a fresh pipeline; FLUX's and FLUX.2's (BFL names, fused qkv) merged into the base
 weights by the LoRA formula ComfyUI applies (diffusers' kohya-FLUX converter assumes FLUX's
@@ -53,6 +54,7 @@ EVERY_LAYER = {
                    "img_mod.1", "txt_mod.1", "net.0.proj", "net.2", "img_in", "txt_in", "linear_1", "linear_2",
                    "norm_out.linear", "proj_out"],
 }
+EVERY_LAYER["flux2_dev"] = EVERY_LAYER["flux2"]  # (its guidance embedder's layers are linear_1/linear_2 too)
 # what each family needs to memorise one face at 64 px (measured on this CPU: ~150 s, ~70 s and ~120 s;
 # Z-Image at 800 steps already draws the face, identity 0.92, SSIM 0.80: 1500 keeps a margin)
 RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption_dropout=0.2,
@@ -64,11 +66,16 @@ RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption
           # low-noise steps (SSIM 0.3 after 3000 steps, 0.57 after 1500 unshifted). Sampling keeps
           # FLUX.2's schedule on both sides.
           "flux2": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=512, timestep_shift=1.0),
+          # dev: klein's recipe, trained at the guidance both samplers embed (Flux2Pipeline's default and
+          # FluxGuidance 4.0): a random guidance embedder knows only the value it trained at (trained at
+          # 1.0, the face is drawn at 1.0, identity 0.93, and not at 4.0)
+          "flux2_dev": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=512,
+                            timestep_shift=1.0, guidance=4.0),
           # Qwen-Image at 1500 steps draws 2 of 3 faces (identity 0.90 / 0.91, SSIM 0.77): 3000 keeps a margin
           "qwen_image": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=64)}
 
 
-@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image", "flux2", "qwen_image"])
+@pytest.fixture(scope="module", params=["sdxl", "flux", "z_image", "flux2", "flux2_dev", "qwen_image"])
 def memorised(request, face_dataset):
     """The family's tiny model with the face VAE, after memorising one face: trained once per
     version of the code and of the recipe (tests/built.py), shared by the workers."""
@@ -130,7 +137,8 @@ def test_samples_after_memorising_one_face_are_that_face(memorised):
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces found, identity 0.93 / 0.91, SSIM 0.46-0.69;
     # FLUX 3 of 3, identity 0.93-0.95, SSIM 0.80-0.82; Z-Image 3 of 3, identity 0.94-0.95, SSIM 0.86-0.87;
-    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; FLUX.2 dev 3 of 3, identity 0.93, SSIM 0.93;
+    # Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)
 
@@ -149,6 +157,9 @@ def _sample(family, pipe, comps, seed=0):
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+KEY_LAYOUT = {"flux": "flux", "flux2": "flux2", "flux2_dev": "flux2"}  # whose BFL names a family's files use
+
+
 def _flux_with_kohya_file(comps, path):
     """The transformer with a kohya FLUX or FLUX.2 LoRA applied as ComfyUI applies one:
     W += up @ down * alpha / rank on the BFL (fused) weights."""
@@ -158,7 +169,7 @@ def _flux_with_kohya_file(comps, path):
 
     from comfyui_persona.trainers.outputs.merge import delta, modules
 
-    keys = import_module(f"comfyui_persona.models.families.{comps.family}.keys")
+    keys = import_module(f"comfyui_persona.models.families.{KEY_LAYOUT[comps.family]}.keys")
     bfl_to_diffusers, diffusers_to_bfl = keys.bfl_to_diffusers, keys.diffusers_to_bfl
 
     config = dict(comps.denoiser.config)
@@ -181,7 +192,7 @@ def test_the_exported_lora_file_gives_the_same_sample(memorised):
 
     family, model, _face, result, paths = memorised
     comps = load_components(family, model)
-    if family in ("flux", "flux2"):  # (see the module's text: why not diffusers' kohya converters)
+    if family in KEY_LAYOUT:  # (see the module's text: why not diffusers' kohya converters)
         assert _flux_with_kohya_file(comps, result.lora_path) >= 20
         pipe = get_family(family).pipeline(comps)
     elif family in ("z_image", "qwen_image"):  # the file ComfyUI loads (diffusion_model.<module>), by diffusers' loader
@@ -217,15 +228,17 @@ def _comfyui_request(family, comps, model, folder):
                            "crop_w": 0, "crop_h": 0},
                     latent=[1, 4, 32, 32], cfg=5.0, sampler="euler", scheduler="normal")
     c = comps.denoiser.config
-    if family == "flux2":  # in BFL names, as ComfyUI keeps FLUX.2's files; sampled on klein's schedule
+    if family in ("flux2", "flux2_dev"):  # in BFL names, as ComfyUI keeps FLUX.2's files; Flux2Scheduler's sigmas
         from comfyui_persona.models.families.flux2.keys import diffusers_to_bfl
+        from comfyui_persona.models.families.flux2_dev import SAMPLING_GUIDANCE
 
         path = folder / "flux2_bfl.safetensors"
         folder.mkdir(parents=True, exist_ok=True)
         save_file({f"model.diffusion_model.{k}": v.float().contiguous()
                    for k, v in diffusers_to_bfl(comps.denoiser.state_dict(), dict(c)).items()}, str(path))
         return dict(denoiser=str(path), config={"num_heads": c.num_attention_heads, "axes_dim": list(c.axes_dims_rope)},
-                    latent=[1, 128, 16, 16], schedule="flux2", cfg=1.0, sampler="euler", scheduler="simple")
+                    latent=[1, 128, 16, 16], schedule="flux2", cfg=1.0, sampler="euler", scheduler="simple",
+                    extra={"guidance": SAMPLING_GUIDANCE} if c.guidance_embeds else {})  # dev: FluxGuidance
     if family == "qwen_image":  # diffusers' names are ComfyUI's; its shape and the VAE's statistics at test size
         return dict(denoiser=str(model / "transformer" / "diffusion_pytorch_model.safetensors"),
                     config={"attention_head_dim": c.attention_head_dim, "num_attention_heads": c.num_attention_heads,
@@ -269,6 +282,9 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
                 "negative": fam.captions(neg, torch.float32)[0][None]}
     elif family == "flux2":  # klein's Qwen3 layers at its 512 tokens, no pooled vector
         cond = {"positive": pos["encoder_hidden_states"], "negative": neg["encoder_hidden_states"]}
+    elif family == "flux2_dev":  # ComfyUI's Mistral encoder gives the caption's own tokens; its model zero-pads them
+        cond = {name: c["encoder_hidden_states"][:, int((c["encoder_hidden_states"][0].abs().sum(-1) == 0).sum()):]
+                for name, c in (("positive", pos), ("negative", neg))}
     elif family == "qwen_image":  # ComfyUI's Qwen2.5-VL encoder gives the caption's own tokens, no padding
         cond = {name: c["encoder_hidden_states"][:, :int(c["encoder_hidden_states_mask"].sum())]
                 for name, c in (("positive", pos), ("negative", neg))}
@@ -281,7 +297,7 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     assert info["lora_keys"] >= 20 and info["applied"] == info["lora_keys"], info
     assert info["not_loaded"] == [], info["not_loaded"]
 
-    if family == "flux2":  # ComfyUI's FLUX.2 latents are the VAE's 2x2 patches normalised by its statistics
+    if family in ("flux2", "flux2_dev"):  # ComfyUI's FLUX.2 latents are the VAE's 2x2 patches normalised by its statistics
         h, w = (2 * n for n in latents.shape[-2:])
         latents = fam.from_model(comps, latents.flatten(2).transpose(1, 2), h, w)
     samples = decode(comps.vae, latents, family)
@@ -292,6 +308,7 @@ def test_comfyui_samples_through_the_exported_lora_file_are_that_face(memorised,
     found = [s for s in scores if s is not None]
     # measured when written: SDXL 2 of 3 faces, identity 0.93 / 0.93, SSIM 0.52-0.83;
     # FLUX 2 of 3, identity 0.92 / 0.93, SSIM 0.65-0.66; Z-Image 3 of 3, identity 0.95, SSIM 0.86-0.87;
-    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
+    # FLUX.2 3 of 3, identity 0.93, SSIM 0.91; FLUX.2 dev (FluxGuidance 4) 3 of 3, identity 0.93, SSIM 0.93;
+    # Qwen-Image 3 of 3, identity 0.91-0.93, SSIM 0.85-0.86
     assert found, scores
     assert max(found) > 0.9 and max(similar) > 0.5, (scores, similar)

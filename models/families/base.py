@@ -48,6 +48,9 @@ class Family:
     bucket_multiple = 64  # the side step of its aspect-ratio buckets (core.buckets)
     size_conditioning = False  # the denoiser takes each image's original size and crop (SDXL's time ids)
     separate_files: tuple[str, ...] = ()  # extra files a single-file base needs (TrainConfig fields)
+    # a single-file base's weights are given to the model as the files store them (8-bit floats
+    # as bf16) instead of being built in fp32: what loading them costs in CPU memory
+    single_files_as_stored = False
     pipeline_index: tuple[str, dict] = ("", {})  # model_index.json of the folders Persona writes
 
     # --- loading ---------------------------------------------------------------------------

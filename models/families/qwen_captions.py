@@ -20,6 +20,7 @@ class QwenCaptionedFamily(Family):
     uses_attention_processors = False
     keeps_text_encoders = False
     separate_files = ("llm", "vae")
+    single_files_as_stored = True  # built on the meta device, the files' tensors assigned
     convolutional = False
     generation_dtype = "bfloat16"
     pipeline_class = ""  # diffusers' class names

@@ -1,9 +1,11 @@
 """Host memory a run needs to load its base model, checked before anything loads.
 
-Loading is the run's peak in CPU memory: diffusers builds the denoiser and the VAE in fp32 and
-copies the file's weights in (a FLUX.1 transformer stored in bf16, 24 GB on disk, takes 48 GB
-while it loads), transformers keeps a folder's text encoders in their file's precision, and a
-single file's parts (ComfyUI's layout) are built in fp32 as well. The frozen weights are cast
+Loading is the run's peak in CPU memory: diffusers builds a folder's denoiser and VAE in fp32
+and copies the file's weights in (a FLUX.1 transformer stored in bf16, 24 GB on disk, takes
+48 GB while it loads), transformers keeps a folder's text encoders in their file's precision,
+and an SD checkpoint's parts are built in fp32 as well; the families trained from ComfyUI's
+separate files (FLUX.1, Z-Image, FLUX.2, Qwen-Image: ``Family.single_files_as_stored``) are
+given those files' tensors as stored, 8-bit floats dequantized to bf16. The frozen weights are cast
 to the compute precision afterwards, and block streaming keeps them in CPU memory at that
 precision, so the load is the largest figure. It is read from the files' headers (no tensor
 is read) and compared with the memory the system reports available; a run that cannot load
@@ -29,8 +31,8 @@ def _file_bytes(path: Path, keep_file_precision: bool) -> int:
             for d in s.get_shape():
                 n *= d
             dtype = s.get_dtype()
-            if dtype in _FLOAT:
-                total += n * (_FLOAT[dtype] if keep_file_precision else 4)
+            if dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
+                total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
             else:
                 total += n * _OTHER.get(dtype, 4)
     return total
@@ -45,11 +47,13 @@ def weight_files(cfg) -> list[tuple[Path, bool]]:
     if base.is_dir():
         return [(f, f.relative_to(base).parts[0].startswith("text_encoder"))
                 for f in sorted(base.rglob("*.safetensors"))]
-    files = [(base, False)] if base.is_file() else []
-    for name in get_family(cfg.family).separate_files:
+    family = get_family(cfg.family)
+    kept = family.single_files_as_stored
+    files = [(base, kept)] if base.is_file() else []
+    for name in family.separate_files:
         value = getattr(cfg, name, None)
         if value and Path(value).is_file():
-            files.append((Path(value), False))
+            files.append((Path(value), kept))
     return files
 
 

@@ -31,6 +31,7 @@ class Flux(Family):
     resolution_multiple = 16  # 2x2 patches of 8x latents
     bucket_multiple = 16
     separate_files = ("clip_l", "t5", "vae")
+    single_files_as_stored = True  # built on the meta device, the files' tensors assigned
     kohya_version = "flux1"
     architecture = "flux-1-dev"
     pipeline_index = ("FluxPipeline", {
