@@ -1,9 +1,10 @@
-"""What the families whose captions a Qwen LLM reads share (Z-Image and FLUX.2 klein: Qwen3;
-Qwen-Image: Qwen2.5-VL): a transformer, a VAE and the LLM in a diffusers folder or as
-ComfyUI's separate files (``llm``, ``vae``), Qwen's tokenizer from local files, and the
-classes that build them. A family names its diffusers and transformers classes and reads its
-own separate files; prompt encoding, the objective, sampling and the LoRA layout stay in the
-family's module."""
+"""What the families whose captions an LLM reads share (Z-Image and FLUX.2 klein: Qwen3;
+Qwen-Image: Qwen2.5-VL; FLUX.2 dev, through klein's module: Mistral Small 3.1): a transformer,
+a VAE and the LLM in a diffusers folder or as ComfyUI's separate files (``llm``, ``vae``), the
+LLM's tokenizer from local files (Qwen's here; dev reads Mistral's from its ``llm`` file through
+:meth:`QwenCaptionedFamily.file_tokenizer`), and the classes that build them. A family names
+its diffusers and transformers classes and reads its own separate files; prompt encoding, the
+objective, sampling and the LoRA layout stay in the family's module."""
 from __future__ import annotations
 
 from pathlib import Path
