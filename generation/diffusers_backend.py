@@ -1,5 +1,5 @@
 """The headless generator: a diffusers pipeline from any base model Persona trains on (the
-family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image, FLUX.2 klein, Qwen-Image), with Persona LoRAs at adjustable
+family's own pipeline: SD1.x, SDXL, FLUX.1, Z-Image, FLUX.2 klein and dev, Qwen-Image), with Persona LoRAs at adjustable
 strengths: one subject's, or several subjects' at once (one adapter each, applied together)."""
 from __future__ import annotations
 
@@ -62,18 +62,11 @@ class DiffusersGenerator:
     def refiner(self, prompt: str, negative: str = "", strength: float = 0.35, steps: int = 20,
                 cfg: float = 6.0, seed: int = 0):
         """A ``regenerate(crop) -> crop`` for face refine: img2img at low strength with the
-        same model, LoRA and prompt."""
-        from diffusers import AutoPipelineForImage2Image
-        from PIL import Image
-
-        img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
-        img2img.set_progress_bar_config(disable=True)
+        same model, LoRA and prompt, as the family redraws an image (``Family.img2img``)."""
 
         def regenerate(crop: np.ndarray) -> np.ndarray:
             gen = torch.Generator("cpu").manual_seed(seed)
-            out = img2img(prompt, image=Image.fromarray(crop), negative_prompt=negative or None,
-                          strength=strength, num_inference_steps=steps, guidance_scale=cfg,
-                          generator=gen, output_type="np").images[0]
+            out = self.fam.img2img(self.pipe, crop, prompt, negative, strength, steps, cfg, gen)
             return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
 
         return regenerate

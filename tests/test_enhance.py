@@ -96,3 +96,31 @@ def test_face_refine_with_a_diffusers_model_is_guarded(tiny_model, astronaut):
                                        regenerate=regenerate)
     assert not report.applied and out is astronaut
     assert report.score_before > 0.99 and (report.score_after is None or report.score_after < report.score_before)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux", "z_image", "flux2", "flux2_dev", "qwen_image"])
+def test_face_refine_redraws_the_crop_at_its_size_from_the_strength_it_is_given(family, request, astronaut):
+    """Every family's face refine (``Family.img2img``) returns the crop at its own size (the
+    FLUX.1 and Qwen-Image img2img pipelines would draw at their default size), and keeps more
+    of it at a lower strength. FLUX.2's pipelines take images only as references to edit, so
+    its refine noises the crop's latents itself: the pipeline's shifted schedule must then begin
+    at the strength given."""
+    import torch
+
+    from comfyui_persona.generation.diffusers_backend import DiffusersGenerator
+
+    generator = DiffusersGenerator(request.getfixturevalue(f"tiny_{family}"), family=family)
+    crop = np.ascontiguousarray(cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA))
+    vae, fam = generator.pipe.vae, generator.fam
+    with torch.no_grad():  # what the VAE keeps of the crop: where a strength near 0 must stay
+        x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+        kept = fam.decode_latents(vae, fam.encode_pixels(vae, x)[0])[0]
+    kept = ((kept.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()
+    change = {}
+    for strength in (0.05, 0.9):
+        out = generator.refiner("a photo of sks person", strength=strength, steps=10)(crop)
+        assert out.shape == crop.shape and out.dtype == np.uint8
+        change[strength] = np.abs(out - kept).mean()
+        if family.startswith("flux2"):
+            assert float(generator.pipe.scheduler.sigmas[0]) == pytest.approx(strength, abs=1e-4)
+    assert change[0.05] < change[0.9], change

@@ -9,6 +9,8 @@ them branches on its name.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +198,26 @@ class Family:
         return pipe(prompt, negative_prompt=negative or None, height=height, width=width,
                     num_inference_steps=steps, guidance_scale=cfg, generator=generator,
                     output_type=output_type).images[0]
+
+    def img2img(self, pipe, image, prompt: str, negative: str, strength: float, steps: int, cfg: float, generator):
+        """``image`` (uint8 ``[H, W, 3]``) redrawn from noise level ``strength`` with the weights
+        and LoRAs of the generation pipeline ``pipe``, at the image's own size (face refine):
+        the family's diffusers img2img pipeline, made from ``pipe``."""
+        import inspect
+
+        from diffusers import AutoPipelineForImage2Image
+        from PIL import Image
+
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength: {strength} is not in (0, 1]")
+        img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        img2img.set_progress_bar_config(disable=True)
+        takes = inspect.signature(type(img2img).__call__).parameters
+        size = {"height": image.shape[0], "width": image.shape[1]} if "height" in takes else {}  # else the image's
+        steps = max(steps, math.ceil(1 / strength))  # the pipelines run steps x strength of them: at least one
+        return img2img(prompt, image=Image.fromarray(image), negative_prompt=negative or None, strength=strength,
+                       num_inference_steps=steps, guidance_scale=cfg, generator=generator, output_type="np",
+                       **size).images[0]
 
     def sample(self, pipe, comps, prompt: str, resolution: int, steps: int, generator, output_type: str = "pil",
                cond: dict[str, torch.Tensor] | None = None, guidance: float | None = None):

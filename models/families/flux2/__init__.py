@@ -184,15 +184,43 @@ class Flux2(PackedFlow, QwenCaptionedFamily):
                     guidance_scale=guidance, height=resolution, width=resolution, num_inference_steps=steps,
                     generator=generator, output_type=output_type).images[0]
 
-    def generate(self, pipe, prompt, negative, height, width, steps, cfg, generator, output_type="np"):
+    def generate(self, pipe, prompt, negative, height, width, steps, cfg, generator, output_type="np", **start):
         """klein's pipeline takes a negative prompt only as embeddings (its first argument is
-        an image to edit, so the prompt goes by name); CFG above 1 without one uses ""."""
+        an image to edit, so the prompt goes by name); CFG above 1 without one uses "".
+        ``start``: ``latents`` and ``sigmas`` to begin from (:meth:`img2img`)."""
         negative_embeds = None
         if negative and cfg > 1:
             negative_embeds, _ = pipe.encode_prompt(negative, device=pipe._execution_device)
         return pipe(prompt=prompt, negative_prompt_embeds=negative_embeds, height=height, width=width,
                     num_inference_steps=steps, guidance_scale=cfg, generator=generator,
-                    output_type=output_type).images[0]
+                    output_type=output_type, **start).images[0]
+
+    def img2img(self, pipe, image, prompt, negative, strength, steps, cfg, generator):
+        """FLUX.2's pipelines read an image as a reference to edit, not as a start, so the
+        image's latents are noised here to ``strength`` (``(1 - s) x0 + s noise`` in the
+        transformer's normalised patch space) and the pipeline denoises the rest of FLUX.2's
+        schedule: ``round(steps x strength)`` steps whose sigmas, once the pipeline shifts
+        them by its empirical ``mu``, begin at ``strength``."""
+        import numpy as np
+
+        from types import SimpleNamespace
+
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength: {strength} is not in (0, 1]")
+        vae = pipe.vae
+        h, w = image.shape[:2]
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            mean, _ = self.encode_pixels(vae, pixels.to(pipe._execution_device, vae.dtype))
+            tokens = self.to_model(SimpleNamespace(vae=vae), mean)
+        x0 = tokens.transpose(1, 2).reshape(1, tokens.shape[2], mean.shape[-2] // 2, mean.shape[-1] // 2)
+        n = max(1, round(steps * strength))
+        mu = empirical_mu(x0.shape[-2] * x0.shape[-1], n)
+        first = 1 / (1 + math.exp(mu) * (1 / strength - 1))  # exp(mu) / (exp(mu) + 1/first - 1) = strength
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        return self.generate(pipe, prompt, negative, h, w, n, cfg, generator,
+                             latents=(1 - strength) * x0 + strength * noise,
+                             sigmas=list(np.linspace(first, first / n, n)))
 
     # --- LoRA files -----------------------------------------------------------------------
     def kohya_tensors(self, denoiser_state, te_states, alpha, model, rank=None):

@@ -144,10 +144,11 @@ class Flux2Dev(Flux2):
                     width=resolution, num_inference_steps=steps, generator=generator,
                     output_type=output_type).images[0]
 
-    def generate(self, pipe, prompt, negative, height, width, steps, cfg, generator, output_type="np"):
-        """``cfg`` is the embedded guidance (dev has no negative prompt; ``negative`` is not read)."""
+    def generate(self, pipe, prompt, negative, height, width, steps, cfg, generator, output_type="np", **start):
+        """``cfg`` is the embedded guidance (dev has no negative prompt; ``negative`` is not read);
+        ``start`` as for klein (:meth:`Flux2.img2img`)."""
         return pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=cfg,
-                    generator=generator, output_type=output_type).images[0]
+                    generator=generator, output_type=output_type, **start).images[0]
 
     def pipeline(self, comps):
         diffusers = require("diffusers", "Sampling")
