@@ -31,6 +31,7 @@ class QwenCaptionedFamily(Family):
     text_config_class = "Qwen3Config"
     text_arch = "qwen3"
     title = ""  # how messages name the family
+    companion_files = ""  # what a single transformer file needs beside it (the check_files message)
 
     @property
     def pipeline_index(self) -> tuple[str, dict]:
@@ -87,6 +88,11 @@ class QwenCaptionedFamily(Family):
     def load_tokenizers(self, folder: Path):
         transformers = require("transformers", f"Training {self.title}")
         return transformers.Qwen2Tokenizer.from_pretrained(folder / "tokenizer"), None
+
+    def check_files(self, cfg) -> None:
+        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
+            raise cfg.field_error("base_model", f"a single {self.title} transformer file needs its text encoder and "
+                                  f"VAE too: set {self.companion_files}")
 
     def file_tokenizer(self, config: Path, llm):
         """The tokenizer for ComfyUI's separate files: the config folder's (Qwen's, found on

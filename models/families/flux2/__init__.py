@@ -23,7 +23,6 @@ ComfyUI's ``Flux2`` model with its klein text encoder):
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -51,6 +50,7 @@ def empirical_mu(image_seq_len: int, num_steps: int = MU_STEPS) -> float:
 class Flux2(PackedFlow, QwenCaptionedFamily):
     name = "flux2"
     title = "FLUX.2"
+    companion_files = "llm (qwen_3_4b.safetensors for klein 4B, qwen_3_8b for 9B) and vae (flux2-vae.safetensors)"
     transformer_class = "Flux2Transformer2DModel"
     vae_class = "AutoencoderKLFlux2"
     # the double blocks' attention and the single blocks' fused input projection (``linear1``)
@@ -75,12 +75,6 @@ class Flux2(PackedFlow, QwenCaptionedFamily):
                                                          use_dynamic_shifting=True, time_shift_type="exponential")
 
     # --- training -------------------------------------------------------------------------
-    def check_files(self, cfg) -> None:
-        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
-            raise cfg.field_error("base_model", "a single FLUX.2 transformer file needs its text encoder and VAE "
-                                  "too: set llm (qwen_3_4b.safetensors for klein 4B, qwen_3_8b for 9B) and vae "
-                                  "(flux2-vae.safetensors)")
-
     def caption_token_lengths(self, cfg) -> dict[str, int]:
         return {"text_encoder": cfg.llm_max_length}
 

@@ -70,16 +70,23 @@ def load_vae(config: Path, file: str | Path):
 SIZES = {3072: "real", 4096: "klein-9b"}
 
 
-def published_size(path: Path) -> str:
-    """klein 4B (``"real"``) or klein 9B (``"klein-9b"``), from the width of a transformer file's
-    input projection (its header alone: nothing is read)."""
+def transformer_width(path: Path) -> int | None:
+    """The width of a FLUX.2 transformer file's input projection (its header alone: nothing is
+    read); None for a file that is not .safetensors, 0 where no input projection is found."""
     from safetensors import safe_open
 
     if Path(path).suffix != ".safetensors":
-        return "real"
+        return None
     with safe_open(str(path), "pt") as f:
         key = next((k for k in f.keys() if k.endswith(("img_in.weight", "x_embedder.weight"))), None)
-        width = f.get_slice(key).get_shape()[0] if key else 0
+        return f.get_slice(key).get_shape()[0] if key else 0
+
+
+def published_size(path: Path) -> str:
+    """klein 4B (``"real"``) or klein 9B (``"klein-9b"``), from the transformer file's width."""
+    width = transformer_width(path)
+    if width is None:
+        return "real"
     if width not in SIZES:
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer {width} wide; the family flux2 is klein "
                          f"4B (3072) and klein 9B (4096); FLUX.2 dev (6144) is the family flux2_dev")

@@ -40,6 +40,7 @@ def text_layers(text_encoder) -> int:
 class Flux2Dev(Flux2):
     name = "flux2_dev"
     title = "FLUX.2 dev"
+    companion_files = "llm (mistral_3_small_flux2_bf16.safetensors or _fp8) and vae (flux2-vae.safetensors)"
     architecture = "flux-2-dev"
     kohya_version = "flux2_dev"
     pipeline_class = "Flux2Pipeline"
@@ -56,14 +57,6 @@ class Flux2Dev(Flux2):
         from .files import published_size
 
         return published_size(path)
-
-    def check_files(self, cfg) -> None:
-        from pathlib import Path
-
-        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
-            raise cfg.field_error("base_model", "a single FLUX.2 dev transformer file needs its text encoder and VAE "
-                                  "too: set llm (mistral_3_small_flux2_bf16.safetensors or _fp8) and vae "
-                                  "(flux2-vae.safetensors)")
 
     # --- tokenizer ---------------------------------------------------------------------------
     def write_tokenizers(self, folder, real: bool = False) -> None:
@@ -99,8 +92,13 @@ class Flux2Dev(Flux2):
             raise ValueError(f"llm: '{llm}' carries no Mistral tokenizer ('tekken_model', which ComfyUI's Mistral "
                              f"files hold); set {TOKENIZER_ENV} to a folder with tekken.json or tokenizer.json")
         folder = cache_root() / "tokenizers" / f"mistral-{hashlib.sha256(tekken).hexdigest()[:16]}"
-        if not (folder / "tokenizer.json").is_file():
-            write_mistral_tokenizer(folder, tekken=tekken)
+        if not folder.is_dir():  # written beside it, then renamed: a cut-off conversion is never reused
+            import shutil
+
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            write_mistral_tokenizer(partial, tekken=tekken)
+            partial.replace(folder)
         return load_mistral_tokenizer(folder)
 
     # --- captions ------------------------------------------------------------------------------

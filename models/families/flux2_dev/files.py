@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ....core.deps import require
-from ..flux2.files import load_transformer_file, load_vae
+from ..flux2.files import load_transformer_file, load_vae, transformer_width
 from ..separate_files import load_text_model, require_companions
 
 
@@ -51,14 +51,9 @@ DEV_WIDTH = 6144
 
 
 def published_size(path: Path) -> str:
-    from safetensors import safe_open
-
-    if Path(path).suffix != ".safetensors":
-        return "real"
-    with safe_open(str(path), "pt") as f:
-        key = next((k for k in f.keys() if k.endswith(("img_in.weight", "x_embedder.weight"))), None)
-        width = f.get_slice(key).get_shape()[0] if key else 0
-    if width != DEV_WIDTH:
+    """``"real"``: FLUX.2 dev has one size; a transformer file of another width is refused."""
+    width = transformer_width(path)
+    if width is not None and width != DEV_WIDTH:
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer {width} wide; FLUX.2 dev is {DEV_WIDTH} "
                          f"(klein 4B/9B: family flux2)")
     return "real"

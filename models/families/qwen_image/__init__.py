@@ -29,7 +29,6 @@ attention keeps ``to_q``/``to_k``/``to_v`` apart, so DoRA's magnitudes have a pl
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -69,6 +68,7 @@ def dynamic_mu(image_seq_len: int) -> float:
 class QwenImage(PackedFlow, QwenCaptionedFamily):
     name = "qwen_image"
     title = "Qwen-Image"
+    companion_files = "llm (qwen_2.5_vl_7b.safetensors) and vae (qwen_image_vae.safetensors)"
     transformer_class = "QwenImageTransformer2DModel"
     vae_class = "AutoencoderKLQwenImage"
     text_encoder_class = "Qwen2_5_VLForConditionalGeneration"
@@ -102,11 +102,6 @@ class QwenImage(PackedFlow, QwenCaptionedFamily):
         return (comps.vae.config.z_dim, resolution // factor, resolution // factor)
 
     # --- training -------------------------------------------------------------------------
-    def check_files(self, cfg) -> None:
-        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
-            raise cfg.field_error("base_model", "a single Qwen-Image transformer file needs its text encoder and VAE "
-                                  "too: set llm (qwen_2.5_vl_7b.safetensors) and vae (qwen_image_vae.safetensors)")
-
     def caption_token_lengths(self, cfg) -> dict[str, int]:
         return {"text_encoder": cfg.llm_max_length + TEMPLATE_TOKENS}
 

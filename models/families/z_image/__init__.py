@@ -25,7 +25,6 @@ a de-distillation adapter merged into the frozen weights while training: ``train
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -42,6 +41,7 @@ SHIFT = 3.0  # Z-Image's noise-level shift (its scheduler config; ComfyUI's ZIma
 class ZImage(QwenCaptionedFamily):
     name = "z_image"
     title = "Z-Image"
+    companion_files = "llm (qwen_3_4b.safetensors) and vae (ae.safetensors)"
     transformer_class = "ZImageTransformer2DModel"
     vae_class = "AutoencoderKL"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -59,11 +59,6 @@ class ZImage(QwenCaptionedFamily):
                                                          use_dynamic_shifting=False)
 
     # --- training -------------------------------------------------------------------------
-    def check_files(self, cfg) -> None:
-        if Path(cfg.base_model).is_file() and not (cfg.llm and cfg.vae):
-            raise cfg.field_error("base_model", "a single Z-Image transformer file needs its text encoder and VAE "
-                                  "too: set llm (qwen_3_4b.safetensors) and vae (ae.safetensors)")
-
     def caption_token_lengths(self, cfg) -> dict[str, int]:
         return {"text_encoder": cfg.llm_max_length}
 
