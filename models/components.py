@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -26,6 +26,15 @@ class Components:
     random_weights: bool
     tokenizer_2: Any = None
     text_encoder_2: Any = None
+    # a denoiser not read yet (``Family.load(..., defer_denoiser=True)``): read by load_denoiser
+    denoiser_loader: Callable[[], Any] | None = None
+
+    def load_denoiser(self):
+        """The denoiser, read now if its loading was deferred (so that the text encoders can
+        encode every caption and be freed before the largest part of the model loads)."""
+        if self.denoiser is None and self.denoiser_loader is not None:
+            self.denoiser, self.denoiser_loader = self.denoiser_loader(), None
+        return self.denoiser
 
     @property
     def vae_scale(self) -> float:

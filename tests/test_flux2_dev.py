@@ -147,6 +147,10 @@ def test_flux2_dev_loads_from_comfyui_separate_files(tiny_flux2_dev, tmp_path, m
     write_mistral_file(tiny_flux2_dev, short, layers=20)
     with pytest.raises(ValueError, match="20 Mistral layers"):
         load_components("flux2_dev", files["base_model"], llm=short, vae=files["vae"], config_dir=config)
+    klein = tmp_path / "klein.safetensors"  # dev's file without its guidance embedding: refused by its header
+    save_file({k: v for k, v in load_file(str(files["base_model"])).items() if "guidance_in." not in k}, str(klein))
+    with pytest.raises(ValueError, match="without a guidance embedding.*family flux2"):
+        load_components("flux2_dev", klein, llm=files["llm"], vae=files["vae"], config_dir=config)
 
 
 COMFY_MISTRAL = r"""

@@ -9,7 +9,8 @@ import struct
 import pytest
 
 from comfyui_persona.trainers.config import TrainConfig
-from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes, check_host_memory, load_bytes
+from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes, check_host_memory, load_bytes, \
+    loads_in_stages
 
 
 def _sparse_safetensors(path, shapes: dict[str, tuple[list[int], str]]) -> int:
@@ -39,18 +40,32 @@ def test_a_folder_counts_diffusers_parts_in_fp32_and_text_encoders_as_stored(tmp
     te = _sparse_safetensors(tmp_path / "text_encoder" / "model.safetensors", {"w": ([500, 100], "F16")})
     cfg = TrainConfig(base_model=str(tmp_path), dataset="(d)", family="sd15")
     assert load_bytes(cfg) == int((unet * 2 + 400 + te) * MARGIN)
+    # a Z-Image folder, captions cached: its text encoder is freed before the transformer loads
+    (tmp_path / "unet").rename(tmp_path / "transformer")
+    z_image = TrainConfig(base_model=str(tmp_path), dataset="(d)", family="z_image")
+    assert load_bytes(z_image) == int((max(unet * 2, te) + 400) * MARGIN)
 
 
 def test_comfyuis_separate_files_count_as_stored_with_8_bit_floats_read_as_bf16(tmp_path):
     """A FLUX.2 transformer file in bf16 with its fp8 text encoder and fp32 VAE: the loaders
     assign the files' tensors (fp8 dequantized to bf16), so the transformer counts as stored,
-    the fp8 encoder twice its size and the VAE as stored, not everything at fp32."""
+    the fp8 encoder twice its size and the VAE as stored, not everything at fp32. With prior
+    preservation (class images sampled with both) all three are loaded at once; with the
+    captions cached and nothing else, the text encoder is freed before the transformer loads,
+    so the peak is the VAE with the larger of the two."""
     base = _sparse_safetensors(tmp_path / "flux2.safetensors", {"w": ([1000, 1000], "BF16")})
     llm = _sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
     vae = _sparse_safetensors(tmp_path / "flux2-vae.safetensors", {"w": ([100, 10], "F32")})
     cfg = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="flux2",
-                      llm=str(tmp_path / "qwen_3_4b_fp8.safetensors"), vae=str(tmp_path / "flux2-vae.safetensors"))
+                      llm=str(tmp_path / "qwen_3_4b_fp8.safetensors"), vae=str(tmp_path / "flux2-vae.safetensors"),
+                      prior_preservation=True, class_prompt="a photo of a person")
+    assert not loads_in_stages(cfg)
     assert load_bytes(cfg) == int((base + 2 * llm + vae) * MARGIN)
+    staged = cfg.model_copy(update={"prior_preservation": False})
+    assert loads_in_stages(staged)
+    assert load_bytes(staged) == int((max(base, 2 * llm) + vae) * MARGIN)
+    uncached = cfg.model_copy(update={"prior_preservation": False, "cache_text_embeddings": False})
+    assert not loads_in_stages(uncached) and load_bytes(uncached) == load_bytes(cfg)
     sd15 = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="sd15")
     assert load_bytes(sd15) == int(2 * base * MARGIN)  # an SD checkpoint's parts are built in fp32
 
@@ -71,3 +86,51 @@ def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_load
     assert check_host_memory(ok) == int(4_000_000 * MARGIN)
     with pytest.raises(ValueError, match="in 2 processes"):
         check_host_memory(ok, available=int(4_000_000 * MARGIN) + 1, processes=2)
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_the_text_encoder_is_freed_before_the_transformer_loads(tiny_z_image, face_dataset, tmp_path, monkeypatch,
+                                                                caplog, staged):
+    """Z-Image from ComfyUI's separate files, captions cached: the Qwen3 text encoder loads, the
+    captions are encoded, and it is gone (collected, not merely unreferenced by the run) when the
+    transformer file is read, so the two are never in memory together; the run trains as
+    before. Captions encoded every step (not cached) keep the text encoder, so there the
+    transformer loads beside it, as the host-memory figure says."""
+    import gc
+    import logging
+    import weakref
+
+    from comfy_files import write_z_image_files
+    from comfyui_persona.models.components import Components
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.loop import train
+    from trainer_helpers import tiny_config
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    files = write_z_image_files(tiny_z_image, tmp_path / "files", tmp_path / "cache")
+    family = type(get_family("z_image"))
+    read, seen = family.load_single_file, {}
+
+    def load_single_file(self, *args, **kwargs):  # the real loader, the text encoder watched
+        comps = read(self, *args, **kwargs)
+        seen["text_encoder"] = weakref.ref(comps.text_encoder)
+        return comps
+
+    load_denoiser = Components.load_denoiser
+
+    def watched_load_denoiser(self):  # the real one, after noting what is alive when it reads the file
+        if self.denoiser is None:
+            gc.collect()
+            seen["encoder alive"] = seen["text_encoder"]() is not None
+        return load_denoiser(self)
+
+    monkeypatch.setattr(family, "load_single_file", load_single_file)
+    monkeypatch.setattr(Components, "load_denoiser", watched_load_denoiser)
+    cfg = tiny_config(files["base_model"], face_dataset, tmp_path / "run", family="z_image", llm=str(files["llm"]),
+                      vae=str(files["vae"]), steps=2, llm_max_length=64, cache_text_embeddings=staged)
+    assert loads_in_stages(cfg) is staged
+    with caplog.at_level(logging.INFO):
+        result = train(cfg)
+    assert seen["encoder alive"] is not staged
+    assert result.steps_done == 2 and result.lora_path.is_file()
+    assert ("before the denoiser loads" in caplog.text) is staged

@@ -239,6 +239,12 @@ class TrainConfig(JobConfig):
         return self
 
     @property
+    def caches_captions(self) -> bool:
+        """Whether every caption is encoded once and its embeddings cached: the text encoders
+        are neither trained nor asked to read reshuffled tags at each step."""
+        return self.cache_text_embeddings and not self.train_text_encoder and not self.shuffle_tags
+
+    @property
     def lora_targets(self) -> list[str]:
         return list(self.target_modules) or list(get_family(self.family).lora_targets)
 

@@ -56,8 +56,14 @@ class Family:
     pipeline_index: tuple[str, dict] = ("", {})  # model_index.json of the folders Persona writes
 
     # --- loading ---------------------------------------------------------------------------
-    def load(self, path: Path, **files) -> Components:
-        return self.load_single_file(path, **files) if path.is_file() else self.load_folder(path)
+    def load(self, path: Path, defer_denoiser: bool = False, **files) -> Components:
+        """The components of a folder or single file(s). ``defer_denoiser``: a family that
+        gives its denoiser a loader (one whose text encoders are dropped once the captions are
+        encoded) leaves it unread until ``Components.load_denoiser``; others read it now."""
+        comps = self.load_single_file(path, **files) if path.is_file() else self.load_folder(path)
+        if not defer_denoiser:
+            comps.load_denoiser()
+        return comps
 
     def load_folder(self, folder: Path) -> Components:
         raise NotImplementedError

@@ -7,6 +7,7 @@ its diffusers and transformers classes and reads its own separate files; prompt 
 objective, sampling and the LoRA layout stay in the family's module."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ...core.deps import require
@@ -46,7 +47,7 @@ class QwenCaptionedFamily(Family):
         return getattr(diffusers, self.transformer_class), getattr(diffusers, self.vae_class), transformers
 
     def load_separate_files(self, path: Path, config: Path, llm, vae):
-        """(transformer, text encoder, VAE) from ComfyUI's separate files: the
+        """(the transformer's loader, text encoder, VAE) from ComfyUI's separate files: the
         ``load_separate_files`` of the ``files`` module in the family's folder."""
         from importlib import import_module
 
@@ -60,9 +61,10 @@ class QwenCaptionedFamily(Family):
         tok, _ = self.load_tokenizers(folder)
         return Components(
             self.name, tok, getattr(transformers, self.text_encoder_class).from_pretrained(folder / "text_encoder"),
-            vae_cls.from_pretrained(folder / "vae"), transformer_cls.from_pretrained(folder / "transformer"),
+            vae_cls.from_pretrained(folder / "vae"), None,
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
-            str(folder), model_hash(folder), folder_random_weights(folder))
+            str(folder), model_hash(folder), folder_random_weights(folder),
+            denoiser_loader=partial(transformer_cls.from_pretrained, folder / "transformer"))
 
     def load_single_file(self, path: Path, config_dir=None, llm="", vae="", **files) -> Components:
         diffusers = require("diffusers", f"Training {self.title}")
@@ -72,9 +74,9 @@ class QwenCaptionedFamily(Family):
         transformer, text_encoder, vae_model = self.load_separate_files(path, config, llm, vae)
         tok = self.file_tokenizer(config, llm)
         return Components(
-            self.name, tok, text_encoder, vae_model, transformer,
+            self.name, tok, text_encoder, vae_model, None,
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
-            file_hash(path), file_random_weights(path))
+            file_hash(path), file_random_weights(path), denoiser_loader=transformer)
 
     def write_tokenizers(self, folder: Path, real: bool = False) -> None:
         """Qwen's tokenizer found on disk (``real``: ComfyUI's or the user's), or for random

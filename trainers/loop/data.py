@@ -1,10 +1,12 @@
 """Phase 2 of a run, data and caches: the dataset's images and captions grouped into
 aspect-ratio buckets, the class images of prior preservation, the latent and text-embedding
 caches (after which the VAE and the text encoders leave the device, or are deleted where the
-family says so), the identity loss, and the batches each step samples (all from one bucket).
+family says so; a run that loads in stages reads its denoiser only then), the identity loss, and
+the batches each step samples (all from one bucket).
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ...core.transfer import to_device
 from ..memory import techniques as memory
 from .captions import dropout_caption, step_caption
 from .prior import class_images, load_sized
+from .setup import ready_denoiser
 
 
 @dataclass
@@ -99,7 +102,7 @@ def examples(s, pixels: torch.Tensor, prompts: list[str], cache_dir: Path | None
                 save_file({"mean": data.latent_mean, "std": data.latent_std}, str(cache_file))
     else:
         data.pixels = pixels
-    if cfg.cache_text_embeddings and not cfg.train_text_encoder and not cfg.shuffle_tags:
+    if cfg.caches_captions:
         extra = [dropout_caption(cfg)] if cfg.caption_dropout > 0 else []
         data.embeddings = encode_cached(s, prompts + extra)
     return data
@@ -141,7 +144,7 @@ def place_for_class_images(s):
         quantize_linears(model, quantize, s.dtype if s.dtype != torch.float32 else torch.bfloat16)
     if cfg.method == "lora":  # a denoiser that trains whole keeps its weights as loaded (it samples under autocast)
         memory.cast_frozen(model, s.dtype)
-    stream = phase.get("stream_blocks", 0) if s.device.type != "cpu" else 0  # streamed only unquantized
+    stream = phase.get("stream_blocks", 0) if s.device.type != "cpu" else 0
     streamer = stream_last(s.family.repeated_blocks(model), stream, s.device, model)
     model.to(s.device)  # all but the streamed weights
     place_encoders(s)
@@ -236,6 +239,9 @@ def prepare_data(s) -> TrainingData:
             for te in comps.text_encoders:
                 memory.offload(te)
     release_encoders(s)
+    if comps.denoiser is None:  # a run that loads in stages (setup.py): the text encoders are gone, so
+        gc.collect()  # their memory is free before the largest part of the model is read
+        ready_denoiser(s)
     return TrainingData(instance, classes, identity, validation_cond, generated, identity_group)
 
 

@@ -1,5 +1,7 @@
 """Phase 1 of a run, setup: the memory plan (``memory: auto``), the run directory, the
-device and accelerate, and the base model loaded, frozen and placed.
+device and accelerate, and the base model loaded and frozen (a run that loads in stages,
+``host_memory.loads_in_stages``, reads its denoiser in phase 2, once the captions are encoded
+and the text encoders freed: :func:`ready_denoiser`).
 
 :class:`Session` is what the later phases share.
 """
@@ -16,7 +18,7 @@ from ...core.deps import require
 from ...models.families import Family, get_family
 from ..config import TrainConfig
 from ..memory import techniques as memory
-from ..memory.host_memory import check_host_memory
+from ..memory.host_memory import check_host_memory, loads_in_stages
 from ..outputs.run_dir import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -74,11 +76,25 @@ def make_accelerator(cfg: TrainConfig, device: torch.device):
     return accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
 
 
-def load_base(cfg: TrainConfig):
+def load_base(cfg: TrainConfig, defer_denoiser: bool = False):
     from ...models.loading import load_components
 
-    return load_components(cfg.family, cfg.base_model, **{n: getattr(cfg, n) for n in get_family(cfg.family)
-                                                          .separate_files if getattr(cfg, n)})
+    return load_components(cfg.family, cfg.base_model, defer_denoiser=defer_denoiser,
+                           **{n: getattr(cfg, n) for n in get_family(cfg.family).separate_files if getattr(cfg, n)})
+
+
+def ready_denoiser(s: Session) -> None:
+    """The denoiser read (where its loading was deferred), the training adapter merged into it
+    and frozen."""
+    cfg, comps = s.cfg, s.comps
+    comps.load_denoiser()
+    if cfg.training_adapter:
+        from ...models.adapters import merge_adapter
+
+        merged = merge_adapter(comps.denoiser, cfg.training_adapter)
+        log.info("training adapter: %d layers of '%s' merged into the frozen base (not exported)", merged,
+                 Path(cfg.training_adapter).name)
+    memory.freeze(comps.denoiser)
 
 
 def setup(requested: TrainConfig, resume: bool) -> Session:
@@ -92,17 +108,16 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
     need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    log.info("host memory: loading the base model needs about %.1f GB", need / 2 ** 30)
-    comps = load_base(cfg)
-    if cfg.training_adapter:
-        from ...models.adapters import merge_adapter
-
-        merged = merge_adapter(comps.denoiser, cfg.training_adapter)
-        log.info("training adapter: %d layers of '%s' merged into the frozen base (not exported)", merged,
-                 Path(cfg.training_adapter).name)
-    for module in [comps.vae, *comps.text_encoders, comps.denoiser]:
+    staged = loads_in_stages(cfg)
+    log.info("host memory: loading the base model needs about %.1f GB%s", need / 2 ** 30,
+             " (the text encoders freed once the captions are encoded, before the denoiser loads)" if staged else "")
+    comps = load_base(cfg, defer_denoiser=staged)
+    for module in [comps.vae, *comps.text_encoders]:
         memory.freeze(module)
     # every model reaches the device one phase at a time, cast on the CPU first (trainers/loop/data.py)
     memory.configure_vae(comps.vae, cfg.vae_slicing, cfg.vae_tiling)
-    return Session(cfg, requested, plan, run_dir, accelerator, device,
-                   memory.weight_dtype(cfg.mixed_precision, device), get_family(cfg.family), comps)
+    s = Session(cfg, requested, plan, run_dir, accelerator, device,
+                memory.weight_dtype(cfg.mixed_precision, device), get_family(cfg.family), comps)
+    if not staged:  # else trainers/loop/data.py reads it once the text encoders are gone
+        ready_denoiser(s)
+    return s

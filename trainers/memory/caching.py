@@ -88,7 +88,7 @@ def plan_caching(cfg, base_model: str | None, size: str, usable_mb: float, calib
     dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
     lengths = tuple(sorted(fam.caption_token_lengths(cfg).items()))
     mem = encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."), lengths)
-    caches_text = cfg.cache_text_embeddings and not cfg.train_text_encoder and not cfg.shuffle_tags
+    caches_text = cfg.caches_captions
     text = [n for n in ("text_encoder", "text_encoder_2") if n in mem and caches_text]
     on_cpu: list[str] = []
 

@@ -10,6 +10,13 @@ to the compute precision afterwards, and block streaming keeps them in CPU memor
 precision, so the load is the largest figure. It is read from the files' headers (no tensor
 is read) and compared with the memory the system reports available; a run that cannot load
 is refused with both figures instead of being ended by the system's out-of-memory handling.
+
+A family whose text encoders are dropped once the captions are encoded (FLUX.1, Z-Image,
+FLUX.2, Qwen-Image: ``Family.keeps_text_encoders`` False) loads in two stages where the run
+caches its captions (:func:`loads_in_stages`): the text encoders and the VAE first, every
+caption encoded, the text encoders freed, and only then the denoiser. Its peak is then the VAE
+plus the larger of the two, not their sum: for FLUX.2 dev from ComfyUI's files, about 71 GB
+instead of about 124 GB (Mistral Small 3.1 24B, then the 32 B transformer, each as bf16).
 """
 from __future__ import annotations
 
@@ -38,28 +45,51 @@ def _file_bytes(path: Path, keep_file_precision: bool) -> int:
     return total
 
 
-def weight_files(cfg) -> list[tuple[Path, bool]]:
-    """The safetensors files a run loads, each with whether it keeps its file precision while
-    loading (a diffusers folder's text encoders)."""
+def loads_in_stages(cfg) -> bool:
+    """Whether ``cfg``'s run frees the text encoders before its denoiser loads: a family that
+    drops them once the captions are encoded, captions cached (not trained, not reshuffled each
+    step), and no class images to generate first (prior preservation samples with both)."""
     from ...models.families import get_family
 
+    return not get_family(cfg.family).keeps_text_encoders and cfg.caches_captions and not cfg.prior_preservation
+
+
+def weight_files(cfg) -> list[tuple[Path, bool, str]]:
+    """The safetensors files a run loads, each with whether it keeps its file precision while
+    loading (a diffusers folder's text encoders) and its part: ``denoiser``, ``text`` or
+    ``vae`` (the VAE and anything else, loaded in either stage)."""
+    from ...models.families import get_family
+
+    family = get_family(cfg.family)
     base = Path(cfg.base_model)
     if base.is_dir():
-        return [(f, f.relative_to(base).parts[0].startswith("text_encoder"))
-                for f in sorted(base.rglob("*.safetensors"))]
-    family = get_family(cfg.family)
+        files = []
+        for f in sorted(base.rglob("*.safetensors")):
+            folder = f.relative_to(base).parts[0]
+            part = "text" if folder.startswith("text_encoder") else "denoiser" if folder == family.denoiser_folder \
+                else "vae"
+            files.append((f, part == "text", part))
+        return files
     kept = family.single_files_as_stored
-    files = [(base, kept)] if base.is_file() else []
+    files = [(base, kept, "denoiser")] if base.is_file() else []
     for name in family.separate_files:
         value = getattr(cfg, name, None)
         if value and Path(value).is_file():
-            files.append((Path(value), kept))
+            files.append((Path(value), kept, "vae" if name == "vae" else "text"))
     return files
 
 
 def load_bytes(cfg) -> int:
-    """Bytes of CPU memory loading ``cfg``'s base model takes (see the module's text)."""
-    return int(sum(_file_bytes(f, keep) for f, keep in weight_files(cfg) if f.suffix == ".safetensors") * MARGIN)
+    """Bytes of CPU memory loading ``cfg``'s base model takes at its peak (see the module's
+    text): every part at once, or for a run that loads in stages the VAE with the larger of
+    the text encoders and the denoiser."""
+    parts = {"denoiser": 0, "text": 0, "vae": 0}
+    for f, keep, part in weight_files(cfg):
+        if f.suffix == ".safetensors":
+            parts[part] += _file_bytes(f, keep)
+    if loads_in_stages(cfg):
+        return int((parts["vae"] + max(parts["text"], parts["denoiser"])) * MARGIN)
+    return int(sum(parts.values()) * MARGIN)
 
 
 def available_bytes() -> int:

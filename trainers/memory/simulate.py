@@ -389,7 +389,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     resident = [comps.denoiser]
     if cfg.cache_latents == "off" or cfg.identity_loss_weight > 0:
         resident.append(comps.vae)
-    encode = not cfg.cache_text_embeddings or cfg.train_text_encoder or cfg.shuffle_tags
+    encode = not cfg.caches_captions
     if encode:
         resident += comps.text_encoders
     micro = cfg.batch_size * (2 if cfg.prior_preservation else 1)

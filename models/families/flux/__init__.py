@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,11 +49,11 @@ class Flux(Family):
         tok, tok2 = self.load_tokenizers(folder)
         return Components(
             self.name, tok, transformers.CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
-            diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer"),
+            diffusers.AutoencoderKL.from_pretrained(folder / "vae"), None,
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler"),
             str(folder), model_hash(folder), folder_random_weights(folder), tokenizer_2=tok2,
-            text_encoder_2=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder_2"))
+            text_encoder_2=transformers.T5EncoderModel.from_pretrained(folder / "text_encoder_2"),
+            denoiser_loader=partial(diffusers.FluxTransformer2DModel.from_pretrained, folder / "transformer"))
 
     def load_single_file(self, path: Path, config_dir=None, clip_l="", t5="", vae="", **files) -> Components:
         diffusers = require("diffusers", "Training FLUX")
@@ -64,9 +65,10 @@ class Flux(Family):
         transformer, clip, t5_model, vae_model = load_separate_files(path, config, clip_l, t5, vae)
         tok, tok2 = self.load_tokenizers(config)
         return Components(
-            self.name, tok, clip, vae_model, transformer,
+            self.name, tok, clip, vae_model, None,
             diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(config / "scheduler"), str(path),
-            file_hash(path), file_random_weights(path), tokenizer_2=tok2, text_encoder_2=t5_model)
+            file_hash(path), file_random_weights(path), tokenizer_2=tok2, text_encoder_2=t5_model,
+            denoiser_loader=transformer)
 
     def write_tokenizers(self, folder: Path, real: bool = False) -> None:
         """CLIP's tokenizer rebuilt offline; T5's found on disk (``real``) or, for random

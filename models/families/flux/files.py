@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
@@ -17,11 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
-    """(transformer, CLIP-L, T5, VAE) from ComfyUI's separate files, shaped by ``config``
-    (``configs/flux`` with its tokenizers) and, for the transformer, by the file itself."""
+    """(the transformer's loader, CLIP-L, T5, VAE) from ComfyUI's separate files, shaped by
+    ``config`` (``configs/flux`` with its tokenizers) and, for the transformer, by the file
+    itself (read when the loader is called: ``Components.load_denoiser``)."""
     transformers = require("transformers", "Training FLUX")
     require_companions(path, "FLUX", clip_l=clip_l, t5=t5, vae=vae)
-    transformer = load_transformer_file(path, config / "transformer")
+    transformer = partial(load_transformer_file, path, config / "transformer")
     clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
     t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)
     return transformer, clip, t5_model, load_vae(config / "vae", vae)

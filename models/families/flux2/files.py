@@ -6,6 +6,7 @@ statistics its latents are normalised by), read with the configs in ``configs/fl
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
@@ -13,10 +14,10 @@ from ..separate_files import build_on_meta, load_text_model, model_config, requi
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
-    """(transformer, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
+    """(the transformer's loader, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training FLUX.2")
     require_companions(path, "FLUX.2", llm=llm, vae=vae)
-    transformer = load_transformer_file(path, config / "transformer")
+    transformer = partial(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen3Model, transformers.Qwen3Config, config / "text_encoder", llm,
                                    qwen3_overrides(llm))
     return transformer, text_encoder, load_vae(config / "vae", vae)
@@ -80,6 +81,15 @@ def transformer_width(path: Path) -> int | None:
     with safe_open(str(path), "pt") as f:
         key = next((k for k in f.keys() if k.endswith(("img_in.weight", "x_embedder.weight"))), None)
         return f.get_slice(key).get_shape()[0] if key else 0
+
+
+def has_guidance_embedding(path: Path) -> bool:
+    """Whether a FLUX.2 transformer file embeds guidance (dev does, klein does not): its header
+    alone, BFL's ``guidance_in`` or diffusers' ``guidance_embedder``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any("guidance_in." in k or "guidance_embedder." in k for k in f.keys())
 
 
 def published_size(path: Path) -> str:

@@ -95,10 +95,10 @@ class Flux2Dev(Flux2):
         if not folder.is_dir():  # written beside it, then renamed: a cut-off conversion is never reused
             import shutil
 
-            partial = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            write_mistral_tokenizer(partial, tekken=tekken)
-            partial.replace(folder)
+            unfinished = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(unfinished, ignore_errors=True)
+            write_mistral_tokenizer(unfinished, tekken=tekken)
+            unfinished.replace(folder)
         return load_mistral_tokenizer(folder)
 
     # --- captions ------------------------------------------------------------------------------

@@ -7,20 +7,21 @@ well) and FLUX.2's VAE (``models/vae/flux2-vae.safetensors``), read with the con
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
-from ..flux2.files import load_transformer_file, load_vae, transformer_width
+from ..flux2.files import has_guidance_embedding, load_transformer_file, load_vae, transformer_width
 from ..separate_files import load_text_model, require_companions
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
-    """(transformer, Mistral's language model, VAE) from ComfyUI's separate files."""
+    """(the transformer's loader, Mistral's language model, VAE) from ComfyUI's separate files."""
     require_companions(path, "FLUX.2 dev", llm=llm, vae=vae)
-    transformer = load_transformer_file(path, config / "transformer")
-    if not transformer.config.guidance_embeds:
+    if not has_guidance_embedding(path):
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer without a guidance embedding (klein); "
                          f"train it as family flux2")
+    transformer = partial(load_transformer_file, path, config / "transformer")
     return transformer, load_mistral(config / "text_encoder", llm), load_vae(config / "vae", vae)
 
 

@@ -7,6 +7,7 @@ read with the configs in ``configs/qwen_image``.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
@@ -14,10 +15,10 @@ from ..separate_files import build_on_meta, load_text_model, model_config, requi
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
-    """(transformer, Qwen2.5-VL's language model, VAE) from ComfyUI's separate files."""
+    """(the transformer's loader, Qwen2.5-VL's language model, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training Qwen-Image")
     require_companions(path, "Qwen-Image", llm=llm, vae=vae)
-    transformer = load_transformer_file(path, config / "transformer")
+    transformer = partial(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen2_5_VLTextModel, transformers.Qwen2_5_VLTextConfig,
                                    config / "text_encoder", llm)
     return transformer, text_encoder, load_vae_file(config / "vae", vae)

@@ -5,6 +5,7 @@ text encoder (``models/text_encoders/qwen_3_4b.safetensors``) and FLUX.1's VAE
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
@@ -12,10 +13,10 @@ from ..separate_files import build_on_meta, load_text_model, load_vae, model_con
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
-    """(transformer, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
+    """(the transformer's loader, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training Z-Image")
     require_companions(path, "Z-Image", llm=llm, vae=vae)
-    transformer = load_transformer_file(path, config / "transformer")
+    transformer = partial(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen3Model, transformers.Qwen3Config, config / "text_encoder", llm)
     return transformer, text_encoder, load_vae(config / "vae", vae)
 
