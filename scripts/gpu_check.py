@@ -44,10 +44,12 @@ class Case:
 
 
 CASES = [
-    Case("streaming-side-stream", "block streaming on the side stream = resident weights", 40, 90,
-         ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights"]),
-    Case("streaming-sanitizer", "the same under TORCH_CUDA_SANITIZER=1 (races between streams)", 60, 120,
-         ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights"],
+    Case("streaming-side-stream", "block streaming on the side stream = resident weights (bf16 and fp8 bases)",
+         50, 110, ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights",
+                   "test_block_streaming.py::test_an_fp8_base_streams_its_8_bit_weights"]),
+    Case("streaming-sanitizer", "the same under TORCH_CUDA_SANITIZER=1 (races between streams)", 75, 150,
+         ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights",
+          "test_block_streaming.py::test_an_fp8_base_streams_its_8_bit_weights"],
          {"TORCH_CUDA_SANITIZER": "1"}),
     Case("fused-backward", "fused backward and full bf16 = the plain step on CUDA", 30, 90,
          ["test_fused_backward.py::test_fused_backward_gives_the_weights_of_the_plain_step"]),

@@ -1,7 +1,7 @@
 """Per-block memory switches (trainers/memory/blocks.py): a streamed step gives the same
-weights as an in-memory step (SD1.x and FLUX, with and without checkpointing), streamed
-weights are away between uses, selective checkpointing recomputes only some blocks, and the
-planner's simulation sees both."""
+weights as an in-memory step (SD1.x and FLUX, with and without checkpointing, an fp8 base's
+8-bit weights too), streamed weights are away between uses, selective checkpointing recomputes
+only some blocks, and the planner's simulation sees both."""
 from __future__ import annotations
 
 import pytest
@@ -21,6 +21,7 @@ def _run(model, dataset, out, **fields):
         if streamer is not None:  # between steps: every streamed weight is away from the device
             seen["placeholders"].append(all(p.numel() == 0 for ps in streamer._params for p in ps))
             seen["fetches"].append(streamer.fetches)
+            seen["host"] = [(t.dtype, tuple(t.shape)) for t in streamer.host_tensors()]
 
     result = train(tiny_config(model, dataset, out, **fields),
                    Callbacks(on_start=lambda info: kept.update(info), on_log=on_log))
@@ -44,6 +45,27 @@ def test_a_streamed_step_gives_the_in_memory_weights(family, device, tiny_model,
             assert torch.equal(expected[k], got[k]), (fields, k)
         assert seen["placeholders"] == [True] * 3, fields
         # each streamed block comes in for its forward and again for its backward, every step
+        per_step = [b - a for a, b in zip([0] + seen["fetches"], seen["fetches"])]
+        assert all(n >= 2 * fields["stream_blocks"] for n in per_step), (fields, per_step)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])  # cuda: pinned fp8, side stream
+def test_an_fp8_base_streams_its_8_bit_weights(device, tiny_flux, face_dataset, tmp_path):
+    """quantize_base fp8 with streamed blocks (FLUX, with and without checkpointing): the same
+    losses and LoRA weights as the fp8 base kept in memory (the fp8 layer's own autograd
+    function reads the fetched weight again in backward), every streamed weight and row scale
+    away between steps, and what stays in host memory is the 8-bit weights, not a bf16 copy."""
+    base = dict(family="flux", steps=3, quantize_base="fp8", device=device)
+    plain, expected, _ = _run(tiny_flux, face_dataset, tmp_path / "plain", **base)
+    assert expected
+    for i, fields in enumerate([dict(stream_blocks=3), dict(stream_blocks=3, gradient_checkpointing=True)]):
+        result, got, seen = _run(tiny_flux, face_dataset, tmp_path / f"streamed{i}", **base, **fields)
+        assert [r["loss"] for r in result.records] == [r["loss"] for r in plain.records], fields
+        for k in expected:
+            assert torch.equal(expected[k], got[k]), (fields, k)
+        assert seen["placeholders"] == [True] * 3, fields
+        weights = [dtype for dtype, shape in seen["host"] if len(shape) == 2 and shape[1] > 1]  # not [rows, 1] scales
+        assert weights and set(weights) == {torch.float8_e4m3fn}, seen["host"]
         per_step = [b - a for a, b in zip([0] + seen["fetches"], seen["fetches"])]
         assert all(n >= 2 * fields["stream_blocks"] for n in per_step), (fields, per_step)
 
@@ -95,6 +117,8 @@ def test_the_simulation_sees_streaming_and_selective_checkpointing():
     # the tiny UNet has 12 blocks; streamed blocks hold no weights on the device but while they
     # run (two at a time: one computing, one arriving)
     assert peak(stream_blocks=11) < peak(stream_blocks=6) < plain
+    # an fp8 base's streamed blocks: its 8-bit weights arrive (half of bf16's bytes)
+    assert peak(quantize_base="fp8", stream_blocks=11) < peak(quantize_base="fp8")
     ckpt_all = peak(gradient_checkpointing=True)
     ckpt_three = peak(gradient_checkpointing=True, checkpoint_blocks=3)
     assert ckpt_all < ckpt_three < plain, (ckpt_all, ckpt_three, plain)
@@ -103,7 +127,7 @@ def test_the_simulation_sees_streaming_and_selective_checkpointing():
 @pytest.mark.parametrize("fields, message", [
     (dict(stream_blocks=2, method="dreambooth"), "stream_blocks: only frozen weights are streamed"),
     (dict(stream_blocks=2, use_dora=True), "stream_blocks: only frozen weights are streamed"),
-    (dict(stream_blocks=2, quantize_base="fp8"), "stream_blocks: streamed blocks keep their full-precision"),
+    (dict(stream_blocks=2, quantize_base="nf4"), "stream_blocks: full-precision and fp8 weights are streamed"),
     (dict(checkpoint_blocks=2), "checkpoint_blocks: selects which blocks"),
     (dict(cuda_graphs=True), "cuda_graphs: the graphs capture the compiled blocks"),
     (dict(compile="blocks", cuda_graphs=True, gradient_accumulation=2), "cuda_graphs: gradients made inside"),

@@ -139,7 +139,8 @@ class TrainConfig(JobConfig):
                             "weights) and apply each update with stochastic rounding; needs mixed_precision 'bf16'.")
     stream_blocks: int = Field(0, ge=0, le=1000, description="Keep the frozen weights of the last N of the denoiser's "
                                "repeated blocks in (pinned) CPU memory and stream each to the device one block ahead, "
-                               "in the forward and the backward pass (0: off).")
+                               "in the forward and the backward pass (0: off); with quantize_base 'fp8' the 8-bit "
+                               "weights are streamed (half the host memory and transfer of bf16).")
     compile: Literal["off", "blocks"] = Field("off", description="'blocks': torch.compile each repeated block of the "
                                               "denoiser (regional compilation: short compile, cache reused across "
                                               "runs); falls back to eager with a log line where unsupported.")
@@ -229,9 +230,9 @@ class TrainConfig(JobConfig):
         if self.stream_blocks and (self.method != "lora" or self.use_dora):
             raise ValueError("stream_blocks: only frozen weights are streamed: it needs method 'lora' without "
                              "use_dora (DoRA reads the base weight outside the streamed layers)")
-        if self.stream_blocks and self.quantize_base != "off":
-            raise ValueError(f"stream_blocks: streamed blocks keep their full-precision weights in CPU memory; "
-                             f"use quantize_base 'off' (not '{self.quantize_base}') or stream_blocks 0")
+        if self.stream_blocks and self.quantize_base not in ("off", "fp8"):
+            raise ValueError(f"stream_blocks: full-precision and fp8 weights are streamed, not bitsandbytes' "
+                             f"'{self.quantize_base}' layers; use quantize_base 'off' or 'fp8', or stream_blocks 0")
         bad = {k: v for k, v in self.image_weights.items() if not (0.0 <= v <= 100.0)}
         if bad:
             raise ValueError(f"image_weights: weights must be between 0 and 100, got {bad}")

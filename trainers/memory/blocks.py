@@ -23,7 +23,11 @@ that make this safe on a GPU, where a kernel may still read memory after Python 
   loudly instead of reading stale memory.
 
 Only frozen weights are streamed (LoRA adapters and norms stay on the device), so streaming is
-for LoRA training on an unquantized base.
+for LoRA training, on an unquantized base or an fp8 one (``quantize_base: fp8``): an fp8 layer
+streams its 8-bit weight and its row scales, half the bytes of bf16 in host memory and on each
+transfer, and its own autograd function already reads the weight again in backward (it saves
+the layer's weight tensor itself, whose storage the streamer swaps, never a dequantized copy).
+bitsandbytes' int8/nf4 layers are not streamed.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten
 
+from .quantize import Fp8Linear
 from .techniques import checkpoint_function
 
 log = logging.getLogger(__name__)
@@ -105,8 +110,14 @@ def _streamed_forward(self, x):
 
 
 def _frozen_layers(block: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in block.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)
+    return [m for m in block.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d, Fp8Linear)
             and not m.weight.requires_grad and (m.bias is None or not m.bias.requires_grad)]
+
+
+def _streamed_tensors(layer: torch.nn.Module) -> list[torch.Tensor]:
+    """What a layer streams: its weight and bias, and an fp8 layer's row scales."""
+    scale = layer.scale if isinstance(layer, Fp8Linear) else None
+    return [t for t in (layer.weight, scale, layer.bias) if t is not None]
 
 
 class BlockStreamer:
@@ -120,8 +131,8 @@ class BlockStreamer:
         cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if cuda else None
         self._layers: list[list[torch.nn.Module]] = []
-        self._host: dict[int, torch.Tensor] = {}  # id(param) -> its weights in host memory
-        self._params: list[list[torch.nn.Parameter]] = []
+        self._host: dict[int, torch.Tensor] = {}  # id(tensor) -> its values in host memory
+        self._params: list[list[torch.Tensor]] = []  # per block: the weights, biases (and fp8 scales) streamed
         self._ready: dict[int, torch.cuda.Event | None] = {}  # fetched blocks -> copy event
         self._in_backward: set[int] = set()
         self._order: list[int] = []
@@ -131,7 +142,7 @@ class BlockStreamer:
         self.fetches = 0
         for i, block in enumerate(self.blocks):
             layers = _frozen_layers(block)
-            params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
+            params = [t for m in layers for t in _streamed_tensors(m)]
             for p in params:
                 host = p.data  # not p.detach(): no dispatched op, so a memory meter does not count it
                 if self.device.type != "meta":
@@ -141,7 +152,8 @@ class BlockStreamer:
                 self._host[id(p)] = host
                 p.data = self._placeholder(p)
             for m in layers:
-                m.forward = types.MethodType(_streamed_forward, m)
+                if not isinstance(m, Fp8Linear):  # an fp8 layer's own function keeps no copy of the weight
+                    m.forward = types.MethodType(_streamed_forward, m)
             self._layers.append(layers)
             self._params.append(params)
             self._handles += [
@@ -264,7 +276,7 @@ class BlockStreamer:
             for p in params:
                 p.data = self._host[id(p)]
             for m in self._layers[i]:
-                del m.forward
+                m.__dict__.pop("forward", None)
         self._ready.clear()
 
 
