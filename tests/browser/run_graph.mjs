@@ -17,11 +17,16 @@ const browser = await chromium.launch({
 });
 let errors = [];
 let failed = [];
+let messages = [];  // the types of the websocket messages the page received since the job began
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   page.on("console", (m) => { if (m.type() === "error") errors.push(`${m.text()} [${m.location().url}]`); });
   page.on("pageerror", (e) => errors.push(`${e} ${(e.stack || "").split("\n").slice(1, 3).join(" ").trim()}`));
   page.on("response", (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
+  page.on("websocket", (ws) => ws.on("framereceived", (f) => {
+    if (typeof f.payload !== "string") return;
+    try { messages.push(JSON.parse(f.payload).type); } catch { messages.push("?"); }
+  }));
   await page.goto(url, { waitUntil: "load" });
   // ready: the graph exists (newer frontends say so without touching it: reading app.graph
   // before then logs an error)
@@ -34,6 +39,7 @@ try {
     console.log(JSON.stringify(result));
     errors = [];
     failed = [];
+    messages = [];
   }
 } finally {
   await browser.close();
@@ -48,6 +54,9 @@ async function runJob(page, prompt, shot, selector) {
   if (ui) {
     await page.evaluate((p) => window.app.loadGraphData(p), prompt);
   } else {
+    // the server names this page once its websocket is open; queued before that, the
+    // prompt's messages would be sent to no one (seen on a loaded machine)
+    await page.waitForFunction(() => !!sessionStorage.getItem("clientId"), null, { timeout: 60000 });
     await page.evaluate((p) => window.app.loadApiJson(p, "persona-test.json"), prompt);
     await page.evaluate(() => window.app.queuePrompt(0, 1));
   }
@@ -83,7 +92,15 @@ async function runJob(page, prompt, shot, selector) {
   });
   let found = 0;
   if (selector) {
-    await page.waitForSelector(selector, { timeout: 180000 });
+    try {
+      // made when the node's output arrives; shown when the canvas next draws the node
+      await page.waitForSelector(selector, { state: "attached", timeout: 180000 });
+      await page.evaluate(() => window.app.canvas.draw(true, true));
+      await page.waitForSelector(selector, { state: "visible", timeout: 30000 });
+    } catch (e) {
+      await page.screenshot({ path: shot });
+      throw new Error(`${selector} was not shown: ${await diagnose(page, selector)}\n${e.message}`);
+    }
     found = await page.$$eval(`${selector} tr`, (rows) => rows.length);
   }
   const rows = selector ? await page.$$eval(`${selector} tr[data-metric]`, (rs) => rs.map((r) => r.dataset.metric)) : [];
@@ -91,4 +108,31 @@ async function runJob(page, prompt, shot, selector) {
   await page.waitForTimeout(500);
   await page.screenshot({ path: shot });
   return { missing, rows, found, loaded, layout };
+}
+
+// What the page and the server knew when an awaited element did not appear: the element, the
+// view's zoom, the server's queue and last prompt, the websocket messages of this job.
+async function diagnose(page, selector) {
+  const seen = await page.evaluate((sel) => {
+    const el = document.querySelector(sel);
+    const box = el ? el.getBoundingClientRect() : null;
+    return {
+      element: el ? { display: getComputedStyle(el).display, hidden: !!el.closest("[hidden]"),
+                      box: [box.x, box.y, box.width, box.height] } : "absent",
+      scale: window.app.canvas.ds.scale, client: sessionStorage.getItem("clientId"),
+    };
+  }, selector);
+  let server = {};
+  try {
+    const queue = await (await fetch(`${url}/queue`)).json();
+    const history = Object.values(await (await fetch(`${url}/history`)).json());
+    const last = history[history.length - 1];
+    server = { running: queue.queue_running.length, pending: queue.queue_pending.length,
+               last: last ? { status: last.status, outputs: Object.keys(last.outputs || {}) } : null };
+  } catch (e) {
+    server = { unreachable: String(e) };
+  }
+  const counts = {};
+  for (const m of messages) counts[m] = (counts[m] || 0) + 1;
+  return JSON.stringify({ ...seen, server, messages: counts, errors, failed });
 }
