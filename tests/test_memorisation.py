@@ -66,9 +66,9 @@ EVERY_LAYER["flux2_dev"] = EVERY_LAYER["flux2"]  # (its guidance embedder's laye
 # - FLUX.1: 3000 steps of 4 (about 160 s); of 2: 0.92, SSIM 0.62 only, so it keeps batches of 4;
 # - SDXL: 800 steps of 4 (about 320 s); of 2 no face (SSIM 0.26-0.41), nor in 500 steps of 4 (at 5e-3 or 1e-2).
 # The batch only sets how many noise levels each step averages: the objective proven is the same.
-RECIPE = {"sdxl": dict(steps=800, rank=32, alpha=32, learning_rate=5e-3, caption_dropout=0.2,
+RECIPE = {"sdxl": dict(steps=800, batch_size=4, rank=32, alpha=32, learning_rate=5e-3, caption_dropout=0.2,
                        caption_dropout_to="empty"),
-          "flux": dict(steps=3000, rank=16, alpha=16, learning_rate=1e-2, t5_max_length=16),
+          "flux": dict(steps=3000, batch_size=4, rank=16, alpha=16, learning_rate=1e-2, t5_max_length=16),
           "z_image": dict(steps=1500, batch_size=2, rank=16, alpha=16, learning_rate=1e-2, llm_max_length=64),
           # klein's own caption length (ComfyUI's model zero-pads shorter ones); noise levels drawn
           # unshifted: FLUX.2's own shift at 256 tokens (about 5) leaves a test-size run too few
@@ -112,7 +112,7 @@ def memorised(request, face_dataset):
                           resolution=64, lr_scheduler="cosine", target_modules=EVERY_LAYER[family],
                           checkpoint_every=0, validate_every=recipe["steps"], validation_seeds=[0, 1, 2],
                           validation_steps=20, validation_identity="off", aspect_buckets=False, memory="manual",
-                          **{"batch_size": 4, **recipe})
+                          **recipe)
         train(cfg)
 
     version = hashlib.sha256(json.dumps([recipe, EVERY_LAYER[family], PROMPT]).encode()).hexdigest()[:8]

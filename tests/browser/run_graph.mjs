@@ -54,8 +54,9 @@ async function runJob(page, prompt, shot, selector) {
   if (ui) {
     await page.evaluate((p) => window.app.loadGraphData(p), prompt);
   } else {
-    // the server names this page once its websocket is open; queued before that, the
-    // prompt's messages would be sent to no one (seen on a loaded machine)
+    // the server names this page once its websocket is open; a prompt queued before that
+    // carries no client id and its messages may reach no page (the likely cause of a table
+    // that never appeared on a loaded machine: docs/testing.md)
     await page.waitForFunction(() => !!sessionStorage.getItem("clientId"), null, { timeout: 60000 });
     await page.evaluate((p) => window.app.loadApiJson(p, "persona-test.json"), prompt);
     await page.evaluate(() => window.app.queuePrompt(0, 1));
