@@ -3,7 +3,8 @@
 # that scripts/test_gpu.sh installs nothing from a registry there:
 #   - wheels of the pure-Python packages its Python (3.12, torch's own CUDA build) does not
 #     have, at the versions of this project's environment: diffusers, pydantic and its core,
-#     annotated-types, typing-inspection;
+#     annotated-types, typing-inspection, facenet-pytorch (MTCNN, with its weights, for the
+#     tests' face dataset; installed without its pinned torch);
 #   - bitsandbytes only if it fits in what is left of the limit (else bundle.json says it was
 #     left out, and its cases report themselves skipped);
 #   - CLIP's BPE merges (open-clip-torch's file), from which the CLIP tokenizers are rebuilt.
@@ -24,7 +25,7 @@ download() {
 pins=$(.venv/bin/python - <<'PY'
 from importlib.metadata import version
 print(" ".join(f"{n}=={version(n)}" for n in ("diffusers", "pydantic", "pydantic-core", "annotated-types",
-                                              "typing-inspection")))
+                                              "typing-inspection", "facenet-pytorch")))
 PY
 )
 download "$OUT.tmp/wheels" $pins
