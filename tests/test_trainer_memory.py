@@ -197,3 +197,38 @@ def test_the_loss_is_read_only_on_logged_steps(tiny_model, face_dataset, tmp_pat
     assert [l["step"] for l in lines] == [1, 3, 6, 7]
     for line in lines:
         assert line["step_seconds"] > 0 and line["tflops"] > 0 and line["mfu"] is None  # a CPU has no named peak
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "z_image", "flux2", "flux2_dev", "qwen_image"])
+def test_an_fp8_base_never_computes_with_an_input_rounded_to_fp8(family):
+    """Some model code casts a layer's input to the layer's own weight dtype (diffusers' Z-Image
+    timestep embedder: the sinusoids to ``mlp[0].weight.dtype``); on an fp8 base that rounds the
+    input to 3 mantissa bits (on a CPU silently; CUDA has no float8 multiply and fails). An fp8
+    layer refuses such an input, and each family keeps those layers out of fp8 (its
+    ``quantize_skip``): one step of every family's test-size denoiser on an fp8 base runs, and
+    the skipped layers stay in full precision."""
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.config import TrainConfig
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
+    from comfyui_persona.trainers.memory.simulate import run_steps
+
+    comps = instantiate(family, "tiny", tokenizers=False, text_encoders=False)
+    cfg = TrainConfig(base_model="(test)", dataset="(test)", family=family, resolution=64, mixed_precision="bf16",
+                      quantize_base="fp8", rank=4, alpha=4)
+    out = run_steps(comps, cfg, "cpu", steps=1, warmup=0)
+    assert out["loss"] is not None and torch.isfinite(torch.tensor(out["loss"]))
+    layers = dict(comps.denoiser.named_modules())
+    assert any(isinstance(m, Fp8Linear) for m in layers.values())
+    for part in get_family(family).quantize_skip:
+        kept = [n for n, m in layers.items() if part in n and isinstance(m, torch.nn.Linear)]
+        assert kept and not any(isinstance(layers[n], Fp8Linear) for n in kept), (part, kept)
+
+
+def test_an_fp8_layer_refuses_an_input_in_fp8():
+    from comfyui_persona.trainers.memory.quantize import Fp8Linear
+
+    layer = Fp8Linear(torch.nn.Linear(8, 4))
+    assert layer(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="float8_e4m3fn.*quantize_skip"):
+        layer(torch.randn(2, 8).to(torch.float8_e4m3fn))

@@ -36,6 +36,9 @@ class Family:
     architecture = ""  # modelspec.architecture
     denoiser_folder = "unet"  # its subfolder in a diffusers folder
     lora_targets: list[str] = []
+    # layers an fp8 base leaves in full precision (parts of their qualified names): those whose
+    # model code casts the input to the layer's own weight dtype, which would round it to fp8
+    quantize_skip: tuple[str, ...] = ()
     text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
     # what the trainer offers for this family
     supports_prior = True

@@ -141,7 +141,8 @@ def place_for_class_images(s):
     phase = getattr(s.plan, "class_images", None) or {}  # the plan's choice; without a plan, as the run quantizes
     quantize = phase.get("quantize", "fp8" if cfg.quantize_base == "fp8" and cfg.method == "lora" else "off")
     if quantize != "off":
-        quantize_linears(model, quantize, s.dtype if s.dtype != torch.float32 else torch.bfloat16)
+        quantize_linears(model, quantize, s.dtype if s.dtype != torch.float32 else torch.bfloat16,
+                         skip=s.family.quantize_skip)
     if cfg.method == "lora":  # a denoiser that trains whole keeps its weights as loaded (it samples under autocast)
         memory.cast_frozen(model, s.dtype)
     stream = phase.get("stream_blocks", 0) if s.device.type != "cpu" else 0

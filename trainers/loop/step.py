@@ -41,7 +41,8 @@ def make_trainable(comps, cfg, device, dtype, recompute_context=None) -> list[di
     if cfg.quantize_base != "off":
         if cfg.method != "lora":
             raise ValueError("quantize_base: a quantized base needs method 'lora' (its weights are frozen)")
-        quantize_linears(model, cfg.quantize_base, dtype if dtype != torch.float32 else torch.bfloat16)
+        quantize_linears(model, cfg.quantize_base, dtype if dtype != torch.float32 else torch.bfloat16,
+                         skip=fam.quantize_skip)
     streaming = cfg.stream_blocks > 0
     if not streaming:  # streamed weights never reach the device whole
         model.to(device)

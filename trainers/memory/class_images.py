@@ -48,7 +48,7 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
     with torch.inference_mode(False), torch.no_grad():
         freeze(comps.denoiser)
         if quantize != "off":
-            quantize_linears(comps.denoiser, quantize, dtype)
+            quantize_linears(comps.denoiser, quantize, dtype, skip=fam.quantize_skip)
         encoders = [comps.vae] + [getattr(comps, n) for n in TEXT_ENCODERS if getattr(comps, n, None) is not None
                                   and n not in text_on_cpu]
         place_frozen(encoders, "meta", dtype)

@@ -80,7 +80,7 @@ CONTEXT_MB = 512.0
 RESERVE_FRACTION = 0.08
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
-VERSION = 3
+VERSION = 4  # 4: an fp8 base keeps its family's quantize_skip layers in full precision
 MAX_SIMULATIONS = 5  # new ones, after the leanest plan: a first SDXL or FLUX plan in under 30 s on 2 CPU cores
 
 

@@ -22,6 +22,9 @@ FP8_MAX = 448.0
 class _Fp8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, scale, bias):
+        if not x.is_floating_point() or x.element_size() < 2:
+            raise TypeError(f"Fp8Linear: the input is {x.dtype}, not a 16- or 32-bit float (model code cast it to the "
+                            f"layer's float8 weight dtype: name the layer in its family's quantize_skip)")
         ctx.save_for_backward(weight, scale)
         w = weight.to(x.dtype) * scale.to(x.dtype)
         return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)

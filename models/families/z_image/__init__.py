@@ -45,6 +45,7 @@ class ZImage(QwenCaptionedFamily):
     transformer_class = "ZImageTransformer2DModel"
     vae_class = "AutoencoderKL"
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    quantize_skip = ("t_embedder",)  # diffusers casts the timestep's sinusoids to mlp[0].weight.dtype
     supports_dora = False  # ComfyUI's model fuses to_q/to_k/to_v into one qkv layer: one magnitude per fused row
     resolution_multiple = 16  # 2x2 patches of 8x latents
     bucket_multiple = 16
