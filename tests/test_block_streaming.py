@@ -29,20 +29,42 @@ def _run(model, dataset, out, **fields):
     return result, lora, seen
 
 
+def _same_training(device, plain, expected, result, got, fields):
+    """The streamed run trains as the resident one: on the CPU bit for bit; on CUDA (TF32 off,
+    see ``_cuda_fields``) within fp32 rounding. A streamed layer's own autograd function computes
+    its input gradient in a matmul of its own, which cuBLAS may run with another kernel (another
+    split of the reduction) than autograd's linear backward: the same sums in another order. A
+    block computing with a stale or missing weight moves the loss by orders of magnitude more."""
+    losses, want = [r["loss"] for r in result.records], [r["loss"] for r in plain.records]
+    if device == "cpu":
+        assert losses == want, fields
+        for k in expected:
+            assert torch.equal(expected[k], got[k]), (fields, k)
+        return
+    assert losses == pytest.approx(want, rel=1e-5), fields
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-7, msg=lambda m: f"{fields} {k}: {m}")
+
+
+def _cuda_fields(device) -> dict:
+    """On CUDA, fp32 products in fp32: with TF32 (the default) the two runs' different kernels
+    round to 10 bits differently (measured on an H200: the second step's loss 1.494519 streamed
+    vs 1.495049 resident, FLUX on an fp8 base), which would hide a real difference."""
+    return {"tf32": False} if device == "cuda" else {}
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])  # cuda: the side stream
 @pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_a_streamed_step_gives_the_in_memory_weights(family, device, tiny_model, tiny_flux, face_dataset, tmp_path):
     model = tiny_model if family == "sd15" else tiny_flux
-    base = dict(family=family, steps=3, device=device)
+    base = dict(family=family, steps=3, device=device, **_cuda_fields(device))
     plain, expected, _ = _run(model, face_dataset, tmp_path / "plain", **base)
     assert expected
     for i, fields in enumerate([dict(stream_blocks=3),
                                 dict(stream_blocks=3, gradient_checkpointing=True),
                                 dict(stream_blocks=2, gradient_checkpointing=True, checkpoint_blocks=2)]):
         result, got, seen = _run(model, face_dataset, tmp_path / f"streamed{i}", **base, **fields)
-        assert [r["loss"] for r in result.records] == [r["loss"] for r in plain.records], fields
-        for k in expected:
-            assert torch.equal(expected[k], got[k]), (fields, k)
+        _same_training(device, plain, expected, result, got, fields)
         assert seen["placeholders"] == [True] * 3, fields
         # each streamed block comes in for its forward and again for its backward, every step
         per_step = [b - a for a, b in zip([0] + seen["fetches"], seen["fetches"])]
@@ -55,14 +77,12 @@ def test_an_fp8_base_streams_its_8_bit_weights(device, tiny_flux, face_dataset, 
     losses and LoRA weights as the fp8 base kept in memory (the fp8 layer's own autograd
     function reads the fetched weight again in backward), every streamed weight and row scale
     away between steps, and what stays in host memory is the 8-bit weights, not a bf16 copy."""
-    base = dict(family="flux", steps=3, quantize_base="fp8", device=device)
+    base = dict(family="flux", steps=3, quantize_base="fp8", device=device, **_cuda_fields(device))
     plain, expected, _ = _run(tiny_flux, face_dataset, tmp_path / "plain", **base)
     assert expected
     for i, fields in enumerate([dict(stream_blocks=3), dict(stream_blocks=3, gradient_checkpointing=True)]):
         result, got, seen = _run(tiny_flux, face_dataset, tmp_path / f"streamed{i}", **base, **fields)
-        assert [r["loss"] for r in result.records] == [r["loss"] for r in plain.records], fields
-        for k in expected:
-            assert torch.equal(expected[k], got[k]), (fields, k)
+        _same_training(device, plain, expected, result, got, fields)
         assert seen["placeholders"] == [True] * 3, fields
         weights = [dtype for dtype, shape in seen["host"] if len(shape) == 2 and shape[1] > 1]  # not [rows, 1] scales
         assert weights and set(weights) == {torch.float8_e4m3fn}, seen["host"]

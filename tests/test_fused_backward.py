@@ -17,7 +17,7 @@ from trainer_helpers import tiny_config
 def _train_and_keep(model, dataset, out, **fields):
     kept = {}
     result = train(tiny_config(model, dataset, out, **fields), Callbacks(on_start=lambda info: kept.update(info)))
-    weights = {k: v.detach().float().clone() for k, v in kept["denoiser"].state_dict().items()}
+    weights = {k: v.detach().float().cpu().clone() for k, v in kept["denoiser"].state_dict().items()}
     return result, weights, kept
 
 
