@@ -13,7 +13,8 @@ and first compiles included). ``--budget`` (default 8 minutes) is shared by all 
 whose estimate no longer fits is reported "not run", and a running case is stopped where the
 budget ends, so the check fits one command on a lent machine; ``--only`` picks cases.
 
-1. Block streaming on the side stream against the resident run, bf16 and fp8 bases.
+1. Block streaming on the side stream against the resident run, bf16 and fp8 bases; test-size
+   FLUX in bf16 with each attention kernel forced.
 2. The published-size plans of the newer families (bench/published_plans.py): each plan and
    the same budget with an fp8 base streamed, measured peak and speed (a benchmark, whose
    table is its result; it writes ``published-plans.json``).
@@ -55,8 +56,10 @@ class Case:
 
 CASES = [
     Case("streaming-side-stream", "block streaming on the side stream = resident weights (bf16 and fp8 bases)",
-         50, 110, ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights",
+         45, 110, ["test_block_streaming.py::test_a_streamed_step_gives_the_in_memory_weights",
                    "test_block_streaming.py::test_an_fp8_base_streams_its_8_bit_weights"]),
+    Case("flux-bf16-kernels", "test-size FLUX in bf16 with each SDPA kernel forced (NaN by step 3 on an H200)", 35, 90,
+         ["test_gpu_lane.py::test_flux_trains_in_bf16_with_each_attention_kernel"]),
     Case("published-plans", "Z-Image, FLUX.2 klein 4B/9B, Qwen-Image: the published plans and an fp8 base streamed, "
          "measured (bench/published_plans.py)", 240, 300, [],
          command=["bench/published_plans.py", "--json", "{out}/published-plans.json"],

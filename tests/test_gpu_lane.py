@@ -36,7 +36,11 @@ def _train(family, cfg, steps=4):
     from comfyui_persona.models.architectures import instantiate
     from comfyui_persona.trainers.memory.simulate import run_steps
 
-    comps = instantiate(family, "real", device="cuda" if cfg.stream_blocks == 0 else "cpu", tokenizers=False,
+    # built on the GPU (the streamer moves its blocks' frozen weights to pinned host memory itself:
+    # a CPU build of FLUX in fp32 took minutes on the GPU machine); a LoRA run's frozen base in its
+    # compute dtype from the start, as the run casts it before the measured steps
+    lora_bf16 = cfg.method == "lora" and cfg.mixed_precision == "bf16"
+    comps = instantiate(family, "real", device="cuda", dtype=torch.bfloat16 if lora_bf16 else None, tokenizers=False,
                         text_encoders=not cfg.cache_text_embeddings)
     try:
         out = run_steps(comps, cfg, "cuda", steps=steps, warmup=1)
@@ -167,3 +171,29 @@ def test_training_steps_between_log_lines_never_wait_for_the_gpu(family, tiny_mo
         torch.cuda.set_sync_debug_mode("default")
     assert [r["step"] for r in result.records] == [1, steps]
     assert all(math.isfinite(r["loss"]) for r in result.records)
+
+
+@pytest.mark.parametrize("backend", ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"])
+def test_flux_trains_in_bf16_with_each_attention_kernel(backend, tiny_flux, face_dataset, tmp_path):
+    """Test-size FLUX, 6 steps in bf16 on CUDA with one SDPA kernel forced: finite losses. On an
+    H200 (torch 2.11) the kernel PyTorch picks by default gave a NaN loss by step 3 while fp32
+    (no cuDNN or flash kernel) and the CPU's bf16 trained; FLUX at real width in bf16 raised an
+    illegal memory access in the same run. This names the kernel; a kernel PyTorch cannot use
+    for these shapes is reported skipped."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from comfyui_persona.trainers.loop import Callbacks, train
+
+    from trainer_helpers import tiny_config
+
+    cfg = tiny_config(tiny_flux, face_dataset, tmp_path / "run", family="flux", steps=6, device="cuda",
+                      mixed_precision="bf16", log_every=1)
+    try:
+        with sdpa_kernel(getattr(SDPBackend, backend)):
+            result = train(cfg, Callbacks())
+    except RuntimeError as exc:
+        if "No available kernel" in str(exc):
+            pytest.skip(f"{backend}: not available for these shapes on this GPU")
+        raise
+    losses = [r["loss"] for r in result.records]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses), (backend, losses)

@@ -27,7 +27,7 @@ def test_the_gpu_check_dry_run_sets_up_every_case(tmp_path):
         spent += case["estimate_s"]
         if spent <= 480:
             reached.append(case["name"])
-    assert reached[:2] == ["streaming-side-stream", "published-plans"], reached
+    assert reached[:3] == ["streaming-side-stream", "flux-bf16-kernels", "published-plans"], reached
     published = next(c for c in report["cases"] if c["name"] == "published-plans")
     assert "| z_image | 1024 | 6 GB | plan |" in published["log"], published["log"][-2000:]  # its CPU dry run's table
     assert (tmp_path / "gpu-check.md").read_text().startswith("| case |")
