@@ -21,7 +21,9 @@ a Markdown table; ``--json`` writes the rows.
     python bench/published_plans.py --predict-only       # any machine: the rows' plans and predictions
     python bench/published_plans.py --tiny               # CPU: the same rows on test-size models (a dry run)
 
-On a CPU (``--tiny``) the rows' switches come from the published plan, their streamed block
+Each model is built on the GPU in fp32 and cast before the measured steps (Qwen-Image: 80 GB
+at the build), so the measured rows need a GPU of that size; the peaks they measure are those of
+the plans' budgets. On a CPU (``--tiny``) the rows' switches come from the published plan, their streamed block
 counts scaled to the tiny model; the peaks are the live-tensor meter's and say nothing about
 a GPU.
 """

@@ -96,7 +96,7 @@ def run_case(case: Case, out: Path, dry_run: bool, env: dict[str, str]) -> dict:
     try:
         done = subprocess.run(cmd, cwd=REPO, env={**env, **case.env}, capture_output=True, text=True,
                               timeout=case.limit_s)
-        rc, tail = done.returncode, (done.stdout + done.stderr)[-6000:]
+        rc, tail = done.returncode, done.stderr[-2500:] + "\n" + done.stdout[-3500:]  # the table or summary last
     except subprocess.TimeoutExpired as exc:
         rc, tail = None, f"over its limit of {case.limit_s} s\n" + _text(exc.stdout)[-3000:] + _text(exc.stderr)[-3000:]
     seconds = time.monotonic() - start
