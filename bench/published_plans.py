@@ -65,8 +65,7 @@ def rows_for(label: str, bnb: bool) -> list[dict]:
     rows = [dict(label=label, family=family, size=size, resolution=resolution, budget_gb=budget_gb,
                  row="plan", switches=switches, predicted_mb=p.predicted_peak_mb, usable_mb=p.usable_mb,
                  blocks=p.blocks)]
-    fp8 = {**switches, "quantize_base": "fp8", "gradient_checkpointing": True, "checkpoint_blocks": 0,
-           "optimizer": "adamw" if switches.get("optimizer") == "adamw8bit" and not bnb else switches.get("optimizer")}
+    fp8 = {**switches, "quantize_base": "fp8", "gradient_checkpointing": True, "checkpoint_blocks": 0}
 
     def peak(n: int) -> float:
         return predicted_peak_mb(cfg, {**fp8, "stream_blocks": n}, None, size, "cuda")
@@ -104,8 +103,8 @@ def measure(row: dict, device: str, steps: int, warmup: int, tiny: bool) -> dict
     comps = None
     try:
         start = time.monotonic()
-        # built where it computes, in bf16: the streamer moves its blocks' frozen weights to pinned
-        # host memory itself, and a CPU build of a 20B model in fp32 would take minutes
+        # built where it computes (fp32, then cast to bf16): the streamer moves its blocks' frozen
+        # weights to pinned host memory itself, and a CPU build of a 20B model would take minutes
         comps = instantiate(row["family"], size, device=device, dtype=torch.bfloat16, tokenizers=False,
                             text_encoders=False)
         built = time.monotonic() - start

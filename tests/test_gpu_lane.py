@@ -37,8 +37,8 @@ def _train(family, cfg, steps=4):
     from comfyui_persona.trainers.memory.simulate import run_steps
 
     # built on the GPU (the streamer moves its blocks' frozen weights to pinned host memory itself:
-    # a CPU build of FLUX in fp32 took minutes on the GPU machine); a LoRA run's frozen base in its
-    # compute dtype from the start, as the run casts it before the measured steps
+    # a CPU build of FLUX in fp32 took minutes on the GPU machine); a LoRA run's frozen base cast to
+    # its compute dtype right after the build, as the run casts it before the measured steps
     lora_bf16 = cfg.method == "lora" and cfg.mixed_precision == "bf16"
     comps = instantiate(family, "real", device="cuda", dtype=torch.bfloat16 if lora_bf16 else None, tokenizers=False,
                         text_encoders=not cfg.cache_text_embeddings)
