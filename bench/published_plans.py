@@ -1,4 +1,4 @@
-"""The published-size LoRA plans trained on a GPU, and the same budgets with an fp8 base streamed.
+"""The published-size LoRA plans trained on a GPU, and the same budgets streamed from the other base.
 
 For each family of ``PUBLISHED_PLANS`` (bench/train_memory.py: Z-Image, FLUX.2 klein 4B and
 9B, Qwen-Image, ...) at its budget and resolution, two rows, each trained at the published
@@ -7,10 +7,11 @@ size with random weights through the trainer's own setup and step code
 real loop):
 
 - **plan**: the planner's choice (``plan(..., device="cuda")``);
-- **fp8 streamed**: the plan's switches with the base in fp8 and the fewest streamed blocks
-  whose predicted peak fits the same usable budget (found by bisection on the meta device).
-  The planner streams only unquantized bases; this row measures whether an fp8 base, which
-  moves half the bytes per streamed block and streams fewer blocks, is faster.
+- **fp8 streamed** (or **bf16 streamed** where the plan's base is fp8): the plan's switches
+  with the other streamable base and the fewest streamed blocks whose predicted peak fits the
+  same usable budget (found by bisection on the meta device). The planner weighs the two by
+  estimated speed factors (an fp8 base computes a little slower, streams half the bytes per
+  block and needs fewer blocks streamed); this row measures the choice it did not make.
 
 Per row: predicted peak, measured peak (``torch.cuda.max_memory_allocated`` after setup), the
 measured over the predicted, and the median seconds per step after ``--warmup`` steps. Prints
@@ -53,7 +54,7 @@ def base_config(family: str, resolution: int):
 
 
 def rows_for(label: str, bnb: bool) -> list[dict]:
-    """The plan row and the fp8-streamed row of ``label`` (``family[:size]``), predicted."""
+    """The plan row and the other base's streamed row of ``label`` (``family[:size]``), predicted."""
     from comfyui_persona.trainers.memory.planner import plan, predicted_peak_mb
 
     budget_gb, resolution = PUBLISHED_PLANS[label]
@@ -65,14 +66,16 @@ def rows_for(label: str, bnb: bool) -> list[dict]:
     rows = [dict(label=label, family=family, size=size, resolution=resolution, budget_gb=budget_gb,
                  row="plan", switches=switches, predicted_mb=p.predicted_peak_mb, usable_mb=p.usable_mb,
                  blocks=p.blocks)]
-    fp8 = {**switches, "quantize_base": "fp8", "gradient_checkpointing": True, "checkpoint_blocks": 0}
+    base = "off" if switches.get("quantize_base") == "fp8" else "fp8"
+    name = "bf16 streamed" if base == "off" else "fp8 streamed"
+    other = {**switches, "quantize_base": base, "gradient_checkpointing": True, "checkpoint_blocks": 0}
 
     def peak(n: int) -> float:
-        return predicted_peak_mb(cfg, {**fp8, "stream_blocks": n}, None, size, "cuda")
+        return predicted_peak_mb(cfg, {**other, "stream_blocks": n}, None, size, "cuda")
 
     lo, hi = 0, p.blocks  # the fewest streamed blocks that fit: peak falls as more are streamed
     if peak(hi) > p.usable_mb:
-        rows.append({**rows[0], "row": "fp8 streamed", "switches": {**fp8, "stream_blocks": hi},
+        rows.append({**rows[0], "row": name, "switches": {**other, "stream_blocks": hi},
                      "predicted_mb": peak(hi), "note": "does not fit"})
         return rows
     while lo < hi:
@@ -81,7 +84,7 @@ def rows_for(label: str, bnb: bool) -> list[dict]:
             hi = mid
         else:
             lo = mid + 1
-    rows.append({**rows[0], "row": "fp8 streamed", "switches": {**fp8, "stream_blocks": lo}, "predicted_mb": peak(lo)})
+    rows.append({**rows[0], "row": name, "switches": {**other, "stream_blocks": lo}, "predicted_mb": peak(lo)})
     return rows
 
 

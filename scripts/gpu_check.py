@@ -16,7 +16,7 @@ budget ends, so the check fits one command on a lent machine; ``--only`` picks c
 1. Block streaming on the side stream against the resident run, bf16 and fp8 bases; test-size
    FLUX in bf16 with each attention kernel forced.
 2. The published-size plans of the newer families (bench/published_plans.py): each plan and
-   the same budget with an fp8 base streamed, measured peak and speed (a benchmark, whose
+   the same budget streamed from the other base (fp8 or bf16), measured peak and speed (a benchmark, whose
    table is its result; it writes ``published-plans.json``).
 3. The fused backward pass and full bf16 against the plain step; the loop's steps under the
    sync-debug mode ``error``.
@@ -60,7 +60,7 @@ CASES = [
                    "test_block_streaming.py::test_an_fp8_base_streams_its_8_bit_weights"]),
     Case("flux-bf16-kernels", "test-size FLUX in bf16 with each SDPA kernel forced (NaN by step 3 on an H200)", 35, 90,
          ["test_gpu_lane.py::test_flux_trains_in_bf16_with_each_attention_kernel"]),
-    Case("published-plans", "Z-Image, FLUX.2 klein 4B/9B, Qwen-Image: the published plans and an fp8 base streamed, "
+    Case("published-plans", "Z-Image, FLUX.2 klein 4B/9B, Qwen-Image: the published plans and the other base streamed, "
          "measured (bench/published_plans.py)", 240, 300, [],
          command=["bench/published_plans.py", "--json", "{out}/published-plans.json"],
          dry_run=["bench/published_plans.py", "--tiny", "--families", "z_image", "--steps", "1", "--warmup", "0"]),

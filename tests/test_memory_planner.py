@@ -235,6 +235,29 @@ def test_candidates_include_streaming_checkpointing_and_compilation(tmp_path, mo
     assert some.switches["stream_blocks"] < 12 and some.predicted_peak_mb <= budget, some.tried
 
 
+def test_an_fp8_base_is_streamed_where_that_is_predicted_fastest(tmp_path, monkeypatch):
+    """Streaming is searched on an fp8 base as on an unquantized one: with fp8's speed factor
+    set above bf16's, a budget that the fp8 base does not fit with every block checkpointed is
+    met by streaming blocks of the fp8 base (before, only an unquantized base was streamed),
+    and no simulated candidate that fits is predicted faster."""
+    from comfyui_persona.trainers.memory import planner
+    from comfyui_persona.trainers.memory.planner import candidates, leanest, predicted_peak_mb, speed_of
+
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path))
+    monkeypatch.setitem(planner.SPEED["quantize_base"], "fp8", 1.05)
+    cfg = _cfg("sd15", mixed_precision="bf16")
+    cands = candidates(cfg, "cpu", bnb=False, compile_ok=False)
+    fp8_all = {**leanest([c for c in cands if c["quantize_base"] == "fp8"]), "stream_blocks": 0}
+    budget = predicted_peak_mb(cfg, fp8_all, None, "tiny", "cpu") * 0.9  # fp8 alone is not enough
+    p = plan(cfg, budget, "cpu", None, "tiny", bnb=False, compile_ok=False)
+    assert p.switches["quantize_base"] == "fp8" and 0 < p.switches["stream_blocks"] < p.blocks, p.tried
+    assert p.predicted_peak_mb <= budget
+    for t in p.tried:
+        if t["predicted_peak_mb"] <= budget:
+            switches = {k: v for k, v in t.items() if k != "predicted_peak_mb"}
+            assert speed_of(switches, 1, p.blocks) <= p.relative_speed + 1e-9, (t, p.switches)
+
+
 @pytest.mark.parametrize("family, method", [("sd15", "lora"), ("sd15", "dreambooth"), ("flux", "lora")])
 def test_the_planner_never_picks_a_plan_predicted_over_budget(tmp_path, monkeypatch, family, method):
     """Across budgets from the leanest plan's to no technique's: the plan's prediction fits,

@@ -57,7 +57,7 @@ def test_no_phase_of_a_published_size_plan_exceeds_the_budget_less_headroom(plan
 def test_z_image_at_6_gb_reads_captions_with_qwen3_on_the_cpu(plan_cache, monkeypatch):
     """Z-Image LoRA @1024: Qwen3-4B's weights (7.5 GB in bf16) are more than 6 GB's usable
     part, so the captions are encoded with it on the CPU; the 6B transformer's step fits by
-    streaming blocks, and the whole run's peak is within the usable budget."""
+    streaming blocks of its fp8 base, and the whole run's peak is within the usable budget."""
     from comfyui_persona.trainers.memory.caching import encoder_memory
 
     monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
@@ -67,6 +67,15 @@ def test_z_image_at_6_gb_reads_captions_with_qwen3_on_the_cpu(plan_cache, monkey
     assert qwen_weights / 2 ** 20 > p.usable_mb
     assert p.switches["encode_on_cpu"] == ["text_encoder"]
     assert p.blocks == 34 and p.whole_run_peak_mb <= p.usable_mb
+    # the search streamed both bases; an fp8 base streams fewer blocks, predicted faster here,
+    # and no simulated candidate that fits is predicted faster than the plan
+    streamed = {t["quantize_base"] for t in p.tried if t.get("stream_blocks")}
+    assert streamed == {"off", "fp8"}, p.tried
+    assert p.switches["quantize_base"] == "fp8" and 0 < p.switches["stream_blocks"] < p.blocks
+    for t in p.tried:
+        if t["predicted_peak_mb"] <= p.usable_mb:
+            switches = {k: v for k, v in t.items() if k != "predicted_peak_mb"}
+            assert planner.speed_of(switches, 1, p.blocks) <= p.relative_speed + 1e-9, (t, p.switches)
 
 
 def test_flux_at_8_gb_fits_its_plan_through_caching(plan_cache, monkeypatch):

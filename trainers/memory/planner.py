@@ -4,9 +4,10 @@
 (``full_bf16``, full fine-tunes), the optimizer, the quantized base (LoRA), the micro-batch
 (accumulation keeps the effective batch), the fused backward pass, how many of the
 denoiser's repeated blocks gradient checkpointing recomputes (none, the first N, all) and,
-as a last resort for LoRA on an unquantized base, how many blocks are streamed from CPU
-memory. The speed switches that cost no memory (``compile: blocks``, ``fused_optimizer``)
-are on in every candidate wherever the target device runs them. The latent and
+as a last resort for LoRA on an unquantized or fp8 base (:data:`STREAMABLE`), how many blocks
+are streamed from CPU memory (an fp8 base's blocks are half as large, so fewer are streamed).
+The speed switches that cost no memory (``compile: blocks``, ``fused_optimizer``) are on in
+every candidate wherever the target device runs them. The latent and
 text-embedding caches are always on: they save memory and time.
 
 **Predicted peak.** The training step run on the ``meta`` device through the loop's own
@@ -28,8 +29,10 @@ benchmark measures them (``bench/train_memory.py`` prints both).
 streaming is simulated, then (when it does not fit) all blocks checkpointed, and the fewest
 checkpointed blocks that fit are found by interpolating between the two (the blocks with the
 largest activations come first, so the interpolation is conservative) and confirmed by a
-simulation; a LoRA that does not fit even so streams blocks on top, found the same way. The search stops when no remaining candidate can be faster than the best plan
-found, or after :data:`MAX_SIMULATIONS` new simulations (then the faster of the best found
+simulation; a LoRA that does not fit even so streams blocks on top, found the same way. Once
+a candidate has needed streaming, the next ones are simulated all checkpointed first (their
+peak without checkpointing is then simulated only when that fits). The search stops when no
+remaining candidate can be faster than the best plan found, or after :data:`MAX_SIMULATIONS` new simulations (then the faster of the best found
 and the leanest plan is the plan: a bounded search, deterministic for a given cache; a plan
 that streams every block then streams only as many as the budget needs); a
 checkpointing plan is last compared with the leanest plan without checkpointing. A candidate that cannot fit even with everything checkpointed rules out every
@@ -80,8 +83,9 @@ CONTEXT_MB = 512.0
 RESERVE_FRACTION = 0.08
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
+STREAMABLE = ("off", "fp8")  # bases whose blocks can be streamed (bitsandbytes' layers cannot)
 VERSION = 4  # 4: an fp8 base keeps its family's quantize_skip layers in full precision
-MAX_SIMULATIONS = 5  # new ones, after the leanest plan: a first SDXL or FLUX plan in under 30 s on 2 CPU cores
+MAX_SIMULATIONS = 16  # new ones, after the leanest plan
 
 
 class PlanError(ConfigError):
@@ -437,25 +441,32 @@ class _Search:
         self.tried.append({**c, "predicted_peak_mb": round(p, 1)})
         return p
 
-    def bound(self, c: dict, evaluated: list[tuple[dict, float, float]]) -> float | None:
+    def bound(self, c: dict, evaluated: list[tuple[dict, float, float, float | None]]) -> float | None:
         """An upper bound on the speed of any variant of ``c`` from an evaluated candidate that
         differs only in per-parameter switches (optimizer, fused backward, bf16 weights): its
-        peaks less at most what ``c`` saves per trained parameter. None: no such candidate."""
+        peaks (none, all checkpointed, all checkpointed and every block streamed) less at most
+        what ``c`` saves per trained parameter. None: no such candidate."""
         # a full fine-tune's peak is its optimizer step (weights, gradients, states), whatever
         # the compute precision; a LoRA's is its activations, which the precision changes
         same = ("quantize_base", "batch_size") if self.cfg.method != "lora" else \
             ("mixed_precision", "quantize_base", "batch_size")
-        for r, p0, p_all in evaluated:
+        for r, p0, p_all, p_stream in evaluated:
             if any(r[k] != c[k] for k in same):
                 continue
             saved = max(0, per_parameter_bytes(r) - per_parameter_bytes(c)) * self.trainable / 2 ** 20
             low0, low_all = p0 - saved, p_all - saved
             if low0 <= self.budget:
                 return self.speed(c)
-            if low_all > self.budget:
-                return 0.0 if self.cfg.method != "lora" else None  # LoRA: streaming may still fit
-            n = max(1, math.ceil(self.blocks * (low0 - self.budget) / (low0 - low_all)))
-            return self.speed(self._with(c, "checkpoint", n))
+            if low_all <= self.budget:
+                n = max(1, math.ceil(self.blocks * (low0 - self.budget) / (low0 - low_all)))
+                return self.speed(self._with(c, "checkpoint", n))
+            if p_stream is None:  # nothing streams this base (a full fine-tune, DoRA, a bitsandbytes base)
+                return 0.0
+            low_stream = p_stream - saved
+            if low_stream > self.budget:
+                return 0.0
+            n = max(1, math.ceil(self.blocks * (low_all - self.budget) / (low_all - low_stream)))
+            return self.speed({**self._with(c, "checkpoint", self.blocks), "stream_blocks": n})
         return None
 
     def speed(self, c: dict) -> float:
@@ -491,8 +502,9 @@ class _Search:
 
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
+    # search 2: fp8 bases are streamed too (the memoised peaks of version 4 stay valid)
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {"plan": True, "whole_run": 2, "validation": cfg.validate_every > 0,
+                {"plan": True, "whole_run": 2, "search": 2, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
@@ -533,8 +545,8 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
     streaming = cfg.method == "lora" and not cfg.use_dora
     lean = leanest(cands)
     lean_peak = s.peak(lean)
-    if lean_peak > usable_mb and streaming:  # streaming every block of an unquantized base
-        alt = {**leanest([c for c in cands if c["quantize_base"] == "off"]), "stream_blocks": s.blocks}
+    if lean_peak > usable_mb and streaming:  # streaming every block of a streamable base
+        alt = {**leanest([c for c in cands if c["quantize_base"] in STREAMABLE]), "stream_blocks": s.blocks}
         alt_peak = s.peak(alt)
         if alt_peak < lean_peak:
             lean, lean_peak = alt, alt_peak
@@ -550,7 +562,7 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
             + ", or use a larger GPU")
     best: tuple[dict, float] | None = None
     failed: list[dict] = []  # does not fit even with every block checkpointed
-    evaluated: list[tuple[dict, float, float]] = []
+    evaluated: list[tuple[dict, float, float, float | None]] = []
     for c in cands:
         if best is not None and s.speed(c) <= s.speed(best[0]):
             break  # no variant of c (or of anything after it) is faster
@@ -561,23 +573,30 @@ def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok
         bound = s.bound(c, evaluated) if best is not None else None
         if bound is not None and bound <= s.speed(best[0]):
             continue  # what c saves per parameter cannot make it faster than the best
-        p0 = s.peak(c)
-        if p0 <= usable_mb:
-            best = (c, p0)
-            break
         full = s._with(c, "checkpoint", s.blocks)
-        p_all = s.peak(full)
-        evaluated.append((c, p0, p_all))
+        p_all = None
+        if any(e[3] is not None for e in evaluated):  # an earlier candidate streamed: check the
+            p_all = s.peak(full)  # checkpointed peak first, which spares the unneeded peak without
+        if p_all is not None and p_all > usable_mb:
+            p0 = p_all  # (a lower bound, for the bound above: without checkpointing it keeps more)
+        else:
+            p0 = s.peak(c)
+            if p0 <= usable_mb:
+                best = (c, p0)
+                break
+            p_all = s.peak(full) if p_all is None else p_all
+        p_stream = None
         options = []
         if p_all <= usable_mb:
             options.append(s.fewest(c, "checkpoint", p0, p_all) or (full, p_all))
         else:
             failed.append(c)
-            if streaming and c["quantize_base"] == "off":  # stream on top of full checkpointing
+            if streaming and c["quantize_base"] in STREAMABLE:  # stream on top of full checkpointing
                 streamed = {**full, "stream_blocks": s.blocks}
                 p_stream = s.peak(streamed)
                 if p_stream <= usable_mb:
                     options.append(s.fewest(full, "stream", p_all, p_stream) or (streamed, p_stream))
+        evaluated.append((c, p0, p_all, p_stream))
         for option in options:
             if best is None or s.speed(option[0]) > s.speed(best[0]):
                 best = option
