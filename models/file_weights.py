@@ -51,32 +51,30 @@ def needs_dequantizing(path: str | Path) -> bool:
     return False
 
 
-def _layer_formats(tensors: dict, metadata: dict) -> dict[str, str]:
+def _is_dropped(key: str) -> bool:
+    return key.endswith(("scaled_fp8", *_SCALE_SUFFIXES, *_DROPPED, ".weight_scale_2"))
+
+
+def _dequantized(keys, get, source: str, metadata: dict, dtype: torch.dtype):
+    """``(key, tensor)`` for every kept key, each tensor fetched by ``get`` only when its turn
+    comes and dequantized before the next is fetched (so a file is read tensor by tensor: its
+    8-bit floats are never all held beside their bf16 copies)."""
+    keys = list(keys)
     formats = {}
     raw = (metadata or {}).get("_quantization_metadata")
     if raw:
         formats.update({k: v.get("format", "") for k, v in json.loads(raw).get("layers", {}).items()})
-    for key, value in tensors.items():
-        if key.endswith(".comfy_quant"):
-            formats[key[:-len(".comfy_quant")]] = json.loads(bytes(value.tolist()).decode("utf-8")).get("format", "")
-    return formats
-
-
-def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | None = None,
-               dtype: torch.dtype = DEQUANTIZED_DTYPE) -> dict[str, torch.Tensor]:
-    """``tensors`` with every 8-bit float weight dequantized into ``dtype`` and ComfyUI's scale
-    and marker tensors removed (see the module's text); ``source`` names the file in errors."""
-    formats = _layer_formats(tensors, metadata or {})
     scales = {}
-    for key, value in tensors.items():
+    for key in keys:
+        if key.endswith(".comfy_quant"):
+            formats[key[:-len(".comfy_quant")]] = json.loads(bytes(get(key).tolist()).decode("utf-8")).get("format", "")
         for suffix in _SCALE_SUFFIXES:
             if key.endswith(suffix):
-                scales[key[:-len(suffix)]] = value
-    out = {}
-    for key, value in tensors.items():
-        if key.endswith("scaled_fp8") or key.endswith(_SCALE_SUFFIXES) or key.endswith(_DROPPED) \
-                or key.endswith(".weight_scale_2"):
+                scales[key[:-len(suffix)]] = get(key)
+    for key in keys:
+        if _is_dropped(key):
             continue
+        value = get(key)
         layer = key[:-len(".weight")] if key.endswith(".weight") else None
         if layer is not None and layer in scales:
             fmt = formats.get(layer, "float8_e4m3fn")
@@ -85,22 +83,28 @@ def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | N
                 raise ValueError(f"'{source}': layer '{layer}' is stored as {fmt or 'an unknown format'}"
                                  f"{' with block scales' if scale.numel() != 1 else ''}, which Persona cannot "
                                  f"train from; use the model's bf16, fp16 or fp8 (per-tensor scaled) file")
-            value = (value.float() * scale.float()).to(dtype)
+            value = value.to(dtype).mul_(float(scale))  # fp8 -> bf16 is exact; the product is rounded once
         elif value.dtype in FP8:
             value = value.to(dtype)
-        out[key] = value
-    return out
+        yield key, value
+
+
+def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | None = None,
+               dtype: torch.dtype = DEQUANTIZED_DTYPE) -> dict[str, torch.Tensor]:
+    """``tensors`` with every 8-bit float weight dequantized into ``dtype`` and ComfyUI's scale
+    and marker tensors removed (see the module's text); ``source`` names the file in errors."""
+    return dict(_dequantized(tensors.keys(), tensors.__getitem__, source, metadata or {}, dtype))
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a .safetensors file, 8-bit float weights dequantized into bf16 (a file
-    without any comes back as it is)."""
+    without any comes back as it is). The file is read one tensor at a time, each dequantized
+    before the next is read, so reading an fp8 file takes about its bf16 size in memory (what
+    the host-memory check counts), not that plus the file's own size."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {}
-    return dequantize(load_file(str(path)), Path(path).name, metadata)
+        return dict(_dequantized(f.keys(), f.get_tensor, Path(path).name, f.metadata() or {}, DEQUANTIZED_DTYPE))
 
 
 def loadable_file(path: str | Path) -> Path:

@@ -11,6 +11,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -50,6 +52,45 @@ def test_each_layout_reads_back_the_weights_it_stores(tmp_path, layout):
     if layout in ("fp8_scaled", "fp8_weight_scale"):  # read without its scale the weight would be far off
         raw = load_file(str(path))["blocks.0.attn.weight"].float()
         assert (raw - original["blocks.0.attn.weight"]).abs().max() > 100 * original["blocks.0.attn.weight"].abs().max()
+
+
+_READ_PEAK = """
+import resource, sys
+from comfyui_persona.models.file_weights import read_weights
+
+def rss_mb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) / 1024
+
+before = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_mb("VmRSS"))
+read = read_weights(sys.argv[1])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = sum(v.numel() * v.element_size() for v in read.values()) / 2 ** 20
+print(peak - before, rss_mb("VmRSS") - before, out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's peak memory from Linux's /proc")
+def test_reading_an_fp8_file_takes_its_bf16_size_and_no_more(tmp_path):
+    """The host-memory check counts an fp8 file at its bf16 size (trainers/memory/host_memory.py):
+    reading one must not take more. A file of 32 scaled-fp8 weights (128 MB, 256 MB as bf16) is
+    read in a fresh process: its peak resident memory may rise by the output, the file itself
+    (safetensors maps it; its pages count as resident while it is open) and a few MB. Dequantizing
+    through float32 temporaries fragmented the heap and rose by up to 835 MB for this file."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for i in range(32):
+        tensors[f"blocks.{i}.attn.weight"] = torch.randn(2048, 2048, generator=gen).to(torch.float8_e4m3fn)
+        tensors[f"blocks.{i}.attn.scale_weight"] = torch.tensor(0.01)
+    path = tmp_path / "model-fp8-scaled.safetensors"
+    save_file(tensors, str(path))
+    del tensors
+    file_mb = path.stat().st_size / 2 ** 20
+    done = subprocess.run([sys.executable, "-c", _READ_PEAK, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, kept, out = (float(x) for x in done.stdout.split())
+    assert out == 256
+    assert peak <= out + file_mb + 48, (peak, out, file_mb)
+    assert kept <= out + 48, (kept, out)  # the file is closed and nothing but the weights is kept
 
 
 def test_a_block_scaled_layer_is_refused_with_its_name():
