@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from comfyui_persona.core.buckets import buckets, cover_crop, nearest_bucket

@@ -46,8 +46,6 @@ def test_prepare_holds_photos_out_and_marks_them_in_the_manifest(held_out):
 
 
 def test_held_out_photos_never_reach_the_data_the_loop_sees(held_out, tiny_model, tmp_path):
-    from PIL import Image
-
     from comfyui_persona.trainers.loop.data import prepare_data
     from comfyui_persona.trainers.loop.setup import setup
 

@@ -4,7 +4,6 @@ refusal when nothing fits, and memory="auto" in a real training run."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch

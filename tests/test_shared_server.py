@@ -17,7 +17,6 @@ import time
 import uuid
 
 import pytest
-from PIL import Image
 
 pytestmark = pytest.mark.server
 
@@ -182,7 +181,7 @@ def test_sweep_sets_only_training_fields(comfy, canary, probe_model):
         entry = comfy.run_prompt({"1": {"class_type": "PersonaSweep", "inputs": _inputs(
             comfy, "PersonaSweep", dataset=dataset, base_model=probe_model, sweep_name="probe_sweep", study="sweep",
             runs=runs, overrides=overrides)}})
-        message = _refused(comfy, entry, canary, f"{where}: '{field}' cannot be set per run")
+        _refused(comfy, entry, canary, f"{where}: '{field}' cannot be set per run")
     assert not list(canary["root"].glob("run*"))
     assert not (comfy.output_dir / "persona" / "sweeps" / "probe_sweep").exists()
 
