@@ -54,6 +54,22 @@ def test_each_layout_reads_back_the_weights_it_stores(tmp_path, layout):
         assert (raw - original["blocks.0.attn.weight"]).abs().max() > 100 * original["blocks.0.attn.weight"].abs().max()
 
 
+def test_a_scaled_weight_is_scaled_in_a_copy(tmp_path):
+    """A weight with a scale beside it is scaled into a new tensor whatever its dtype (a bf16
+    weight with a ``scale_weight``, as a hand-made or hostile file may hold): the caller's tensor
+    and the file stay as they were."""
+    weight = torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=torch.bfloat16)
+    tensors = {"blocks.0.attn.weight": weight.clone(), "blocks.0.attn.scale_weight": torch.tensor(0.25)}
+    path = tmp_path / "bf16-scaled.safetensors"
+    save_file(tensors, str(path))
+    before = path.read_bytes()
+    expected = weight.float() * 0.25
+    assert torch.equal(read_weights(path)["blocks.0.attn.weight"].float(), expected)
+    assert path.read_bytes() == before
+    assert torch.equal(dequantize(tensors, "model.safetensors")["blocks.0.attn.weight"].float(), expected)
+    assert torch.equal(tensors["blocks.0.attn.weight"], weight)
+
+
 _READ_PEAK = """
 import resource, sys
 from comfyui_persona.models.file_weights import read_weights
