@@ -29,11 +29,16 @@ class Components:
     # a denoiser not read yet (``Family.load(..., defer_denoiser=True)``): read by load_denoiser
     denoiser_loader: Callable[[], Any] | None = None
 
-    def load_denoiser(self):
+    def load_denoiser(self, keep_fp8: tuple[str, ...] | None = None):
         """The denoiser, read now if its loading was deferred (so that the text encoders can
-        encode every caption and be freed before the largest part of the model loads)."""
+        encode every caption and be freed before the largest part of the model loads).
+        ``keep_fp8``: a transformer file's fp8 weights are read as stored into Persona's fp8
+        layer, but in layers whose names contain one of it (a run that quantizes its base to
+        fp8 anyway; ``models/file_weights.py``); other loaders read as they always do."""
         if self.denoiser is None and self.denoiser_loader is not None:
-            self.denoiser, self.denoiser_loader = self.denoiser_loader(), None
+            loader = self.denoiser_loader
+            keeps = keep_fp8 is not None and getattr(loader, "keeps_fp8", False)
+            self.denoiser, self.denoiser_loader = (loader(keep_fp8=keep_fp8) if keeps else loader()), None
         return self.denoiser
 
     @property

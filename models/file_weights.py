@@ -18,6 +18,16 @@ which only ComfyUI's fp8 matrix products use, are dropped. The frozen base is th
 where the plan says so, quantized again by Persona's own fp8 layer (``quantize_base``), so
 a run from an fp8 file needs no more device memory than one from a bf16 file.
 
+A run that quantizes its base to fp8 anyway reads a transformer file's ``float8_e4m3fn``
+matrix weights as stored instead (``keep_fp8``): each ``<layer>.weight`` stays in fp8 with its
+scale beside it as ``<layer>.scale`` (one per row, the file's per-tensor scale repeated; 1 for a
+plain fp8 file), and the loader builds Persona's fp8 layer from them
+(``models/fp8_linear.install_stored_fp8``). The base then takes its fp8 size in CPU memory
+while it loads, not its bf16 size (Qwen-Image's 20 B transformer: about 20 GB instead of 40),
+and trains with exactly the file's values, not a second rounding of them. A layout converter
+(BFL's or the original layout's names) is applied by :func:`convert_keeping_fp8`, which moves
+each scale with its rows.
+
 Loaders that read a path themselves (diffusers' ``from_single_file`` for SD1.5/SDXL
 checkpoints) get :func:`loadable_file`: the file itself, or a dequantized copy written once in
 the Persona cache, named by the file's content (the user's file is never changed).
@@ -25,9 +35,14 @@ the Persona cache, named by the file's content (the user's file is never changed
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
+
+from .fp8_linear import FP8 as KEPT_FP8, SCALE_SUFFIX, dequantize_stored
+
+log = logging.getLogger(__name__)
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_NAMES = ("F8_E4M3", "F8_E5M2")
@@ -55,12 +70,13 @@ def _is_dropped(key: str) -> bool:
     return key.endswith(("scaled_fp8", *_SCALE_SUFFIXES, *_DROPPED, ".weight_scale_2"))
 
 
-def _dequantized(keys, get, source: str, metadata: dict, dtype: torch.dtype):
+def _dequantized(keys, get, source: str, metadata: dict, dtype: torch.dtype, keep_fp8: bool = False):
     """``(key, tensor)`` for every kept key, each tensor fetched by ``get`` only when its turn
     comes and dequantized before the next is fetched. A scaled weight is copied into ``dtype``
     and scaled in place there: no float32 temporaries (which fragmented the heap: reading a
     128 MB fp8 file peaked anywhere from 396 to 835 MB), and the tensor ``get`` gave (a caller's,
-    or a read-only view of a mapped file, whatever its dtype) is never written."""
+    or a read-only view of a mapped file, whatever its dtype) is never written. ``keep_fp8``:
+    ``float8_e4m3fn`` matrix weights as stored, each followed by its ``<layer>.scale`` column."""
     keys = list(keys)
     formats = {}
     raw = (metadata or {}).get("_quantization_metadata")
@@ -73,11 +89,19 @@ def _dequantized(keys, get, source: str, metadata: dict, dtype: torch.dtype):
         for suffix in _SCALE_SUFFIXES:
             if key.endswith(suffix):
                 scales[key[:-len(suffix)]] = get(key)
+    names = set(keys)
     for key in keys:
         if _is_dropped(key):
             continue
         value = get(key)
         layer = key[:-len(".weight")] if key.endswith(".weight") else None
+        if keep_fp8 and layer is not None and value.dtype == KEPT_FP8 and value.ndim == 2 \
+                and formats.get(layer, "float8_e4m3fn") == "float8_e4m3fn" and layer + SCALE_SUFFIX not in names:
+            scale = scales.get(layer)
+            if scale is None or scale.numel() == 1:
+                yield key, value
+                yield layer + SCALE_SUFFIX, torch.full((value.shape[0], 1), 1.0 if scale is None else float(scale))
+                continue
         if layer is not None and layer in scales:
             fmt = formats.get(layer, "float8_e4m3fn")
             scale = scales[layer]
@@ -98,15 +122,69 @@ def dequantize(tensors: dict[str, torch.Tensor], source: str, metadata: dict | N
     return dict(_dequantized(tensors.keys(), tensors.__getitem__, source, metadata or {}, dtype))
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def read_weights(path: str | Path, keep_fp8: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of a .safetensors file, 8-bit float weights dequantized into bf16 (a file
     without any comes back as it is). The file is read one tensor at a time, each dequantized
     before the next is read: reading an fp8 file takes its bf16 size in memory (what the
-    host-memory check counts) besides the mapped file."""
+    host-memory check counts) besides the mapped file. ``keep_fp8``: ``float8_e4m3fn`` matrix
+    weights as stored, with their ``<layer>.scale`` columns (see the module's text)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return dict(_dequantized(f.keys(), f.get_tensor, Path(path).name, f.metadata() or {}, DEQUANTIZED_DTYPE))
+        return dict(_dequantized(f.keys(), f.get_tensor, Path(path).name, f.metadata() or {}, DEQUANTIZED_DTYPE,
+                                 keep_fp8))
+
+
+def _kept_scales(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{scale key: weight key}`` of the weights read as stored (fp8 with a scale column)."""
+    pairs = {}
+    for key in tensors:
+        if key.endswith(SCALE_SUFFIX):
+            weight = key[:-len(SCALE_SUFFIX)] + ".weight"
+            if weight in tensors and tensors[weight].dtype == KEPT_FP8:
+                pairs[key] = weight
+    return pairs
+
+
+def dequantize_kept(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` read with ``keep_fp8`` as :func:`read_weights` would have read them without."""
+    pairs = _kept_scales(tensors)
+    out = {k: v for k, v in tensors.items() if k not in pairs}
+    for scale, weight in pairs.items():
+        out[weight] = dequantize_stored(tensors[weight], tensors[scale], DEQUANTIZED_DTYPE)
+    return out
+
+
+def convert_keeping_fp8(convert, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``convert`` (a layout converter: renames, and splits or joins along the rows) applied to
+    ``tensors`` read with ``keep_fp8``, each kept weight's scale column moved with its rows: the
+    converter runs once on the weights and once with each kept weight replaced by its column,
+    and a converted fp8 weight takes the converted column of its name. A converter that does
+    anything else to a weight (reshapes it, computes with it) is run on the dequantized
+    tensors instead, as without ``keep_fp8``."""
+    pairs = _kept_scales(tensors)
+    if not pairs:
+        return convert(tensors)
+    weights = {k: v for k, v in tensors.items() if k not in pairs}
+    columns = dict(weights)
+    for scale, weight in pairs.items():
+        columns[weight] = tensors[scale]
+    try:
+        out = convert(weights)
+        moved = convert(columns)
+        for key, value in list(out.items()):
+            column = moved.get(key)
+            if value.dtype != KEPT_FP8:  # not made from a kept weight (one cast by the converter would be)
+                if column is None or column.shape != value.shape:
+                    raise ValueError(f"'{key}' is not converted row by row")
+            elif not key.endswith(".weight") or column is None or tuple(column.shape) != (value.shape[0], 1):
+                raise ValueError(f"'{key}' is not converted row by row")
+            else:
+                out[key[:-len(".weight")] + SCALE_SUFFIX] = column
+        return out
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # not a row-wise layout change
+        log.info("fp8 weights read dequantized: the layout conversion is not row by row (%s)", e)
+        return convert(dequantize_kept(tensors))
 
 
 def loadable_file(path: str | Path) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from comfyui_persona.trainers.config import TrainConfig
 from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes, check_host_memory, load_bytes, \
-    loads_in_stages
+    loads_in_stages, reads_fp8_as_stored
 
 
 def _sparse_safetensors(path, shapes: dict[str, tuple[list[int], str]]) -> int:
@@ -70,6 +70,33 @@ def test_comfyuis_separate_files_count_as_stored_with_8_bit_floats_read_as_bf16(
     assert load_bytes(sd15) == int(2 * base * MARGIN)  # an SD checkpoint's parts are built in fp32
 
 
+def test_a_run_that_quantizes_to_fp8_counts_the_files_fp8_weights_at_one_byte(tmp_path):
+    """Qwen-Image's transformer file in fp8 (a matrix weight, a bias, a 1-D norm beside it): a
+    run that quantizes its base to fp8 reads the fp8 matrix weights as stored (a byte each and a
+    float32 scale per row), so loading takes about half of what reading them as bf16 takes; the
+    text encoder's fp8 weights are still read as bf16. Only such runs read so: not with another
+    quantization, a training adapter to merge, a diffusers folder, or class images sampled with
+    an nf4 base."""
+    _sparse_safetensors(tmp_path / "qwen_image_fp8_e4m3fn.safetensors", {
+        "model.diffusion_model.a.weight": ([2000, 1000], "F8_E4M3"), "model.diffusion_model.a.bias": ([2000], "BF16"),
+        "model.diffusion_model.n.weight": ([1000], "F8_E4M3")})
+    llm = _sparse_safetensors(tmp_path / "qwen_2.5_vl_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
+    vae = _sparse_safetensors(tmp_path / "qwen_image_vae.safetensors", {"w": ([100, 10], "F32")})
+    cfg = TrainConfig(base_model=str(tmp_path / "qwen_image_fp8_e4m3fn.safetensors"), dataset="(d)",
+                      family="qwen_image", llm=str(tmp_path / "qwen_2.5_vl_fp8.safetensors"),
+                      vae=str(tmp_path / "qwen_image_vae.safetensors"), quantize_base="fp8",
+                      prior_preservation=True, class_prompt="a photo of a person")
+    as_bf16 = 2 * 2_000_000 + 2 * 2000 + 2 * 1000
+    as_stored = 2_000_000 + 4 * 2000 + 2 * 2000 + 2 * 1000  # the 1-D fp8 weight is no layer's matrix: bf16
+    assert load_bytes(cfg) == int((as_bf16 + 2 * llm + vae) * MARGIN)
+    assert load_bytes(cfg, keep_fp8=True) == int((as_stored + 2 * llm + vae) * MARGIN)
+    assert reads_fp8_as_stored(cfg) and reads_fp8_as_stored(cfg, "fp8") and reads_fp8_as_stored(cfg, "off")
+    assert not reads_fp8_as_stored(cfg, "nf4")  # the class images would sample with Persona's fp8 layer, not nf4
+    for change in ({"quantize_base": "off"}, {"quantize_base": "nf4"},
+                   {"training_adapter": str(tmp_path / "qwen_image_vae.safetensors")}, {"base_model": str(tmp_path)}):
+        assert not reads_fp8_as_stored(cfg.model_copy(update=change)), change
+
+
 def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_loads(tmp_path):
     """A FLUX-sized transformer file (24 GB in bf16 on disk, a hole here): 48 GB as loaded."""
     have = available_bytes()
@@ -118,11 +145,11 @@ def test_the_text_encoder_is_freed_before_the_transformer_loads(tiny_z_image, fa
 
     load_denoiser = Components.load_denoiser
 
-    def watched_load_denoiser(self):  # the real one, after noting what is alive when it reads the file
+    def watched_load_denoiser(self, *args):  # the real one, after noting what is alive when it reads the file
         if self.denoiser is None:
             gc.collect()
             seen["encoder alive"] = seen["text_encoder"]() is not None
-        return load_denoiser(self)
+        return load_denoiser(self, *args)
 
     monkeypatch.setattr(family, "load_single_file", load_single_file)
     monkeypatch.setattr(Components, "load_denoiser", watched_load_denoiser)

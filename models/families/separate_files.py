@@ -88,14 +88,32 @@ def model_config(folder: Path) -> dict:
     return {k: v for k, v in json.loads((Path(folder) / "config.json").read_text()).items() if not k.startswith("_")}
 
 
-def build_on_meta(cls, config: dict, tensors: dict, path, what: str, field: str = "base_model"):
+def transformer_loader(load, path: Path, config: Path):
+    """A single transformer file's deferred read (``Components.denoiser_loader``):
+    ``load(path, config, keep_fp8=...)`` when the denoiser is needed. It can keep the file's fp8
+    weights as stored (``Components.load_denoiser``)."""
+    from functools import partial
+
+    loader = partial(load, path, config)
+    loader.keeps_fp8 = True
+    return loader
+
+
+def build_on_meta(cls, config: dict, tensors: dict, path, what: str, field: str = "base_model",
+                  keep_fp8: tuple[str, ...] | None = None):
     """``cls(**config)`` built on the meta device and given ``tensors`` (no copy); a file
     whose weights do not fit is refused with what is missing or left over, under the config
-    ``field`` that named it."""
+    ``field`` that named it. ``keep_fp8`` (tensors read so): the linear layers of fp8 weights
+    become Persona's fp8 layer, but those whose names contain one of it
+    (``models/fp8_linear.install_stored_fp8``)."""
     import torch
 
     with torch.device("meta"):
         model = cls(**config)
+    if keep_fp8 is not None:
+        from ..fp8_linear import install_stored_fp8
+
+        tensors = install_stored_fp8(model, tensors, keep_fp8)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{field}: '{path}' does not fit the {what}: missing {missing[:3]}, "

@@ -18,7 +18,7 @@ from ...core.deps import require
 from ...models.families import Family, get_family
 from ..config import TrainConfig
 from ..memory import techniques as memory
-from ..memory.host_memory import check_host_memory, loads_in_stages
+from ..memory.host_memory import check_host_memory, loads_in_stages, reads_fp8_as_stored
 from ..outputs.run_dir import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,24 @@ def load_base(cfg: TrainConfig, defer_denoiser: bool = False):
                            **{n: getattr(cfg, n) for n in get_family(cfg.family).separate_files if getattr(cfg, n)})
 
 
+def stored_fp8(cfg: TrainConfig, plan) -> tuple[str, ...] | None:
+    """What the denoiser's loader is given as ``keep_fp8``: the layers its family keeps out of
+    fp8 where the run reads a file's fp8 weights as stored (``reads_fp8_as_stored``), else None."""
+    phase = (getattr(plan, "class_images", None) or {}).get("quantize")
+    return get_family(cfg.family).quantize_skip if reads_fp8_as_stored(cfg, phase) else None
+
+
 def ready_denoiser(s: Session) -> None:
-    """The denoiser read (where its loading was deferred), the training adapter merged into it
-    and frozen."""
+    """The denoiser read (where its loading was deferred; an fp8 file's weights as stored where
+    the run quantizes to fp8 anyway), the training adapter merged into it and frozen."""
+    from ...models.fp8_linear import Fp8Linear
+
     cfg, comps = s.cfg, s.comps
-    comps.load_denoiser()
+    comps.load_denoiser(stored_fp8(cfg, s.plan))
+    kept = sum(isinstance(m, Fp8Linear) for m in comps.denoiser.modules())
+    if kept:
+        log.info("fp8: %d linear layers of '%s' read as stored (the file's values and scales)", kept,
+                 Path(cfg.base_model).name)
     if cfg.training_adapter:
         from ...models.adapters import merge_adapter
 
@@ -107,11 +120,12 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
-    need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                             keep_fp8=stored_fp8(cfg, plan) is not None)
     staged = loads_in_stages(cfg)
     log.info("host memory: loading the base model needs about %.1f GB%s", need / 2 ** 30,
              " (the text encoders freed once the captions are encoded, before the denoiser loads)" if staged else "")
-    comps = load_base(cfg, defer_denoiser=staged)
+    comps = load_base(cfg, defer_denoiser=True)  # read by ready_denoiser, now or once the captions are encoded
     for module in [comps.vae, *comps.text_encoders]:
         memory.freeze(module)
     # every model reaches the device one phase at a time, cast on the CPU first (trainers/loop/data.py)

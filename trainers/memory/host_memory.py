@@ -17,6 +17,11 @@ caches its captions (:func:`loads_in_stages`): the text encoders and the VAE fir
 caption encoded, the text encoders freed, and only then the denoiser. Its peak is then the VAE
 plus the larger of the two, not their sum: for FLUX.2 dev from ComfyUI's files, about 71 GB
 instead of about 124 GB (Mistral Small 3.1 24B, then the 32 B transformer, each as bf16).
+
+A run that quantizes its base to fp8 reads such a transformer file's fp8 matrix weights as
+stored (:func:`reads_fp8_as_stored`, ``models/file_weights.py``): they count one byte each
+(and a scale per row), so Qwen-Image's fp8 file loads in about 20 GB where its bf16 reading
+took about 40 GB.
 """
 from __future__ import annotations
 
@@ -27,18 +32,21 @@ _OTHER = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MARGIN = 1.10  # the loaders' transient copies of one tensor at a time, Python's own memory
 
 
-def _file_bytes(path: Path, keep_file_precision: bool) -> int:
+def _file_bytes(path: Path, keep_file_precision: bool, keep_fp8: bool = False) -> int:
     from safetensors import safe_open
 
     total = 0
     with safe_open(str(path), "pt") as f:
         for key in f.keys():
             s = f.get_slice(key)
+            shape = s.get_shape()
             n = 1
-            for d in s.get_shape():
+            for d in shape:
                 n *= d
             dtype = s.get_dtype()
-            if dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
+            if keep_fp8 and dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight"):
+                total += n + 4 * shape[0]  # as stored, with a float32 scale per row
+            elif dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
                 total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
             else:
                 total += n * _OTHER.get(dtype, 4)
@@ -52,6 +60,19 @@ def loads_in_stages(cfg) -> bool:
     from ...models.families import get_family
 
     return not get_family(cfg.family).keeps_text_encoders and cfg.caches_captions and not cfg.prior_preservation
+
+
+def reads_fp8_as_stored(cfg, class_images_quantize: str | None = None) -> bool:
+    """Whether ``cfg``'s run reads its transformer file's fp8 weights as stored, into Persona's
+    fp8 layer: the base is a single transformer file (a family that reads those as stored),
+    quantized to fp8 by the run anyway (``quantize_base: fp8``, LoRA), no training adapter is
+    merged into its weights, and prior preservation's class images (the plan's
+    ``class_images_quantize``) do not sample with an int8 or nf4 base instead."""
+    from ...models.families import get_family
+
+    return (cfg.quantize_base == "fp8" and cfg.method == "lora" and not cfg.training_adapter
+            and get_family(cfg.family).single_files_as_stored and Path(cfg.base_model).is_file()
+            and not (cfg.prior_preservation and class_images_quantize in ("int8", "nf4")))
 
 
 def weight_files(cfg) -> list[tuple[Path, bool, str]]:
@@ -79,14 +100,15 @@ def weight_files(cfg) -> list[tuple[Path, bool, str]]:
     return files
 
 
-def load_bytes(cfg) -> int:
+def load_bytes(cfg, keep_fp8: bool = False) -> int:
     """Bytes of CPU memory loading ``cfg``'s base model takes at its peak (see the module's
     text): every part at once, or for a run that loads in stages the VAE with the larger of
-    the text encoders and the denoiser."""
+    the text encoders and the denoiser. ``keep_fp8``: the denoiser's fp8 weights are read as
+    stored (:func:`reads_fp8_as_stored`)."""
     parts = {"denoiser": 0, "text": 0, "vae": 0}
     for f, keep, part in weight_files(cfg):
         if f.suffix == ".safetensors":
-            parts[part] += _file_bytes(f, keep)
+            parts[part] += _file_bytes(f, keep, keep_fp8 and part == "denoiser")
     if loads_in_stages(cfg):
         return int((parts["vae"] + max(parts["text"], parts["denoiser"])) * MARGIN)
     return int(sum(parts.values()) * MARGIN)
@@ -98,11 +120,11 @@ def available_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_host_memory(cfg, available: int | None = None, processes: int = 1) -> int:
+def check_host_memory(cfg, available: int | None = None, processes: int = 1, keep_fp8: bool = False) -> int:
     """Refuse ``cfg`` (a ``ConfigError`` naming ``base_model``) when loading its base model in
     each of ``processes`` processes on this machine needs more CPU memory than is available;
-    returns the bytes they need."""
-    need = load_bytes(cfg) * processes
+    returns the bytes they need. ``keep_fp8``: see :func:`load_bytes`."""
+    need = load_bytes(cfg, keep_fp8) * processes
     have = available_bytes() if available is None else available
     if need > have:
         raise type(cfg).field_error(

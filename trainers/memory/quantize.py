@@ -1,9 +1,10 @@
 """A quantized frozen base: the denoiser's linear weights stored in 8 or 4 bits, computed in
 the mixed-precision dtype. LoRA adapters (peft) wrap the quantized layers as usual.
 
-- ``fp8``: pure PyTorch. float8 e4m3 weights with one scale per output row (absmax / 448);
-  the forward dequantizes one layer at a time, and a custom autograd function keeps only the
-  8-bit weight for the backward (a plain ``F.linear`` would save the dequantized copy).
+- ``fp8``: pure PyTorch (``models/fp8_linear.py``). float8 e4m3 weights with one scale per
+  output row (absmax / 448); the forward dequantizes one layer at a time, and a custom autograd
+  function keeps only the 8-bit weight for the backward (a plain ``F.linear`` would save the
+  dequantized copy). Layers read from an fp8 file as stored are already such layers and stay.
 - ``int8`` / ``nf4``: bitsandbytes' ``Linear8bitLt`` / ``Linear4bit`` (what QLoRA uses).
 """
 from __future__ import annotations
@@ -11,51 +12,10 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
+
+from ...models.fp8_linear import Fp8Linear
 
 log = logging.getLogger(__name__)
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0
-
-
-class _Fp8Matmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, scale, bias):
-        if not x.is_floating_point() or x.element_size() < 2:
-            raise TypeError(f"Fp8Linear: the input is {x.dtype}, not a 16- or 32-bit float (model code cast it to the "
-                            f"layer's float8 weight dtype: name the layer in its family's quantize_skip)")
-        ctx.save_for_backward(weight, scale)
-        w = weight.to(x.dtype) * scale.to(x.dtype)
-        return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, scale = ctx.saved_tensors
-        w = weight.to(grad.dtype) * scale.to(grad.dtype)
-        return grad @ w, None, None, None
-
-
-class Fp8Linear(torch.nn.Linear):
-    """A frozen linear layer with float8 weights and per-row scales (saved in state dicts
-    as ``weight`` + ``scale``)."""
-
-    def __init__(self, source: torch.nn.Linear):
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = source.in_features, source.out_features
-        w = source.weight.detach().float()
-        scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
-        # buffers, not parameters: pipelines take a model's dtype from its first parameter
-        self.register_buffer("weight", (w / scale).to(FP8))
-        self.register_buffer("scale", scale.to(torch.float32))
-        self.bias = None if source.bias is None else torch.nn.Parameter(source.bias.detach().clone(),
-                                                                        requires_grad=False)
-
-    def forward(self, x):
-        return _Fp8Matmul.apply(x, self.weight, self.scale, self.bias)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.weight.float() * self.scale
 
 
 def _linear_children(module: torch.nn.Module):

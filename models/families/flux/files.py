@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, load_vae, require_companions, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, load_vae, require_companions, strip_prefix, \
+    transformer_loader
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +24,32 @@ def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
     itself (read when the loader is called: ``Components.load_denoiser``)."""
     transformers = require("transformers", "Training FLUX")
     require_companions(path, "FLUX", clip_l=clip_l, t5=t5, vae=vae)
-    transformer = partial(load_transformer_file, path, config / "transformer")
+    transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
     t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)
     return transformer, clip, t5_model, load_vae(config / "vae", vae)
 
 
-def load_transformer_file(path: Path, config: Path):
-    """The FLUX transformer from one .safetensors file in BFL or diffusers layout."""
+def load_transformer_file(path: Path, config: Path, keep_fp8: tuple[str, ...] | None = None):
+    """The FLUX transformer from one .safetensors file in BFL or diffusers layout
+    (``keep_fp8``: see ``build_on_meta``)."""
     diffusers = require("diffusers", "Training FLUX")
-    from ...file_weights import read_weights
+    from ...file_weights import convert_keeping_fp8, read_weights
     from .keys import bfl_to_diffusers
 
-    tensors = strip_prefix(read_weights(path))
+    tensors = strip_prefix(read_weights(path, keep_fp8 is not None))
     cfg = json.loads((config / "config.json").read_text())
     if any(k.startswith("double_blocks.") for k in tensors):
         cfg.update(_shape_from_bfl(tensors))
-        tensors = bfl_to_diffusers(tensors, cfg)
+        tensors = convert_keeping_fp8(partial(bfl_to_diffusers, cfg=cfg), tensors)
     else:
         cfg.update(num_layers=1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("transformer_blocks.")),
                    num_single_layers=1 + max(int(k.split(".")[1]) for k in tensors
                                              if k.startswith("single_transformer_blocks.")),
                    guidance_embeds=any("guidance_embedder" in k for k in tensors))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return build_on_meta(diffusers.FluxTransformer2DModel, cfg, tensors, path, "FLUX transformer")
+    return build_on_meta(diffusers.FluxTransformer2DModel, cfg, tensors, path, "FLUX transformer",
+                         keep_fp8=keep_fp8)
 
 
 def _shape_from_bfl(tensors) -> dict:

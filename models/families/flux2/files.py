@@ -10,14 +10,15 @@ from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix, \
+    transformer_loader
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
     """(the transformer's loader, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training FLUX.2")
     require_companions(path, "FLUX.2", llm=llm, vae=vae)
-    transformer = partial(load_transformer_file, path, config / "transformer")
+    transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen3Model, transformers.Qwen3Config, config / "text_encoder", llm,
                                    qwen3_overrides(llm))
     return transformer, text_encoder, load_vae(config / "vae", vae)
@@ -114,18 +115,19 @@ def shape_from_bfl(tensors) -> dict:
                 joint_attention_dim=tensors["txt_in.weight"].shape[1])
 
 
-def load_transformer_file(path: Path, config: Path):
-    """The FLUX.2 transformer from one .safetensors file in BFL or diffusers layout."""
+def load_transformer_file(path: Path, config: Path, keep_fp8: tuple[str, ...] | None = None):
+    """The FLUX.2 transformer from one .safetensors file in BFL or diffusers layout
+    (``keep_fp8``: see ``build_on_meta``)."""
     diffusers = require("diffusers", "Training FLUX.2")
-    from ...file_weights import read_weights
+    from ...file_weights import convert_keeping_fp8, read_weights
     from .keys import bfl_to_diffusers
 
-    tensors = strip_prefix(read_weights(path))
+    tensors = strip_prefix(read_weights(path, keep_fp8 is not None))
     cfg = model_config(config)
     try:
         if "double_stream_modulation_img.lin.weight" in tensors:
             cfg.update(shape_from_bfl(tensors))
-            tensors = bfl_to_diffusers(tensors, cfg)
+            tensors = convert_keeping_fp8(partial(bfl_to_diffusers, cfg=cfg), tensors)
         else:
             inner, channels = tensors["x_embedder.weight"].shape
             head = tensors["transformer_blocks.0.attn.norm_q.weight"].shape[0]
@@ -137,4 +139,5 @@ def load_transformer_file(path: Path, config: Path):
                        joint_attention_dim=tensors["context_embedder.weight"].shape[1])
     except (KeyError, ValueError) as e:
         raise ValueError(f"base_model: '{path}' is not a FLUX.2 transformer (no {e})") from None
-    return build_on_meta(diffusers.Flux2Transformer2DModel, cfg, tensors, path, "FLUX.2 transformer")
+    return build_on_meta(diffusers.Flux2Transformer2DModel, cfg, tensors, path, "FLUX.2 transformer",
+                         keep_fp8=keep_fp8)

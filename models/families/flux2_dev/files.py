@@ -7,12 +7,11 @@ well) and FLUX.2's VAE (``models/vae/flux2-vae.safetensors``), read with the con
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
 from ..flux2.files import has_guidance_embedding, load_transformer_file, load_vae, transformer_width
-from ..separate_files import load_text_model, require_companions
+from ..separate_files import load_text_model, require_companions, transformer_loader
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
@@ -21,7 +20,7 @@ def load_separate_files(path: Path, config: Path, llm, vae):
     if not has_guidance_embedding(path):
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer without a guidance embedding (klein); "
                          f"train it as family flux2")
-    transformer = partial(load_transformer_file, path, config / "transformer")
+    transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     return transformer, load_mistral(config / "text_encoder", llm), load_vae(config / "vae", vae)
 
 

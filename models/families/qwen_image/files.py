@@ -7,18 +7,18 @@ read with the configs in ``configs/qwen_image``.
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from ....core.deps import require
-from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix
+from ..separate_files import build_on_meta, load_text_model, model_config, require_companions, strip_prefix, \
+    transformer_loader
 
 
 def load_separate_files(path: Path, config: Path, llm, vae):
     """(the transformer's loader, Qwen2.5-VL's language model, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training Qwen-Image")
     require_companions(path, "Qwen-Image", llm=llm, vae=vae)
-    transformer = partial(load_transformer_file, path, config / "transformer")
+    transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen2_5_VLTextModel, transformers.Qwen2_5_VLTextConfig,
                                    config / "text_encoder", llm)
     return transformer, text_encoder, load_vae_file(config / "vae", vae)
@@ -34,12 +34,13 @@ def shape_from_weights(tensors) -> dict:
                 out_channels=tensors["proj_out.weight"].shape[0] // 4)
 
 
-def load_transformer_file(path: Path, config: Path):
-    """The Qwen-Image transformer from one .safetensors file (bf16, or fp8 dequantized)."""
+def load_transformer_file(path: Path, config: Path, keep_fp8: tuple[str, ...] | None = None):
+    """The Qwen-Image transformer from one .safetensors file (bf16, or fp8 dequantized; with
+    ``keep_fp8``, see ``build_on_meta``, fp8 as stored)."""
     diffusers = require("diffusers", "Training Qwen-Image")
     from ...file_weights import read_weights
 
-    tensors = strip_prefix(read_weights(path))
+    tensors = strip_prefix(read_weights(path, keep_fp8 is not None))
     cfg = model_config(config)
     try:
         cfg.update(shape_from_weights(tensors))
@@ -48,7 +49,8 @@ def load_transformer_file(path: Path, config: Path):
     if cfg["attention_head_dim"] != sum(cfg["axes_dims_rope"]):
         raise ValueError(f"base_model: '{path}': heads of {cfg['attention_head_dim']} channels do not fit "
                          f"Qwen-Image's rotary axes {cfg['axes_dims_rope']}")
-    model = build_on_meta(diffusers.QwenImageTransformer2DModel, cfg, tensors, path, "Qwen-Image transformer")
+    model = build_on_meta(diffusers.QwenImageTransformer2DModel, cfg, tensors, path, "Qwen-Image transformer",
+                          keep_fp8=keep_fp8)
     import torch
 
     with torch.device("cpu"):  # its rotary tables are computed when built, held by no file
