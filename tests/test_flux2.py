@@ -71,9 +71,12 @@ def test_flux2_lora_applies_fully_in_comfyui(flux2_run, tiny_flux2, comfy, tmp_p
 def test_a_single_klein_file_is_planned_at_its_own_size(tmp_path):
     """The memory planner reads which klein a single transformer file is from its input
     projection's width (the header alone): 3072 is klein 4B, 4096 klein 9B (8 double and 24
-    single blocks, Qwen3-8B, about 9 billion parameters); another width is refused by name."""
+    single blocks, Qwen3-8B, about 9 billion parameters); another width is refused by name. The
+    planner's memoised peaks and plans are keyed by that size, so a klein 9B file never reuses
+    what klein 4B's plan simulated."""
     from comfyui_persona.models.architectures import meta_components
     from comfyui_persona.models.families import get_family
+    from comfyui_persona.trainers.memory.planner import arch_id
 
     files = {}
     for width, key in ((3072, "model.diffusion_model.img_in.weight"), (4096, "x_embedder.weight"),
@@ -88,6 +91,8 @@ def test_a_single_klein_file_is_planned_at_its_own_size(tmp_path):
     assert 8.5e9 < sum(p.numel() for p in nine.denoiser.parameters()) < 9.5e9
     with pytest.raises(ValueError, match="6144 wide"):
         get_family("flux2").published_size(files[6144])
+    assert arch_id("flux2", str(files[3072]), "real") == arch_id("flux2", None, "real") == "flux2-real"
+    assert arch_id("flux2", str(files[4096]), "real") == arch_id("flux2", None, "klein-9b") == "flux2-klein-9b"
 
 
 @pytest.mark.quick

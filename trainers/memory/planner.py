@@ -319,6 +319,10 @@ def arch_id(family: str, base_model: str | None, size: str) -> str:
             if f.is_file():
                 parts.append(json.loads(f.read_text()))
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if folder is not None and folder.is_file() and size == "real":  # a family of several published sizes:
+        from ...models.families import get_family  # the one the file is (what meta_components builds)
+
+        size = get_family(family).published_size(folder)
     return f"{family}-{size}"
 
 
