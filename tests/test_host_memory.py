@@ -3,41 +3,21 @@ read from the files' headers as the loaders will build the weights, and a base m
 this machine's available memory refused with both figures before anything loads."""
 from __future__ import annotations
 
-import json
-import struct
-
 import pytest
+
+from sparse_files import sparse_safetensors
 
 from comfyui_persona.trainers.config import TrainConfig
 from comfyui_persona.trainers.memory.host_memory import MARGIN, available_bytes, check_host_memory, load_bytes, \
     loads_in_stages, reads_fp8_as_stored
 
 
-def _sparse_safetensors(path, shapes: dict[str, tuple[list[int], str]]) -> int:
-    """A valid safetensors file whose tensors' bytes are a hole in the file (no disk used):
-    the header is real, the data reads as zeros. Returns the data's size in bytes."""
-    sizes = {"BF16": 2, "F32": 4, "F16": 2, "F8_E4M3": 1}
-    header, offset = {}, 0
-    for name, (shape, dtype) in shapes.items():
-        n = sizes[dtype]
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    return offset
-
-
 def test_a_folder_counts_diffusers_parts_in_fp32_and_text_encoders_as_stored(tmp_path):
     for part in ("unet", "vae", "text_encoder"):
         (tmp_path / part).mkdir()
-    unet = _sparse_safetensors(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", {"w": ([1000, 1000], "BF16")})
-    _sparse_safetensors(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", {"w": ([100], "F32")})
-    te = _sparse_safetensors(tmp_path / "text_encoder" / "model.safetensors", {"w": ([500, 100], "F16")})
+    unet = sparse_safetensors(tmp_path / "unet" / "diffusion_pytorch_model.safetensors", {"w": ([1000, 1000], "BF16")})
+    sparse_safetensors(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", {"w": ([100], "F32")})
+    te = sparse_safetensors(tmp_path / "text_encoder" / "model.safetensors", {"w": ([500, 100], "F16")})
     cfg = TrainConfig(base_model=str(tmp_path), dataset="(d)", family="sd15")
     assert load_bytes(cfg) == int((unet * 2 + 400 + te) * MARGIN)
     # a Z-Image folder, captions cached: its text encoder is freed before the transformer loads
@@ -53,9 +33,9 @@ def test_comfyuis_separate_files_count_as_stored_with_8_bit_floats_read_as_bf16(
     preservation (class images sampled with both) all three are loaded at once; with the
     captions cached and nothing else, the text encoder is freed before the transformer loads,
     so the peak is the VAE with the larger of the two."""
-    base = _sparse_safetensors(tmp_path / "flux2.safetensors", {"w": ([1000, 1000], "BF16")})
-    llm = _sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
-    vae = _sparse_safetensors(tmp_path / "flux2-vae.safetensors", {"w": ([100, 10], "F32")})
+    base = sparse_safetensors(tmp_path / "flux2.safetensors", {"w": ([1000, 1000], "BF16")})
+    llm = sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
+    vae = sparse_safetensors(tmp_path / "flux2-vae.safetensors", {"w": ([100, 10], "F32")})
     cfg = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="flux2",
                       llm=str(tmp_path / "qwen_3_4b_fp8.safetensors"), vae=str(tmp_path / "flux2-vae.safetensors"),
                       prior_preservation=True, class_prompt="a photo of a person")
@@ -77,11 +57,11 @@ def test_a_run_that_quantizes_to_fp8_counts_the_files_fp8_weights_at_one_byte(tm
     text encoder's fp8 weights are still read as bf16. Only such runs read so: not with another
     quantization, a training adapter to merge, a diffusers folder, or class images sampled with
     an nf4 base."""
-    _sparse_safetensors(tmp_path / "qwen_image_fp8_e4m3fn.safetensors", {
+    sparse_safetensors(tmp_path / "qwen_image_fp8_e4m3fn.safetensors", {
         "model.diffusion_model.a.weight": ([2000, 1000], "F8_E4M3"), "model.diffusion_model.a.bias": ([2000], "BF16"),
         "model.diffusion_model.n.weight": ([1000], "F8_E4M3")})
-    llm = _sparse_safetensors(tmp_path / "qwen_2.5_vl_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
-    vae = _sparse_safetensors(tmp_path / "qwen_image_vae.safetensors", {"w": ([100, 10], "F32")})
+    llm = sparse_safetensors(tmp_path / "qwen_2.5_vl_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
+    vae = sparse_safetensors(tmp_path / "qwen_image_vae.safetensors", {"w": ([100, 10], "F32")})
     cfg = TrainConfig(base_model=str(tmp_path / "qwen_image_fp8_e4m3fn.safetensors"), dataset="(d)",
                       family="qwen_image", llm=str(tmp_path / "qwen_2.5_vl_fp8.safetensors"),
                       vae=str(tmp_path / "qwen_image_vae.safetensors"), quantize_base="fp8",
@@ -102,13 +82,13 @@ def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_load
     have = available_bytes()
     rows = have // 2 // 3072 + 1  # bf16 on disk: more than half the available memory, so fp32 is more than all
     path = tmp_path / "big_transformer.safetensors"
-    _sparse_safetensors(path, {"w": ([rows, 3072], "BF16")})
+    sparse_safetensors(path, {"w": ([rows, 3072], "BF16")})
     cfg = TrainConfig(base_model=str(path), dataset="(d)", family="sd15")
     with pytest.raises(ValueError, match=r"base_model: loading 'big_transformer.safetensors' needs about "
                                          r"[\d.]+ GB of CPU memory .* and [\d.]+ GB is available"):
         check_host_memory(cfg)
     small = tmp_path / "small.safetensors"
-    _sparse_safetensors(small, {"w": ([1000, 1000], "BF16")})
+    sparse_safetensors(small, {"w": ([1000, 1000], "BF16")})
     ok = TrainConfig(base_model=str(small), dataset="(d)", family="sd15")
     assert check_host_memory(ok) == int(4_000_000 * MARGIN)
     with pytest.raises(ValueError, match="in 2 processes"):

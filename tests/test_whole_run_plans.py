@@ -25,8 +25,8 @@ def plan_cache(tmp_path_factory):
 
 
 def _cfg(family, resolution, **fields):
-    return TrainConfig(base_model="(plan)", dataset="(plan)", family=family, resolution=resolution,
-                       mixed_precision="bf16", rank=16, alpha=16, **fields)
+    return TrainConfig(**{"base_model": "(plan)", "dataset": "(plan)", "family": family, "resolution": resolution,
+                          "mixed_precision": "bf16", "rank": 16, "alpha": 16, **fields})
 
 
 def test_the_headroom_is_the_context_and_the_allocators_reserve():
@@ -254,3 +254,52 @@ def test_a_plan_with_validation_fits_its_sampling_too(plan_cache, monkeypatch):
     assert p.validation and "and validation sampling" in p.describe()
     assert p.whole_run_peak_mb <= p.usable_mb
     assert all(t["predicted_peak_mb"] > 0 for t in p.tried)
+
+
+def test_a_plan_that_would_not_load_in_system_memory_reads_the_fp8_file_as_stored(plan_cache, monkeypatch,
+                                                                                     tmp_path):
+    """FLUX.2 klein 4B LoRA @1024 in 6 GB from an fp8 transformer file (ComfyUI's layout, its
+    header at the published width; the tensors' bytes a hole in the file): the fastest plan
+    quantizes the base to nf4, which reads the file's fp8 weights as bf16 first, two bytes each.
+    On a machine whose available memory holds the file at one byte per weight but not at two,
+    the run's plan searches among fp8 bases instead, says why, and loads (the host-memory check
+    passes); with memory enough, or too little for either, or a text encoder larger than the
+    transformer read as bf16 (the staged load's peak, which fp8 does not lower), the faster plan
+    stays, and where it cannot load the check refuses it."""
+    from sparse_files import sparse_safetensors
+
+    from comfyui_persona.trainers.memory.host_memory import check_host_memory, load_bytes
+
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    monkeypatch.setattr(planner, "_bnb_available", lambda: True)  # the target GPU's bitsandbytes
+    prefix = "model.diffusion_model."
+    sparse_safetensors(tmp_path / "klein.safetensors", {
+        f"{prefix}img_in.weight": ([3072, 128], "F8_E4M3"),  # the width: klein 4B
+        f"{prefix}single_blocks.0.linear1.weight": ([36864, 3072], "F8_E4M3"),
+        f"{prefix}single_blocks.0.linear1.scale_weight": ([1], "F32")})
+    sparse_safetensors(tmp_path / "vae.safetensors", {"w": ([1000], "F32")})
+    sparse_safetensors(tmp_path / "qwen_3_4b.safetensors", {"w": ([10000, 2560], "BF16")})
+    cfg = _cfg("flux2", 1024, base_model=str(tmp_path / "klein.safetensors"), llm=str(tmp_path / "qwen_3_4b.safetensors"),
+               vae=str(tmp_path / "vae.safetensors"), vram_budget_gb=6, memory="auto")
+    gpu = torch.device("cuda")  # the target (the budget is given: nothing asks the device)
+    as_bf16 = load_bytes(cfg.model_copy(update={"quantize_base": "nf4"}))
+    as_stored = load_bytes(cfg.model_copy(update={"quantize_base": "fp8"}), keep_fp8=True)
+    assert as_stored < 0.6 * as_bf16
+
+    fastest = planner.plan_for_config(cfg, gpu, available=as_bf16)
+    assert fastest.switches["quantize_base"] == "nf4" and fastest.host_memory == ""
+    fitted = planner.plan_for_config(cfg, gpu, available=as_bf16 - 1)
+    assert fitted.switches["quantize_base"] == "fp8" and fitted.relative_speed < fastest.relative_speed
+    assert fitted.whole_run_peak_mb <= fitted.usable_mb == fastest.usable_mb
+    assert "system memory: the base is fp8" in fitted.host_memory and fitted.host_memory in fitted.describe()
+    assert f"{as_bf16 / 2 ** 30:.1f} GB" in fitted.host_memory and f"{as_stored / 2 ** 30:.1f} GB" in fitted.host_memory
+    run = fitted.apply(cfg)
+    assert check_host_memory(run, available=as_bf16 - 1, keep_fp8=True) == as_stored
+    with pytest.raises(ValueError, match="base_model"):  # what the faster plan would have met
+        check_host_memory(fastest.apply(cfg), available=as_bf16 - 1)
+
+    too_little = planner.plan_for_config(cfg, gpu, available=as_stored - 1)
+    assert too_little.switches == fastest.switches and too_little.host_memory == ""
+    sparse_safetensors(tmp_path / "qwen_3_4b.safetensors", {"w": ([50000, 2560], "BF16")})  # 256 MB > 2 x 113 MB
+    assert load_bytes(cfg.model_copy(update={"quantize_base": "fp8"}), keep_fp8=True) == load_bytes(cfg)
+    assert planner.plan_for_config(cfg, gpu, available=load_bytes(cfg) - 1).switches == fastest.switches

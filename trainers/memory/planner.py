@@ -39,6 +39,11 @@ checkpointing plan is last compared with the leanest plan without checkpointing.
 candidate that keeps at least as much. Every predicted peak is memoised (per architecture,
 config and switches, on disk), and so is every finished plan (per architecture, config,
 budget and what the machine offers): a repeated plan costs a file read.
+
+**System memory.** A run's plan (:func:`plan_for_config`) is last checked against the memory
+its base needs to load: where the fastest plan reads an fp8 transformer file as bf16 and does
+not load in what the system has available while an fp8 base, read as stored, would, the plan is
+searched again among fp8 bases (:func:`within_host_memory`).
 """
 from __future__ import annotations
 
@@ -108,6 +113,7 @@ class Plan:
     caching: dict = field(default_factory=dict)  # the caching phase (caching.plan_caching)
     validation: bool = False  # predicted_peak_mb covers validation sampling too (validate_every)
     class_images: dict = field(default_factory=dict)  # prior preservation's class images (class_images.py)
+    host_memory: str = ""  # why the plan's base is fp8: the system memory loading it takes (within_host_memory)
 
     def apply(self, cfg):
         from ..config import TrainConfig
@@ -143,6 +149,8 @@ class Plan:
                         + (f"; text encoders on the CPU: {', '.join(c['text_on_cpu'])}" if c["text_on_cpu"] else "")
                         + ("; the denoiser quantized to fp8 before it samples" if c["quantize"] != "off" else "")
                         + (f"; {c['stream_blocks']} blocks streamed while it samples" if c.get("stream_blocks") else ""))
+        if self.host_memory:
+            rows.append(self.host_memory)
         rows.append(f"predicted peak: {size_text(self.predicted_peak_mb)} (training step"
                     f"{' and validation sampling' if self.validation else ''}), "
                     f"{size_text(self.whole_run_peak_mb)} (whole run); predicted speed: "
@@ -185,9 +193,11 @@ def _half_precision(device) -> str:
     return "bf16"
 
 
-def candidates(cfg, device, bnb: bool | None = None, compile_ok: bool | None = None) -> list[dict]:
+def candidates(cfg, device, bnb: bool | None = None, compile_ok: bool | None = None,
+               bases: tuple[str, ...] | None = None) -> list[dict]:
     """Every candidate without checkpointing or streaming (the search adds those), fastest
-    predicted first (ties keep this enumeration order)."""
+    predicted first (ties keep this enumeration order); ``bases``: only these ``quantize_base``
+    values (a LoRA's)."""
     bnb = _bnb_available() if bnb is None else bnb
     compile_ok = _compile_available(device) if compile_ok is None else compile_ok
     lora = cfg.method == "lora"
@@ -196,6 +206,8 @@ def candidates(cfg, device, bnb: bool | None = None, compile_ok: bool | None = N
     quants = (["off", "fp8"] + (["nf4"] if bnb else [])) if lora else ["off"]
     if cfg.use_dora:  # DoRA reads its base weight; the fp8 layer's rows need their scales
         quants = [q for q in quants if q != "fp8"]
+    if bases is not None:
+        quants = [q for q in quants if q in bases]
     precisions = [(half, False)] if lora else [("no", False), (half, False)] + ([("bf16", True)] if half == "bf16" else [])
     total = cfg.batch_size * cfg.gradient_accumulation
     micros = [m for m in range(cfg.batch_size, 0, -1) if total % m == 0]
@@ -505,10 +517,10 @@ class _Search:
         return {**c, "stream_blocks": n}
 
 
-def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) -> str:
+def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases=None) -> str:
     # search 2: fp8 bases are streamed too (the memoised peaks of version 4 stay valid)
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {"plan": True, "whole_run": 2, "search": 2, "validation": cfg.validate_every > 0,
+                {**({"bases": list(bases)} if bases is not None else {}), "plan": True, "whole_run": 2, "search": 2, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
@@ -526,26 +538,28 @@ def usable_budget(budget_mb: float, cuda: bool, context_mb: float | None = None)
 
 
 def plan(cfg, budget_mb: float, device="cuda", base_model: str | None = None, size: str = "real",
-         bnb: bool | None = None, compile_ok: bool | None = None, context_mb: float | None = None) -> Plan:
+         bnb: bool | None = None, compile_ok: bool | None = None, context_mb: float | None = None,
+         bases: tuple[str, ...] | None = None) -> Plan:
     """The plan for ``cfg`` within ``budget_mb`` (see the module's text); every phase's predicted
-    peak fits :func:`usable_budget`."""
+    peak fits :func:`usable_budget`. ``bases``: a LoRA's base quantized only so (``("fp8",)``:
+    :func:`within_host_memory`)."""
     bnb = _bnb_available() if bnb is None else bnb
     compile_ok = _compile_available(device) if compile_ok is None else compile_ok
     usable = usable_budget(budget_mb, _cuda_target(device, size, base_model), context_mb)
-    key = _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok) + f"-{usable:.1f}"
+    key = _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases) + f"-{usable:.1f}"
     stored = _read_json(_cache_file("whole_plans.json"))
     if key in stored:
         return Plan(**stored[key])
-    result = _search(cfg, budget_mb, usable, device, base_model, size, bnb, compile_ok)
+    result = _search(cfg, budget_mb, usable, device, base_model, size, bnb, compile_ok, bases)
     stored = _read_json(_cache_file("whole_plans.json"))
     stored[key] = result.to_json()
     _write_json(_cache_file("whole_plans.json"), stored)
     return result
 
 
-def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok) -> Plan:
+def _search(cfg, budget_mb, usable_mb, device, base_model, size, bnb, compile_ok, bases=None) -> Plan:
     s = _Search(cfg, usable_mb, device, base_model, size)
-    cands = candidates(cfg, device, bnb, compile_ok)
+    cands = candidates(cfg, device, bnb, compile_ok, bases)
     streaming = cfg.method == "lora" and not cfg.use_dora
     lean = leanest(cands)
     lean_peak = s.peak(lean)
@@ -668,19 +682,65 @@ def budget_mb_for(cfg, device) -> float:
     return free / 2 ** 20
 
 
-def plan_for_config(cfg, device) -> Plan:
+def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], available: int | None = None) -> Plan:
+    """``chosen``, or where loading its base would take more system memory than is
+    ``available`` (default: what the system reports) and reading the transformer file's fp8
+    weights as stored would not, the plan ``fp8_plan`` searches among fp8 bases only.
+
+    The search weighs GPU memory and speed alone; a LoRA on an fp8 transformer file loads it at
+    one byte per weight when its base is fp8 (``host_memory.reads_fp8_as_stored``) and at two
+    when it is bf16 or nf4 (read as bf16 first): Qwen-Image's fp8 file about 20 GB against 40.
+    The faster plan is kept wherever it loads; where neither loads, the run's host-memory check
+    refuses it with both figures."""
+    from .host_memory import available_bytes, load_bytes, reads_fp8_as_stored
+
+    if cfg.method != "lora" or cfg.use_dora or chosen.switches.get("quantize_base") == "fp8":
+        return chosen
+    as_fp8 = cfg.model_copy(update={"quantize_base": "fp8"})
+    if not reads_fp8_as_stored(as_fp8):
+        return chosen
+    run = chosen.apply(cfg)
+    need = load_bytes(run, reads_fp8_as_stored(run, chosen.class_images.get("quantize")))
+    have = available_bytes() if available is None else available
+    need_fp8 = load_bytes(as_fp8, keep_fp8=True)
+    if need <= have or need_fp8 >= need or need_fp8 > have:
+        return chosen
+    try:
+        alternative = fp8_plan()
+    except PlanError as e:
+        log.info("memory plan: no fp8 base fits the budget (%s); the plan stays %s", e, chosen.summary())
+        return chosen
+    if not reads_fp8_as_stored(alternative.apply(cfg), alternative.class_images.get("quantize")):
+        return chosen
+    alternative.host_memory = (
+        f"system memory: the base is fp8, read as the file stores it (about {need_fp8 / 2 ** 30:.1f} GB to load), "
+        f"because the faster plan ({chosen.summary()}; {chosen.relative_speed:.2f}x) reads the file's fp8 weights as "
+        f"bf16 (about {need / 2 ** 30:.1f} GB) and {have / 2 ** 30:.1f} GB is available")
+    return alternative
+
+
+def plan_for_config(cfg, device, available: int | None = None) -> Plan:
     """The plan of a run: the model's own architecture (its folder's configs, or the family's
     published size for single files) and the budget from the config or the free VRAM (which
-    already holds the CUDA context)."""
-    return plan(cfg, budget_mb_for(cfg, device), device, cfg.base_model, "real",
-                context_mb=None if cfg.vram_budget_gb > 0 else 0.0)
+    already holds the CUDA context), its base fp8 where only that loads in the system memory
+    ``available`` (:func:`within_host_memory`)."""
+    return _planned(cfg, device, cfg.base_model, available)
+
+
+def _planned(cfg, device, base_model: str | None, available: int | None = None) -> Plan:
+    budget = budget_mb_for(cfg, device)
+    context = None if cfg.vram_budget_gb > 0 else 0.0
+    chosen = plan(cfg, budget, device, base_model, "real", context_mb=context)
+    return within_host_memory(cfg, chosen, lambda: plan(cfg, budget, device, base_model, "real",
+                                                        context_mb=context, bases=("fp8",)), available)
 
 
 def plan_request(family: str, method: str, resolution: int, batch_size: int, gradient_accumulation: int,
                  rank: int, train_text_encoder: bool, vram_budget_gb: float, base_model: str | None = None,
                  device="auto") -> Plan:
     """A plan without a dataset or a run: for a model folder's architecture, or the family's
-    published size (what the Persona Memory Plan node asks)."""
+    published size (what the Persona Memory Plan node asks); for a transformer file, what a run
+    from it would plan (:func:`plan_for_config`)."""
     from ..config import TrainConfig
     from .techniques import resolve_device
 
@@ -690,5 +750,4 @@ def plan_request(family: str, method: str, resolution: int, batch_size: int, gra
         resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation, rank=rank,
         alpha=float(rank), train_text_encoder=train_text_encoder, vram_budget_gb=vram_budget_gb, memory="auto"),
         source="memory plan")
-    return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real",
-                context_mb=None if vram_budget_gb > 0 else 0.0)
+    return _planned(cfg, device, base_model)
