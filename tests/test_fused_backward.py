@@ -192,7 +192,8 @@ def test_the_simulation_keeps_the_gradients_a_fused_run_accumulates():
         return simulate("sd15", cfg, None, "tiny")
 
     once, twice = sim(1), sim(2)
-    gradients = 4 * once["trainable"]
+    gradients = 4 * once["trainable"]  # the UNet's weights (the frozen text encoder is not trained)
     # the first micro-step's gradients are alive through the second one's forward pass (when a
-    # simulation stepped in every micro-step's hooks, the two peaks were equal to a few bytes)
-    assert twice["peak_bytes"] - once["peak_bytes"] > 0.25 * gradients, (once, twice)
+    # simulation stepped in every micro-step's hooks, the two peaks were equal to a few bytes);
+    # measured: 0.99 of them
+    assert twice["peak_bytes"] - once["peak_bytes"] > 0.9 * gradients, (once, twice)

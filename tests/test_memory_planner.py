@@ -58,6 +58,22 @@ def test_remembered_meta_results_change_no_simulated_peak():
     assert remembered.hits > remembered.misses
 
 
+def test_a_simulation_counts_what_the_optimizer_trains():
+    """The planner's bound on what a lighter optimizer or the fused backward saves multiplies
+    by the trained parameters: for a LoRA the adapters alone, rank x (in + out) per targeted
+    layer, not the text encoders the simulation leaves unfrozen (it counted them once: SDXL's
+    840 M instead of 23 M)."""
+    from comfyui_persona.models.architectures import instantiate
+    from comfyui_persona.trainers.memory.simulate import simulate
+
+    for family in ("sd15", "sdxl"):
+        cfg = _cfg(family, rank=4, alpha=4)
+        unet = instantiate(family, "tiny", text_encoders=False, tokenizers=False).denoiser
+        adapters = sum(4 * (m.in_features + m.out_features) for name, m in unet.named_modules()
+                       if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in cfg.lora_targets))
+        assert adapters > 0 and simulate(family, cfg, size="tiny")["trainable"] == adapters, family
+
+
 def test_replayed_operators_keep_views_and_in_place_writes_exact():
     from comfyui_persona.trainers.memory.simulate import LiveTensorMeter
 

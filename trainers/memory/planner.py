@@ -89,7 +89,7 @@ RESERVE_FRACTION = 0.08
 MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 STREAMABLE = ("off", "fp8")  # bases whose blocks can be streamed (bitsandbytes' layers cannot)
-VERSION = 4  # 4: an fp8 base keeps its family's quantize_skip layers in full precision
+VERSION = 5  # 5: "trainable" counts what the optimizer trains (it counted unfrozen text encoders too)
 MAX_SIMULATIONS = 16  # new ones, after the leanest plan
 
 

@@ -379,7 +379,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     step after ``warmup`` steps, those steps' times (on CUDA between events recorded at the
     step boundaries: the host never waits inside the steps), the warm-up steps' seconds (what
     compilation costs shows there), and every step's loss (read from the device once, after
-    the last step)."""
+    the last step), and the number of parameters the optimizer trains (``trained``)."""
     device = torch.device(device)
     fam = get_family(comps.family)
     dtype = memory.weight_dtype(cfg.mixed_precision, device)
@@ -406,6 +406,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
         half_meta = meta and dtype != torch.float32
         groups = make_trainable(comps, cfg, device, dtype,
                                 (lambda: MetaAutocast(dtype)) if half_meta else None)
+        trained = sum(p.numel() for g in groups for p in g["params"])
         ema = None
         if cfg.ema and not cfg.ema_on_cpu:  # the fp32 shadow of every trained tensor
             ema = EMA({str(i): p for i, p in enumerate(p for g in groups for p in g["params"])}, cfg.ema_decay)
@@ -493,7 +494,7 @@ def run_steps(comps, cfg, device, steps: int = 2, meter: LiveTensorMeter | None 
     later = times[warmup:] or times
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     losses = [float(x) for x in torch.stack(step_losses).cpu()] if steps and not meta else []  # the one host sync
-    return {"peak_bytes": int(peak), "validation_peak_bytes": validation_peak,
+    return {"peak_bytes": int(peak), "validation_peak_bytes": validation_peak, "trained": trained,
             "reserved_bytes": reserved, "seconds_per_step": statistics.median(later),
             "step_seconds": later, "warmup_seconds": sum(times[:warmup]) if len(times) > warmup else 0.0,
             "steps": steps, "loss": losses[-1] if losses else None, "losses": losses}
@@ -555,7 +556,9 @@ def simulate(family: str, cfg, base_model: str | None = None, size: str = "real"
     """Predicted peak bytes of training ``cfg`` on a GPU, from a meta-device run (one step
     after the optimizer's states are made as a step makes them, on a copy of the
     architecture), of validation sampling beside it (``validate_every``; else None), and the
-    number of trained parameters: ``{"peak_bytes", "validation_peak_bytes", "trainable"}``."""
+    number of parameters the optimizer trains (the adapters, or the weights a full fine-tune
+    trains; a frozen text encoder is none of them): ``{"peak_bytes", "validation_peak_bytes",
+    "trainable"}``."""
     import copy
 
     # hosts may call this under inference mode / no_grad (ComfyUI runs nodes so): a training
@@ -564,10 +567,8 @@ def simulate(family: str, cfg, base_model: str | None = None, size: str = "real"
         comps = copy.deepcopy(architecture(family, base_model, size))
         meter = LiveTensorMeter()
         out = run_steps(comps, cfg, "meta", steps=1, meter=meter, prime=True, validation=cfg.validate_every > 0)
-        trainable = sum(p.numel() for m in [comps.denoiser, *comps.text_encoders] if m is not None
-                        for p in m.parameters() if p.requires_grad)
         return {"peak_bytes": out["peak_bytes"], "validation_peak_bytes": out["validation_peak_bytes"],
-                "trainable": trainable}
+                "trainable": out["trained"]}
 
 
 def simulate_peak(family: str, cfg, base_model: str | None = None, size: str = "real") -> int:
