@@ -298,6 +298,8 @@ def test_a_plan_that_would_not_load_in_system_memory_reads_the_fp8_file_as_store
     with pytest.raises(ValueError, match="base_model"):  # what the faster plan would have met
         check_host_memory(fastest.apply(cfg), available=as_bf16 - 1)
 
+    # a distributed launch's two processes on this machine each load it
+    assert planner.plan_for_config(cfg, gpu, available=2 * as_bf16 - 1, processes=2).switches == fitted.switches
     too_little = planner.plan_for_config(cfg, gpu, available=as_stored - 1)
     assert too_little.switches == fastest.switches and too_little.host_memory == ""
     sparse_safetensors(tmp_path / "qwen_3_4b.safetensors", {"w": ([50000, 2560], "BF16")})  # 256 MB > 2 x 113 MB

@@ -49,6 +49,12 @@ class Session:
         return self.requested.digest()
 
 
+def loading_processes() -> int:
+    """How many processes on this machine load the base model at once (a distributed launch's
+    local processes)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def plan_memory(cfg: TrainConfig):
     """(config to train with, plan or None): ``memory: auto`` lets the planner set the switches."""
     if cfg.memory != "auto":
@@ -58,7 +64,7 @@ def plan_memory(cfg: TrainConfig):
         return cfg, None  # no accelerator memory to fit: the switches as set
     from ..memory.planner import plan_for_config
 
-    plan = plan_for_config(cfg, device)
+    plan = plan_for_config(cfg, device, processes=loading_processes())
     log.info("memory plan:\n%s", plan.describe())
     return plan.apply(cfg), plan
 
@@ -120,7 +126,7 @@ def setup(requested: TrainConfig, resume: bool) -> Session:
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
-    need = check_host_memory(cfg, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    need = check_host_memory(cfg, processes=loading_processes(),
                              keep_fp8=stored_fp8(cfg, plan) is not None)
     staged = loads_in_stages(cfg)
     log.info("host memory: loading the base model needs about %.1f GB%s", need / 2 ** 30,

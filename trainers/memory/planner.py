@@ -682,10 +682,12 @@ def budget_mb_for(cfg, device) -> float:
     return free / 2 ** 20
 
 
-def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], available: int | None = None) -> Plan:
-    """``chosen``, or where loading its base would take more system memory than is
-    ``available`` (default: what the system reports) and reading the transformer file's fp8
-    weights as stored would not, the plan ``fp8_plan`` searches among fp8 bases only.
+def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], available: int | None = None,
+                       processes: int = 1) -> Plan:
+    """``chosen``, or where loading its base in each of ``processes`` processes would take more
+    system memory than is ``available`` (default: what the system reports) and reading the
+    transformer file's fp8 weights as stored would not, the plan ``fp8_plan`` searches among
+    fp8 bases only.
 
     The search weighs GPU memory and speed alone; a LoRA on an fp8 transformer file loads it at
     one byte per weight when its base is fp8 (``host_memory.reads_fp8_as_stored``) and at two
@@ -700,9 +702,9 @@ def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], availabl
     if not reads_fp8_as_stored(as_fp8):
         return chosen
     run = chosen.apply(cfg)
-    need = load_bytes(run, reads_fp8_as_stored(run, chosen.class_images.get("quantize")))
+    need = load_bytes(run, reads_fp8_as_stored(run, chosen.class_images.get("quantize"))) * processes
     have = available_bytes() if available is None else available
-    need_fp8 = load_bytes(as_fp8, keep_fp8=True)
+    need_fp8 = load_bytes(as_fp8, keep_fp8=True) * processes
     if need <= have or need_fp8 >= need or need_fp8 > have:
         return chosen
     try:
@@ -719,20 +721,20 @@ def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], availabl
     return alternative
 
 
-def plan_for_config(cfg, device, available: int | None = None) -> Plan:
+def plan_for_config(cfg, device, available: int | None = None, processes: int = 1) -> Plan:
     """The plan of a run: the model's own architecture (its folder's configs, or the family's
     published size for single files) and the budget from the config or the free VRAM (which
     already holds the CUDA context), its base fp8 where only that loads in the system memory
-    ``available`` (:func:`within_host_memory`)."""
-    return _planned(cfg, device, cfg.base_model, available)
+    ``available`` to each of ``processes`` processes (:func:`within_host_memory`)."""
+    return _planned(cfg, device, cfg.base_model, available, processes)
 
 
-def _planned(cfg, device, base_model: str | None, available: int | None = None) -> Plan:
+def _planned(cfg, device, base_model: str | None, available: int | None = None, processes: int = 1) -> Plan:
     budget = budget_mb_for(cfg, device)
     context = None if cfg.vram_budget_gb > 0 else 0.0
     chosen = plan(cfg, budget, device, base_model, "real", context_mb=context)
     return within_host_memory(cfg, chosen, lambda: plan(cfg, budget, device, base_model, "real",
-                                                        context_mb=context, bases=("fp8",)), available)
+                                                        context_mb=context, bases=("fp8",)), available, processes)
 
 
 def plan_request(family: str, method: str, resolution: int, batch_size: int, gradient_accumulation: int,
