@@ -75,6 +75,15 @@ def test_a_run_that_quantizes_to_fp8_counts_the_files_fp8_weights_at_one_byte(tm
     for change in ({"quantize_base": "off"}, {"quantize_base": "nf4"},
                    {"training_adapter": str(tmp_path / "qwen_image_vae.safetensors")}, {"base_model": str(tmp_path)}):
         assert not reads_fp8_as_stored(cfg.model_copy(update=change)), change
+    # a run set by hand to another base that cannot load so is told what would
+    nf4 = cfg.model_copy(update={"quantize_base": "nf4", "prior_preservation": False})
+    fits_fp8 = load_bytes(nf4.model_copy(update={"quantize_base": "fp8"}), keep_fp8=True)
+    with pytest.raises(ValueError, match=rf"set quantize_base 'fp8' \(the file's fp8 weights read as stored: about "
+                                         rf"{fits_fp8 / 2 ** 30:.1f} GB"):
+        check_host_memory(nf4, available=fits_fp8)
+    with pytest.raises(ValueError) as refused:  # too little for either: no such advice
+        check_host_memory(nf4, available=fits_fp8 - 1)
+    assert "quantize_base" not in str(refused.value)
 
 
 def test_a_base_model_larger_than_the_available_memory_is_refused_before_it_loads(tmp_path):

@@ -132,5 +132,19 @@ def check_host_memory(cfg, available: int | None = None, processes: int = 1, kee
                           + (f" in {processes} processes" if processes > 1 else "") + f" needs about {need / 2 ** 30:.1f} GB of CPU memory "
                           f"(its weights as the loaders build them, before they are cast to the compute precision) "
                           f"and {have / 2 ** 30:.1f} GB is available: close other programs (ComfyUI's own loaded "
-                          f"models included), add memory or swap, or use a smaller base model")
+                          f"models included), add memory or swap, "
+                          + _as_stored_hint(cfg, keep_fp8, processes, have) + "or use a smaller base model")
     return need
+
+
+def _as_stored_hint(cfg, keep_fp8: bool, processes: int, have: int) -> str:
+    """What the refusal suggests where ``quantize_base: fp8`` would read the file's fp8 weights as
+    stored and then load."""
+    as_fp8 = cfg.model_copy(update={"quantize_base": "fp8"})
+    if keep_fp8 or not reads_fp8_as_stored(as_fp8):
+        return ""
+    need = load_bytes(as_fp8, keep_fp8=True) * processes
+    if need >= load_bytes(cfg) * processes or need > have:
+        return ""
+    return (f"set quantize_base 'fp8' (the file's fp8 weights read as stored: about {need / 2 ** 30:.1f} GB; "
+            f"memory 'auto' plans so by itself), ")
