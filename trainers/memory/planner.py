@@ -520,7 +520,8 @@ class _Search:
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases=None) -> str:
     # search 2: fp8 bases are streamed too (the memoised peaks of version 4 stay valid)
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {**({"bases": list(bases)} if bases is not None else {}), "plan": True, "whole_run": 2, "search": 2, "validation": cfg.validate_every > 0,
+                {**({"bases": list(bases)} if bases is not None else {}), "plan": True, "whole_run": 2,
+                 "search": 2, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
@@ -724,8 +725,8 @@ def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], availabl
 def plan_for_config(cfg, device, available: int | None = None, processes: int = 1) -> Plan:
     """The plan of a run: the model's own architecture (its folder's configs, or the family's
     published size for single files) and the budget from the config or the free VRAM (which
-    already holds the CUDA context), its base fp8 where only that loads in the system memory
-    ``available`` to each of ``processes`` processes (:func:`within_host_memory`)."""
+    already holds the CUDA context), its base fp8 where only that loads, once in each of
+    ``processes`` processes, in the system memory ``available`` (:func:`within_host_memory`)."""
     return _planned(cfg, device, cfg.base_model, available, processes)
 
 
