@@ -727,14 +727,10 @@ def plan_for_config(cfg, device, available: int | None = None, processes: int = 
     published size for single files) and the budget from the config or the free VRAM (which
     already holds the CUDA context), its base fp8 where only that loads, once in each of
     ``processes`` processes, in the system memory ``available`` (:func:`within_host_memory`)."""
-    return _planned(cfg, device, cfg.base_model, available, processes)
-
-
-def _planned(cfg, device, base_model: str | None, available: int | None = None, processes: int = 1) -> Plan:
     budget = budget_mb_for(cfg, device)
     context = None if cfg.vram_budget_gb > 0 else 0.0
-    chosen = plan(cfg, budget, device, base_model, "real", context_mb=context)
-    return within_host_memory(cfg, chosen, lambda: plan(cfg, budget, device, base_model, "real",
+    chosen = plan(cfg, budget, device, cfg.base_model, "real", context_mb=context)
+    return within_host_memory(cfg, chosen, lambda: plan(cfg, budget, device, cfg.base_model, "real",
                                                         context_mb=context, bases=("fp8",)), available, processes)
 
 
@@ -742,8 +738,9 @@ def plan_request(family: str, method: str, resolution: int, batch_size: int, gra
                  rank: int, train_text_encoder: bool, vram_budget_gb: float, base_model: str | None = None,
                  device="auto") -> Plan:
     """A plan without a dataset or a run: for a model folder's architecture, or the family's
-    published size (what the Persona Memory Plan node asks); for a transformer file, what a run
-    from it would plan (:func:`plan_for_config`)."""
+    published size (what the Persona Memory Plan node asks). System memory is not weighed here:
+    without the run's text encoder and VAE files its load is not known (a run weighs it,
+    :func:`plan_for_config`)."""
     from ..config import TrainConfig
     from .techniques import resolve_device
 
@@ -753,4 +750,5 @@ def plan_request(family: str, method: str, resolution: int, batch_size: int, gra
         resolution=resolution, batch_size=batch_size, gradient_accumulation=gradient_accumulation, rank=rank,
         alpha=float(rank), train_text_encoder=train_text_encoder, vram_budget_gb=vram_budget_gb, memory="auto"),
         source="memory plan")
-    return _planned(cfg, device, base_model)
+    return plan(cfg, budget_mb_for(cfg, device), device, base_model, "real",
+                context_mb=None if vram_budget_gb > 0 else 0.0)
