@@ -137,14 +137,19 @@ def check_host_memory(cfg, available: int | None = None, processes: int = 1, kee
     return need
 
 
+def as_stored_load_bytes(cfg, processes: int = 1) -> int | None:
+    """What loading ``cfg``'s base would take in each of ``processes`` processes with
+    ``quantize_base: fp8``, the transformer file's fp8 weights read as stored; None where such a
+    run would not read them so (:func:`reads_fp8_as_stored`)."""
+    as_fp8 = cfg.model_copy(update={"quantize_base": "fp8"})
+    return load_bytes(as_fp8, keep_fp8=True) * processes if reads_fp8_as_stored(as_fp8) else None
+
+
 def _as_stored_hint(cfg, keep_fp8: bool, processes: int, have: int) -> str:
     """What the refusal suggests where ``quantize_base: fp8`` would read the file's fp8 weights as
     stored and then load."""
-    as_fp8 = cfg.model_copy(update={"quantize_base": "fp8"})
-    if keep_fp8 or not reads_fp8_as_stored(as_fp8):
-        return ""
-    need = load_bytes(as_fp8, keep_fp8=True) * processes
-    if need >= load_bytes(cfg) * processes or need > have:
+    need = None if keep_fp8 else as_stored_load_bytes(cfg, processes)
+    if need is None or need >= load_bytes(cfg) * processes or need > have:
         return ""
     return (f"set quantize_base 'fp8' (the file's fp8 weights read as stored: about {need / 2 ** 30:.1f} GB; "
             f"memory 'auto' plans so by itself), ")

@@ -695,17 +695,16 @@ def within_host_memory(cfg, chosen: Plan, fp8_plan: Callable[[], Plan], availabl
     when it is bf16 or nf4 (read as bf16 first): Qwen-Image's fp8 file about 20 GB against 40.
     The faster plan is kept wherever it loads; where neither loads, the run's host-memory check
     refuses it with both figures."""
-    from .host_memory import available_bytes, load_bytes, reads_fp8_as_stored
+    from .host_memory import as_stored_load_bytes, available_bytes, load_bytes, reads_fp8_as_stored
 
-    if cfg.method != "lora" or cfg.use_dora or chosen.switches.get("quantize_base") == "fp8":
+    if cfg.use_dora or chosen.switches.get("quantize_base") == "fp8":  # (DoRA plans no fp8 base)
         return chosen
-    as_fp8 = cfg.model_copy(update={"quantize_base": "fp8"})
-    if not reads_fp8_as_stored(as_fp8):
+    need_fp8 = as_stored_load_bytes(cfg, processes)
+    if need_fp8 is None:
         return chosen
     run = chosen.apply(cfg)
     need = load_bytes(run, reads_fp8_as_stored(run, chosen.class_images.get("quantize"))) * processes
     have = available_bytes() if available is None else available
-    need_fp8 = load_bytes(as_fp8, keep_fp8=True) * processes
     if need <= have or need_fp8 >= need or need_fp8 > have:
         return chosen
     try:
