@@ -170,3 +170,68 @@ def test_a_run_that_quantizes_to_fp8_trains_on_the_files_own_fp8_values(tiny_flu
         plain, events = run("bf16")
     assert plain.steps_done == 2 and not any("read as stored" in r.getMessage() for r in caplog.records)
     assert not any(isinstance(m, Fp8Linear) for m in events["denoiser"].modules())
+
+
+def _t5():
+    from transformers import T5Config, T5EncoderModel
+
+    from comfyui_persona.models.families.flux import Flux
+
+    return "tiny_flux", "text_encoder_2", T5EncoderModel, T5Config, "", Flux.text_quantize_skip
+
+
+def _qwen3():
+    from transformers import Qwen3Config, Qwen3Model
+
+    return "tiny_z_image", "text_encoder", Qwen3Model, Qwen3Config, "model.", ()
+
+
+@pytest.mark.parametrize("encoder", ["t5", "qwen3"])
+@pytest.mark.parametrize("layout", ["fp8_e4m3fn", "fp8_scaled"])
+def test_a_text_encoders_fp8_file_is_read_as_stored(request, tmp_path, encoder, layout):
+    """A text encoder's file in ComfyUI's fp8 layouts (T5 as FLUX.1's ``t5xxl_fp8_e4m3fn``, Qwen3
+    as a causal LM's file under ``model.``): every linear layer of an fp8 weight is Persona's fp8
+    layer holding the file's values and scales, but those the family reads as bf16 (T5's
+    feed-forward output, whose input transformers casts to its weight's dtype) and the embedding
+    tables (no linear layer), which are exactly the bf16 reading of the same file. Cast to fp32
+    as a run on the CPU casts it, the encoder gives the bf16 reading's states bit for bit where
+    the file has no scales (the same values reach the same kernels); a scaled file's layer keeps
+    the product of value and scale in fp32 where the bf16 reading rounded it to bf16 (8
+    significant bits), so there the states agree within that rounding."""
+    from comfyui_persona.models.families.separate_files import load_text_model
+    from comfyui_persona.trainers.memory.techniques import cast_frozen, freeze
+
+    fixture, sub, cls, config_cls, prefix, skip = {"t5": _t5, "qwen3": _qwen3}[encoder]()
+    config = request.getfixturevalue(fixture) / sub
+    source = cls.from_pretrained(config)
+    path, plain = tmp_path / f"{encoder}_{layout}.safetensors", tmp_path / f"{encoder}_bf16.safetensors"
+    save_file(in_layout({f"{prefix}{k}": v.contiguous() for k, v in source.state_dict().items()}, layout), str(path))
+    save_file(read_weights(path), str(plain))  # the file as the bf16 reading reads it
+    stored = load_text_model(cls, config_cls, config, path, fp8_skip=skip)
+    as_bf16 = load_text_model(cls, config_cls, config, plain, fp8_skip=skip)
+    fp8_layers = {n: m for n, m in stored.named_modules() if isinstance(m, Fp8Linear)}
+    linears = {n for n, m in as_bf16.named_modules() if type(m) is torch.nn.Linear}
+    assert fp8_layers and set(fp8_layers) == {n for n in linears if not any(s in n for s in skip)}
+    if skip:
+        assert any(any(s in n for s in skip) for n in linears - set(fp8_layers))
+    bf16_weights = as_bf16.state_dict()
+    for name, layer in fp8_layers.items():
+        assert layer.weight.dtype == torch.float8_e4m3fn and layer.scale.shape == (layer.out_features, 1)
+        assert torch.equal(layer.dequantized().to(torch.bfloat16), bf16_weights[f"{name}.weight"]), name
+    own = stored.state_dict()
+    rest = [k for k in bf16_weights if k.removesuffix(".weight") not in fp8_layers]
+    assert any("embed" in k or k.startswith("shared.") for k in rest)
+    assert all(own[k].dtype == bf16_weights[k].dtype and torch.equal(own[k], bf16_weights[k]) for k in rest)
+    ids = torch.randint(0, source.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    states = []
+    for model in (stored, as_bf16):  # placed as a run on the CPU places its encoders
+        freeze(model)
+        cast_frozen(model, torch.float32)
+        with torch.no_grad():
+            states.append(model(input_ids=ids).last_hidden_state)
+    if layout == "fp8_e4m3fn":
+        assert torch.equal(states[0], states[1])
+    else:
+        assert not torch.equal(states[0], states[1])
+        # a few layers of one bf16 rounding each (2^-9 relative): measured 0.2-0.3 % of the largest state
+        assert (states[0] - states[1]).abs().max() <= 0.01 * states[1].abs().max()

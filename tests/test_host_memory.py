@@ -26,37 +26,52 @@ def test_a_folder_counts_diffusers_parts_in_fp32_and_text_encoders_as_stored(tmp
     assert load_bytes(z_image) == int((max(unet * 2, te) + 400) * MARGIN)
 
 
-def test_comfyuis_separate_files_count_as_stored_with_8_bit_floats_read_as_bf16(tmp_path):
+def test_comfyuis_separate_files_count_as_stored_with_the_text_encoders_fp8_matrices_at_one_byte(tmp_path):
     """A FLUX.2 transformer file in bf16 with its fp8 text encoder and fp32 VAE: the loaders
-    assign the files' tensors (fp8 dequantized to bf16), so the transformer counts as stored,
-    the fp8 encoder twice its size and the VAE as stored, not everything at fp32. With prior
+    assign the files' tensors, so the transformer counts as stored and the VAE as stored, not
+    everything at fp32; the text encoder's fp8 matrices are read as stored (a byte each and a
+    float32 scale per row), its embedding table (no linear layer) as bf16. With prior
     preservation (class images sampled with both) all three are loaded at once; with the
     captions cached and nothing else, the text encoder is freed before the transformer loads,
-    so the peak is the VAE with the larger of the two."""
+    so the peak is the VAE with the larger of the two. FLUX.1's T5 reads its feed-forward
+    outputs as bf16 (``Family.text_quantize_skip``)."""
     base = sparse_safetensors(tmp_path / "flux2.safetensors", {"w": ([1000, 1000], "BF16")})
-    llm = sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {"w": ([1000, 500], "F8_E4M3")})
+    sparse_safetensors(tmp_path / "qwen_3_4b_fp8.safetensors", {
+        "model.layers.0.mlp.up_proj.weight": ([1000, 500], "F8_E4M3"),
+        "model.embed_tokens.weight": ([300, 500], "F8_E4M3"), "model.norm.weight": ([500], "BF16")})
+    llm = 1000 * 500 + 4 * 1000 + 2 * 300 * 500 + 2 * 500
     vae = sparse_safetensors(tmp_path / "flux2-vae.safetensors", {"w": ([100, 10], "F32")})
     cfg = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="flux2",
                       llm=str(tmp_path / "qwen_3_4b_fp8.safetensors"), vae=str(tmp_path / "flux2-vae.safetensors"),
                       prior_preservation=True, class_prompt="a photo of a person")
     assert not loads_in_stages(cfg)
-    assert load_bytes(cfg) == int((base + 2 * llm + vae) * MARGIN)
+    assert load_bytes(cfg) == int((base + llm + vae) * MARGIN)
     staged = cfg.model_copy(update={"prior_preservation": False})
     assert loads_in_stages(staged)
-    assert load_bytes(staged) == int((max(base, 2 * llm) + vae) * MARGIN)
+    assert load_bytes(staged) == int((max(base, llm) + vae) * MARGIN)
     uncached = cfg.model_copy(update={"prior_preservation": False, "cache_text_embeddings": False})
     assert not loads_in_stages(uncached) and load_bytes(uncached) == load_bytes(cfg)
     sd15 = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="sd15")
     assert load_bytes(sd15) == int(2 * base * MARGIN)  # an SD checkpoint's parts are built in fp32
+    sparse_safetensors(tmp_path / "t5xxl_fp8_e4m3fn.safetensors", {
+        "encoder.block.0.layer.1.DenseReluDense.wi_0.weight": ([1000, 500], "F8_E4M3"),
+        "encoder.block.0.layer.1.DenseReluDense.wo.weight": ([500, 1000], "F8_E4M3"),
+        "shared.weight": ([300, 500], "F8_E4M3")})
+    clip = sparse_safetensors(tmp_path / "clip_l.safetensors", {"text_model.w": ([100, 10], "BF16")})
+    flux = TrainConfig(base_model=str(tmp_path / "flux2.safetensors"), dataset="(d)", family="flux",
+                       clip_l=str(tmp_path / "clip_l.safetensors"), t5=str(tmp_path / "t5xxl_fp8_e4m3fn.safetensors"),
+                       vae=str(tmp_path / "flux2-vae.safetensors"), prior_preservation=True,
+                       class_prompt="a photo of a person")
+    t5 = 1000 * 500 + 4 * 1000 + 2 * 500 * 1000 + 2 * 300 * 500
+    assert load_bytes(flux) == int((base + clip + t5 + vae) * MARGIN)
 
 
 def test_a_run_that_quantizes_to_fp8_counts_the_files_fp8_weights_at_one_byte(tmp_path):
     """Qwen-Image's transformer file in fp8 (a matrix weight, a bias, a 1-D norm beside it): a
     run that quantizes its base to fp8 reads the fp8 matrix weights as stored (a byte each and a
-    float32 scale per row), so loading takes about half of what reading them as bf16 takes; the
-    text encoder's fp8 weights are still read as bf16. Only such runs read so: not with another
-    quantization, a training adapter to merge, a diffusers folder, or class images sampled with
-    an nf4 base."""
+    float32 scale per row), so loading takes about half of what reading them as bf16 takes. Only
+    such runs read so: not with another quantization, a training adapter to merge, a diffusers
+    folder, or class images sampled with an nf4 base."""
     sparse_safetensors(tmp_path / "qwen_image_fp8_e4m3fn.safetensors", {
         "model.diffusion_model.a.weight": ([2000, 1000], "F8_E4M3"), "model.diffusion_model.a.bias": ([2000], "BF16"),
         "model.diffusion_model.n.weight": ([1000], "F8_E4M3")})

@@ -39,6 +39,9 @@ class Family:
     # layers an fp8 base leaves in full precision (parts of their qualified names): those whose
     # model code casts the input to the layer's own weight dtype, which would round it to fp8
     quantize_skip: tuple[str, ...] = ()
+    # the same for the text encoders read from separate files, whose fp8 weights are always read
+    # as stored (they are never trained): those layers are read as bf16 instead
+    text_quantize_skip: tuple[str, ...] = ()
     text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
     # what the trainer offers for this family
     supports_prior = True

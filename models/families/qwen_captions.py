@@ -51,7 +51,8 @@ class QwenCaptionedFamily(Family):
         ``load_separate_files`` of the ``files`` module in the family's folder."""
         from importlib import import_module
 
-        return import_module(f"{type(self).__module__}.files").load_separate_files(path, config, llm, vae)
+        return import_module(f"{type(self).__module__}.files").load_separate_files(path, config, llm, vae,
+                                                                                   self.text_quantize_skip)
 
     # --- loading ---------------------------------------------------------------------------
     def load_folder(self, folder: Path) -> Components:

@@ -16,17 +16,24 @@ def require_companions(path, title: str, **files) -> None:
 
 
 def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: dict | None = None,
-                    unread: tuple[str, ...] = ()):
+                    unread: tuple[str, ...] = (), fp8_skip: tuple[str, ...] = ()):
     """A text encoder from one file in transformers' layout (what ComfyUI's clip_l.safetensors,
     t5xxl_*.safetensors and qwen_3_4b.safetensors hold), prefix ``text_model.`` or ``model.``
     optional (a causal LM's file: its ``lm_head`` is not read); ``overrides`` change the
     shipped config (another width of the same model); ``unread`` names weights a file may
-    leave out because nothing reads them (made as ones; the caller removes their module)."""
+    leave out because nothing reads them (made as ones; the caller removes their module).
+
+    The file's fp8 weights are read as stored (one byte each, ``models/fp8_linear.py``): every
+    linear layer of one becomes Persona's fp8 layer, but those whose names contain one of
+    ``fp8_skip`` (model code that casts its input to the layer's weight dtype), which are read
+    as bf16 with the embeddings. No family that reads its text encoders from such files trains
+    them, so nothing is lost: a 24B Mistral file in fp8 loads in about 24 GB, not 48."""
     import torch
 
     from ..file_weights import read_weights
+    from ..fp8_linear import SCALE_SUFFIX, dequantize_stored, install_stored_fp8
 
-    tensors = read_weights(file)
+    tensors = read_weights(file, keep_fp8=True)
     conf = config_cls.from_pretrained(config)
     conf.update(overrides or {})
     with torch.device("meta"):
@@ -35,11 +42,15 @@ def load_text_model(cls, config_cls, config: Path, file: str | Path, overrides: 
     for prefix in ("text_model.", "model."):  # classic "text_model." names, a causal LM's "model."
         if not any(k in own for k in tensors):
             tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
-    if "shared.weight" in tensors and "encoder.embed_tokens.weight" in own and "encoder.embed_tokens.weight" not in tensors:
-        tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
-    if "shared.weight" in own and "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
-        tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
-    tensors = {k: v for k, v in tensors.items() if k in own}
+    for a, b in (("shared", "encoder.embed_tokens"), ("encoder.embed_tokens", "shared")):  # T5's one embedding
+        if f"{a}.weight" in tensors and f"{b}.weight" in own and f"{b}.weight" not in tensors:
+            if f"{a}{SCALE_SUFFIX}" in tensors:  # an embedding: read as bf16, once for both names
+                tensors[f"{a}.weight"] = dequantize_stored(tensors[f"{a}.weight"], tensors.pop(f"{a}{SCALE_SUFFIX}"))
+            tensors[f"{b}.weight"] = tensors[f"{a}.weight"]
+    tensors = {k: v for k, v in tensors.items()
+               if k in own or (k.endswith(SCALE_SUFFIX) and k[:-len(SCALE_SUFFIX)] + ".weight" in own)}
+    tensors = install_stored_fp8(model, tensors, fp8_skip)
+    own = model.state_dict().keys()
     for name in unread:
         if name in own and name not in tensors:
             tensors[name] = torch.ones(model.state_dict()[name].shape)

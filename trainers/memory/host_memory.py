@@ -5,7 +5,9 @@ and copies the file's weights in (a FLUX.1 transformer stored in bf16, 24 GB on 
 48 GB while it loads), transformers keeps a folder's text encoders in their file's precision,
 and an SD checkpoint's parts are built in fp32 as well; the families trained from ComfyUI's
 separate files (FLUX.1, Z-Image, FLUX.2, Qwen-Image: ``Family.single_files_as_stored``) are
-given those files' tensors as stored, 8-bit floats dequantized to bf16. The frozen weights are cast
+given those files' tensors as stored, a transformer file's 8-bit floats dequantized to bf16 and
+a text encoder file's fp8 matrices kept at a byte each (its embedding tables, and the layers
+``Family.text_quantize_skip`` names, as bf16: ``separate_files.load_text_model``). The frozen weights are cast
 to the compute precision afterwards, and block streaming keeps them in CPU memory at that
 precision, so the load is the largest figure. It is read from the files' headers (no tensor
 is read) and compared with the memory the system reports available; a run that cannot load
@@ -15,8 +17,8 @@ A family whose text encoders are dropped once the captions are encoded (FLUX.1, 
 FLUX.2, Qwen-Image: ``Family.keeps_text_encoders`` False) loads in two stages where the run
 caches its captions (:func:`loads_in_stages`): the text encoders and the VAE first, every
 caption encoded, the text encoders freed, and only then the denoiser. Its peak is then the VAE
-plus the larger of the two, not their sum: for FLUX.2 dev from ComfyUI's files, about 71 GB
-instead of about 124 GB (Mistral Small 3.1 24B, then the 32 B transformer, each as bf16).
+plus the larger of the two, not their sum: for FLUX.2 dev from ComfyUI's fp8 files, about 71 GB
+instead of about 97 GB (Mistral Small 3.1 24B as stored, then the 32 B transformer as bf16).
 
 A run that quantizes its base to fp8 reads such a transformer file's fp8 matrix weights as
 stored (:func:`reads_fp8_as_stored`, ``models/file_weights.py``): they count one byte each
@@ -32,7 +34,13 @@ _OTHER = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MARGIN = 1.10  # the loaders' transient copies of one tensor at a time, Python's own memory
 
 
-def _file_bytes(path: Path, keep_file_precision: bool, keep_fp8: bool = False) -> int:
+# the names of a text model's embedding tables (no linear layer: read as bf16 even where stored in fp8)
+_EMBEDDINGS = ("embed", "shared.")
+
+
+def _file_bytes(path: Path, keep_file_precision: bool, as_stored: tuple[str, ...] | None = None) -> int:
+    """The bytes ``path``'s tensors take once read. ``as_stored``: its fp8 matrix weights are
+    read as stored (one byte each and a scale per row), but those whose names contain one of it."""
     from safetensors import safe_open
 
     total = 0
@@ -44,7 +52,8 @@ def _file_bytes(path: Path, keep_file_precision: bool, keep_fp8: bool = False) -
             for d in shape:
                 n *= d
             dtype = s.get_dtype()
-            if keep_fp8 and dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight"):
+            if as_stored is not None and dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight") \
+                    and not any(s in key for s in as_stored):
                 total += n + 4 * shape[0]  # as stored, with a float32 scale per row
             elif dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
                 total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
@@ -104,11 +113,17 @@ def load_bytes(cfg, keep_fp8: bool = False) -> int:
     """Bytes of CPU memory loading ``cfg``'s base model takes at its peak (see the module's
     text): every part at once, or for a run that loads in stages the VAE with the larger of
     the text encoders and the denoiser. ``keep_fp8``: the denoiser's fp8 weights are read as
-    stored (:func:`reads_fp8_as_stored`)."""
+    stored (:func:`reads_fp8_as_stored`); a text encoder's separate file's always are
+    (``models/families/separate_files.load_text_model``)."""
+    from ...models.families import get_family
+
+    family = get_family(cfg.family)
+    as_stored = {"denoiser": family.quantize_skip if keep_fp8 else None, "vae": None,
+                 "text": None if Path(cfg.base_model).is_dir() else family.text_quantize_skip + _EMBEDDINGS}
     parts = {"denoiser": 0, "text": 0, "vae": 0}
     for f, keep, part in weight_files(cfg):
         if f.suffix == ".safetensors":
-            parts[part] += _file_bytes(f, keep, keep_fp8 and part == "denoiser")
+            parts[part] += _file_bytes(f, keep, as_stored[part])
     if loads_in_stages(cfg):
         return int((parts["vae"] + max(parts["text"], parts["denoiser"])) * MARGIN)
     return int(sum(parts.values()) * MARGIN)

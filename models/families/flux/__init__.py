@@ -28,6 +28,7 @@ class Flux(Family):
     supports_text_encoder_training = False
     supports_dora = False  # fused qkv / linear1 layers: one magnitude per fused row, not per part
     uses_attention_processors = False
+    text_quantize_skip = ("DenseReluDense.wo",)  # transformers' T5 casts the feed-forward's input to wo's dtype
     keeps_text_encoders = False
     resolution_multiple = 16  # 2x2 patches of 8x latents
     bucket_multiple = 16
@@ -62,7 +63,8 @@ class Flux(Family):
 
         config = Path(config_dir) if config_dir else family_config_dir(self, real=True)
         self._real_t5_tokenizer(config / "tokenizer_2")
-        transformer, clip, t5_model, vae_model = load_separate_files(path, config, clip_l, t5, vae)
+        transformer, clip, t5_model, vae_model = load_separate_files(path, config, clip_l, t5, vae,
+                                                                     self.text_quantize_skip)
         tok, tok2 = self.load_tokenizers(config)
         return Components(
             self.name, tok, clip, vae_model, None,

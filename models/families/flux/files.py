@@ -18,15 +18,18 @@ from ..separate_files import build_on_meta, load_text_model, load_vae, require_c
 log = logging.getLogger(__name__)
 
 
-def load_separate_files(path: Path, config: Path, clip_l, t5, vae):
+def load_separate_files(path: Path, config: Path, clip_l, t5, vae, text_skip: tuple[str, ...] = ()):
     """(the transformer's loader, CLIP-L, T5, VAE) from ComfyUI's separate files, shaped by
     ``config`` (``configs/flux`` with its tokenizers) and, for the transformer, by the file
-    itself (read when the loader is called: ``Components.load_denoiser``)."""
+    itself (read when the loader is called: ``Components.load_denoiser``); ``text_skip``: the
+    text encoders' layers read as bf16 where their file has fp8 (``load_text_model``)."""
     transformers = require("transformers", "Training FLUX")
     require_companions(path, "FLUX", clip_l=clip_l, t5=t5, vae=vae)
     transformer = transformer_loader(load_transformer_file, path, config / "transformer")
-    clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l)
-    t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5)
+    clip = load_text_model(transformers.CLIPTextModel, transformers.CLIPTextConfig, config / "text_encoder", clip_l,
+                           fp8_skip=text_skip)
+    t5_model = load_text_model(transformers.T5EncoderModel, transformers.T5Config, config / "text_encoder_2", t5,
+                               fp8_skip=text_skip)
     return transformer, clip, t5_model, load_vae(config / "vae", vae)
 
 

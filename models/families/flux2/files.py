@@ -14,13 +14,13 @@ from ..separate_files import build_on_meta, load_text_model, model_config, requi
     transformer_loader
 
 
-def load_separate_files(path: Path, config: Path, llm, vae):
+def load_separate_files(path: Path, config: Path, llm, vae, text_skip: tuple[str, ...] = ()):
     """(the transformer's loader, Qwen3 text encoder, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training FLUX.2")
     require_companions(path, "FLUX.2", llm=llm, vae=vae)
     transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen3Model, transformers.Qwen3Config, config / "text_encoder", llm,
-                                   qwen3_overrides(llm))
+                                   qwen3_overrides(llm), fp8_skip=text_skip)
     return transformer, text_encoder, load_vae(config / "vae", vae)
 
 

@@ -14,17 +14,17 @@ from ..flux2.files import has_guidance_embedding, load_transformer_file, load_va
 from ..separate_files import load_text_model, require_companions, transformer_loader
 
 
-def load_separate_files(path: Path, config: Path, llm, vae):
+def load_separate_files(path: Path, config: Path, llm, vae, text_skip: tuple[str, ...] = ()):
     """(the transformer's loader, Mistral's language model, VAE) from ComfyUI's separate files."""
     require_companions(path, "FLUX.2 dev", llm=llm, vae=vae)
     if not has_guidance_embedding(path):
         raise ValueError(f"base_model: '{path}' is a FLUX.2 transformer without a guidance embedding (klein); "
                          f"train it as family flux2")
     transformer = transformer_loader(load_transformer_file, path, config / "transformer")
-    return transformer, load_mistral(config / "text_encoder", llm), load_vae(config / "vae", vae)
+    return transformer, load_mistral(config / "text_encoder", llm, text_skip), load_vae(config / "vae", vae)
 
 
-def load_mistral(config: Path, file) -> object:
+def load_mistral(config: Path, file, fp8_skip: tuple[str, ...] = ()) -> object:
     """Mistral's language model (``MistralModel``) from one file: the whole 40 layers, or the
     30 of ComfyUI's pruned FLUX.2 file, whose last state is read without the final norm (as
     ComfyUI reads it)."""
@@ -40,7 +40,7 @@ def load_mistral(config: Path, file) -> object:
         raise ValueError(f"llm: '{file}' has {len(layers)} Mistral layers; FLUX.2 dev reads hidden states "
                          f"{HIDDEN_LAYERS}")
     model = load_text_model(transformers.MistralModel, transformers.MistralConfig, config, file,
-                            {"num_hidden_layers": len(layers)}, unread=("norm.weight",))
+                            {"num_hidden_layers": len(layers)}, unread=("norm.weight",), fp8_skip=fp8_skip)
     if len(layers) == max(HIDDEN_LAYERS):  # the last state read is the last layer's own output
         model.norm = torch.nn.Identity()
     return model

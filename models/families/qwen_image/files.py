@@ -14,13 +14,13 @@ from ..separate_files import build_on_meta, load_text_model, model_config, requi
     transformer_loader
 
 
-def load_separate_files(path: Path, config: Path, llm, vae):
+def load_separate_files(path: Path, config: Path, llm, vae, text_skip: tuple[str, ...] = ()):
     """(the transformer's loader, Qwen2.5-VL's language model, VAE) from ComfyUI's separate files."""
     transformers = require("transformers", "Training Qwen-Image")
     require_companions(path, "Qwen-Image", llm=llm, vae=vae)
     transformer = transformer_loader(load_transformer_file, path, config / "transformer")
     text_encoder = load_text_model(transformers.Qwen2_5_VLTextModel, transformers.Qwen2_5_VLTextConfig,
-                                   config / "text_encoder", llm)
+                                   config / "text_encoder", llm, fp8_skip=text_skip)
     return transformer, text_encoder, load_vae_file(config / "vae", vae)
 
 
