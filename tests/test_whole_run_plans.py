@@ -305,3 +305,51 @@ def test_a_plan_that_would_not_load_in_system_memory_reads_the_fp8_file_as_store
     sparse_safetensors(tmp_path / "qwen_3_4b.safetensors", {"w": ([50000, 2560], "BF16")})  # 256 MB > 2 x 113 MB
     assert load_bytes(cfg.model_copy(update={"quantize_base": "fp8"}), keep_fp8=True) == load_bytes(cfg)
     assert planner.plan_for_config(cfg, gpu, available=load_bytes(cfg) - 1).switches == fastest.switches
+
+
+def _qwen3_4b_file(path, dtype: str) -> None:
+    """Qwen3-4B's language model as ComfyUI's file holds it (a hole on disk): 36 layers' matrices
+    and the embedding table in ``dtype``, the norms in bf16."""
+    from sparse_files import sparse_safetensors
+
+    shapes = {"self_attn.q_proj": [4096, 2560], "self_attn.k_proj": [1024, 2560], "self_attn.v_proj": [1024, 2560],
+              "self_attn.o_proj": [2560, 4096], "mlp.gate_proj": [9728, 2560], "mlp.up_proj": [9728, 2560],
+              "mlp.down_proj": [2560, 9728]}
+    tensors = {f"model.layers.{i}.{name}.weight": (shape, dtype) for i in range(36) for name, shape in shapes.items()}
+    tensors.update({f"model.layers.{i}.input_layernorm.weight": ([2560], "BF16") for i in range(36)})
+    tensors["model.embed_tokens.weight"] = ([151936, 2560], dtype)
+    sparse_safetensors(path, tensors)
+
+
+def test_a_text_encoders_fp8_file_encodes_the_captions_on_the_card_where_its_bf16_file_would_not(
+        plan_cache, monkeypatch, tmp_path):
+    """FLUX.2 klein 4B LoRA @1024 in 6 GB from ComfyUI's files: Qwen3-4B from its bf16 file (8 GB
+    of weights) encodes the captions on the CPU, as in the published plan; from its fp8 file,
+    whose matrices are read as stored (about 4.4 GB with the embedding table in bf16), the
+    caching phase fits the card and the captions encode there (the second plan is not the
+    first one memoised: the text file's weights are part of the plan's key)."""
+    from sparse_files import sparse_safetensors
+
+    from comfyui_persona.trainers.memory.host_memory import text_weight_bytes
+
+    monkeypatch.setenv("PERSONA_CACHE", str(plan_cache))
+    monkeypatch.setattr(planner, "_bnb_available", lambda: True)  # the target GPU's bitsandbytes
+    prefix = "model.diffusion_model."
+    sparse_safetensors(tmp_path / "klein.safetensors", {
+        f"{prefix}img_in.weight": ([3072, 128], "F8_E4M3"), f"{prefix}single_blocks.0.linear1.weight": ([36864, 3072], "F8_E4M3")})
+    sparse_safetensors(tmp_path / "vae.safetensors", {"w": ([1000], "F32")})
+    _qwen3_4b_file(tmp_path / "qwen_3_4b.safetensors", "BF16")
+    _qwen3_4b_file(tmp_path / "qwen_3_4b_fp8_e4m3fn.safetensors", "F8_E4M3")
+    plans, weights = {}, {}
+    for name in ("qwen_3_4b", "qwen_3_4b_fp8_e4m3fn"):
+        cfg = _cfg("flux2", 1024, base_model=str(tmp_path / "klein.safetensors"), llm=str(tmp_path / f"{name}.safetensors"),
+                   vae=str(tmp_path / "vae.safetensors"), vram_budget_gb=6, memory="auto")
+        weights[name] = text_weight_bytes(cfg)["text_encoder"]
+        plans[name] = planner.plan_for_config(cfg, torch.device("cuda"), available=2 ** 40)
+    bf16, fp8 = plans["qwen_3_4b"], plans["qwen_3_4b_fp8_e4m3fn"]
+    assert 4.2e9 < weights["qwen_3_4b_fp8_e4m3fn"] < 4.6e9 and weights["qwen_3_4b"] > 8e9
+    assert bf16.switches["encode_on_cpu"] == ["text_encoder"]
+    assert "text_encoder" not in fp8.switches.get("encode_on_cpu", [])
+    assert 0 < fp8.caching["text_encoders_mb"] <= fp8.usable_mb
+    assert fp8.whole_run_peak_mb <= fp8.usable_mb and "on the CPU" not in fp8.describe()
+    assert "on the CPU (beyond the budget): text_encoder" in bf16.describe()

@@ -14,6 +14,12 @@ the model's own size, the phase needs, at 1024 px in bf16: the VAE 0.16 GB of we
 then the VAE), which is slower but needs no device memory; the loop runs them there through
 :func:`run_on_cpu`. So FLUX's 8 GB plan encodes its captions with T5-XXL on the CPU and CLIP-L
 on the device.
+
+A text encoder read from ComfyUI's separate file keeps its fp8 matrices at a byte each
+(``models/families/separate_files.load_text_model``): its weights count as the file holds them
+(``host_memory.text_weight_bytes``) where that is less than the model at the compute
+precision, so Qwen3-4B's fp8 file (about 4.5 GB) can encode on a 6 GB card where its bf16 file
+(8 GB) cannot.
 """
 from __future__ import annotations
 
@@ -82,12 +88,16 @@ def plan_caching(cfg, base_model: str | None, size: str, usable_mb: float, calib
     while training (text embeddings not cached, the identity loss's VAE) are left to the step's
     simulation."""
     from ...models.families import get_family
+    from .host_memory import text_weight_bytes
     from .techniques import weight_dtype
 
     fam = get_family(cfg.family)
     dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
     lengths = tuple(sorted(fam.caption_token_lengths(cfg).items()))
-    mem = encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."), lengths)
+    mem = dict(encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."), lengths))
+    for name, stored in text_weight_bytes(cfg).items():  # a separate file's fp8 matrices stay fp8 on the device
+        if name in mem:
+            mem[name] = (min(mem[name][0], stored), mem[name][1])
     caches_text = cfg.caches_captions
     text = [n for n in ("text_encoder", "text_encoder_2") if n in mem and caches_text]
     on_cpu: list[str] = []

@@ -62,6 +62,43 @@ def _file_bytes(path: Path, keep_file_precision: bool, as_stored: tuple[str, ...
     return total
 
 
+def text_encoder_files(cfg) -> dict[str, Path]:
+    """``{encoder: file}`` of the text encoders a run reads from ComfyUI's separate files (a
+    single transformer file as its base): the family's ``separate_files`` but the VAE, in its
+    encoders' order (``text_encoder``, ``text_encoder_2``)."""
+    from ...models.families import get_family
+
+    if not Path(cfg.base_model).is_file():
+        return {}
+    fields = [n for n in get_family(cfg.family).separate_files if n != "vae"]
+    files = {encoder: Path(getattr(cfg, name) or "") for encoder, name in zip(("text_encoder", "text_encoder_2"), fields)}
+    return {encoder: f for encoder, f in files.items() if f.suffix == ".safetensors" and f.is_file()}
+
+
+def text_weight_bytes(cfg) -> dict[str, int]:
+    """``{encoder: bytes}`` of the weights each text encoder of :func:`text_encoder_files` holds on
+    the device as read: its fp8 matrices at a byte each and a scale per row, everything else at
+    two bytes, and its largest fp8 matrix once more at two (the fp8 layer's weight dequantized
+    for one product). An upper bound: tensors the model does not read (a causal LM's head, a
+    vision tower) count too."""
+    from safetensors import safe_open
+
+    from ...models.families import get_family
+
+    skip = get_family(cfg.family).text_quantize_skip + _EMBEDDINGS
+    out = {}
+    for encoder, path in text_encoder_files(cfg).items():
+        largest = 0
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                s = f.get_slice(key)
+                shape = s.get_shape()
+                if s.get_dtype() == "F8_E4M3" and len(shape) == 2 and not any(n in key for n in skip):
+                    largest = max(largest, shape[0] * shape[1])
+        out[encoder] = _file_bytes(path, True, skip) + 2 * largest
+    return out
+
+
 def loads_in_stages(cfg) -> bool:
     """Whether ``cfg``'s run frees the text encoders before its denoiser loads: a family that
     drops them once the captions are encoded, captions cached (not trained, not reshuffled each

@@ -519,8 +519,12 @@ class _Search:
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases=None) -> str:
     # search 2: fp8 bases are streamed too (the memoised peaks of version 4 stay valid)
+    from .host_memory import text_weight_bytes
+
+    text_files = text_weight_bytes(cfg)  # the caching phase weighs a separate text encoder file as read
     return _key(cfg, arch_id(cfg.family, base_model, size),
-                {**({"bases": list(bases)} if bases is not None else {}), "plan": True, "whole_run": 2,
+                {**({"bases": list(bases)} if bases is not None else {}),
+                 **({"text_files": text_files} if text_files else {}), "plan": True, "whole_run": 2,
                  "search": 2, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
