@@ -17,6 +17,12 @@ FP8_MAX = 448.0
 SCALE_SUFFIX = ".scale"  # beside "<layer>.weight" in a state dict: the layer's per-row scales
 
 
+def _dequantized(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight * scale`` in ``dtype``, scaled in place in a copy of its own (one temporary, not
+    two: on the CPU the conversion from fp8 is as slow as the product it feeds)."""
+    return weight.to(dtype, copy=True).mul_(scale.to(dtype))
+
+
 class _Fp8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, scale, bias):
@@ -24,14 +30,12 @@ class _Fp8Matmul(torch.autograd.Function):
             raise TypeError(f"Fp8Linear: the input is {x.dtype}, not a 16- or 32-bit float (model code cast it to the "
                             f"layer's float8 weight dtype: name the layer in its family's quantize_skip)")
         ctx.save_for_backward(weight, scale)
-        w = weight.to(x.dtype) * scale.to(x.dtype)
-        return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+        return F.linear(x, _dequantized(weight, scale, x.dtype), bias.to(x.dtype) if bias is not None else None)
 
     @staticmethod
     def backward(ctx, grad):
         weight, scale = ctx.saved_tensors
-        w = weight.to(grad.dtype) * scale.to(grad.dtype)
-        return grad @ w, None, None, None
+        return grad @ _dequantized(weight, scale, grad.dtype), None, None, None
 
 
 class Fp8Linear(torch.nn.Linear):
