@@ -53,7 +53,7 @@ def _file_bytes(path: Path, keep_file_precision: bool, as_stored: tuple[str, ...
                 n *= d
             dtype = s.get_dtype()
             if as_stored is not None and dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight") \
-                    and not any(s in key for s in as_stored):
+                    and not any(name in key for name in as_stored):
                 total += n + 4 * shape[0]  # as stored, with a float32 scale per row
             elif dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
                 total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
@@ -77,9 +77,9 @@ def text_encoder_files(cfg) -> dict[str, Path]:
 
 def text_weight_bytes(cfg) -> dict[str, int]:
     """``{encoder: bytes}`` of the weights each text encoder of :func:`text_encoder_files` holds on
-    the device as read: its fp8 matrices at a byte each and a scale per row, everything else at
-    two bytes, and its largest fp8 matrix once more at two (the fp8 layer's weight dequantized
-    for one product). An upper bound: tensors the model does not read (a causal LM's head, a
+    the device as read: its fp8 matrices at a byte each and a scale per row, everything else as
+    :func:`_file_bytes` counts it (other 8-bit floats at two bytes), and its largest fp8 matrix
+    once more at two (the fp8 layer's weight dequantized for one product). An upper bound: tensors the model does not read (a causal LM's head, a
     vision tower) count too."""
     from safetensors import safe_open
 
@@ -93,7 +93,7 @@ def text_weight_bytes(cfg) -> dict[str, int]:
             for key in f.keys():
                 s = f.get_slice(key)
                 shape = s.get_shape()
-                if s.get_dtype() == "F8_E4M3" and len(shape) == 2 and not any(n in key for n in skip):
+                if s.get_dtype() == "F8_E4M3" and len(shape) == 2 and not any(name in key for name in skip):
                     largest = max(largest, shape[0] * shape[1])
         out[encoder] = _file_bytes(path, True, skip) + 2 * largest
     return out
