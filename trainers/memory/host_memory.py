@@ -27,6 +27,8 @@ took about 40 GB.
 """
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from pathlib import Path
 
 _FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -38,27 +40,43 @@ MARGIN = 1.10  # the loaders' transient copies of one tensor at a time, Python's
 _EMBEDDINGS = ("embed", "shared.")
 
 
+@lru_cache(maxsize=64)
+def _header(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """``(key, dtype, shape)`` of every tensor of a .safetensors file (its header alone), read once
+    per version of the file (``mtime_ns``, ``size``): a run's plan and checks ask several times."""
+    from safetensors import safe_open
+
+    tensors = []
+    with safe_open(path, "pt") as f:
+        for key in f.keys():
+            part = f.get_slice(key)
+            tensors.append((key, part.get_dtype(), tuple(part.get_shape())))
+    return tuple(tensors)
+
+
+def _tensors(path: Path):
+    stat = path.stat()
+    return _header(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _read_as_stored(key: str, dtype: str, shape: tuple[int, ...], skip: tuple[str, ...]) -> bool:
+    """Whether a loader that reads fp8 as stored keeps this tensor in fp8: an e4m3 matrix weight
+    of a layer whose name contains none of ``skip``."""
+    return dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight") and not any(n in key for n in skip)
+
+
 def _file_bytes(path: Path, keep_file_precision: bool, as_stored: tuple[str, ...] | None = None) -> int:
     """The bytes ``path``'s tensors take once read. ``as_stored``: its fp8 matrix weights are
     read as stored (one byte each and a scale per row), but those whose names contain one of it."""
-    from safetensors import safe_open
-
     total = 0
-    with safe_open(str(path), "pt") as f:
-        for key in f.keys():
-            s = f.get_slice(key)
-            shape = s.get_shape()
-            n = 1
-            for d in shape:
-                n *= d
-            dtype = s.get_dtype()
-            if as_stored is not None and dtype == "F8_E4M3" and len(shape) == 2 and key.endswith(".weight") \
-                    and not any(name in key for name in as_stored):
-                total += n + 4 * shape[0]  # as stored, with a float32 scale per row
-            elif dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
-                total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
-            else:
-                total += n * _OTHER.get(dtype, 4)
+    for key, dtype, shape in _tensors(path):
+        n = math.prod(shape)
+        if as_stored is not None and _read_as_stored(key, dtype, shape, as_stored):
+            total += n + 4 * shape[0]  # as stored, with a float32 scale per row
+        elif dtype in _FLOAT:  # kept: 8-bit floats are read as bf16
+            total += n * (max(_FLOAT[dtype], 2) if keep_file_precision else 4)
+        else:
+            total += n * _OTHER.get(dtype, 4)
     return total
 
 
@@ -79,22 +97,15 @@ def text_weight_bytes(cfg) -> dict[str, int]:
     """``{encoder: bytes}`` of the weights each text encoder of :func:`text_encoder_files` holds on
     the device as read: its fp8 matrices at a byte each and a scale per row, everything else as
     :func:`_file_bytes` counts it (other 8-bit floats at two bytes), and its largest fp8 matrix
-    once more at two (the fp8 layer's weight dequantized for one product). An upper bound: tensors the model does not read (a causal LM's head, a
-    vision tower) count too."""
-    from safetensors import safe_open
-
+    once more at two (the fp8 layer's weight dequantized for one product). An upper bound:
+    tensors the model does not read (a causal LM's head, a vision tower) count too."""
     from ...models.families import get_family
 
     skip = get_family(cfg.family).text_quantize_skip + _EMBEDDINGS
     out = {}
     for encoder, path in text_encoder_files(cfg).items():
-        largest = 0
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():
-                s = f.get_slice(key)
-                shape = s.get_shape()
-                if s.get_dtype() == "F8_E4M3" and len(shape) == 2 and not any(name in key for name in skip):
-                    largest = max(largest, shape[0] * shape[1])
+        largest = max((math.prod(shape) for key, dtype, shape in _tensors(path)
+                       if _read_as_stored(key, dtype, shape, skip)), default=0)
         out[encoder] = _file_bytes(path, True, skip) + 2 * largest
     return out
 
