@@ -32,8 +32,9 @@ largest activations come first, so the interpolation is conservative) and confir
 simulation; a LoRA that does not fit even so streams blocks on top, found the same way. Once
 a candidate has needed streaming, the next ones are simulated all checkpointed first (their
 peak without checkpointing is then simulated only when that fits). The search stops when no
-remaining candidate can be faster than the best plan found, or after :data:`MAX_SIMULATIONS` new simulations (then the faster of the best found
-and the leanest plan is the plan: a bounded search, deterministic for a given cache; a plan
+remaining candidate can be faster than the best plan found, or after :data:`MAX_SIMULATIONS` simulations (then the faster of the best found
+and the leanest plan is the plan: a bounded search, the same whatever peaks are memoised, since a
+memoised peak counts as the simulation it spares; a plan
 that streams every block then streams only as many as the budget needs); a
 checkpointing plan is last compared with the leanest plan without checkpointing. A candidate that cannot fit even with everything checkpointed rules out every
 candidate that keeps at least as much. Every predicted peak is memoised (per architecture,
@@ -90,7 +91,7 @@ MICRO_BATCH_EXPONENT = 0.15  # per-sample speed ~ (micro / batch) ** 0.15
 HEAVY = {"quantize_base": ["nf4", "int8", "fp8", "off"], "optimizer": ["adamw8bit", "adafactor", "adamw"]}
 STREAMABLE = ("off", "fp8")  # bases whose blocks can be streamed (bitsandbytes' layers cannot)
 VERSION = 5  # 5: "trainable" counts what the optimizer trains (it counted unfrozen text encoders too)
-MAX_SIMULATIONS = 16  # new ones, after the leanest plan
+MAX_SIMULATIONS = 16  # distinct ones in a search, memoised or not
 
 
 class PlanError(ConfigError):
@@ -396,14 +397,13 @@ def _check_limits(cfg) -> None:
                           f"{cfg.rank}); plan a smaller batch_size or resolution")
 
 
-def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[dict, bool]:
-    """(``{"peak_mb", "trainable"}`` of the simulation, whether it had to run now): memoised
-    in memory and on disk."""
+def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[dict, str]:
+    """(``{"peak_mb", "trainable"}`` of the simulation, its memo key): memoised in memory and
+    on disk."""
     from .simulate import polled, simulate
 
     validation = {"validation": True} if cfg.validate_every else {}  # sampled beside training: another phase
     key = _key(cfg, arch_id(cfg.family, base_model, size), {**_switch_key(switches), **validation})
-    fresh = False
     if key not in _MEMO:
         cache = _cache_file()
         stored = _read_json(cache)
@@ -418,9 +418,8 @@ def _simulated(cfg, switches: dict, base_model: str | None, size: str) -> tuple[
             if out.get("validation_peak_bytes") is not None:
                 stored[key]["validation_peak_mb"] = out["validation_peak_bytes"] / 2 ** 20
             _write_json(cache, stored)
-            fresh = True
         _MEMO[key] = stored[key]
-    return _MEMO[key], fresh
+    return _MEMO[key], key
 
 
 def predicted_peak_mb(cfg, switches: dict, base_model: str | None = None, size: str = "real",
@@ -443,13 +442,15 @@ class _Search:
         self.cfg, self.budget, self.device, self.base_model, self.size = cfg, budget_mb, device, base_model, size
         self.total = cfg.batch_size * cfg.gradient_accumulation
         self.tried: list[dict] = []
-        self.simulations = 0  # new ones: a peak memoised by an earlier plan costs nothing
+        # the distinct simulations this search asked for: a peak memoised by an earlier plan
+        # counts too, so what is memoised never changes how far the search goes (nor its plan)
+        self.simulated: set[str] = set()
         self.trainable = 0
         self.blocks = repeated_block_count(cfg.family, base_model, size)
 
     def peak(self, c: dict) -> float:
-        result, fresh = _simulated(self.cfg, c, self.base_model, self.size)
-        self.simulations += fresh
+        result, key = _simulated(self.cfg, c, self.base_model, self.size)
+        self.simulated.add(key)
         self.trainable = result["trainable"]
         # the training step, or validation sampling beside what training keeps (validate_every)
         p = calibrate(max(result["peak_mb"], result.get("validation_peak_mb", 0.0)),
@@ -509,7 +510,7 @@ class _Search:
         return self._with(c, kind, n_max), hi_peak
 
     def spent(self) -> bool:
-        return self.simulations > MAX_SIMULATIONS
+        return len(self.simulated) > MAX_SIMULATIONS
 
     def _with(self, c: dict, kind: str, n: int) -> dict:
         if kind == "checkpoint":
@@ -518,14 +519,15 @@ class _Search:
 
 
 def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases=None) -> str:
-    # search 2: fp8 bases are streamed too (the memoised peaks of version 4 stay valid)
+    # search 3: a search's length no longer depends on what is memoised (plans memoised by search 2
+    # could); fp8 bases are streamed too (search 2)
     from .host_memory import text_weight_bytes
 
     text_files = text_weight_bytes(cfg)  # the caching phase weighs a separate text encoder file as read
     return _key(cfg, arch_id(cfg.family, base_model, size),
                 {**({"bases": list(bases)} if bases is not None else {}),
                  **({"text_files": text_files} if text_files else {}), "plan": True, "whole_run": 2,
-                 "search": 2, "validation": cfg.validate_every > 0,
+                 "search": 3, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
                  "half": _half_precision(device), "cuda": _cuda_target(device, size, base_model),
