@@ -353,3 +353,38 @@ def test_a_text_encoders_fp8_file_encodes_the_captions_on_the_card_where_its_bf1
     assert 0 < fp8.caching["text_encoders_mb"] <= fp8.usable_mb
     assert fp8.whole_run_peak_mb <= fp8.usable_mb and "on the CPU" not in fp8.describe()
     assert "on the CPU (beyond the budget): text_encoder" in bf16.describe()
+
+
+def test_a_text_encoders_fp8_file_samples_the_class_images_on_the_card_where_its_bf16_file_would_not(tmp_path):
+    """FLUX.2 klein 4B LoRA @1024 with prior preservation in 16 GB, from ComfyUI's files: the base
+    samples the class images with Qwen3-4B on the CPU when its file is bf16 (the phase would need
+    more than the usable memory), and on the card when its file is fp8, whose matrices stay fp8
+    there (read as stored, as in the caching phase): what the encoder adds to the phase is what
+    the device holds of it."""
+    from sparse_files import sparse_safetensors
+
+    from comfyui_persona.trainers.memory.class_images import class_images_bytes, plan_class_images
+    from comfyui_persona.trainers.memory.host_memory import text_weight_bytes
+    from comfyui_persona.trainers.memory.planner import calibrate
+
+    prefix = "model.diffusion_model."
+    sparse_safetensors(tmp_path / "klein.safetensors", {
+        f"{prefix}img_in.weight": ([3072, 128], "F8_E4M3"), f"{prefix}single_blocks.0.linear1.weight": ([36864, 3072], "F8_E4M3")})
+    sparse_safetensors(tmp_path / "vae.safetensors", {"w": ([1000], "F32")})
+    usable = usable_budget(16 * 1024, cuda=True)
+    phases, added, held = {}, {}, {}
+    for name, dtype in (("qwen_3_4b", "BF16"), ("qwen_3_4b_fp8_e4m3fn", "F8_E4M3")):
+        _qwen3_4b_file(tmp_path / f"{name}.safetensors", dtype)
+        cfg = _cfg("flux2", 1024, base_model=str(tmp_path / "klein.safetensors"), vae=str(tmp_path / "vae.safetensors"),
+                   llm=str(tmp_path / f"{name}.safetensors"), prior_preservation=True)
+        phases[name] = plan_class_images(cfg, None, "real", usable, lambda mb: calibrate(mb, True))
+        added[name] = class_images_bytes(cfg, None, "real") - class_images_bytes(cfg, None, "real", ("text_encoder",))
+        held[name] = text_weight_bytes(cfg)["text_encoder"]
+    bf16, fp8 = phases["qwen_3_4b"], phases["qwen_3_4b_fp8_e4m3fn"]
+    assert bf16["fits"] and bf16["text_on_cpu"] == ["text_encoder"]
+    assert fp8["fits"] and fp8["text_on_cpu"] == [] and fp8["quantize"] == "off" and fp8["stream_blocks"] == 0
+    assert bf16["peak_mb"] < fp8["peak_mb"] <= usable
+    # the fp8 file: its weights as the device holds them (the live-tensor meter's 64-byte alignment aside)
+    assert abs(added["qwen_3_4b_fp8_e4m3fn"] - held["qwen_3_4b_fp8_e4m3fn"]) < 2 ** 20
+    # the bf16 file: Qwen3-4B at bf16 (about 4 billion parameters), more than its fp8 file holds by 3 GiB and more
+    assert 7.4e9 < added["qwen_3_4b"] < 8.3e9 and added["qwen_3_4b"] - added["qwen_3_4b_fp8_e4m3fn"] > 3 * 2 ** 30

@@ -81,23 +81,30 @@ def encoder_memory(family: str, base_model: str | None, size: str, resolution: i
     return out
 
 
+def run_encoder_memory(cfg, base_model: str | None, size: str) -> dict[str, tuple[int, int]]:
+    """:func:`encoder_memory` of ``cfg``'s run at its compute precision, a text encoder read from a
+    separate file weighed as the device holds it where that is less (its fp8 matrices stay fp8:
+    ``host_memory.text_weight_bytes``)."""
+    from ...models.families import get_family
+    from .host_memory import text_weight_bytes
+    from .techniques import weight_dtype
+
+    dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
+    lengths = tuple(sorted(get_family(cfg.family).caption_token_lengths(cfg).items()))
+    mem = dict(encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."), lengths))
+    for name, stored in text_weight_bytes(cfg).items():
+        if name in mem:
+            mem[name] = (min(mem[name][0], stored), mem[name][1])
+    return mem
+
+
 def plan_caching(cfg, base_model: str | None, size: str, usable_mb: float, calibrate) -> dict:
     """Where each encoder of ``cfg``'s run encodes in the caching phase, and the phase's
     predicted peak: ``{"encode_on_cpu": [...], "peak_mb", "vae_mb", "text_encoders_mb"}``
     (``calibrate``: simulated MiB -> predicted MiB on the target). Encoders that stay resident
     while training (text embeddings not cached, the identity loss's VAE) are left to the step's
     simulation."""
-    from ...models.families import get_family
-    from .host_memory import text_weight_bytes
-    from .techniques import weight_dtype
-
-    fam = get_family(cfg.family)
-    dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
-    lengths = tuple(sorted(fam.caption_token_lengths(cfg).items()))
-    mem = dict(encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."), lengths))
-    for name, stored in text_weight_bytes(cfg).items():  # a separate file's fp8 matrices stay fp8 on the device
-        if name in mem:
-            mem[name] = (min(mem[name][0], stored), mem[name][1])
+    mem = run_encoder_memory(cfg, base_model, size)
     caches_text = cfg.caches_captions
     text = [n for n in ("text_encoder", "text_encoder_2") if n in mem and caches_text]
     on_cpu: list[str] = []

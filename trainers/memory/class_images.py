@@ -2,7 +2,8 @@
 
 With ``prior_preservation`` the frozen base samples the class images before the latents and
 captions are cached (``trainers/loop/prior.py``): the denoiser, the VAE and the text encoders
-at the run's compute precision (cast on the CPU before they move), one prediction at a
+at the run's compute precision (cast on the CPU before they move; a text encoder read from
+ComfyUI's separate fp8 file keeps its fp8 matrices, as in the caching phase), one prediction at a
 classifier-free-guidance batch of 2, then one VAE decode, without gradients. Measured on the
 ``meta`` device at the model's own size in bf16 (a denoiser that trains whole, DreamBooth,
 keeps its fp32 weights and samples under autocast): SD1.5 @512 2.4 GiB; SDXL @1024 8.0 GiB, 6.4
@@ -35,9 +36,13 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
     """Peak bytes of sampling one class image of ``cfg`` on a GPU (the phase's models placed
     and cast, the last ``stream_blocks`` of the denoiser's blocks streamed from CPU memory, one
     guided prediction, one decode): a ``meta``-device run with the live-tensor meter. The
-    prompt's encoding (a few MiB) is left out."""
+    prompt's encoding (a few MiB) is left out. A text encoder on the device that is read from a
+    separate file counts as the device holds it, where that is less than at the compute
+    precision (its fp8 matrices stay fp8: ``host_memory.text_weight_bytes``)."""
     from ...models.families import get_family
     from .blocks import stream_last
+    from .caching import module_bytes
+    from .host_memory import text_weight_bytes
     from .quantize import quantize_linears
     from .simulate import FusedAttentionOnMeta, LiveTensorMeter, MetaAutocast, architecture, sample_once
     from .techniques import freeze, place_frozen, weight_dtype
@@ -67,24 +72,23 @@ def class_images_bytes(cfg, base_model: str | None, size: str, text_on_cpu: tupl
             sample_once(comps, cfg, fam, torch.device("meta"), dtype, shape)
         if streamer is not None:
             streamer.close()
-        return meter.peak
+        stored = text_weight_bytes(cfg)  # a text encoder's weights are live throughout the phase
+        unheld = sum(max(0, module_bytes(getattr(comps, n), dtype) - stored[n]) for n in TEXT_ENCODERS
+                     if n in stored and getattr(comps, n, None) is not None and n not in text_on_cpu)
+        return meter.peak - unheld
 
 
 def plan_class_images(cfg, base_model: str | None, size: str, usable_mb: float, calibrate) -> dict:
     """Where the class-image phase of ``cfg`` (its switches set) runs, and its predicted peak:
     ``{"peak_mb", "text_on_cpu": [...], "quantize": "off" | "fp8", "stream_blocks": n, "fits"}``
     (``calibrate``: simulated MiB -> predicted MiB on the target)."""
-    from .caching import encoder_memory
+    from .caching import run_encoder_memory
     from .simulate import architecture
-    from .techniques import weight_dtype
 
     from ...models.families import get_family
 
     fam = get_family(cfg.family)
-    dtype = weight_dtype(cfg.mixed_precision, torch.device("cuda"))
-    lengths = tuple(sorted(fam.caption_token_lengths(cfg).items()))
-    weights = encoder_memory(cfg.family, base_model, size, cfg.resolution, str(dtype).removeprefix("torch."),
-                             lengths)
+    weights = run_encoder_memory(cfg, base_model, size)
     largest_first = sorted((n for n in TEXT_ENCODERS if n in weights), key=lambda n: -weights[n][0])
 
     def attempt(on_cpu, quantize="off", stream=0):

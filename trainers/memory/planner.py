@@ -526,7 +526,8 @@ def _plan_key(cfg, budget_mb, device, base_model, size, bnb, compile_ok, bases=N
     text_files = text_weight_bytes(cfg)  # the caching phase weighs a separate text encoder file as read
     return _key(cfg, arch_id(cfg.family, base_model, size),
                 {**({"bases": list(bases)} if bases is not None else {}),
-                 **({"text_files": text_files} if text_files else {}), "plan": True, "whole_run": 2,
+                 # text 2: the class-image phase weighs them as read too
+                 **({"text_files": text_files, "text": 2} if text_files else {}), "plan": True, "whole_run": 2,
                  "search": 3, "validation": cfg.validate_every > 0,
                  "budget": round(budget_mb, 1), "batch": cfg.batch_size,
                  "accumulation": cfg.gradient_accumulation, "bnb": bnb, "compile": compile_ok,
