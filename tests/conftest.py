@@ -103,24 +103,44 @@ def pytest_runtest_teardown(item, nextitem):
         return
     if group in RUNNING:
         RUNNING.pop(group).stop()
-    _give_back_freed_memory()  # at the end of each group: its fixtures are gone
+    # at the end of each group its fixtures are gone; at the end of a module, its module's too
+    _give_back_freed_memory(nextitem is None or nextitem.module is not item.module)
 
 
-def _give_back_freed_memory() -> None:
+def _give_back_freed_memory(module_ended: bool = True) -> None:
     """Return the heap a test freed to the system (glibc keeps freed small blocks for reuse,
     so a worker that once held a published-size model would keep gigabytes the servers and
     the other worker need); elsewhere nothing to do."""
     import ctypes
-    import gc
     import sys
 
+    _collect_and_freeze(module_ended)
     if not sys.platform.startswith("linux"):
         return
-    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _collect_and_freeze(everything: bool = True) -> None:
+    """Collect what is garbage, then leave what is still alive (torch, the test modules, the
+    session's models) out of the cyclic collector's later walks. A worker holds over a million
+    objects, and in tests that train in the worker the collector's walks of them took a fifth of
+    its time (test_trainer, test_z_image, test_trainer_ema in one process: 13.0 s of 59 s; 9.4 s
+    so). ``everything`` (at the end of a module, when its fixtures are gone): the frozen objects
+    rejoin the collection first, so nothing that died since it was frozen outlives its module;
+    otherwise (the end of a group within a module) only what is not frozen is walked."""
+    import gc
+
+    if everything:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    _collect_and_freeze()  # the test modules and everything they import are loaded
 
 
 @pytest.fixture
