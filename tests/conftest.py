@@ -107,10 +107,11 @@ def pytest_runtest_teardown(item, nextitem):
     _give_back_freed_memory(nextitem is None or nextitem.module is not item.module)
 
 
-def _give_back_freed_memory(module_ended: bool = True) -> None:
+def _give_back_freed_memory(module_ended: bool) -> None:
     """Return the heap a test freed to the system (glibc keeps freed small blocks for reuse,
     so a worker that once held a published-size model would keep gigabytes the servers and
-    the other worker need); elsewhere nothing to do."""
+    the other worker need); elsewhere nothing to do. ``module_ended``: the frozen objects are
+    collected too (:func:`_collect_and_freeze`)."""
     import ctypes
     import sys
 
