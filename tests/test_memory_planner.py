@@ -58,6 +58,30 @@ def test_remembered_meta_results_change_no_simulated_peak():
     assert remembered.hits > remembered.misses
 
 
+def test_adapters_made_on_meta_change_no_simulated_peak(monkeypatch):
+    """A shape-only model's LoRA (and DoRA) adapters are made on ``meta`` directly instead of
+    in CPU memory and moved there: the simulated peaks and trained counts are the same."""
+    from comfyui_persona.trainers.loop import step
+    from comfyui_persona.trainers.memory import simulate as sim
+
+    shape_only, seen = step._shape_only, []
+    cases = [("sd15", "tiny", dict(gradient_checkpointing=True, mixed_precision="bf16")),
+             ("flux", "tiny", dict(quantize_base="fp8", mixed_precision="bf16", stream_blocks=2)),
+             ("sdxl", "tiny", dict(use_dora=True, mixed_precision="bf16", train_text_encoder=True))]
+    for family, size, fields in cases:
+        cfg = _cfg(family, **fields)
+        seen.clear()
+        with monkeypatch.context() as m:
+            m.setattr(step, "_shape_only", lambda model: seen.append(shape_only(model)) or seen[-1])
+            on_meta = sim.simulate(family, cfg, size=size)
+        # the denoiser's adapters (and SDXL's text encoders') were made on meta
+        assert seen and all(seen) and len(seen) == (3 if fields.get("train_text_encoder") else 1), seen
+        with monkeypatch.context() as m:
+            m.setattr(step, "_shape_only", lambda model: False)  # made on the CPU, then moved to meta
+            on_cpu = sim.simulate(family, cfg, size=size)
+        assert on_meta == on_cpu and on_meta["trainable"] > 0, (family, fields, on_meta, on_cpu)
+
+
 def test_a_simulation_counts_what_the_optimizer_trains():
     """The planner's bound on what a lighter optimizer or the fused backward saves multiplies
     by the trained parameters: for a LoRA the adapters alone, rank x (in + out) per targeted

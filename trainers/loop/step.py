@@ -4,6 +4,8 @@ stored (:func:`make_trainable`), and one micro-step (predict, loss, backward:
 :func:`forward_backward`)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -20,11 +22,22 @@ def add_lora(model, cfg, targets: list[str]) -> None:
     config = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=targets, init_lora_weights="gaussian",
                              use_dora=getattr(cfg, "use_dora", False))
-    if type(model).__module__.startswith("diffusers"):
-        model.add_adapter(config)  # diffusers' bookkeeping, which its pipelines use
-    else:  # text encoders: peft itself (transformers' add_adapter may ask for a newer peft)
-        peft.inject_adapter_in_model(config, model, adapter_name="default")
+    # a shape-only model (the memory planner's simulation): its adapters are made on ``meta``
+    # too, rather than made and initialised in CPU memory and then moved there (a fifth of a
+    # large model's simulated plan)
+    place = torch.device("meta") if _shape_only(model) else nullcontext()
+    with place:
+        if type(model).__module__.startswith("diffusers"):
+            model.add_adapter(config)  # diffusers' bookkeeping, which its pipelines use
+        else:  # text encoders: peft itself (transformers' add_adapter may ask for a newer peft)
+            peft.inject_adapter_in_model(config, model, adapter_name="default")
     restore_adapter_precision(model)
+
+
+def _shape_only(model) -> bool:
+    """Every weight and buffer of ``model`` is on the ``meta`` device."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return bool(tensors) and all(t.is_meta for t in tensors)
 
 
 def make_trainable(comps, cfg, device, dtype, recompute_context=None) -> list[dict]:

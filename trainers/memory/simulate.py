@@ -32,7 +32,22 @@ from ..loop.ema import EMA
 from ..loop.step import forward_backward, make_trainable
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+def _describe(value):
+    """An operator argument as a key: a plain meta tensor by its metadata, a list or tuple item
+    by item, anything else by its (hashable) value. TypeError: not replayable (a tensor on a
+    real device, a tensor subclass, an unhashable value). Called for every operator a
+    simulation runs, so the common kinds are tested first."""
+    kind = type(value)
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        if not value.is_meta:
+            raise TypeError
+        return ("T", value.shape, value.stride(), value.dtype, value.storage_offset())
+    if kind is tuple or kind is list or isinstance(value, (list, tuple)):
+        return tuple([_describe(v) for v in value])
+    if isinstance(value, torch.Tensor):  # a subclass: its own rules
+        raise TypeError
+    hash(value)
+    return value
 
 
 class _MetaOutputs:
@@ -72,25 +87,12 @@ class _MetaOutputs:
         self._kind[func] = kind
         return kind
 
-    @staticmethod
-    def _describe(value):
-        if type(value) in _PLAIN_TENSORS:
-            if value.device.type != "meta":
-                raise TypeError
-            return ("T", tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
-        if isinstance(value, (list, tuple)):
-            return tuple(_MetaOutputs._describe(v) for v in value)
-        if isinstance(value, torch.Tensor):  # a subclass: its own rules
-            raise TypeError
-        hash(value)
-        return value
-
     def __call__(self, func, args, kwargs):
         kind = self._kind_of(func) if self.enabled else None
         if kind is None:
             return func(*args, **kwargs)
         try:
-            key = (func, self._describe(args), self._describe(tuple(sorted(kwargs.items()))),
+            key = (func, _describe(args), _describe(tuple(sorted(kwargs.items()))) if kwargs else (),
                    torch.get_default_dtype())  # what factory operators make without a dtype
         except TypeError:
             return func(*args, **kwargs)
@@ -195,6 +197,9 @@ class LiveTensorMeter(TorchDispatchMode):
         if self._poll is not None and self._ops % POLL_EVERY == 0:
             self._poll()
         out = _META_OUTPUTS(func, args, kwargs or {})
+        if type(out) is torch.Tensor:  # most operators: one tensor
+            self.add(out)
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.add(t)
@@ -317,7 +322,10 @@ class MetaAutocast(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self._LOW:
-            args, kwargs = tree_map(self._cast, (args, kwargs))
+            if kwargs or any(isinstance(a, (list, tuple, dict)) for a in args):
+                args, kwargs = tree_map(self._cast, (args, kwargs))
+            else:  # the usual call, flat positional arguments: without the tree walk
+                args = tuple([self._cast(a) for a in args])
         return func(*args, **kwargs)
 
 
