@@ -15,7 +15,7 @@ from comfyui_persona.provenance.payload import Payload
 from comfyui_persona.provenance.record import ProvenanceConfig, Record
 from comfyui_persona.provenance.save import save_image
 from comfyui_persona.provenance.verify import verify
-from comfyui_persona.provenance.watermark import accuracy, detect, embed, embed_checked
+from comfyui_persona.provenance.watermark import accuracy, bit_agreement, detect, embed, embed_checked
 
 from certificates import make_signing_certificate
 from trainer_helpers import tiny_config
@@ -101,7 +101,8 @@ def test_the_mark_survives_what_images_go_through(astronaut, grace_hopper, coffe
         for attack, change in _attacks().items():
             reading = detect(change(marked))
             assert reading.found and reading.pack_id_errors <= 1, (name, attack, reading.pack_id_errors)
-            assert accuracy(change(marked), payload) >= 0.9, (name, attack)
+            # the bits of that reading (RivaGAN's, not the older mark's): what accuracy() reads again
+            assert not reading.legacy and bit_agreement(reading, payload) >= 0.9, (name, attack)
 
 
 def test_unmarked_photos_are_not_taken_for_marked_ones(astronaut, grace_hopper, coffee, generated):
