@@ -7,10 +7,12 @@ the rest. Linux only (it reads ``/proc``); the suite's own ``--durations`` says 
 
     python bench/suite_cpu.py                      # the whole suite
     python bench/suite_cpu.py tests/test_studies.py
+    python bench/suite_cpu.py --save procs.json    # also every process sampled, as JSON
 """
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +28,8 @@ KINDS = [  # (kind, test on the command line or the process name), first match w
     ("ComfyUI servers", lambda cmd, comm: "main.py" in cmd and "--cpu" in cmd),
     ("ComfyUI's sampler as a subprocess", lambda cmd, comm: "comfy_sampling.py" in cmd),
     ("pytest workers: the tests run in-process", lambda cmd, comm: "exec(eval(sys.stdin.readline()))" in cmd),
-    ("pytest and the test command", lambda cmd, comm: "pytest" in cmd or "scripts/test.sh" in cmd),
+    ("pytest and the test command", lambda cmd, comm: " -m pytest " in cmd or "scripts/test.sh" in cmd
+     or "scripts/setup_env.sh" in cmd),
 ]
 
 
@@ -79,7 +82,9 @@ def sample(root: int, every: float = 0.3) -> tuple[dict, float]:
                 continue
             key = (pid, info["start"])
             if key not in seen:
-                seen[key] = {"kind": kind_of(_cmdline(pid), info["comm"])}
+                cmd = _cmdline(pid)
+                seen[key] = {"pid": int(pid), "ppid": int(info["ppid"]), "kind": kind_of(cmd, info["comm"]),
+                             "command": cmd[:300]}
             seen[key]["cpu"] = info["cpu"]
         if str(root) not in alive:
             return seen, time.monotonic() - began
@@ -90,9 +95,17 @@ def main(argv: list[str]) -> int:
     if not Path("/proc/self/stat").exists():
         print("bench/suite_cpu.py reads /proc: it runs on Linux only", file=sys.stderr)
         return 2
+    save = None
+    if argv[:1] == ["--save"]:  # every process sampled (pid, parent, kind, command, CPU s) as JSON
+        if len(argv) < 2:
+            print("bench/suite_cpu.py: --save needs a file path", file=sys.stderr)
+            return 2
+        save, argv = Path(argv[1]), argv[2:]
     suite = subprocess.Popen(["bash", "scripts/test.sh", *argv], cwd=REPO)
     seen, wall = sample(suite.pid)
     rc = suite.wait()
+    if save is not None:
+        save.write_text(json.dumps(sorted(seen.values(), key=lambda p: -p["cpu"]), indent=1))
     per_kind, count = collections.Counter(), collections.Counter()
     for proc in seen.values():
         per_kind[proc["kind"]] += proc["cpu"]
