@@ -19,10 +19,6 @@ import tempfile
 import time
 
 CASES = {"sd15": [("lora", 512), ("dreambooth", 512)], "sdxl": [("lora", 1024)], "flux": [("lora", 1024)]}
-# the LoRA plans at published size and budget that docs/benchmarks.md lists (family, size, px, GB)
-PUBLISHED = [("sd15", "real", 512, 4), ("sdxl", "real", 1024, 8), ("flux", "real", 1024, 8),
-             ("z_image", "real", 1024, 6), ("flux2", "real", 1024, 6), ("flux2", "klein-9b", 1024, 8),
-             ("qwen_image", "real", 1024, 10), ("flux2_dev", "real", 1024, 16)]
 
 
 HEADER = ("| model | budget (usable) | first plan | simulations | again | plan | predicted peak (whole run) | "
@@ -36,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these (lora, dreambooth)")
     ap.add_argument("--cold", action="store_true", help="each row in a new process with an empty plan cache")
     ap.add_argument("--published", action="store_true",
-                    help="the published-size LoRA plans of every family (PUBLISHED), each row cold")
+                    help="the published-size LoRA plans of every family (train_memory.PUBLISHED_PLANS), each row cold")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # FAMILY:METHOD:RES:GB:SIZE, one cold row's own process
     args = ap.parse_args(argv)
     args.cold = (args.cold or args.published) and not args.row
@@ -51,9 +47,12 @@ def main(argv=None) -> int:
 
 
 def _rows(args):
-    if args.published:
-        for family, size, res, gb in PUBLISHED:
-            yield family, "lora", res, gb, size
+    if args.published:  # the LoRA plans at published size and budget (bench/train_memory.py)
+        from train_memory import PUBLISHED_PLANS
+
+        for label, (gb, res) in PUBLISHED_PLANS.items():
+            family, _, size = label.partition(":")
+            yield family, "lora", res, gb, size or "real"
         return
     if args.row:
         family, method, res, gb, size = args.row.split(":")

@@ -57,29 +57,25 @@ def kind_of(cmd: str, comm: str) -> str:
 
 
 def sample(root: int, every: float = 0.3) -> tuple[dict, float]:
-    """Every process under ``root`` while it runs: ``{(pid, start): {kind, cpu}}``, last reading
-    of each; and the wall seconds."""
+    """Every process under ``root`` while it runs, by ``(pid, start)``: its pid, parent, kind,
+    command and CPU seconds at its last reading; and the wall seconds."""
     seen: dict = {}
     began = time.monotonic()
     while True:
-        alive = {}
+        alive, children = {}, collections.defaultdict(list)
         for pid in os.listdir("/proc"):
             if pid.isdigit():
                 info = _read(pid)
                 if info is not None:
                     alive[pid] = info
-        under = {str(root)}
-        grew = True
-        while grew:  # the descendants of root among the living
-            grew = False
-            for pid, info in alive.items():
-                if pid not in under and info["ppid"] in under:
-                    under.add(pid)
-                    grew = True
+                    children[info["ppid"]].append(pid)
+        under, todo = [], [str(root)] if str(root) in alive else []
+        while todo:  # root and its descendants among the living
+            pid = todo.pop()
+            under.append(pid)
+            todo += children[pid]
         for pid in under:
-            info = alive.get(pid)
-            if info is None:
-                continue
+            info = alive[pid]
             key = (pid, info["start"])
             if key not in seen:
                 cmd = _cmdline(pid)
