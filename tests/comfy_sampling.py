@@ -47,6 +47,9 @@ def main(path: str) -> dict:
     from comfy.cli_args import args
 
     args.cpu = True
+    # the attention ComfyUI runs on an NVIDIA card (PyTorch's); on a CPU it would pick its
+    # sub-quadratic one, the same product in chunks and many times slower at these sizes
+    args.use_pytorch_cross_attention = True
     import torch
     from safetensors.torch import load_file, save_file
 

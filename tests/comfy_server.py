@@ -117,8 +117,10 @@ class ComfyServer:
         extra = ["--front-end-root", str(self.frontend)] if getattr(self, "frontend", None) else []
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--disable-auto-launch", *extra],
+            # --use-pytorch-cross-attention: the attention ComfyUI picks on an NVIDIA card (on a CPU it
+            # would pick its sub-quadratic one: the same product in chunks, many times slower)
+            [sys.executable, "main.py", "--cpu", "--use-pytorch-cross-attention", "--listen", "127.0.0.1",
+             "--port", str(self.port), "--disable-auto-launch", *extra],
             cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
