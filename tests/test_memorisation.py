@@ -66,7 +66,8 @@ EVERY_LAYER["flux2_dev"] = EVERY_LAYER["flux2"]  # (its guidance embedder's laye
 # - Qwen-Image: 3000 steps of 2 (about 125 s): 0.93, 0.84 (1500 of 4 drew 2 of 3 faces, 0.90 / 0.91);
 # - Z-Image: 1500 steps of 2 (about 105 s): 0.94, 0.82 (800 of 4 already drew the face, 0.92, 0.80);
 # - FLUX.1: 3000 steps of 4 (about 160 s); of 2: 0.92, SSIM 0.62 only, so it keeps batches of 4;
-# - SDXL: 800 steps of 4 (about 320 s); of 2 no face (SSIM 0.26-0.41), nor in 500 steps of 4 (at 5e-3 or 1e-2).
+# - SDXL: 800 steps of 4 (about 320 s); of 2 no face (SSIM 0.26-0.41), nor in 500 steps of 4 (at 5e-3 or 1e-2),
+#   nor in 600 (SSIM 0.41-0.47), nor in 500 with min-SNR 5 (0.38-0.44), nor in 400 with LoRA+ at 4x or 16x (0.13, 0.02).
 # The batch only sets how many noise levels each step averages: the objective proven is the same.
 RECIPE = {"sdxl": dict(steps=800, batch_size=4, rank=32, alpha=32, learning_rate=5e-3, caption_dropout=0.2,
                        caption_dropout_to="empty"),
