@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+EVERY = 0.3  # seconds between two readings of /proc
 KINDS = [  # (kind, test on the command line or the process name), first match wins
     ("Chromium (canvas tests)", lambda cmd, comm: "chrom" in comm),
     ("Node (the Playwright driver)", lambda cmd, comm: comm.startswith("node")),
@@ -56,7 +57,7 @@ def kind_of(cmd: str, comm: str) -> str:
     return next((name for name, test in KINDS if test(cmd, comm)), "other subprocesses (CLI, benchmarks, scripts)")
 
 
-def sample(root: int, every: float = 0.3) -> tuple[dict, float]:
+def sample(root: int, every: float = EVERY) -> tuple[dict, float]:
     """Every process under ``root`` while it runs, by ``(pid, start)``: its pid, parent, kind,
     command and CPU seconds at its last reading; and the wall seconds."""
     seen: dict = {}
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
     total = sum(per_kind.values())
     cores = os.cpu_count() or 1
     print(f"\n{wall / 60:.1f} min wall on {cores} cores; {total / 60:.1f} min of CPU in the processes sampled "
-          f"every 0.3 s ({100 * total / (wall * cores):.0f} % of the cores); test command exit code {rc}\n")
+          f"every {EVERY:g} s ({100 * total / (wall * cores):.0f} % of the cores); test command exit code {rc}\n")
     print("| kind of process | processes | CPU min | share |\n| --- | ---: | ---: | ---: |")
     for kind, cpu in per_kind.most_common():
         print(f"| {kind} | {count[kind]} | {cpu / 60:.1f} | {100 * cpu / max(total, 1e-9):.0f} % |")
